@@ -1,0 +1,11 @@
+from django.urls import path
+
+from gallery.apis import CollectionDetailApi, CollectionListApi
+from search.apis import ImageSimilarApi, SearchApi
+
+urlpatterns = [
+    path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
+    path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
+    path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),
+    path("search/", SearchApi.as_view(), name="api-search"),
+]

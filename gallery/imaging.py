@@ -1,0 +1,104 @@
+"""Decoding untrusted image bytes into clean RGB pictures, and thumbnails.
+
+Every path that reads an uploaded file goes through here, so hostile input is handled once:
+the pixel count is checked from the header before any pixel is allocated, decoding errors
+(truncation, corruption) become an ``ImageRejected`` with a reason a person can read, and
+every mode PIL knows (CMYK, 16-bit, palette, alpha) comes out as 8-bit RGB, alpha composited
+on white, EXIF orientation applied, first frame of an animation.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb check would fire at its default limit; ours (CBIR_MAX_IMAGE_PIXELS) runs first
+# from the header. Warnings are turned into errors below so nothing half-decodes silently.
+PILImage.MAX_IMAGE_PIXELS = None
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image this service can index; ``str(exc)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+
+
+def _open(data: bytes) -> PILImage.Image:
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image: the file format was not recognised") from None
+    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
+        raise ImageRejected(f"unreadable image header: {exc}") from None
+    width, height = image.size
+    limit = settings.CBIR_MAX_IMAGE_PIXELS
+    if width < 1 or height < 1:
+        raise ImageRejected(f"image has no pixels ({width}x{height})")
+    if width * height > limit:
+        raise ImageRejected(
+            f"image too large: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{limit:,} (CBIR_MAX_IMAGE_PIXELS)"
+        )
+    return image
+
+
+def inspect(data: bytes) -> ImageInfo:
+    """Cheap check from the header (and PIL's structural verify), without decoding pixels."""
+    image = _open(data)
+    info = ImageInfo(width=image.size[0], height=image.size[1], format=image.format or "")
+    try:
+        image.verify()
+    except Exception as exc:  # verify() raises many types for damaged files
+        raise ImageRejected(f"corrupt image data: {exc}") from None
+    return info
+
+
+def _to_rgb(image: PILImage.Image) -> PILImage.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)
+        return PILImage.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PILImage.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_rgb(data: bytes) -> PILImage.Image:
+    """Fully decode ``data`` into an 8-bit RGB image (first frame, EXIF-rotated, alpha on white)."""
+    image = _open(data)
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # truncated/corrupt streams raise OSError, SyntaxError, ValueError...
+        raise ImageRejected(f"truncated or corrupt image data: {exc}") from None
+
+
+def thumbnail_webp(image: PILImage.Image, *, size: int) -> bytes:
+    thumb = image.copy()
+    thumb.thumbnail((size, size), PILImage.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="WEBP", quality=82, method=4)
+    return buffer.getvalue()

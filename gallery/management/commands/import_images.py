@@ -1,0 +1,41 @@
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery.selectors import collection_stats
+from gallery.services import collection_get_or_create, collection_import
+
+
+class Command(BaseCommand):
+    help = "Import a folder tree or a .zip of images into a collection; workers index them in the background."
+
+    def add_arguments(self, parser):
+        parser.add_argument("path", type=Path)
+        parser.add_argument("--collection", required=True, help="collection name (created if missing)")
+        parser.add_argument("--labels-from-dirs", action="store_true", help="label = the image's parent folder name")
+        parser.add_argument("--wait", action="store_true", help="show a progress bar until every image is indexed or failed")
+
+    def handle(self, *args, path: Path, collection: str, labels_from_dirs: bool, wait: bool, **options):
+        if not path.exists():
+            raise CommandError(f"no such file or folder: {path}")
+        target = collection_get_or_create(name=collection)
+        report = collection_import(collection=target, path=path, labels_from_dirs=labels_from_dirs)
+        self.stdout.write(f"{target.name}: {report.summary()}")
+        for name, reason in report.failed + report.skipped:
+            self.stdout.write(f"  {name}: {reason}")
+        if wait:
+            self._wait(target)
+
+    def _wait(self, collection) -> None:
+        stats = collection_stats(collection=collection)
+        with tqdm(total=stats["total"], desc="indexing", unit="img") as bar:
+            while True:
+                stats = collection_stats(collection=collection)
+                bar.n = stats["indexed"] + stats["failed"]
+                bar.set_postfix(pending=stats["pending"], failed=stats["failed"])
+                bar.refresh()
+                if stats["pending"] == 0:
+                    break
+                time.sleep(1)

@@ -1,0 +1,62 @@
+import uuid
+from pathlib import PurePath
+
+from django.db import models
+
+
+class Collection(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _image_upload_to(instance: "Image", filename: str) -> str:
+    # The stored name never comes from the user: a uuid plus a short, safe extension.
+    suffix = PurePath(filename).suffix.lower()
+    if not suffix[1:].isalnum() or len(suffix) > 6:
+        suffix = ""
+    return f"images/{instance.collection_id}/{uuid.uuid4().hex}{suffix}"
+
+
+def _thumbnail_upload_to(instance: "Image", filename: str) -> str:
+    return f"thumbnails/{instance.collection_id}/{uuid.uuid4().hex}.webp"
+
+
+class Image(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        INDEXED = "indexed", "indexed"
+        FAILED = "failed", "failed"
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="images")
+    file = models.FileField(upload_to=_image_upload_to, blank=True, max_length=300)
+    thumbnail = models.FileField(upload_to=_thumbnail_upload_to, blank=True, max_length=300)
+    original_name = models.CharField(max_length=500)
+    label = models.CharField(max_length=200, blank=True, db_index=True)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["collection", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.status})"
+
+    @property
+    def display_url(self) -> str:
+        """The thumbnail once a worker made it, else the original."""
+        if self.thumbnail:
+            return self.thumbnail.url
+        return self.file.url if self.file else ""

@@ -1,0 +1,212 @@
+"""Every write to collections and images."""
+from __future__ import annotations
+
+import hashlib
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from gallery import imaging
+from gallery.models import Collection, Image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"}
+ARCHIVE_SUFFIXES = {".zip"}
+# Rows are created and handed to the workers in chunks of this many images.
+ENQUEUE_CHUNK_SIZE = 64
+
+
+@dataclass
+class IncomingFile:
+    """One file on its way in: the name the user gave it, its label, and its bytes."""
+
+    name: str
+    data: bytes
+    label: str = ""
+
+
+@dataclass
+class ImportReport:
+    created: list[int] = field(default_factory=list)  # ids of every row stored, failed ones included
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+    def merge(self, other: "ImportReport") -> None:
+        self.created += other.created
+        self.failed += other.failed
+        self.skipped += other.skipped
+
+    def summary(self) -> str:
+        queued = len(self.created) - len(self.failed)
+        return f"{queued} queued for indexing, {len(self.failed)} failed, {len(self.skipped)} skipped"
+
+
+def collection_get_or_create(*, name: str, description: str = "") -> Collection:
+    name = name.strip()
+    if not name:
+        raise ValueError("a collection needs a name")
+    collection, _ = Collection.objects.get_or_create(name=name, defaults={"description": description})
+    return collection
+
+
+def _enqueue_indexing(image_ids: list[int]) -> None:
+    from workers.tasks import index_images
+
+    for start in range(0, len(image_ids), ENQUEUE_CHUNK_SIZE):
+        chunk = image_ids[start : start + ENQUEUE_CHUNK_SIZE]
+        transaction.on_commit(lambda chunk=chunk: index_images.delay(chunk))
+
+
+def _image_build(*, collection: Collection, incoming: IncomingFile) -> Image:
+    image = Image(
+        collection=collection,
+        original_name=incoming.name[:500],
+        label=incoming.label[:200],
+        sha256=hashlib.sha256(incoming.data).hexdigest(),
+    )
+    if len(incoming.data) > settings.CBIR_MAX_UPLOAD_BYTES:
+        image.status = Image.Status.FAILED
+        image.error = (
+            f"file too large: {len(incoming.data):,} bytes exceeds the limit of "
+            f"{settings.CBIR_MAX_UPLOAD_BYTES:,} (CBIR_MAX_UPLOAD_BYTES)"
+        )
+        return image
+    try:
+        info = imaging.inspect(incoming.data)
+    except imaging.ImageRejected as exc:
+        image.status = Image.Status.FAILED
+        image.error = str(exc)
+        return image
+    image.width, image.height = info.width, info.height
+    image.file.save(PurePosixPath(incoming.name).name or "upload", ContentFile(incoming.data), save=False)
+    return image
+
+
+def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> ImportReport:
+    """Store each file as an Image of ``collection`` and queue the good ones for indexing.
+
+    A file that is not a usable image still gets a row, ``failed`` with the reason, so the
+    admin sees what happened to every file; it never stops the rest of the batch. Rows are
+    committed in chunks, and the workers are called only after each commit.
+    """
+    report = ImportReport()
+    chunk: list[IncomingFile] = []
+
+    def flush() -> None:
+        with transaction.atomic():
+            created = []
+            for incoming in chunk:
+                image = _image_build(collection=collection, incoming=incoming)
+                image.save()
+                created.append(image)
+                if image.status == Image.Status.FAILED:
+                    report.failed.append((image.original_name, image.error))
+            report.created += [image.id for image in created]
+            _enqueue_indexing([image.id for image in created if image.status == Image.Status.PENDING])
+        chunk.clear()
+
+    for incoming in files:
+        chunk.append(incoming)
+        if len(chunk) >= ENQUEUE_CHUNK_SIZE:
+            flush()
+    if chunk:
+        flush()
+    return report
+
+
+def image_mark_failed(*, image: Image, reason: str) -> None:
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED, error=reason[:2000])
+
+
+def _is_hidden(path: PurePosixPath) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+
+
+def iter_folder(root: Path, *, labels_from_dirs: bool, report: ImportReport) -> Iterator[IncomingFile]:
+    """Image files below ``root`` (symlinks are not followed); the label is the parent folder's name."""
+    root = root.resolve()
+    for path in sorted(root.rglob("*")):
+        relative = PurePosixPath(path.relative_to(root).as_posix())
+        if path.is_symlink():
+            report.skipped.append((str(relative), "symbolic link not followed"))
+            continue
+        if not path.is_file() or _is_hidden(relative):
+            continue
+        suffix = path.suffix.lower()
+        if suffix in ARCHIVE_SUFFIXES:
+            yield from iter_zip(path, labels_from_dirs=labels_from_dirs, report=report)
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            report.skipped.append((str(relative), "not an image file extension"))
+            continue
+        if path.stat().st_size > settings.CBIR_MAX_UPLOAD_BYTES:
+            report.skipped.append((str(relative), "file larger than CBIR_MAX_UPLOAD_BYTES"))
+            continue
+        label = relative.parent.name if labels_from_dirs else ""
+        yield IncomingFile(name=str(relative), data=path.read_bytes(), label=label)
+
+
+def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterator[IncomingFile]:
+    """Image members of a zip archive, read into memory only (nothing is extracted to disk, so
+    ``../`` names cannot escape). Symlinks, nested archives and members that inflate past
+    ``CBIR_MAX_UPLOAD_BYTES`` (zip bombs) are skipped with a reason."""
+    limit = settings.CBIR_MAX_UPLOAD_BYTES
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        report.skipped.append((str(getattr(source, "name", source)), f"not a readable zip archive: {exc}"))
+        return
+    with archive:
+        for member in archive.infolist():
+            name = PurePosixPath(member.filename.replace("\\", "/"))
+            if member.is_dir() or _is_hidden(name):
+                continue
+            if stat.S_ISLNK(member.external_attr >> 16):
+                report.skipped.append((str(name), "symbolic link inside archive not followed"))
+                continue
+            suffix = name.suffix.lower()
+            if suffix in ARCHIVE_SUFFIXES:
+                report.skipped.append((str(name), "nested archive not expanded"))
+                continue
+            if suffix not in IMAGE_SUFFIXES:
+                report.skipped.append((str(name), "not an image file extension"))
+                continue
+            if member.file_size > limit:
+                report.skipped.append((str(name), "member larger than CBIR_MAX_UPLOAD_BYTES"))
+                continue
+            try:
+                with archive.open(member) as handle:
+                    data = handle.read(limit + 1)
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                report.skipped.append((str(name), f"unreadable archive member: {exc}"))
+                continue
+            if len(data) > limit:
+                report.skipped.append((str(name), "member inflates past CBIR_MAX_UPLOAD_BYTES (zip bomb?)"))
+                continue
+            parts = [p for p in name.parent.parts if p not in ("..", ".", "/")]
+            label = parts[-1] if labels_from_dirs and parts else ""
+            yield IncomingFile(name=str(name), data=data, label=label)
+
+
+def collection_import(
+    *, collection: Collection, path: Path, labels_from_dirs: bool = False
+) -> ImportReport:
+    """Import a folder tree or a .zip file into ``collection``."""
+    report = ImportReport()
+    path = Path(path)
+    if path.is_dir():
+        files = iter_folder(path, labels_from_dirs=labels_from_dirs, report=report)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        files = iter_zip(path, labels_from_dirs=labels_from_dirs, report=report)
+    elif path.is_file():
+        label = path.parent.name if labels_from_dirs else ""
+        files = [IncomingFile(name=path.name, data=path.read_bytes(), label=label)]
+    else:
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    report.merge(images_create(collection=collection, files=files))
+    return report

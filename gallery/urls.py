@@ -1,0 +1,10 @@
+from django.urls import path
+
+from gallery import views
+
+app_name = "gallery"
+urlpatterns = [
+    path("", views.collection_list, name="collection-list"),
+    path("collections/<int:collection_id>/", views.collection_detail, name="collection-detail"),
+    path("images/<int:image_id>/", views.image_detail, name="image-detail"),
+]

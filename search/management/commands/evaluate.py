@@ -1,0 +1,41 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery.models import Collection
+from search.selectors import SearchUnavailable, collection_evaluate
+
+
+class Command(BaseCommand):
+    help = "Precision@k and mAP@k of the active encoder on a labelled collection (each image queries all the others)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--collection", required=True)
+        parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
+        parser.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
+        parser.add_argument("--per-label", action="store_true", help="also print a table per label")
+
+    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, **options):
+        target = Collection.objects.filter(name=collection).first()
+        if target is None:
+            raise CommandError(f"no collection named {collection!r}")
+        if any(value < 1 for value in k):
+            raise CommandError("--k values must be at least 1")
+        ks = sorted(set(k))
+        total = target.images.exclude(label="").count()
+        try:
+            with tqdm(total=total, desc="evaluating", unit="query", disable=as_json) as bar:
+                result = collection_evaluate(collection_id=target.pk, ks=ks, progress=bar)
+        except (SearchUnavailable, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        if as_json:
+            self.stdout.write(json.dumps(result if per_label else {k: v for k, v in result.items() if k != "per_label"}))
+            return
+        self.stdout.write(f"{target.name}: {result['queries']} queries, {result['labels']} labels, encoder #{result['encoder']}")
+        keys = [f"P@{k}" for k in ks] + [f"mAP@{k}" for k in ks]
+        self.stdout.write("  ".join(f"{key}={result[key]:.4f}" for key in keys))
+        if per_label:
+            self.stdout.write(f"{'label':30} " + " ".join(f"{key:>9}" for key in keys))
+            for label, metrics in result["per_label"].items():
+                self.stdout.write(f"{label[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))

@@ -1,0 +1,87 @@
+"""Writes to encoders and embeddings: storing vectors, and switching the active encoder."""
+from __future__ import annotations
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from gallery.models import Image
+from search.models import EncoderVersion, Embedding
+
+
+def embeddings_store(*, encoder: EncoderVersion, images: list[Image], vectors: np.ndarray) -> None:
+    """Store one vector per image for ``encoder``. Idempotent: an existing (image, encoder) row wins,
+    so a task that runs twice never writes two rows."""
+    if len(images) != len(vectors):
+        raise ValueError("one vector per image")
+    Embedding.objects.bulk_create(
+        [
+            Embedding(image_id=image.id, collection_id=image.collection_id, encoder=encoder, vector=vector)
+            for image, vector in zip(images, vectors)
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def images_mark_indexed(*, image_ids: list[int]) -> int:
+    """Pending images that now have a vector from the active encoder become ``indexed``."""
+    return (
+        Image.objects.filter(
+            id__in=image_ids,
+            status=Image.Status.PENDING,
+            embeddings__encoder__status=EncoderVersion.Status.ACTIVE,
+        ).update(status=Image.Status.INDEXED, error="")
+    )
+
+
+@transaction.atomic
+def encoder_activate(*, encoder: EncoderVersion) -> None:
+    """Start making ``encoder`` the active one: every image is re-embedded in the background,
+    and only when all are done does the switch happen (``encoder_promote``). Until then search
+    keeps using the current active encoder. At most one encoder is activating at a time."""
+    from workers.tasks import backfill_embeddings
+
+    encoder = EncoderVersion.objects.select_for_update().get(pk=encoder.pk)
+    if encoder.status in (EncoderVersion.Status.ACTIVE, EncoderVersion.Status.ACTIVATING):
+        return
+    if encoder.status in (EncoderVersion.Status.TRAINING, EncoderVersion.Status.FAILED) or not encoder.checkpoint:
+        raise ValueError(f"encoder {encoder} has no finished checkpoint and cannot be activated")
+    EncoderVersion.objects.filter(status=EncoderVersion.Status.ACTIVATING).exclude(pk=encoder.pk).update(
+        status=EncoderVersion.Status.TRAINED
+    )
+    encoder.status = EncoderVersion.Status.ACTIVATING
+    encoder.save(update_fields=["status"])
+    transaction.on_commit(lambda: backfill_embeddings.delay(encoder.pk))
+
+
+def images_missing_embedding(*, encoder: EncoderVersion):
+    """Images that should have a vector from ``encoder`` and do not: the backfill's dirty flag."""
+    return (
+        Image.objects.exclude(status=Image.Status.FAILED)
+        .exclude(embeddings__encoder=encoder)
+        .order_by("id")
+    )
+
+
+@transaction.atomic
+def encoder_promote(*, encoder: EncoderVersion) -> bool:
+    """Make an activating encoder the active one, atomically, once every image has its vector.
+
+    Returns False (and changes nothing) when images are still missing. The previous active
+    encoder is retired and its vectors are deleted, so the index holds one encoder's vectors
+    (plus, during a switch, the next one's).
+    """
+    encoder = EncoderVersion.objects.select_for_update().get(pk=encoder.pk)
+    if encoder.status != EncoderVersion.Status.ACTIVATING:
+        return False
+    if images_missing_embedding(encoder=encoder).exists():
+        return False
+    EncoderVersion.objects.filter(status=EncoderVersion.Status.ACTIVE).update(status=EncoderVersion.Status.RETIRED)
+    encoder.status = EncoderVersion.Status.ACTIVE
+    encoder.activated_at = timezone.now()
+    encoder.save(update_fields=["status", "activated_at"])
+    Embedding.objects.filter(encoder__status=EncoderVersion.Status.RETIRED).delete()
+    Image.objects.filter(status=Image.Status.PENDING, embeddings__encoder=encoder).update(
+        status=Image.Status.INDEXED, error=""
+    )
+    return True

@@ -1,0 +1,59 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from gallery.models import Collection
+from search.services import encoder_activate
+from workers.autoencoder.model import ARCHITECTURES, AutoencoderConfig
+from workers.autoencoder.training import TrainingConfig
+from workers.services import encoder_train
+
+
+class Command(BaseCommand):
+    help = "Train the convolutional autoencoder on a collection's images (no labels) and store it as a new encoder version."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--collection", required=True)
+        parser.add_argument("--arch", default="conv_ae", choices=sorted(ARCHITECTURES))
+        parser.add_argument("--epochs", type=int, default=15)
+        parser.add_argument("--batch-size", type=int, default=64)
+        parser.add_argument("--image-size", type=int, default=128)
+        parser.add_argument("--dim", type=int, default=settings.CBIR_EMBEDDING_DIM)
+        parser.add_argument("--lr", type=float, default=1e-3)
+        parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--max-minutes", type=float, default=None)
+        parser.add_argument("--name", default="")
+        parser.add_argument("--activate", action="store_true", help="make it the active encoder and re-embed every image")
+
+    def handle(self, *args, **o):
+        collection = Collection.objects.filter(name=o["collection"]).first()
+        if collection is None:
+            raise CommandError(f"no collection named {o['collection']!r}")
+        if o["epochs"] < 1:
+            raise CommandError("--epochs must be at least 1")
+        try:
+            model_config = AutoencoderConfig(arch=o["arch"], image_size=o["image_size"], dim=o["dim"])
+            encoder = encoder_train(
+                collection=collection,
+                model_config=model_config,
+                train_config=TrainingConfig(
+                    epochs=o["epochs"],
+                    batch_size=o["batch_size"],
+                    learning_rate=o["lr"],
+                    seed=o["seed"],
+                    device=o["device"],
+                    max_minutes=o["max_minutes"],
+                ),
+                name=o["name"],
+                show_progress=True,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        history = encoder.metrics["training"]
+        self.stdout.write(
+            f"encoder #{encoder.pk}: {history['epochs_run']} epochs on {history['images']} images, "
+            f"final loss {history['train_loss'][-1]:.5f}, {history['seconds']} s on {history['device']}"
+        )
+        if o["activate"]:
+            encoder_activate(encoder=encoder)
+            self.stdout.write("activation started: every image is re-embedded in the background, then search switches")
