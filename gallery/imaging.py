@@ -71,7 +71,7 @@ def _to_rgb(image: PILImage.Image) -> PILImage.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        array = np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)
+        array = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
         return PILImage.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")

@@ -124,7 +124,7 @@ def image_mark_failed(*, image: Image, reason: str) -> None:
 
 
 def _is_hidden(path: PurePosixPath) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+    return any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in path.parts)
 
 
 def iter_folder(root: Path, *, labels_from_dirs: bool, report: ImportReport) -> Iterator[IncomingFile]:
@@ -166,6 +166,9 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
             name = PurePosixPath(member.filename.replace("\\", "/"))
             if member.is_dir() or _is_hidden(name):
                 continue
+            if name.is_absolute() or ".." in name.parts:
+                report.skipped.append((str(name), "unsafe path in archive (absolute or '..') refused"))
+                continue
             if stat.S_ISLNK(member.external_attr >> 16):
                 report.skipped.append((str(name), "symbolic link inside archive not followed"))
                 continue
@@ -188,8 +191,7 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
             if len(data) > limit:
                 report.skipped.append((str(name), "member inflates past CBIR_MAX_UPLOAD_BYTES (zip bomb?)"))
                 continue
-            parts = [p for p in name.parent.parts if p not in ("..", ".", "/")]
-            label = parts[-1] if labels_from_dirs and parts else ""
+            label = name.parent.name if labels_from_dirs else ""
             yield IncomingFile(name=str(name), data=data, label=label)
 
 

@@ -1,6 +1,7 @@
 """Every ranked read: nearest images by cosine distance, in PostgreSQL, through the HNSW index."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,6 +42,42 @@ def encoder_active() -> EncoderVersion:
     return encoder
 
 
+def similar_queryset(
+    *,
+    vector: Sequence[float] | np.ndarray,
+    encoder: EncoderVersion,
+    k: int,
+    collection_ids: Sequence[int] | None = None,
+    exclude_image_ids: Sequence[int] = (),
+):
+    """The ranking as one ORM query on the embedding table alone: ``ORDER BY vector <=> query LIMIT k``
+    over one encoder's vectors, yielding (image_id, distance). Joins are left out on purpose: a
+    single-table top-k is what the HNSW index serves; images are fetched by id afterwards."""
+    queryset = Embedding.objects.filter(encoder=encoder)
+    if collection_ids:
+        queryset = queryset.filter(collection_id__in=list(collection_ids))
+    if exclude_image_ids:
+        queryset = queryset.exclude(image_id__in=list(exclude_image_ids))
+    return (
+        queryset.annotate(distance=CosineDistance("vector", np.asarray(vector, dtype=np.float32)))
+        .order_by("distance")
+        .values_list("image_id", "distance")[:k]
+    )
+
+
+@contextmanager
+def hnsw_session(*, k: int):
+    """A transaction in which HNSW scans look at enough candidates for ``k`` results, and iterate
+    (pgvector 0.8 iterative scans) when filters drop candidates, so filtered queries are not short."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
+                [str(max(settings.CBIR_HNSW_EF_SEARCH, k))],
+            )
+        yield
+
+
 def vector_list_similar(
     *,
     vector: Sequence[float] | np.ndarray,
@@ -49,30 +86,14 @@ def vector_list_similar(
     collection_ids: Sequence[int] | None = None,
     exclude_image_ids: Sequence[int] = (),
 ) -> list[Hit]:
-    """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first.
-
-    One ``ORDER BY vector <=> query LIMIT k`` served by the HNSW index. Iterative index scans
-    (pgvector 0.8) keep filtered queries (encoder, collection, excluded ids) from coming back
-    short when the filter drops most of the index's first candidates.
-    """
-    queryset = Embedding.objects.filter(encoder=encoder)
-    if collection_ids:
-        queryset = queryset.filter(collection_id__in=list(collection_ids))
-    if exclude_image_ids:
-        queryset = queryset.exclude(image_id__in=list(exclude_image_ids))
-    queryset = (
-        queryset.annotate(distance=CosineDistance("vector", np.asarray(vector, dtype=np.float32)))
-        .order_by("distance")
-        .select_related("image", "image__collection")
-        .defer("vector")[:k]
+    """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first."""
+    queryset = similar_queryset(
+        vector=vector, encoder=encoder, k=k, collection_ids=collection_ids, exclude_image_ids=exclude_image_ids
     )
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
-                [str(max(settings.CBIR_HNSW_EF_SEARCH, k))],
-            )
-        return [Hit(image=row.image, distance=float(row.distance)) for row in queryset]
+    with hnsw_session(k=k):
+        ranked = list(queryset)
+    images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
+    return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
 
 
 def image_list_similar(*, image: Image, k: int, collection_ids: Sequence[int] | None = None) -> list[Hit]:

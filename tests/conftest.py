@@ -1,0 +1,54 @@
+"""Test fixtures: the real embedded PostgreSQL+pgvector and Redis (started by cbir_site.settings
+under CBIR_VAR_DIR), and a real Celery worker consuming from that Redis in a thread."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from workers.celery import app as celery_app
+
+WAIT_TIMEOUT_S = 180
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not os.environ.get("DATABASE_URL") and os.environ.get("CBIR_VAR_DIR"):
+        from cbir_site import embedded
+
+        embedded.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture(scope="session")
+def celery_session_worker(django_db_setup, django_db_blocker):
+    celery_app.control.purge()  # messages left by an earlier, interrupted run
+    with django_db_blocker.unblock():
+        with start_worker(
+            celery_app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60
+        ) as worker:
+            yield worker
+
+
+@pytest.fixture
+def celery_worker(transactional_db, celery_session_worker):
+    """A real worker on the real broker. Tests using it commit for real (transactional_db),
+    so the worker thread sees their rows."""
+    return celery_session_worker
+
+
+def wait_for(predicate, *, timeout: float = WAIT_TIMEOUT_S, message: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (work done by the worker thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

@@ -1,0 +1,116 @@
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image as PILImage
+
+from gallery import imaging
+from tests.utils import image_bytes
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height but which carries almost no data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def test_rgb_png_decodes_to_the_same_pixels():
+    picture = imaging.decode_rgb(image_bytes(color=(10, 200, 30), size=(20, 10)))
+    assert picture.mode == "RGB"
+    assert picture.size == (20, 10)
+    assert picture.getpixel((5, 5)) == (10, 200, 30)
+
+
+def test_empty_file_is_rejected_with_reason():
+    with pytest.raises(imaging.ImageRejected, match="empty file"):
+        imaging.inspect(b"")
+
+
+def test_text_file_is_not_an_image():
+    with pytest.raises(imaging.ImageRejected, match="not an image"):
+        imaging.decode_rgb(b"hello, this is plainly text and not a picture")
+
+
+def test_truncated_jpeg_is_rejected():
+    data = image_bytes(size=(256, 256), fmt="JPEG", pattern=1)
+    with pytest.raises(imaging.ImageRejected, match="truncated or corrupt"):
+        imaging.decode_rgb(data[: len(data) // 2])
+
+
+def test_huge_declared_dimensions_refused_before_decoding(settings):
+    settings.CBIR_MAX_IMAGE_PIXELS = 64_000_000
+    bomb = _png_header_only(100_000, 100_000)  # 10^10 pixels declared, ~60 bytes on disk
+    with pytest.raises(imaging.ImageRejected, match="image too large: 100000x100000"):
+        imaging.decode_rgb(bomb)
+    with pytest.raises(imaging.ImageRejected, match="CBIR_MAX_IMAGE_PIXELS"):
+        imaging.inspect(bomb)
+
+
+def test_pixel_limit_is_configurable(settings):
+    settings.CBIR_MAX_IMAGE_PIXELS = 100
+    with pytest.raises(imaging.ImageRejected, match="exceeds the limit of 100"):
+        imaging.inspect(image_bytes(size=(20, 20)))
+
+
+def test_rgba_alpha_is_composited_on_white():
+    image = PILImage.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    image.putpixel((0, 0), (0, 0, 255, 255))  # one opaque blue pixel
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    picture = imaging.decode_rgb(buffer.getvalue())
+    assert picture.getpixel((1, 1)) == (255, 255, 255)
+    assert picture.getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_la_and_palette_with_transparency():
+    la = PILImage.new("LA", (3, 3), (0, 0))
+    buffer = io.BytesIO()
+    la.save(buffer, format="PNG")
+    assert imaging.decode_rgb(buffer.getvalue()).getpixel((1, 1)) == (255, 255, 255)
+
+    palette = PILImage.new("P", (3, 3), 1)
+    palette.putpalette([0, 0, 0, 0, 128, 0] + [0] * 762)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=0)
+    assert imaging.decode_rgb(buffer.getvalue()).getpixel((1, 1)) == (0, 128, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    picture = imaging.decode_rgb(image_bytes(color=(0, 0, 255), mode="CMYK", fmt="JPEG", quality=95))
+    red, green, blue = picture.getpixel((10, 10))
+    assert picture.mode == "RGB" and blue > 200 and red < 40 and green < 40
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    image = PILImage.new("I;16", (4, 4), 32768)  # mid-grey in 16 bits
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    assert imaging.decode_rgb(buffer.getvalue()).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [PILImage.new("RGB", (8, 8), color) for color in [(255, 0, 0), (0, 0, 255)]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    red, green, blue = imaging.decode_rgb(buffer.getvalue()).getpixel((4, 4))
+    assert red > 200 and blue < 50
+
+
+def test_exif_orientation_is_applied():
+    image = PILImage.new("RGB", (40, 20), (0, 0, 0))
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    assert imaging.decode_rgb(buffer.getvalue()).size == (20, 40)
+
+
+def test_thumbnail_is_webp_within_size():
+    data = imaging.thumbnail_webp(imaging.decode_rgb(image_bytes(size=(1000, 500))), size=256)
+    thumb = PILImage.open(io.BytesIO(data))
+    assert thumb.format == "WEBP" and thumb.size == (256, 128)

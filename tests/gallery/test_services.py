@@ -1,0 +1,131 @@
+import io
+import stat
+import zipfile
+
+import pytest
+from django.core.management import call_command
+
+from gallery.models import Collection, Image
+from gallery.services import IncomingFile, collection_get_or_create, collection_import, images_create
+from tests.utils import image_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def collection():
+    return collection_get_or_create(name="things")
+
+
+def test_batch_with_bad_files_keeps_going_and_records_reasons(collection):
+    good = image_bytes(pattern=1)
+    truncated = image_bytes(size=(200, 200), fmt="JPEG", pattern=2)[:300]
+    report = images_create(
+        collection=collection,
+        files=[
+            IncomingFile(name="ok.png", data=good, label="red"),
+            IncomingFile(name="empty.png", data=b""),
+            IncomingFile(name="notes.png", data=b"not an image at all"),
+            IncomingFile(name="cut.jpg", data=truncated),
+            IncomingFile(name="also-ok.png", data=image_bytes(pattern=3)),
+        ],
+    )
+    rows = {image.original_name: image for image in Image.objects.filter(collection=collection)}
+    assert len(report.created) == 5
+    assert rows["ok.png"].status == Image.Status.PENDING and rows["ok.png"].label == "red"
+    assert rows["also-ok.png"].status == Image.Status.PENDING
+    assert rows["empty.png"].status == Image.Status.FAILED and "empty file" in rows["empty.png"].error
+    assert rows["notes.png"].status == Image.Status.FAILED and "not an image" in rows["notes.png"].error
+    assert rows["ok.png"].file.read() == good
+    assert rows["ok.png"].sha256 and (rows["ok.png"].width, rows["ok.png"].height) == (64, 48)
+    assert not rows["empty.png"].file
+    assert {name for name, _ in report.failed} >= {"empty.png", "notes.png"}
+
+
+def test_oversized_file_fails_without_being_stored(collection, settings):
+    settings.CBIR_MAX_UPLOAD_BYTES = 100
+    images_create(collection=collection, files=[IncomingFile(name="big.png", data=image_bytes(pattern=4))])
+    image = Image.objects.get()
+    assert image.status == Image.Status.FAILED and "file too large" in image.error and not image.file
+
+
+def test_stored_name_never_comes_from_the_user(collection):
+    images_create(
+        collection=collection, files=[IncomingFile(name="../../etc/pass wd;rm -rf $HOME\u00e9.png", data=image_bytes())]
+    )
+    image = Image.objects.get()
+    assert image.original_name == "../../etc/pass wd;rm -rf $HOME\u00e9.png"
+    assert image.file.name.startswith(f"images/{collection.pk}/") and ".." not in image.file.name
+    assert image.file.name.endswith(".png")
+
+
+def test_folder_import_with_labels_from_dirs(collection, tmp_path):
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "dogs" / "small").mkdir(parents=True)
+    (tmp_path / "cats" / "a.png").write_bytes(image_bytes(pattern=1))
+    (tmp_path / "dogs" / "small" / "b.jpg").write_bytes(image_bytes(fmt="JPEG", pattern=2))
+    (tmp_path / "root.png").write_bytes(image_bytes(pattern=3))
+    (tmp_path / "README.txt").write_text("not a picture")
+    (tmp_path / ".hidden.png").write_bytes(image_bytes())
+    (tmp_path / "link.png").symlink_to(tmp_path / "root.png")
+    report = collection_import(collection=collection, path=tmp_path, labels_from_dirs=True)
+    labels = dict(Image.objects.values_list("original_name", "label"))
+    assert labels == {"cats/a.png": "cats", "dogs/small/b.jpg": "small", "root.png": ""}
+    assert ("README.txt", "not an image file extension") in report.skipped
+    assert ("link.png", "symbolic link not followed") in report.skipped
+
+
+def _zip(entries) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data, *mode in entries:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if mode:
+                info.external_attr = mode[0] << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def test_hostile_zip_is_read_safely(collection, tmp_path, settings):
+    settings.CBIR_MAX_UPLOAD_BYTES = 1_000_000
+    archive = tmp_path / "upload.zip"
+    archive.write_bytes(
+        _zip(
+            [
+                ("birds/ok.png", image_bytes(pattern=1)),
+                ("../../escape/evil.png", image_bytes(pattern=2)),
+                ("links/link.png", "/etc/passwd", stat.S_IFLNK | 0o777),
+                ("inner/nested.zip", _zip([("x.png", image_bytes())])),
+                ("bomb/zeros.png", b"\x00" * 5_000_000),  # deflates to a few KB
+                ("weird/na\u00efve name (1).png", image_bytes(pattern=3)),
+                ("__MACOSX/birds/._ok.png", b"resource fork"),
+            ]
+        )
+    )
+    report = collection_import(collection=collection, path=archive, labels_from_dirs=True)
+    labels = dict(Image.objects.values_list("original_name", "label"))
+    assert labels == {"birds/ok.png": "birds", "weird/na\u00efve name (1).png": "weird"}
+    reasons = dict(report.skipped)
+    assert reasons["../../escape/evil.png"] == "unsafe path in archive (absolute or '..') refused"
+    assert reasons["links/link.png"] == "symbolic link inside archive not followed"
+    assert reasons["inner/nested.zip"] == "nested archive not expanded"
+    assert "CBIR_MAX_UPLOAD_BYTES" in reasons["bomb/zeros.png"]
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_same_file_twice_in_one_upload_gives_two_rows_with_one_hash(collection):
+    data = image_bytes(pattern=9)
+    images_create(collection=collection, files=[IncomingFile(name="a.png", data=data), IncomingFile(name="b.png", data=data)])
+    assert Image.objects.filter(status=Image.Status.PENDING).count() == 2
+    assert Image.objects.values("sha256").distinct().count() == 1
+
+
+def test_import_images_command_creates_collection(tmp_path, capsys):
+    (tmp_path / "red").mkdir()
+    (tmp_path / "red" / "one.png").write_bytes(image_bytes(pattern=1))
+    (tmp_path / "red" / "two.gif").write_bytes(image_bytes(fmt="GIF", pattern=2))
+    call_command("import_images", str(tmp_path), "--collection", "fresh", "--labels-from-dirs")
+    assert "2 queued for indexing, 0 failed, 0 skipped" in capsys.readouterr().out
+    collection = Collection.objects.get(name="fresh")
+    assert sorted(collection.images.values_list("label", flat=True)) == ["red", "red"]

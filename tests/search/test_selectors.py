@@ -1,0 +1,144 @@
+import math
+
+import numpy as np
+import pytest
+
+from gallery.models import Collection, Image
+from search import selectors
+from search.models import EncoderVersion, Embedding
+from tests.utils import vector
+
+pytestmark = pytest.mark.django_db
+
+# Big enough that the planner prefers the HNSW index over a sequential scan.
+N_BIG = 20_000
+
+
+def _encoder(status=EncoderVersion.Status.ACTIVE) -> EncoderVersion:
+    return EncoderVersion.objects.create(name="hand-made", arch="conv_ae", dim=256, status=status)
+
+
+def _image(collection: Collection, name: str, vec, encoder: EncoderVersion, label: str = "") -> Image:
+    image = Image.objects.create(collection=collection, original_name=name, label=label, sha256=name, status="indexed")
+    Embedding.objects.create(image=image, encoder=encoder, collection=collection, vector=vec)
+    return image
+
+
+@pytest.fixture
+def world():
+    encoder = _encoder()
+    shapes = Collection.objects.create(name="shapes")
+    other = Collection.objects.create(name="other")
+    images = {
+        "same": _image(shapes, "same", vector((0, 1.0)), encoder),
+        "diagonal": _image(shapes, "diagonal", vector((0, 1.0), (1, 1.0)), encoder),
+        "orthogonal": _image(shapes, "orthogonal", vector((1, 1.0)), encoder),
+        "opposite": _image(shapes, "opposite", vector((0, -1.0)), encoder),
+        "elsewhere": _image(other, "elsewhere", vector((0, 1.0), (1, 0.1)), encoder),
+    }
+    return encoder, shapes, other, images
+
+
+def test_ranks_by_cosine_distance_exactly(world):
+    encoder, shapes, _, images = world
+    hits = selectors.vector_list_similar(vector=vector((0, 2.0)), encoder=encoder, k=10, collection_ids=[shapes.pk])
+    assert [hit.image.original_name for hit in hits] == ["same", "diagonal", "orthogonal", "opposite"]
+    assert [hit.distance for hit in hits] == pytest.approx([0.0, 1 - 1 / math.sqrt(2), 1.0, 2.0], abs=1e-6)
+    assert hits[1].similarity == pytest.approx(1 / math.sqrt(2), abs=1e-6)
+
+
+def test_k_limits_and_no_collection_means_all(world):
+    encoder, *_ = world
+    hits = selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=2)
+    assert [hit.image.original_name for hit in hits] == ["same", "elsewhere"]
+
+
+def test_similar_to_an_image_leaves_the_image_out(world):
+    _, shapes, _, images = world
+    hits = selectors.image_list_similar(image=images["same"], k=3, collection_ids=[shapes.pk])
+    assert [hit.image.original_name for hit in hits] == ["diagonal", "orthogonal", "opposite"]
+
+
+def test_never_mixes_vectors_of_two_encoders(world):
+    encoder, shapes, _, images = world
+    next_encoder = _encoder(EncoderVersion.Status.ACTIVATING)
+    # Under the activating encoder "opposite" would be the best match; search must not see it.
+    Embedding.objects.create(image=images["opposite"], encoder=next_encoder, collection=shapes, vector=vector((0, 1.0)))
+    hits = selectors.image_list_similar(image=images["same"], k=10)
+    assert [hit.image.original_name for hit in hits][0] == "elsewhere"
+    assert hits[-1].image.original_name == "opposite" and hits[-1].distance == pytest.approx(2.0)
+
+
+def test_no_active_encoder_is_a_clear_error():
+    with pytest.raises(selectors.SearchUnavailable, match="no active encoder"):
+        selectors.encoder_active()
+
+
+def test_pending_image_is_not_indexed(world):
+    _, shapes, _, _ = world
+    pending = Image.objects.create(collection=shapes, original_name="new", sha256="x")
+    with pytest.raises(selectors.ImageNotIndexed, match="pending"):
+        selectors.image_list_similar(image=pending, k=5)
+
+
+def _bulk(collection: Collection, encoder: EncoderVersion, vectors: np.ndarray) -> None:
+    images = Image.objects.bulk_create(
+        [Image(collection=collection, original_name=f"r{i}", sha256=str(i), status="indexed") for i in range(len(vectors))]
+    )
+    Embedding.objects.bulk_create(
+        [Embedding(image=image, encoder=encoder, collection=collection, vector=v) for image, v in zip(images, vectors)]
+    )
+
+
+@pytest.fixture(scope="module")
+def big_world(django_db_setup, django_db_blocker):
+    """20,000 clustered vectors in one collection and 20 in a small one (0.1% of the rows).
+    Built once for the module (inserting into the HNSW index takes a while) and removed after."""
+    from django.db import connection
+
+    rng = np.random.default_rng(0)
+    with django_db_blocker.unblock():
+        # Not the active encoder: the module's other tests keep their own world around it.
+        encoder = _encoder(EncoderVersion.Status.TRAINED)
+        big, small = Collection.objects.create(name="big"), Collection.objects.create(name="small")
+        centres = rng.normal(size=(30, 256))
+        _bulk(big, encoder, centres[rng.integers(0, 30, N_BIG)] + 0.3 * rng.normal(size=(N_BIG, 256)))
+        _bulk(small, encoder, rng.normal(size=(20, 256)))
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE search_embedding, gallery_image, gallery_collection")
+    yield encoder, big, small, centres
+    with django_db_blocker.unblock():
+        Collection.objects.filter(pk__in=[big.pk, small.pk]).delete()
+        encoder.delete()
+
+
+def test_plan_uses_the_hnsw_index(big_world):
+    encoder, _, _, centres = big_world
+    queryset = selectors.similar_queryset(vector=centres[0], encoder=encoder, k=10)
+    with selectors.hnsw_session(k=10):
+        plan = queryset.explain()
+    assert "embedding_vector_hnsw" in plan, plan
+
+
+def test_filter_to_a_tiny_collection_still_returns_k(big_world):
+    encoder, _, small, centres = big_world
+    hits = selectors.vector_list_similar(vector=centres[0], encoder=encoder, k=10, collection_ids=[small.pk])
+    assert len(hits) == 10
+    assert {hit.image.collection_id for hit in hits} == {small.pk}
+    distances = [hit.distance for hit in hits]
+    assert distances == sorted(distances)
+
+
+def test_index_answer_matches_an_exact_scan(big_world):
+    from django.db import connection
+
+    encoder, *_ , centres = big_world
+    query = centres[3] + 0.1
+    approximate = [hit.image.pk for hit in selectors.vector_list_similar(vector=query, encoder=encoder, k=10)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT image_id FROM search_embedding WHERE encoder_id = %s ORDER BY vector::text::vector <=> %s::vector LIMIT 10",
+            [encoder.pk, "[" + ",".join(map(str, query.astype(np.float32))) + "]"],
+        )
+        exact = [row[0] for row in cursor.fetchall()]
+    assert len(set(approximate) & set(exact)) >= 9

@@ -1,0 +1,31 @@
+"""Images made in the test, with PIL (no datasets, no fixtures on disk)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image as PILImage
+
+
+def image_bytes(*, color=(200, 30, 30), size=(64, 48), mode="RGB", fmt="PNG", pattern: int | None = None, **save) -> bytes:
+    """A picture of ``color``; ``pattern`` adds a seeded random texture so pictures differ."""
+    image = PILImage.new("RGB", size, color)
+    if pattern is not None:
+        rng = np.random.default_rng(pattern)
+        array = np.asarray(image, dtype=np.int16) + rng.integers(-60, 60, size=(size[1], size[0], 3))
+        blocks = rng.integers(0, 2, size=(4, 4)).repeat(size[1] // 4 + 1, 0).repeat(size[0] // 4 + 1, 1)
+        array[blocks[: size[1], : size[0]] == 1] //= 2
+        image = PILImage.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def vector(*hot: tuple[int, float], dim: int = 256) -> list[float]:
+    """A hand-made vector: zeros except at the given (index, value) pairs."""
+    values = [0.0] * dim
+    for index, value in hot:
+        values[index] = value
+    return values
