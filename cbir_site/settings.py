@@ -95,6 +95,8 @@ USE_TZ = True
 VAR_DIR = Path(os.environ.get("CBIR_VAR_DIR", BASE_DIR / "var"))
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("CBIR_STATIC_ROOT", VAR_DIR / "static"))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from it (collectstatic fills it in production)
+WHITENOISE_USE_FINDERS = DEBUG
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("CBIR_MEDIA_ROOT", VAR_DIR / "media"))
 # Serve MEDIA_ROOT from Django. Fine for one box; put a CDN or nginx in front at scale.

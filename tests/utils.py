@@ -29,3 +29,25 @@ def vector(*hot: tuple[int, float], dim: int = 256) -> list[float]:
     for index, value in hot:
         values[index] = value
     return values
+
+
+def make_encoder(*, status: str = "active", image_size: int = 32, seed: int = 0):
+    """A real (untrained, seeded) encoder checkpoint on disk and its EncoderVersion row."""
+    import uuid
+
+    import torch
+    from django.conf import settings
+
+    from search.models import EncoderVersion
+    from workers.autoencoder.model import AutoencoderConfig, build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    config = AutoencoderConfig(image_size=image_size, dim=settings.CBIR_EMBEDDING_DIM)
+    folder = settings.VAR_DIR / "encoders" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"test-{uuid.uuid4().hex}.pt"
+    save_checkpoint(folder / name, model=build_model(config).eval(), config=config)
+    return EncoderVersion.objects.create(
+        name="test encoder", arch=config.arch, dim=config.dim, config={"model": config.to_dict()},
+        checkpoint=f"checkpoints/{name}", status=status,
+    )

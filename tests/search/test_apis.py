@@ -1,0 +1,109 @@
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from gallery.models import Image
+from gallery.services import IncomingFile, collection_get_or_create, images_create
+from tests.utils import image_bytes, make_encoder
+from workers.services import images_index
+
+pytestmark = pytest.mark.django_db
+
+COLORS = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20), (20, 220, 220), (220, 20, 220)]
+
+
+@pytest.fixture
+def indexed():
+    """Six indexed images (embedded synchronously with a real encoder) and one failed upload."""
+    make_encoder()
+    collection = collection_get_or_create(name="colours")
+    pictures = {f"c{i}.png": image_bytes(color=color, pattern=i) for i, color in enumerate(COLORS)}
+    images_create(
+        collection=collection,
+        files=[IncomingFile(name=name, data=data, label=f"L{i % 2}") for i, (name, data) in enumerate(pictures.items())]
+        + [IncomingFile(name="bad.png", data=b"nope")],
+    )
+    images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
+    assert Image.objects.filter(status=Image.Status.INDEXED).count() == 6
+    return collection, pictures
+
+
+def test_search_by_upload_finds_the_same_picture_first(client, indexed):
+    collection, pictures = indexed
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", pictures["c3.png"]), "k": 3})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 3
+    first = body["results"][0]
+    assert first["original_name"] == "c3.png"
+    assert first["distance"] == pytest.approx(0.0, abs=1e-5) and first["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert set(first) == {"id", "collection", "label", "original_name", "image_url", "thumbnail_url", "distance", "similarity"}
+    assert first["collection"] == {"id": collection.pk, "name": "colours"}
+    assert first["thumbnail_url"].startswith("http://testserver/media/thumbnails/") and first["thumbnail_url"].endswith(".webp")
+    distances = [hit["distance"] for hit in body["results"]]
+    assert distances == sorted(distances)
+
+
+def test_similar_leaves_the_query_out_and_pins_queries(client, indexed, django_assert_num_queries):
+    image = Image.objects.get(original_name="c0.png")
+    # collection, image, encoder, query vector, ranking (+ set_config and a savepoint pair), images
+    for k in (2, 10):
+        with django_assert_num_queries(9):
+            response = client.get(reverse("api-image-similar", args=[image.pk]), {"k": k, "collection": "colours"})
+    body = response.json()
+    assert response.status_code == 200
+    assert body["query"]["id"] == image.pk
+    assert body["count"] == 5 and image.pk not in [hit["id"] for hit in body["results"]]
+
+
+@pytest.mark.parametrize("k", ["0", "201", "ten"])
+def test_bad_k_is_a_400_naming_k(client, indexed, k):
+    image = Image.objects.get(original_name="c0.png")
+    response = client.get(reverse("api-image-similar", args=[image.pk]), {"k": k})
+    assert response.status_code == 400 and "k" in response.json()["errors"]
+
+
+def test_unknown_collection_is_a_400(client, indexed):
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", image_bytes()), "collection": "nope"})
+    assert response.status_code == 400 and "collection" in response.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"just some text", "not an image"),
+        (image_bytes(size=(300, 300), fmt="JPEG", pattern=5)[:700], "truncated or corrupt"),
+    ],
+)
+def test_bad_upload_is_a_400_with_reason(client, indexed, data, reason):
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.jpg", data)})
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+
+
+def test_missing_image_field_is_a_400(client, indexed):
+    response = client.post(reverse("api-search"), {"k": 3})
+    assert response.status_code == 400 and "image" in response.json()["errors"]
+
+
+def test_unknown_image_is_404_and_failed_image_is_409(client, indexed):
+    assert client.get(reverse("api-image-similar", args=[999_999])).status_code == 404
+    failed = Image.objects.get(original_name="bad.png")
+    response = client.get(reverse("api-image-similar", args=[failed.pk]))
+    assert response.status_code == 409 and response.json()["status"] == "failed"
+
+
+def test_no_active_encoder_is_503(client):
+    collection = collection_get_or_create(name="empty")
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", image_bytes())})
+    assert response.status_code == 503 and "no active encoder" in response.json()["error"]
+    assert collection.pk
+
+
+def test_collection_api_counts(client, indexed):
+    collection, _ = indexed
+    body = client.get(reverse("api-collection-detail", args=[collection.pk])).json()
+    assert body["images"] == {"total": 7, "indexed": 6, "pending": 0, "failed": 1}
+    listing = client.get(reverse("api-collection-list")).json()["results"]
+    assert [(c["name"], c["images"]["indexed"]) for c in listing] == [("colours", 6)]

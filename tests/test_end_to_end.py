@@ -1,0 +1,92 @@
+"""The whole way, on real parts: admin upload -> Celery worker (real Redis) -> train -> activate ->
+search over HTTP returns the image first for itself."""
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.urls import reverse
+
+from gallery.models import Collection, Image
+from gallery.selectors import collection_stats
+from search.models import EncoderVersion, Embedding
+from tests.conftest import wait_for
+from tests.utils import image_bytes
+
+COLORS = [(230, 30, 30), (30, 200, 40), (40, 60, 220), (240, 220, 30), (30, 210, 220), (200, 40, 210), (120, 120, 120), (250, 140, 20)]
+
+
+def _train(*extra: str) -> EncoderVersion:
+    call_command("train_encoder", "--collection", "e2e", "--epochs", "2", "--image-size", "32", "--batch-size", "4", *extra)
+    return EncoderVersion.objects.order_by("-id").first()
+
+
+def test_upload_index_train_activate_search(celery_worker, client, django_user_model):
+    admin = django_user_model.objects.create_superuser("root", "root@example.com", "a-long-password")
+    client.force_login(admin)
+    collection = Collection.objects.create(name="e2e")
+    pictures = {f"p{i}.png": image_bytes(color=color, pattern=i, size=(80, 60)) for i, color in enumerate(COLORS)}
+    uploads = [SimpleUploadedFile(name, data, content_type="image/png") for name, data in pictures.items()]
+    uploads += [
+        SimpleUploadedFile("truncated.jpg", image_bytes(size=(200, 200), fmt="JPEG", pattern=99)[:500]),
+        SimpleUploadedFile("empty.png", b""),
+    ]
+    response = client.post(reverse("admin:gallery_collection_upload", args=[collection.pk]), {"files": uploads})
+    assert response.status_code == 302
+
+    # The worker decodes and thumbnails every good image; with no encoder yet they stay pending.
+    wait_for(
+        lambda: Image.objects.filter(collection=collection).exclude(thumbnail="").count() == len(pictures),
+        message="thumbnails",
+    )
+    failed = {image.original_name: image.error for image in Image.objects.filter(status=Image.Status.FAILED)}
+    assert set(failed) == {"truncated.jpg", "empty.png"}
+    assert "empty file" in failed["empty.png"] and failed["truncated.jpg"]
+    assert collection_stats(collection=collection)["pending"] == len(pictures)
+    assert client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", pictures["p1.png"])}).status_code == 503
+
+    first = _train("--activate")
+    wait_for(lambda: EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    assert collection_stats(collection=collection) == {"total": 10, "pending": 0, "indexed": 8, "failed": 2}
+
+    for name, data in pictures.items():
+        response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", data), "k": 3})
+        best = response.json()["results"][0]
+        assert (best["original_name"], round(best["distance"], 4)) == (name, 0.0)
+
+    query = Image.objects.get(original_name="p2.png")
+    similar = client.get(reverse("api-image-similar", args=[query.pk]), {"k": 5}).json()
+    assert similar["count"] == 5 and query.pk not in [hit["id"] for hit in similar["results"]]
+
+    # A second encoder: search keeps answering from the first until the switch, then only the second's
+    # vectors are left.
+    second = _train("--seed", "1", "--activate")
+    wait_for(lambda: EncoderVersion.objects.get(pk=second.pk).status == EncoderVersion.Status.ACTIVE, message="switch")
+    assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.RETIRED
+    assert set(Embedding.objects.values_list("encoder_id", flat=True)) == {second.pk}
+    assert Embedding.objects.count() == 8
+
+    # An upload after the switch is embedded with the new encoder and found.
+    late = image_bytes(color=(10, 10, 10), pattern=42)
+    client.post(reverse("admin:gallery_collection_upload", args=[collection.pk]), {"files": [SimpleUploadedFile("late.png", late)]})
+    wait_for(lambda: Image.objects.filter(original_name="late.png", status=Image.Status.INDEXED).exists(), message="late image")
+    best = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", late)}).json()["results"][0]
+    assert best["original_name"] == "late.png"
+
+
+def test_evaluate_command_reports_precision_through_search(celery_worker, capsys):
+    import json
+
+    collection = Collection.objects.create(name="e2e")
+    from gallery.services import IncomingFile, images_create
+
+    # Two labels that differ in colour: any encoder separates them, so P@1 is well above chance.
+    files = [IncomingFile(name=f"r{i}.png", data=image_bytes(color=(230, 20, 20), pattern=i), label="red") for i in range(5)]
+    files += [IncomingFile(name=f"b{i}.png", data=image_bytes(color=(20, 20, 230), pattern=i), label="blue") for i in range(5)]
+    images_create(collection=collection, files=files)
+    encoder = _train("--activate")
+    wait_for(lambda: EncoderVersion.objects.get(pk=encoder.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    capsys.readouterr()
+    call_command("evaluate", "--collection", "e2e", "--k", "1", "4", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder"}
+    assert result["queries"] == 10 and result["labels"] == 2 and result["encoder"] == encoder.pk
+    assert 0.5 < result["P@1"] <= 1.0 and 0.0 < result["mAP@4"] <= 1.0
