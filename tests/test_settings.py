@@ -1,0 +1,32 @@
+"""Twelve-factor settings: DATABASE_URL / REDIS_URL replace the embedded servers."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from django.conf import settings
+from django.db import connection
+
+
+@pytest.mark.django_db
+def test_external_urls_start_no_embedded_server(tmp_path):
+    params = connection.settings_dict
+    database_url = f"postgres://{params['USER']}:{params['PASSWORD']}@/{params['NAME']}?host={params['HOST']}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": settings.CELERY_BROKER_URL,
+        "CBIR_VAR_DIR": str(tmp_path / "var"),
+        "DJANGO_SETTINGS_MODULE": "cbir_site.settings",
+    }
+    script = (
+        "import json, django; django.setup(); from django.conf import settings; from django.db import connection;"
+        "connection.ensure_connection();"
+        "print(json.dumps([settings.DATABASES['default']['NAME'], settings.CELERY_BROKER_URL]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, check=True)
+    name, broker = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (name, broker) == (params["NAME"], settings.CELERY_BROKER_URL)
+    assert not (tmp_path / "var" / "postgres").exists() and not (tmp_path / "var" / "redis").exists()
