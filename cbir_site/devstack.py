@@ -50,7 +50,7 @@ def main() -> int:
         _manage("bootstrap_demo", env=env)
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+                [sys.executable, "-m", "celery", "-A", "workers", "worker", "--beat", "--loglevel", "INFO"],
                 cwd=BASE_DIR,
                 env=env,
             )

@@ -120,6 +120,10 @@ CBIR_SEARCH_MAX_K = 200
 # HNSW candidate list size per query; higher = better recall, slower.
 CBIR_HNSW_EF_SEARCH = _env_int("CBIR_HNSW_EF_SEARCH", 100)
 CBIR_DEVICE = os.environ.get("CBIR_DEVICE", "auto")
+# torch threads per worker process; 0 = the machine's cores divided by the worker concurrency.
+CBIR_TORCH_THREADS = _env_int("CBIR_TORCH_THREADS", 0)
+# A pending image whose indexing request is older than this is queued again by the sweep.
+CBIR_SWEEP_AFTER_S = _env_int("CBIR_SWEEP_AFTER_S", 300)
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
@@ -130,6 +134,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = False
+CELERY_WORKER_CONCURRENCY = _env_int("CBIR_WORKER_CONCURRENCY", 2)
+# An unacknowledged message (its worker died) is delivered again after this long.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 900}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-pending": {"task": "workers.tasks.sweep_pending", "schedule": 60.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(Path(os.environ.get("CBIR_VAR_DIR", BASE_DIR / "var")) / "celerybeat-schedule")
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],

@@ -1,5 +1,3 @@
-import zipfile
-
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -9,7 +7,7 @@ from django.utils.html import format_html
 from gallery.forms import UploadImagesForm
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats
-from gallery.services import ImportReport, IncomingFile, images_create, iter_zip
+from gallery.services import ImportReport, images_create, uploads_to_incoming
 
 
 @admin.register(Collection)
@@ -57,23 +55,17 @@ class CollectionAdmin(admin.ModelAdmin):
         form = UploadImagesForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             report = ImportReport()
-            label = form.cleaned_data["label"]
-
-            def incoming():
-                for upload in form.cleaned_data["files"]:
-                    if upload.name.lower().endswith(".zip") and zipfile.is_zipfile(upload):
-                        upload.seek(0)
-                        for item in iter_zip(upload, labels_from_dirs=form.cleaned_data["labels_from_dirs"], report=report):
-                            item.label = item.label or label
-                            yield item
-                    else:
-                        upload.seek(0)
-                        yield IncomingFile(name=upload.name, data=upload.read(), label=label)
-
-            report.merge(images_create(collection=collection, files=incoming()))
-            level = messages.WARNING if report.failed or report.skipped else messages.SUCCESS
+            files = uploads_to_incoming(
+                form.cleaned_data["files"],
+                label=form.cleaned_data["label"],
+                labels_from_dirs=form.cleaned_data["labels_from_dirs"],
+                report=report,
+            )
+            report.merge(images_create(collection=collection, files=files))
+            level = messages.WARNING if report.failed or report.skipped or report.duplicates else messages.SUCCESS
             self.message_user(request, f"{collection.name}: {report.summary()}.", level)
-            for name, reason in (report.failed + report.skipped)[:20]:
+            problems = report.failed + report.skipped + [(name, f"duplicate of image {o}") for name, o in report.duplicates]
+            for name, reason in problems[:20]:
                 self.message_user(request, f"{name}: {reason}", messages.WARNING)
             return redirect("admin:gallery_collection_change", collection.pk)
         context = {

@@ -46,10 +46,18 @@ class Image(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When the image became searchable; the indexing rate shown in progress reports is read from it.
+    indexed_at = models.DateTimeField(null=True, blank=True)
+    # When a worker was last asked to index it; the sweep re-queues pending images whose request is old.
+    queued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["collection", "status"])]
+        indexes = [
+            models.Index(fields=["collection", "status"]),
+            models.Index(fields=["collection", "sha256"]),
+            models.Index(fields=["status", "queued_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.original_name} ({self.status})"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import stat
 import zipfile
 from dataclasses import dataclass, field
@@ -11,9 +12,12 @@ from typing import Iterable, Iterator
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
 from gallery import imaging
 from gallery.models import Collection, Image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"}
 ARCHIVE_SUFFIXES = {".zip"}
@@ -35,15 +39,22 @@ class ImportReport:
     created: list[int] = field(default_factory=list)  # ids of every row stored, failed ones included
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    duplicates: list[tuple[str, int | str]] = field(default_factory=list)  # (name, id or name it duplicates)
+    results: list[dict] = field(default_factory=list)  # one entry per file, in upload order (for the API)
 
     def merge(self, other: "ImportReport") -> None:
         self.created += other.created
         self.failed += other.failed
         self.skipped += other.skipped
+        self.duplicates += other.duplicates
+        self.results += other.results
 
     def summary(self) -> str:
         queued = len(self.created) - len(self.failed)
-        return f"{queued} queued for indexing, {len(self.failed)} failed, {len(self.skipped)} skipped"
+        return (
+            f"{queued} queued for indexing, {len(self.failed)} failed, "
+            f"{len(self.duplicates)} duplicates, {len(self.skipped)} skipped"
+        )
 
 
 def collection_get_or_create(*, name: str, description: str = "") -> Collection:
@@ -54,20 +65,34 @@ def collection_get_or_create(*, name: str, description: str = "") -> Collection:
     return collection
 
 
-def _enqueue_indexing(image_ids: list[int]) -> None:
+def images_enqueue(image_ids: list[int]) -> None:
+    """Ask the workers to index ``image_ids`` once the current transaction commits.
+
+    ``queued_at`` is stamped now, so the sweep (``workers.tasks.sweep_pending``) can tell a lost
+    request from a recent one. A broker that is down does not fail the caller: the rows are
+    committed as pending and the sweep queues them again later.
+    """
     from workers.tasks import index_images
 
+    Image.objects.filter(id__in=image_ids).update(queued_at=timezone.now())
     for start in range(0, len(image_ids), ENQUEUE_CHUNK_SIZE):
         chunk = image_ids[start : start + ENQUEUE_CHUNK_SIZE]
-        transaction.on_commit(lambda chunk=chunk: index_images.delay(chunk))
+        transaction.on_commit(lambda chunk=chunk: _send(index_images, chunk))
 
 
-def _image_build(*, collection: Collection, incoming: IncomingFile) -> Image:
+def _send(task, *args) -> None:
+    try:
+        task.apply_async(args=args, retry=False)
+    except Exception as exc:  # broker down or unreachable: the periodic sweep re-sends later
+        logger.warning("could not queue %s%r (%s); the sweep will retry", task.name, args[:1], exc)
+
+
+def _image_build(*, collection: Collection, incoming: IncomingFile, sha256: str) -> Image:
     image = Image(
         collection=collection,
         original_name=incoming.name[:500],
         label=incoming.label[:200],
-        sha256=hashlib.sha256(incoming.data).hexdigest(),
+        sha256=sha256,
     )
     if len(incoming.data) > settings.CBIR_MAX_UPLOAD_BYTES:
         image.status = Image.Status.FAILED
@@ -91,23 +116,44 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     """Store each file as an Image of ``collection`` and queue the good ones for indexing.
 
     A file that is not a usable image still gets a row, ``failed`` with the reason, so the
-    admin sees what happened to every file; it never stops the rest of the batch. Rows are
-    committed in chunks, and the workers are called only after each commit.
+    admin sees what happened to every file; it never stops the rest of the batch. A file whose
+    SHA-256 is already in the collection (and not failed), or earlier in the same upload, is
+    reported as a duplicate and not stored again. Rows are committed in chunks, each under a
+    lock on the collection row so that concurrent uploads cannot both store the same file, and
+    the workers are called only after each commit.
     """
     report = ImportReport()
     chunk: list[IncomingFile] = []
+    seen: dict[str, int] = {}  # sha256 -> image id stored by this call
 
     def flush() -> None:
         with transaction.atomic():
-            created = []
-            for incoming in chunk:
-                image = _image_build(collection=collection, incoming=incoming)
+            Collection.objects.select_for_update().filter(pk=collection.pk).first()
+            digests = [hashlib.sha256(incoming.data).hexdigest() for incoming in chunk]
+            existing = dict(
+                Image.objects.filter(collection=collection, sha256__in=set(digests))
+                .exclude(status=Image.Status.FAILED)
+                .values_list("sha256", "id")
+            )
+            queued = []
+            for incoming, digest in zip(chunk, digests):
+                original = seen.get(digest) or existing.get(digest)
+                if original:
+                    report.duplicates.append((incoming.name, original))
+                    report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": original})
+                    continue
+                image = _image_build(collection=collection, incoming=incoming, sha256=digest)
                 image.save()
-                created.append(image)
+                report.created.append(image.id)
+                report.results.append(
+                    {"name": incoming.name, "id": image.id, "status": image.status, "error": image.error}
+                )
                 if image.status == Image.Status.FAILED:
                     report.failed.append((image.original_name, image.error))
-            report.created += [image.id for image in created]
-            _enqueue_indexing([image.id for image in created if image.status == Image.Status.PENDING])
+                else:
+                    seen[digest] = image.id
+                    queued.append(image.id)
+            images_enqueue(queued)
         chunk.clear()
 
     for incoming in files:
@@ -117,6 +163,22 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     if chunk:
         flush()
     return report
+
+
+def uploads_to_incoming(
+    uploads, *, label: str = "", labels_from_dirs: bool = False, report: ImportReport
+) -> Iterator[IncomingFile]:
+    """Uploaded files (Django ``UploadedFile``) as ``IncomingFile``s; .zip archives are expanded."""
+    for upload in uploads:
+        upload.seek(0)
+        if PurePosixPath(upload.name).suffix.lower() in ARCHIVE_SUFFIXES and zipfile.is_zipfile(upload):
+            upload.seek(0)
+            for item in iter_zip(upload, labels_from_dirs=labels_from_dirs, report=report):
+                item.label = item.label or label
+                yield item
+        else:
+            upload.seek(0)
+            yield IncomingFile(name=upload.name, data=upload.read(), label=label)
 
 
 def image_mark_failed(*, image: Image, reason: str) -> None:

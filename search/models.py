@@ -31,6 +31,8 @@ class EncoderVersion(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # Last sign of life of the re-embedding chain; the sweep restarts a chain that went quiet.
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -30,7 +30,7 @@ def images_mark_indexed(*, image_ids: list[int]) -> int:
             id__in=image_ids,
             status=Image.Status.PENDING,
             embeddings__encoder__status=EncoderVersion.Status.ACTIVE,
-        ).update(status=Image.Status.INDEXED, error="")
+        ).update(status=Image.Status.INDEXED, error="", indexed_at=timezone.now())
     )
 
 
@@ -82,6 +82,6 @@ def encoder_promote(*, encoder: EncoderVersion) -> bool:
     encoder.save(update_fields=["status", "activated_at"])
     Embedding.objects.filter(encoder__status=EncoderVersion.Status.RETIRED).delete()
     Image.objects.filter(status=Image.Status.PENDING, embeddings__encoder=encoder).update(
-        status=Image.Status.INDEXED, error=""
+        status=Image.Status.INDEXED, error="", indexed_at=timezone.now()
     )
     return True

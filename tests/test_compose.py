@@ -11,7 +11,7 @@ ROOT = Path(settings.BASE_DIR)
 def test_compose_describes_the_production_services():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"db", "redis", "web", "worker", "migrate"} <= set(services)
+    assert {"db", "redis", "web", "worker", "beat", "migrate"} <= set(services)
     assert "pgvector" in services["db"]["image"] and "pg18" in services["db"]["image"]
     worker = services["worker"]
     assert worker["command"][:4] == ["celery", "-A", "workers", "worker"]

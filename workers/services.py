@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import numpy as np
 import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import imaging
@@ -24,37 +31,47 @@ from workers.autoencoder.training import TrainingConfig, train_autoencoder
 
 logger = logging.getLogger(__name__)
 
+# At most this many images are re-queued by one sweep; the next sweep takes the rest.
+SWEEP_MAX_IMAGES = 10_000
+
 # Decoded pictures are shrunk to this side right after the thumbnail is cut, so a batch of
 # large photos costs megabytes, not gigabytes, while it waits for the encoder.
-WORKING_SIDE = 512
+WORKING_SIDE = 256
+# Threads decoding the next images while the encoder runs on the current batch (Pillow's
+# decoders release the GIL). More than the cores only adds memory.
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
-def _read(image: Image) -> bytes:
-    with image.file.open("rb") as handle:
-        return handle.read()
+@dataclass
+class _Decoded:
+    picture: PILImage.Image | None = None
+    thumbnail: bytes | None = None
+    error: str = ""
 
 
-def _decode_for_indexing(image: Image) -> PILImage.Image | None:
-    """Decode one image, make its thumbnail if it has none; mark it failed and return None if it is bad."""
-    if not image.file:
-        image_mark_failed(image=image, reason="no stored file")
-        return None
+def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
+    """Pure CPU and file work, safe in a thread: no database access here."""
+    if not name:
+        return _Decoded(error="no stored file")
     try:
-        picture = imaging.decode_rgb(_read(image))
+        with default_storage.open(name, "rb") as handle:
+            data = handle.read()
+        picture = imaging.decode_rgb(data, min_side=max(settings.CBIR_THUMBNAIL_SIZE, WORKING_SIDE))
     except imaging.ImageRejected as exc:
-        image_mark_failed(image=image, reason=str(exc))
-        return None
+        return _Decoded(error=str(exc))
     except FileNotFoundError:
-        image_mark_failed(image=image, reason="stored file is missing from media storage")
-        return None
-    if not image.thumbnail:
-        image.thumbnail.save(
-            "thumb.webp", ContentFile(imaging.thumbnail_webp(picture, size=settings.CBIR_THUMBNAIL_SIZE)), save=False
-        )
-        image.width, image.height = picture.size
-        Image.objects.filter(pk=image.pk).update(thumbnail=image.thumbnail.name, width=image.width, height=image.height)
+        return _Decoded(error="stored file is missing from media storage")
+    size = picture.size
+    thumbnail = imaging.thumbnail_webp(picture, size=settings.CBIR_THUMBNAIL_SIZE) if make_thumbnail else None
     picture.thumbnail((WORKING_SIDE, WORKING_SIDE), PILImage.Resampling.BILINEAR)
-    return picture
+    picture.info["decoded_size"] = size
+    return _Decoded(picture=picture, thumbnail=thumbnail)
+
+
+def _store_thumbnail(image: Image, decoded: _Decoded) -> None:
+    image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
+    width, height = decoded.picture.info["decoded_size"]
+    Image.objects.filter(pk=image.pk).update(thumbnail=image.thumbnail.name, width=image.width or width, height=image.height or height)
 
 
 def live_encoders() -> list[EncoderVersion]:
@@ -64,27 +81,67 @@ def live_encoders() -> list[EncoderVersion]:
     )
 
 
-def images_index(*, image_ids: list[int]) -> None:
-    """Decode, thumbnail and embed the given images with every live encoder. Idempotent: safe to
-    run twice, or after a crash halfway; failures are recorded per image and the rest goes on."""
-    images = list(Image.objects.filter(id__in=image_ids).exclude(status=Image.Status.FAILED).order_by("id"))
-    pictures: dict[int, PILImage.Image] = {}
-    for image in images:
-        picture = _decode_for_indexing(image)
-        if picture is not None:
-            pictures[image.id] = picture
-    good = [image for image in images if image.id in pictures]
-    for encoder in live_encoders():
-        done = set(
-            Embedding.objects.filter(encoder=encoder, image_id__in=pictures).values_list("image_id", flat=True)
-        )
-        todo = [image for image in good if image.id not in done]
+def _embed_batch(batch: list[tuple[Image, PILImage.Image]], encoders: list[EncoderVersion]) -> None:
+    ids = [image.id for image, _ in batch]
+    for encoder in encoders:
+        done = set(Embedding.objects.filter(encoder=encoder, image_id__in=ids).values_list("image_id", flat=True))
+        todo = [(image, picture) for image, picture in batch if image.id not in done]
         if not todo:
             continue
         embedder = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE)
-        vectors = embedder.embed([pictures[image.id] for image in todo])
-        embeddings_store(encoder=encoder, images=todo, vectors=vectors)
-    images_mark_indexed(image_ids=[image.id for image in good])
+        vectors = embedder.embed([picture for _, picture in todo])
+        embeddings_store(encoder=encoder, images=[image for image, _ in todo], vectors=vectors)
+    images_mark_indexed(image_ids=ids)
+
+
+def images_index(*, image_ids: list[int]) -> None:
+    """Decode, thumbnail and embed the given images with every live encoder.
+
+    Decoding runs in a thread pool ahead of the encoder, which takes ``EMBEDDING_BATCH_SIZE``
+    images at a time. Idempotent: safe to run twice, or again after a crash halfway; a bad
+    image is marked failed with its reason and the rest goes on.
+    """
+    images = list(Image.objects.filter(id__in=image_ids).exclude(status=Image.Status.FAILED).order_by("id"))
+    encoders = live_encoders()
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:
+        futures = [pool.submit(_decode_job, image.file.name, make_thumbnail=not image.thumbnail) for image in images]
+        for start in range(0, len(images), EMBEDDING_BATCH_SIZE):
+            batch = []
+            for index in range(start, min(start + EMBEDDING_BATCH_SIZE, len(images))):
+                image, decoded = images[index], futures[index].result()
+                futures[index] = None  # the decoded picture is freed once its batch is embedded
+                if decoded.error:
+                    image_mark_failed(image=image, reason=decoded.error)
+                    continue
+                if decoded.thumbnail:
+                    _store_thumbnail(image, decoded)
+                batch.append((image, decoded.picture))
+            if batch:
+                _embed_batch(batch, encoders)
+
+
+def pending_sweep(*, older_than: timedelta) -> int:
+    """Queue again the pending images whose indexing request is older than ``older_than`` (a lost
+    message, a worker killed mid-batch, a broker that was down at upload), and restart re-embedding
+    chains that went quiet. Images merely waiting for a first encoder are left alone.
+    Returns how many images were queued."""
+    from gallery.services import _send, images_enqueue
+    from workers.tasks import backfill_embeddings
+
+    cutoff = timezone.now() - older_than
+    stale = Image.objects.filter(status=Image.Status.PENDING).filter(Q(queued_at__lt=cutoff) | Q(queued_at__isnull=True))
+    if not live_encoders():
+        stale = stale.filter(thumbnail="")
+    with transaction.atomic():
+        ids = list(stale.order_by("id").values_list("id", flat=True)[:SWEEP_MAX_IMAGES])
+        images_enqueue(ids)
+    quiet = EncoderVersion.objects.filter(status=EncoderVersion.Status.ACTIVATING).filter(
+        Q(progress_at__lt=cutoff) | Q(progress_at__isnull=True)
+    )
+    for encoder_id in list(quiet.values_list("id", flat=True)):
+        EncoderVersion.objects.filter(pk=encoder_id).update(progress_at=timezone.now())
+        _send(backfill_embeddings, encoder_id)
+    return len(ids)
 
 
 def encoder_backfill_step(*, encoder_id: int) -> bool:
@@ -93,11 +150,17 @@ def encoder_backfill_step(*, encoder_id: int) -> bool:
     encoder = EncoderVersion.objects.get(pk=encoder_id)
     if encoder.status != EncoderVersion.Status.ACTIVATING:
         return True
+    EncoderVersion.objects.filter(pk=encoder_id).update(progress_at=timezone.now())
     batch = list(images_missing_embedding(encoder=encoder).values_list("id", flat=True)[:EMBEDDING_BATCH_SIZE])
     if batch:
         images_index(image_ids=batch)
         return False
     return encoder_promote(encoder=encoder) or not images_missing_embedding(encoder=encoder).exists()
+
+
+def _read(image: Image) -> bytes:
+    with image.file.open("rb") as handle:
+        return handle.read()
 
 
 def collection_load_pixels(*, collection: Collection, image_size: int) -> torch.Tensor:

@@ -1,8 +1,22 @@
 """Celery tasks: ids in, a service call, retries on transient errors."""
+from datetime import timedelta
+
 from celery import shared_task
+from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+
+
+@worker_process_init.connect
+def _share_cores_between_pool_processes(**kwargs):
+    """Each prefork child gets its share of the cores for torch, instead of all of them each."""
+    import os
+
+    import torch
+    from django.conf import settings
+
+    torch.set_num_threads(settings.CBIR_TORCH_THREADS or max(1, (os.cpu_count() or 1) // settings.CELERY_WORKER_CONCURRENCY))
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
@@ -20,6 +34,16 @@ def backfill_embeddings(encoder_id: int) -> None:
 
     if not encoder_backfill_step(encoder_id=encoder_id):
         backfill_embeddings.delay(encoder_id)
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3)
+def sweep_pending() -> int:
+    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding."""
+    from django.conf import settings
+
+    from workers.services import pending_sweep
+
+    return pending_sweep(older_than=timedelta(seconds=settings.CBIR_SWEEP_AFTER_S))
 
 
 @shared_task(acks_late=False)

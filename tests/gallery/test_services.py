@@ -114,11 +114,29 @@ def test_hostile_zip_is_read_safely(collection, tmp_path, settings):
     assert not (tmp_path.parent / "escape").exists()
 
 
-def test_same_file_twice_in_one_upload_gives_two_rows_with_one_hash(collection):
+def test_same_file_twice_in_one_upload_is_stored_once(collection):
     data = image_bytes(pattern=9)
-    images_create(collection=collection, files=[IncomingFile(name="a.png", data=data), IncomingFile(name="b.png", data=data)])
-    assert Image.objects.filter(status=Image.Status.PENDING).count() == 2
-    assert Image.objects.values("sha256").distinct().count() == 1
+    report = images_create(
+        collection=collection, files=[IncomingFile(name="a.png", data=data), IncomingFile(name="b.png", data=data)]
+    )
+    original = Image.objects.get()
+    assert original.original_name == "a.png"
+    assert report.duplicates == [("b.png", original.pk)]
+    assert [r["status"] for r in report.results] == ["pending", "duplicate"]
+
+
+def test_duplicates_are_per_collection_and_ignore_failed_rows(collection):
+    data = image_bytes(pattern=10)
+    images_create(collection=collection, files=[IncomingFile(name="first.png", data=data)])
+    again = images_create(collection=collection, files=[IncomingFile(name="again.png", data=data)])
+    assert again.duplicates == [("again.png", Image.objects.get(original_name="first.png").pk)]
+
+    other = collection_get_or_create(name="other")
+    assert images_create(collection=other, files=[IncomingFile(name="x.png", data=data)]).duplicates == []
+
+    Image.objects.filter(original_name="first.png").update(status=Image.Status.FAILED)
+    retry = images_create(collection=collection, files=[IncomingFile(name="retry.png", data=data)])
+    assert retry.duplicates == [] and len(retry.created) == 1
 
 
 def test_import_images_command_creates_collection(tmp_path, capsys):
@@ -126,6 +144,6 @@ def test_import_images_command_creates_collection(tmp_path, capsys):
     (tmp_path / "red" / "one.png").write_bytes(image_bytes(pattern=1))
     (tmp_path / "red" / "two.gif").write_bytes(image_bytes(fmt="GIF", pattern=2))
     call_command("import_images", str(tmp_path), "--collection", "fresh", "--labels-from-dirs")
-    assert "2 queued for indexing, 0 failed, 0 skipped" in capsys.readouterr().out
+    assert "2 queued for indexing, 0 failed, 0 duplicates, 0 skipped" in capsys.readouterr().out
     collection = Collection.objects.get(name="fresh")
     assert sorted(collection.images.values_list("label", flat=True)) == ["red", "red"]
