@@ -1,11 +1,12 @@
 from django.urls import path
 
-from gallery.apis import CollectionDetailApi, CollectionListApi
+from gallery.apis import CollectionDetailApi, CollectionListApi, ImageUploadApi
 from search.apis import ImageSimilarApi, SearchApi
 
 urlpatterns = [
     path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
+    path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),
     path("search/", SearchApi.as_view(), name="api-search"),
 ]

@@ -6,7 +6,7 @@ from django.utils.html import format_html
 
 from gallery.forms import UploadImagesForm
 from gallery.models import Collection, Image
-from gallery.selectors import collection_list_with_stats
+from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import ImportReport, images_create, uploads_to_incoming
 
 
@@ -14,6 +14,17 @@ from gallery.services import ImportReport, images_create, uploads_to_incoming
 class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "total", "indexed", "pending", "failed", "upload_link"]
     search_fields = ["name"]
+    readonly_fields = ["progress", "upload_link"]
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        if obj.pk is None:
+            return "—"
+        stats = collection_stats(collection=obj)
+        return (
+            f"{stats['indexed']} indexed, {stats['pending']} pending, {stats['failed']} failed of {stats['total']}"
+            f" · {stats['indexed_per_second']} images/s over the last minute"
+        )
 
     def get_queryset(self, request):
         return collection_list_with_stats()
@@ -36,6 +47,8 @@ class CollectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="upload")
     def upload_link(self, obj):
+        if obj.pk is None:
+            return "save the collection first"
         return format_html('<a href="{}">Upload images…</a>', reverse("admin:gallery_collection_upload", args=[obj.pk]))
 
     def get_urls(self):

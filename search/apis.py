@@ -8,20 +8,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gallery import imaging
-from gallery.models import Collection, Image
+from gallery.apis import CollectionRefField
+from gallery.models import Image
 from search import selectors
-
-
-class CollectionRefField(serializers.CharField):
-    """A collection given by id or by name."""
-
-    def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        lookup = {"pk": int(value)} if value.isdigit() else {"name": value}
-        collection = Collection.objects.filter(**lookup).first()
-        if collection is None:
-            raise serializers.ValidationError(f"no collection {value!r}")
-        return collection
 
 
 class SearchParamsSerializer(serializers.Serializer):

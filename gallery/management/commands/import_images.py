@@ -34,7 +34,7 @@ class Command(BaseCommand):
             while True:
                 stats = collection_stats(collection=collection)
                 bar.n = stats["indexed"] + stats["failed"]
-                bar.set_postfix(pending=stats["pending"], failed=stats["failed"])
+                bar.set_postfix(pending=stats["pending"], failed=stats["failed"], rate=f"{stats['indexed_per_second']}/s")
                 bar.refresh()
                 if stats["pending"] == 0:
                     break

@@ -1,0 +1,75 @@
+"""Crash safety: idempotent indexing, the sweep for lost requests, a broker that is down."""
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+from django.utils import timezone
+
+from gallery.models import Image
+from gallery.services import IncomingFile, _send, collection_get_or_create, images_create
+from search.models import Embedding
+from tests.conftest import wait_for
+from tests.utils import image_bytes, make_encoder
+from workers.services import images_index, pending_sweep
+from workers.tasks import sweep_pending
+
+
+@pytest.mark.django_db
+def test_indexing_twice_writes_each_vector_once():
+    make_encoder()
+    collection = collection_get_or_create(name="twice")
+    images_create(collection=collection, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i)) for i in range(5)])
+    ids = list(Image.objects.values_list("id", flat=True))
+    images_index(image_ids=ids)
+    thumbnails = dict(Image.objects.values_list("id", "thumbnail"))
+    images_index(image_ids=ids)  # a redelivered message after a worker died mid-batch
+    assert Embedding.objects.count() == 5
+    assert dict(Image.objects.values_list("id", "thumbnail")) == thumbnails
+    assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
+    assert all(Image.objects.values_list("indexed_at", flat=True))
+
+
+def test_sweep_requeues_images_whose_message_was_lost(celery_worker):
+    make_encoder()
+    collection = collection_get_or_create(name="lost")
+    # Rows committed as pending, but no message ever reached the broker (as when it was down).
+    images = [
+        Image(collection=collection, original_name=f"{i}.png", sha256=str(i), queued_at=timezone.now() - timedelta(hours=1))
+        for i in range(3)
+    ]
+    for image, i in zip(images, range(3)):
+        from django.core.files.base import ContentFile
+
+        image.file.save(f"{i}.png", ContentFile(image_bytes(pattern=i)), save=False)
+    Image.objects.bulk_create(images)
+    fresh = Image.objects.create(collection=collection, original_name="fresh.png", sha256="f", queued_at=timezone.now())
+
+    sweep_pending.delay()
+    wait_for(lambda: Image.objects.filter(status=Image.Status.INDEXED).count() == 3, message="swept images indexed")
+    assert Image.objects.get(pk=fresh.pk).status == Image.Status.PENDING  # its request is recent: left alone
+
+
+@pytest.mark.django_db
+def test_sweep_leaves_images_that_only_wait_for_a_first_encoder():
+    collection = collection_get_or_create(name="waiting")
+    image = Image.objects.create(
+        collection=collection, original_name="w.png", sha256="w", thumbnail="thumbnails/x.webp",
+        queued_at=timezone.now() - timedelta(hours=1),
+    )
+    assert pending_sweep(older_than=timedelta(minutes=5)) == 0
+    image.thumbnail = ""
+    image.save()
+    assert pending_sweep(older_than=timedelta(minutes=5)) == 1
+
+
+def test_send_survives_a_broker_that_is_down(caplog):
+    unreachable = Celery("down", broker="redis://127.0.0.1:1/0")
+    unreachable.conf.broker_connection_retry = False
+    unreachable.conf.broker_transport_options = {"max_retries": 0}
+
+    @unreachable.task(name="down.index")
+    def index(ids):
+        return ids
+
+    _send(index, [1, 2])
+    assert "the sweep will retry" in caplog.text
