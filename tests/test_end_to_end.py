@@ -45,7 +45,9 @@ def test_upload_index_train_activate_search(celery_worker, client, django_user_m
 
     first = _train("--activate")
     wait_for(lambda: EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
-    assert collection_stats(collection=collection) == {"total": 10, "pending": 0, "indexed": 8, "failed": 2}
+    stats = collection_stats(collection=collection)
+    assert {k: stats[k] for k in ("total", "pending", "indexed", "failed")} == {"total": 10, "pending": 0, "indexed": 8, "failed": 2}
+    assert stats["indexed_per_second"] > 0
 
     for name, data in pictures.items():
         response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", data), "k": 3})
