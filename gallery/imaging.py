@@ -110,5 +110,7 @@ def thumbnail_webp(image: PILImage.Image, *, size: int) -> bytes:
     thumb = image.copy()
     thumb.thumbnail((size, size), PILImage.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    thumb.save(buffer, format="WEBP", quality=82, method=4)
+    # method=0: the fastest encoder setting; 1.3 ms instead of 4.8 ms for a 256 px thumbnail
+    # (bench/ingest.py), for files about 10% larger.
+    thumb.save(buffer, format="WEBP", quality=80, method=0)
     return buffer.getvalue()

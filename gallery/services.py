@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"}
 ARCHIVE_SUFFIXES = {".zip"}
-# Rows are created and handed to the workers in chunks of this many images.
+# Rows are created (one INSERT) and handed to the workers in chunks of this many images.
 ENQUEUE_CHUNK_SIZE = 64
 
 
@@ -135,23 +135,31 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                 .exclude(status=Image.Status.FAILED)
                 .values_list("sha256", "id")
             )
-            queued = []
+            in_chunk: dict[str, Image] = {}
+            entries: list[tuple[IncomingFile, Image | None, Image | int | None]] = []
             for incoming, digest in zip(chunk, digests):
-                original = seen.get(digest) or existing.get(digest)
-                if original:
-                    report.duplicates.append((incoming.name, original))
-                    report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": original})
+                original = seen.get(digest) or existing.get(digest) or in_chunk.get(digest)
+                if original is not None:
+                    entries.append((incoming, None, original))
                     continue
                 image = _image_build(collection=collection, incoming=incoming, sha256=digest)
-                image.save()
+                if image.status != Image.Status.FAILED:
+                    in_chunk[digest] = image
+                entries.append((incoming, image, None))
+            Image.objects.bulk_create([image for _, image, _ in entries if image is not None])
+            queued = []
+            for incoming, image, original in entries:
+                if image is None:
+                    original_id = original.pk if isinstance(original, Image) else original
+                    report.duplicates.append((incoming.name, original_id))
+                    report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": original_id})
+                    continue
                 report.created.append(image.id)
-                report.results.append(
-                    {"name": incoming.name, "id": image.id, "status": image.status, "error": image.error}
-                )
+                report.results.append({"name": incoming.name, "id": image.id, "status": image.status, "error": image.error})
                 if image.status == Image.Status.FAILED:
                     report.failed.append((image.original_name, image.error))
                 else:
-                    seen[digest] = image.id
+                    seen[image.sha256] = image.id
                     queued.append(image.id)
             images_enqueue(queued)
         chunk.clear()

@@ -68,10 +68,13 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
     return _Decoded(picture=picture, thumbnail=thumbnail)
 
 
-def _store_thumbnail(image: Image, decoded: _Decoded) -> None:
-    image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
-    width, height = decoded.picture.info["decoded_size"]
-    Image.objects.filter(pk=image.pk).update(thumbnail=image.thumbnail.name, width=image.width or width, height=image.height or height)
+def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
+    """Write the thumbnail files, then record them (and the decoded size) in one UPDATE."""
+    for image, decoded in pairs:
+        image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
+        width, height = decoded.picture.info["decoded_size"]
+        image.width, image.height = image.width or width, image.height or height
+    Image.objects.bulk_update([image for image, _ in pairs], ["thumbnail", "width", "height"])
 
 
 def live_encoders() -> list[EncoderVersion]:
@@ -106,7 +109,7 @@ def images_index(*, image_ids: list[int]) -> None:
     with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:
         futures = [pool.submit(_decode_job, image.file.name, make_thumbnail=not image.thumbnail) for image in images]
         for start in range(0, len(images), EMBEDDING_BATCH_SIZE):
-            batch = []
+            batch, thumbnails = [], []
             for index in range(start, min(start + EMBEDDING_BATCH_SIZE, len(images))):
                 image, decoded = images[index], futures[index].result()
                 futures[index] = None  # the decoded picture is freed once its batch is embedded
@@ -114,8 +117,10 @@ def images_index(*, image_ids: list[int]) -> None:
                     image_mark_failed(image=image, reason=decoded.error)
                     continue
                 if decoded.thumbnail:
-                    _store_thumbnail(image, decoded)
+                    thumbnails.append((image, decoded))
                 batch.append((image, decoded.picture))
+            if thumbnails:
+                _store_thumbnails(thumbnails)
             if batch:
                 _embed_batch(batch, encoders)
 

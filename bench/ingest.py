@@ -1,0 +1,195 @@
+"""Ingestion benchmark: end-to-end images/s from `import_images` to all indexed, against the
+upper bound of decode + resize alone with the same library (Pillow, same JPEG draft decoding)
+on the same cores.
+
+    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2]
+
+Photos: 1024x768 JPEGs (quality 90) made from the shared OpenMoji set: each emoji enlarged onto
+a random gradient background with sensor-like noise, so files are photo-sized (~150-250 KB).
+They are generated once into var/bench/photos. The service runs against its own embedded
+PostgreSQL and Redis under var/bench (CBIR_VAR_DIR), with a real Celery worker subprocess
+(prefork, `--workers` processes, as `make run` starts it); an encoder is trained first if none
+is active (not timed). Peak memory is the largest summed RSS of the worker's process tree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image as PILImage
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets" / "openmoji"
+BENCH_VAR = ROOT / "var" / "bench"
+PHOTOS = BENCH_VAR / "photos"
+SIZE = (1024, 768)
+
+
+def _make_photo(job: tuple[int, str, str]) -> None:
+    index, source, target = job
+    rng = np.random.default_rng(index)
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0, 1, SIZE[1])[:, None, None]
+    background = (top * (1 - ramp) + bottom * ramp).repeat(SIZE[0], axis=1)
+    background += rng.normal(0, 12, background.shape)
+    photo = PILImage.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    emoji = PILImage.open(source).convert("RGBA")
+    side = int(rng.integers(400, 700))
+    emoji = emoji.resize((side, side), PILImage.Resampling.BICUBIC).rotate(float(rng.uniform(-20, 20)), expand=True)
+    photo.paste(emoji, (int(rng.integers(0, SIZE[0] - emoji.width)), int(rng.integers(0, max(1, SIZE[1] - emoji.height)))), emoji)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    photo.save(target, format="JPEG", quality=90)
+
+
+def generate(n: int, processes: int) -> list[Path]:
+    sources = sorted(SHARED.glob("*/*.png"))
+    jobs = []
+    for i in range(n):
+        source = sources[i % len(sources)]
+        jobs.append((i, str(source), str(PHOTOS / source.parent.name / f"{i:05d}.jpg")))
+    missing = [job for job in jobs if not Path(job[2]).exists()]
+    if missing:
+        print(f"generating {len(missing)} photos of {SIZE[0]}x{SIZE[1]} ...", flush=True)
+        with Pool(processes) as pool:
+            pool.map(_make_photo, missing, chunksize=32)
+    return [Path(job[2]) for job in jobs]
+
+
+def _decode_resize(path: str) -> int:
+    from gallery import imaging
+    from workers.autoencoder.preprocessing import Preprocess
+    from workers.services import WORKING_SIDE
+
+    picture = imaging.decode_rgb(Path(path).read_bytes(), min_side=max(256, WORKING_SIDE))
+    return int(Preprocess(128).to_uint8(picture).sum() > 0)
+
+
+def _django_init() -> None:
+    import django
+
+    django.setup()
+
+
+def bound(paths: list[Path], processes: int) -> float:
+    started = time.perf_counter()
+    with Pool(processes, initializer=_django_init) as pool:
+        pool.map(_decode_resize, [str(p) for p in paths], chunksize=16)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def _manage(*args: str, env: dict, capture: bool = False) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )
+    return result.stdout or ""
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def end_to_end(photo_root: Path, n: int, workers: int, env: dict) -> dict:
+    from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
+
+    _manage("migrate", "--noinput", env=env)
+    script = (
+        "import django; django.setup();"
+        "from search.models import EncoderVersion as E; from gallery.models import Collection as C;"
+        "C.objects.filter(name__startswith='bench-').delete();"
+        "print(E.objects.filter(status='active').exists())"
+    )
+    has_encoder = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, text=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "purge", "-f"], cwd=ROOT, env=env, check=True, capture_output=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "WARNING", "--concurrency", str(workers)],
+        cwd=ROOT, env=env,
+    )
+    try:
+        if has_encoder.stdout.strip().endswith("False"):
+            print("training a small encoder first (not timed) ...", flush=True)
+            _manage("import_images", str(ROOT / "demo" / "openmoji"), "--collection", "encoder-seed", "--labels-from-dirs", env=env)
+            _manage("train_encoder", "--collection", "encoder-seed", "--epochs", "1", "--activate", env=env)
+            time.sleep(20)
+        monitor = psutil.Process(worker.pid)
+        peak = 0
+        started = time.perf_counter()
+        importer = subprocess.Popen(
+            [sys.executable, "manage.py", "import_images", str(photo_root), "--collection", f"bench-{int(time.time())}", "--labels-from-dirs", "--wait"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        )
+        while importer.poll() is None:
+            peak = max(peak, _tree_rss(monitor))
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        if importer.returncode:
+            raise SystemExit(f"import_images failed with {importer.returncode}")
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    return {"images_per_second": n / elapsed, "seconds": elapsed, "peak_worker_rss_mb": peak / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes, and processes for the bound")
+    args = parser.parse_args()
+
+    BENCH_VAR.mkdir(parents=True, exist_ok=True)
+    os.environ["CBIR_VAR_DIR"] = str(BENCH_VAR)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
+    sys.path.insert(0, str(ROOT))
+    paths = generate(args.images, args.workers)
+    photo_root = BENCH_VAR / f"photos-{args.images}"
+    if not photo_root.exists():  # a folder holding exactly these N photos (symlinks are not followed by import, so hard links)
+        for path in paths:
+            target = photo_root / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+
+    _django_init()
+    from django.conf import settings
+
+    env = {**os.environ, "DATABASE_URL": settings.DATABASES["default"]["NAME"] and _database_url(settings), "REDIS_URL": settings.CELERY_BROKER_URL}
+    upper = bound(paths, args.workers)
+    print(f"bound (decode + resize, {args.workers} processes): {upper:.1f} images/s", flush=True)
+    result = end_to_end(photo_root, args.images, args.workers, env)
+    ratio = result["images_per_second"] / upper
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "images": args.images,
+        "workers": args.workers,
+        "bound_images_per_second": round(upper, 1),
+        "end_to_end_images_per_second": round(result["images_per_second"], 1),
+        "end_to_end_seconds": round(result["seconds"], 1),
+        "ratio_to_bound": round(ratio, 3),
+        "peak_worker_rss_mb": round(result["peak_worker_rss_mb"]),
+    }
+    print(json.dumps(summary, indent=2))
+
+
+def _database_url(settings) -> str:
+    db = settings.DATABASES["default"]
+    host = db["HOST"] or db["OPTIONS"].get("host", "")
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@/{db['NAME']}?host={host}"
+
+
+if __name__ == "__main__":
+    main()
