@@ -15,6 +15,20 @@ class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "total", "indexed", "pending", "failed", "upload_link"]
     search_fields = ["name"]
     readonly_fields = ["progress", "upload_link"]
+    actions = ["train_encoder"]
+
+    @admin.action(description="Train an encoder on this collection, then activate it (in a worker)")
+    def train_encoder(self, request, queryset):
+        from workers.services import encoder_queue_training
+
+        for collection in queryset:
+            encoder = encoder_queue_training(collection=collection)
+            link = reverse("admin:search_encoderversion_change", args=[encoder.pk])
+            self.message_user(
+                request,
+                format_html('Training <a href="{}">{}</a> queued; its progress shows on its page.', link, encoder),
+                messages.SUCCESS,
+            )
 
     @admin.display(description="progress")
     def progress(self, obj):

@@ -1,4 +1,8 @@
 from django.contrib import admin, messages
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from search.models import EncoderVersion
 from search.services import encoder_activate
@@ -6,17 +10,59 @@ from search.services import encoder_activate
 
 @admin.register(EncoderVersion)
 class EncoderVersionAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "arch", "dim", "status", "trained_on", "created_at", "activated_at", "summary"]
+    list_display = ["id", "name", "arch", "dim", "status", "trained_on", "created_at", "activated_at", "summary", "quality"]
     list_filter = ["status", "arch"]
-    readonly_fields = ["arch", "dim", "config", "checkpoint", "trained_on", "status", "metrics", "error", "created_at", "activated_at"]
+    readonly_fields = [
+        "arch", "dim", "config", "checkpoint", "trained_on", "status", "summary", "quality", "pictures",
+        "metrics", "error", "created_at", "activated_at",
+    ]
     actions = ["activate"]
 
     @admin.display(description="training")
     def summary(self, obj):
         history = (obj.metrics or {}).get("training") or {}
         if not history.get("train_loss"):
+            return "waiting to start" if obj.status == EncoderVersion.Status.TRAINING else "—"
+        planned = ((obj.config or {}).get("training") or {}).get("epochs", "?")
+        text = f"epoch {history['epochs_run']}/{planned}, loss {history['train_loss'][-1]:.4f}"
+        if "seconds" in history:
+            text += f", {history['seconds']} s on {history.get('device')}"
+        return text
+
+    @admin.display(description="evaluation (P@10 / mAP@10)")
+    def quality(self, obj):
+        evaluations = (obj.metrics or {}).get("evaluation") or {}
+        if not evaluations:
             return "—"
-        return f"{history['epochs_run']} epochs, loss {history['train_loss'][-1]:.4f}, {history.get('seconds', '?')} s on {history.get('device')}"
+        return format_html_join(
+            ", ", "{}: {} / {}", ((name, m.get("P@10", "?"), m.get("mAP@10", "?")) for name, m in evaluations.items())
+        )
+
+    @admin.display(description="loss curve and reconstructions")
+    def pictures(self, obj):
+        artifacts = ((obj.metrics or {}).get("training") or {}).get("artifacts") or {}
+        return format_html_join(
+            " ",
+            '<img src="{}" alt="{}" style="max-width:640px;display:block;margin-bottom:8px">',
+            ((reverse("admin:search_encoderversion_artifact", args=[obj.pk, kind]), kind) for kind in artifacts),
+        ) or "—"
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:encoder_id>/artifact/<str:kind>/",
+                self.admin_site.admin_view(self.artifact_view),
+                name="search_encoderversion_artifact",
+            ),
+            *super().get_urls(),
+        ]
+
+    def artifact_view(self, request, encoder_id: int, kind: str):
+        encoder = get_object_or_404(EncoderVersion, pk=encoder_id)
+        name = (((encoder.metrics or {}).get("training") or {}).get("artifacts") or {}).get(kind)
+        if not name or not encoder.checkpoint.storage.exists(name):
+            raise Http404("no such picture")
+        return FileResponse(encoder.checkpoint.storage.open(name, "rb"), content_type="image/png")
 
     @admin.action(description="Activate (re-embed every image, then switch search to it)")
     def activate(self, request, queryset):

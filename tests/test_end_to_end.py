@@ -92,3 +92,33 @@ def test_evaluate_command_reports_precision_through_search(celery_worker, capsys
     assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder"}
     assert result["queries"] == 10 and result["labels"] == 2 and result["encoder"] == encoder.pk
     assert 0.5 < result["P@1"] <= 1.0 and 0.0 < result["mAP@4"] <= 1.0
+
+
+def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_worker, admin_client):
+    from gallery.services import IncomingFile, images_create
+
+    collection = Collection.objects.create(name="from-admin")
+    images_create(
+        collection=collection,
+        files=[IncomingFile(name=f"{i}.png", data=image_bytes(color=COLORS[i % 8], pattern=i)) for i in range(6)],
+    )
+    response = admin_client.post(
+        reverse("admin:gallery_collection_changelist"),
+        {"action": "train_encoder", "_selected_action": [collection.pk]},
+        follow=True,
+    )
+    assert "Training" in response.content.decode()
+    encoder = EncoderVersion.objects.get(trained_on=collection)
+    # The planned run is visible at once; the worker trains it (seed recipe, 15 epochs) and activates it.
+    wait_for(lambda: EncoderVersion.objects.get(pk=encoder.pk).status == EncoderVersion.Status.ACTIVE, message="admin training")
+    encoder.refresh_from_db()
+    history = encoder.metrics["training"]
+    assert history["epochs_run"] == 15 and len(history["train_loss"]) == 15
+    assert set(history["artifacts"]) == {"loss_curve", "reconstructions"}
+    page = admin_client.get(reverse("admin:search_encoderversion_change", args=[encoder.pk])).content.decode()
+    assert "epoch 15/15" in page
+    for kind in ("loss_curve", "reconstructions"):
+        picture = admin_client.get(reverse("admin:search_encoderversion_artifact", args=[encoder.pk, kind]))
+        assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
+        assert b"".join(picture.streaming_content).startswith(b"\x89PNG")
+    assert admin_client.get(reverse("admin:search_encoderversion_artifact", args=[encoder.pk, "nope"])).status_code == 404

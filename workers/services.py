@@ -24,6 +24,7 @@ from gallery.models import Collection, Image
 from gallery.services import image_mark_failed
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
+from workers.autoencoder.artifacts import loss_curve_png, reconstruction_png
 from workers.autoencoder.inference import EMBEDDING_BATCH_SIZE, load_embedder
 from workers.autoencoder.model import AutoencoderConfig, save_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
@@ -183,23 +184,16 @@ def collection_load_pixels(*, collection: Collection, image_size: int) -> torch.
     return torch.from_numpy(np.stack(arrays))
 
 
-def encoder_train(
-    *,
-    collection: Collection,
-    model_config: AutoencoderConfig,
-    train_config: TrainingConfig,
-    name: str = "",
-    show_progress: bool = True,
-    on_epoch: Callable[[int, dict], None] | None = None,
+def encoder_plan(
+    *, collection: Collection, model_config: AutoencoderConfig, train_config: TrainingConfig, name: str = ""
 ) -> EncoderVersion:
-    """Train an encoder on ``collection`` (no labels used) and store it as a new EncoderVersion
-    with status ``trained``. A failure leaves the version ``failed`` with the reason."""
+    """Record a training run to be done (status ``training``), so the admin sees it at once."""
     if model_config.dim != settings.CBIR_EMBEDDING_DIM:
         raise ValueError(
             f"--dim {model_config.dim} differs from CBIR_EMBEDDING_DIM={settings.CBIR_EMBEDDING_DIM}, "
             "the width of the vector column"
         )
-    encoder = EncoderVersion.objects.create(
+    return EncoderVersion.objects.create(
         name=name or f"{model_config.arch} on {collection.name}",
         arch=model_config.arch,
         dim=model_config.dim,
@@ -207,6 +201,20 @@ def encoder_train(
         trained_on=collection,
         status=EncoderVersion.Status.TRAINING,
     )
+
+
+def encoder_train(
+    *,
+    encoder: EncoderVersion,
+    show_progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> EncoderVersion:
+    """Train a planned encoder on its collection (no labels used), store the checkpoint with a
+    loss-curve PNG (and, for autoencoders, a reconstruction preview) beside it, and mark it
+    ``trained``. A failure leaves it ``failed`` with the reason."""
+    collection = encoder.trained_on
+    model_config = AutoencoderConfig(**encoder.config["model"])
+    train_config = TrainingConfig(**encoder.config["training"])
     try:
         pixels = collection_load_pixels(collection=collection, image_size=model_config.image_size)
 
@@ -220,8 +228,14 @@ def encoder_train(
         )
         folder = settings.VAR_DIR / "encoders" / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
-        filename = f"encoder-{encoder.pk}-{uuid.uuid4().hex[:8]}.pt"
+        stem = f"encoder-{encoder.pk}-{uuid.uuid4().hex[:8]}"
+        filename = f"{stem}.pt"
         save_checkpoint(folder / filename, model=model, config=model_config, extra={"history": history})
+        history["artifacts"] = {"loss_curve": f"checkpoints/{stem}-loss.png"}
+        loss_curve_png(folder / f"{stem}-loss.png", history=history)
+        if getattr(model, "objective", "reconstruction") == "reconstruction":
+            reconstruction_png(folder / f"{stem}-reconstructions.png", model=model, images=pixels)
+            history["artifacts"]["reconstructions"] = f"checkpoints/{stem}-reconstructions.png"
     except Exception as exc:
         EncoderVersion.objects.filter(pk=encoder.pk).update(status=EncoderVersion.Status.FAILED, error=str(exc)[:2000])
         raise
@@ -230,4 +244,20 @@ def encoder_train(
         encoder.metrics = {"training": history}
         encoder.status = EncoderVersion.Status.TRAINED
         encoder.save(update_fields=["checkpoint", "metrics", "status"])
+    return encoder
+
+
+def encoder_queue_training(
+    *, collection: Collection, epochs: int = 15, arch: str = "conv_ae", image_size: int | None = None, activate: bool = True
+) -> EncoderVersion:
+    """Plan a training run with default settings for ``arch`` and hand it to a worker (after commit)."""
+    from workers.tasks import train_encoder
+
+    model_config = AutoencoderConfig(arch=arch, dim=settings.CBIR_EMBEDDING_DIM, **({"image_size": image_size} if image_size else {}))
+    encoder = encoder_plan(
+        collection=collection,
+        model_config=model_config,
+        train_config=TrainingConfig(epochs=epochs, device=settings.CBIR_DEVICE),
+    )
+    transaction.on_commit(lambda: train_encoder.delay(encoder.pk, activate=activate))
     return encoder

@@ -47,23 +47,14 @@ def sweep_pending() -> int:
 
 
 @shared_task(acks_late=False)
-def train_encoder(collection_id: int, *, epochs: int = 15, image_size: int = 128, seed: int = 0, activate: bool = True) -> int:
-    """Train on a collection and (optionally) activate. Not acked late: a training run killed halfway
-    is not silently restarted."""
-    from django.conf import settings
-
-    from gallery.models import Collection
+def train_encoder(encoder_id: int, *, activate: bool = True) -> int:
+    """Train a planned encoder (``workers.services.encoder_plan``) and optionally activate it. Not
+    acked late: a training run killed halfway is not silently restarted; it stays visible as such."""
+    from search.models import EncoderVersion
     from search.services import encoder_activate
-    from workers.autoencoder.model import AutoencoderConfig
-    from workers.autoencoder.training import TrainingConfig
     from workers.services import encoder_train
 
-    encoder = encoder_train(
-        collection=Collection.objects.get(pk=collection_id),
-        model_config=AutoencoderConfig(image_size=image_size, dim=settings.CBIR_EMBEDDING_DIM),
-        train_config=TrainingConfig(epochs=epochs, seed=seed, device=settings.CBIR_DEVICE),
-        show_progress=False,
-    )
+    encoder = encoder_train(encoder=EncoderVersion.objects.get(pk=encoder_id), show_progress=False)
     if activate:
         encoder_activate(encoder=encoder)
     return encoder.pk

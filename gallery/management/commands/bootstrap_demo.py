@@ -36,8 +36,8 @@ class Command(BaseCommand):
             self.stdout.write(f"demo collection: {report.summary()}")
 
         if not EncoderVersion.objects.exclude(status=EncoderVersion.Status.FAILED).exists():
-            from workers.tasks import train_encoder
+            from workers.services import encoder_queue_training
 
             collection = Collection.objects.get(name=DEMO_COLLECTION)
-            train_encoder.delay(collection.pk, epochs=DEMO_EPOCHS, activate=True)
+            encoder_queue_training(collection=collection, epochs=DEMO_EPOCHS, activate=True)
             self.stdout.write(f"training an encoder on '{DEMO_COLLECTION}' in the worker ({DEMO_EPOCHS} epochs); search starts when it is active")

@@ -5,7 +5,7 @@ from gallery.models import Collection
 from search.services import encoder_activate
 from workers.autoencoder.model import ARCHITECTURES, AutoencoderConfig
 from workers.autoencoder.training import TrainingConfig
-from workers.services import encoder_train
+from workers.services import encoder_plan, encoder_train
 
 
 class Command(BaseCommand):
@@ -33,7 +33,7 @@ class Command(BaseCommand):
             raise CommandError("--epochs must be at least 1")
         try:
             model_config = AutoencoderConfig(arch=o["arch"], image_size=o["image_size"], dim=o["dim"])
-            encoder = encoder_train(
+            planned = encoder_plan(
                 collection=collection,
                 model_config=model_config,
                 train_config=TrainingConfig(
@@ -45,8 +45,8 @@ class Command(BaseCommand):
                     max_minutes=o["max_minutes"],
                 ),
                 name=o["name"],
-                show_progress=True,
             )
+            encoder = encoder_train(encoder=planned, show_progress=True)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         history = encoder.metrics["training"]
