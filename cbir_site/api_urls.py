@@ -1,9 +1,12 @@
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery.apis import CollectionDetailApi, CollectionListApi, ImageUploadApi
 from search.apis import ImageSimilarApi, SearchApi
 
 urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),

@@ -1,5 +1,5 @@
-from django.conf import settings
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +21,79 @@ class CollectionRefField(serializers.CharField):
         return collection
 
 
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField(help_text="what went wrong, for a person")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False,
+        help_text="per-parameter messages, keyed by the parameter's name",
+    )
+    status = serializers.CharField(required=False, help_text="the image's status (409 only)")
+
+
+class CollectionRefOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class ImageOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    collection = CollectionRefOutputSerializer()
+    label = serializers.CharField(allow_blank=True)
+    original_name = serializers.CharField()
+    image_url = serializers.URLField(allow_null=True)
+    thumbnail_url = serializers.URLField(allow_null=True, help_text="256 px WebP once a worker made it, else the original")
+
+
+def image_representation(image, request) -> dict:
+    return {
+        "id": image.pk,
+        "collection": {"id": image.collection_id, "name": image.collection.name},
+        "label": image.label,
+        "original_name": image.original_name,
+        "image_url": request.build_absolute_uri(image.file.url) if image.file else None,
+        "thumbnail_url": request.build_absolute_uri(image.display_url) if image.file else None,
+    }
+
+
+class ImageCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    indexed = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class CollectionOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    images = ImageCountsSerializer()
+
+
+class CollectionDetailOutputSerializer(CollectionOutputSerializer):
+    indexed_per_second = serializers.FloatField(help_text="images indexed per second over the last minute")
+
+
+class CollectionListOutputSerializer(serializers.Serializer):
+    results = CollectionOutputSerializer(many=True)
+
+
+class UploadResultSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    status = serializers.ChoiceField(["pending", "failed", "duplicate", "skipped"])
+    id = serializers.IntegerField(required=False)
+    error = serializers.CharField(required=False, allow_blank=True)
+    duplicate_of = serializers.IntegerField(required=False)
+
+
+class UploadOutputSerializer(serializers.Serializer):
+    collection = CollectionRefOutputSerializer()
+    stored = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    results = UploadResultSerializer(many=True)
+
+
 def _collection_representation(collection: Collection, counts: dict) -> dict:
     return {
         "id": collection.pk,
@@ -31,8 +104,7 @@ def _collection_representation(collection: Collection, counts: dict) -> dict:
 
 
 class CollectionListApi(APIView):
-    """GET /api/collections/"""
-
+    @extend_schema(operation_id="collection_list", summary="Collections with image counts", responses={200: CollectionListOutputSerializer})
     def get(self, request):
         return Response(
             {"results": [_collection_representation(c, vars(c)) for c in collection_list_with_stats()]}
@@ -40,8 +112,11 @@ class CollectionListApi(APIView):
 
 
 class CollectionDetailApi(APIView):
-    """GET /api/collections/{id}/ : counts by status and the indexing rate over the last minute."""
-
+    @extend_schema(
+        operation_id="collection_detail",
+        summary="A collection's counts by status and its indexing rate",
+        responses={200: CollectionDetailOutputSerializer, 404: OpenApiResponse(ErrorSerializer, description="no such collection")},
+    )
     def get(self, request, collection_id: int):
         collection = get_object_or_404(Collection, pk=collection_id)
         stats = collection_stats(collection=collection)
@@ -53,16 +128,26 @@ class CollectionDetailApi(APIView):
         )
 
 
+class ImageUploadInputSerializer(serializers.Serializer):
+    collection = CollectionRefField(help_text="collection id or name")
+    label = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    labels_from_dirs = serializers.BooleanField(required=False, default=False)
+    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), help_text="one or more images or .zip archives")
+
+
 class ImageUploadApi(APIView):
     """POST /api/images/ (multipart: files (one or many; .zip archives are expanded), collection,
     label, labels_from_dirs). Answers 202 with one result per file: stored (pending, then indexed
     by the workers), failed with a reason, duplicate of an existing image, or skipped."""
 
-    class InputSerializer(serializers.Serializer):
-        collection = CollectionRefField()
-        label = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
-        labels_from_dirs = serializers.BooleanField(required=False, default=False)
+    InputSerializer = ImageUploadInputSerializer
 
+    @extend_schema(
+        operation_id="image_upload",
+        summary="Upload one or many images (or .zip archives) into a collection",
+        request={"multipart/form-data": InputSerializer},
+        responses={202: UploadOutputSerializer, 400: OpenApiResponse(ErrorSerializer, description="invalid parameters")},
+    )
     def post(self, request):
         params = self.InputSerializer(data=request.data)
         files = request.FILES.getlist("files")

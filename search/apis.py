@@ -1,96 +1,169 @@
-"""The search API: similar-to-an-indexed-image and search-by-upload."""
+"""The search API: similar-to-an-indexed-image and search-by-upload, one selector underneath."""
 from __future__ import annotations
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gallery import imaging
-from gallery.apis import CollectionRefField
+from gallery.apis import CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation
 from gallery.models import Image
 from search import selectors
 
+# offset + k may not pass this: deeper pages are not what similarity search is for, and the
+# HNSW candidate list (ef_search) has to cover offset + k.
+MAX_DEPTH = 1000
+
 
 class SearchParamsSerializer(serializers.Serializer):
-    k = serializers.IntegerField(min_value=1, max_value=settings.CBIR_SEARCH_MAX_K, default=settings.CBIR_SEARCH_DEFAULT_K)
-    collection = CollectionRefField(required=False)
-
-
-class HitOutputSerializer(serializers.Serializer):
-    def to_representation(self, hit: selectors.Hit) -> dict:
-        request = self.context["request"]
-        return {
-            **image_representation(hit.image, request),
-            "distance": round(hit.distance, 6),
-            "similarity": round(hit.similarity, 6),
-        }
-
-
-def image_representation(image: Image, request) -> dict:
-    return {
-        "id": image.pk,
-        "collection": {"id": image.collection_id, "name": image.collection.name},
-        "label": image.label,
-        "original_name": image.original_name,
-        "image_url": request.build_absolute_uri(image.file.url) if image.file else None,
-        "thumbnail_url": request.build_absolute_uri(image.display_url) if image.file else None,
-    }
-
-
-def _error(message: str, code: int, **extra) -> Response:
-    return Response({"error": message, **extra}, status=code)
-
-
-def _ranked(request, hits, **extra) -> Response:
-    return Response(
-        {**extra, "count": len(hits), "results": HitOutputSerializer(hits, many=True, context={"request": request}).data}
+    k = serializers.IntegerField(
+        min_value=1, max_value=settings.CBIR_SEARCH_MAX_K, default=settings.CBIR_SEARCH_DEFAULT_K,
+        help_text=f"number of results (1..{settings.CBIR_SEARCH_MAX_K})",
     )
+    offset = serializers.IntegerField(min_value=0, default=0, help_text="skip this many results (pagination)")
+    collection = serializers.ListField(
+        child=CollectionRefField(), required=False, default=list,
+        help_text="restrict to these collections (id or name; repeat the parameter or separate with commas)",
+    )
+    label = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+    min_similarity = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0, default=None, allow_null=True)
+    exclude = serializers.BooleanField(
+        required=False, default=None, allow_null=True,
+        help_text="leave out exact (byte-identical) duplicates of the query; "
+        "default true for /similar/ (the query image itself is always left out), false for uploads",
+    )
+
+    def to_internal_value(self, data):
+        if hasattr(data, "getlist"):  # QueryDict: collection may repeat and may hold commas
+            collections = [part for value in data.getlist("collection") for part in value.split(",") if part.strip()]
+            data = {key: data.get(key) for key in data} | {"collection": collections}
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        if attrs["offset"] + attrs["k"] > MAX_DEPTH:
+            raise serializers.ValidationError({"offset": [f"offset + k may not exceed {MAX_DEPTH}"]})
+        return attrs
+
+    def filters(self) -> selectors.SearchFilters:
+        data = self.validated_data
+        return selectors.SearchFilters(
+            collection_ids=tuple(c.pk for c in data["collection"]),
+            label=data["label"],
+            min_similarity=data["min_similarity"],
+        )
+
+
+class HitOutputSerializer(ImageOutputSerializer):
+    distance = serializers.FloatField(help_text="cosine distance to the query, 0 = same direction, 2 = opposite")
+    similarity = serializers.FloatField(help_text="1 - distance (cosine similarity)")
+
+
+class RankedOutputSerializer(serializers.Serializer):
+    encoder = serializers.IntegerField(help_text="id of the encoder version whose vectors were ranked")
+    count = serializers.IntegerField(help_text="number of results in this page")
+    next = serializers.URLField(allow_null=True, help_text="the next page, or null when this one is not full")
+    query = ImageOutputSerializer(required=False, help_text="the query image (/similar/ only)")
+    results = HitOutputSerializer(many=True)
+
+
+SEARCH_PARAMETERS = [
+    OpenApiParameter("k", int, description=f"results per page, 1..{settings.CBIR_SEARCH_MAX_K}, default {settings.CBIR_SEARCH_DEFAULT_K}"),
+    OpenApiParameter("offset", int, description="results to skip (pagination); offset + k <= 1000"),
+    OpenApiParameter("collection", str, many=True, explode=True, description="collection id or name; repeatable"),
+    OpenApiParameter("label", str, description="only images with this label"),
+    OpenApiParameter("min_similarity", float, description="only results at least this similar (-1..1)"),
+    OpenApiParameter("exclude", bool, description="leave out byte-identical duplicates of the query (default true here)"),
+]
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="invalid parameters; `errors` names each one"),
+    503: OpenApiResponse(ErrorSerializer, description="no active encoder yet"),
+}
+
+
+def _invalid(params) -> Response:
+    return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+
+
+def _ranked(request, hits, params, encoder_id: int, **extra) -> Response:
+    data = params.validated_data
+    next_url = None
+    if len(hits) == data["k"] and data["offset"] + 2 * data["k"] <= MAX_DEPTH:
+        query = request.GET.copy()
+        query["offset"] = data["offset"] + data["k"]
+        query["k"] = data["k"]
+        next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+    results = [
+        {**image_representation(hit.image, request), "distance": round(hit.distance, 6), "similarity": round(hit.similarity, 6)}
+        for hit in hits
+    ]
+    return Response({"encoder": encoder_id, "count": len(hits), "next": next_url, **extra, "results": results})
 
 
 class ImageSimilarApi(APIView):
-    """GET /api/images/{id}/similar/?k=10&collection=NAME_OR_ID"""
-
+    @extend_schema(
+        operation_id="image_similar",
+        summary="Images most similar to an indexed image",
+        parameters=SEARCH_PARAMETERS,
+        responses={
+            200: RankedOutputSerializer,
+            **ERRORS,
+            404: OpenApiResponse(ErrorSerializer, description="no such image"),
+            409: OpenApiResponse(ErrorSerializer, description="the image is not indexed (pending or failed)"),
+        },
+    )
     def get(self, request, image_id: int):
         params = SearchParamsSerializer(data=request.query_params)
         if not params.is_valid():
-            return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+            return _invalid(params)
         image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
-        collection = params.validated_data.get("collection")
+        data = params.validated_data
         try:
+            encoder = selectors.encoder_active()
             hits = selectors.image_list_similar(
-                image=image, k=params.validated_data["k"], collection_ids=[collection.pk] if collection else None
+                image=image, k=data["k"], offset=data["offset"], filters=params.filters(),
+                exclude_duplicates=data["exclude"] is not False, encoder=encoder,
             )
         except selectors.SearchUnavailable as exc:
-            return _error(str(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         except selectors.ImageNotIndexed as exc:
-            return _error(str(exc), status.HTTP_409_CONFLICT, status=image.status)
-        return _ranked(request, hits, query=image_representation(image, request))
+            return Response({"error": str(exc), "status": image.status}, status=status.HTTP_409_CONFLICT)
+        return _ranked(request, hits, params, encoder.pk, query=image_representation(image, request))
+
+
+class SearchUploadInputSerializer(SearchParamsSerializer):
+    image = serializers.FileField(allow_empty_file=True, help_text="the query picture")
 
 
 class SearchApi(APIView):
-    """POST /api/search/ (multipart: image, k, collection)"""
+    InputSerializer = SearchUploadInputSerializer
 
-    class InputSerializer(SearchParamsSerializer):
-        image = serializers.FileField(allow_empty_file=True)
-
+    @extend_schema(
+        operation_id="search_by_upload",
+        summary="Images most similar to an uploaded picture",
+        request={"multipart/form-data": InputSerializer},
+        responses={200: RankedOutputSerializer, **ERRORS},
+    )
     def post(self, request):
         params = self.InputSerializer(data=request.data)
         if not params.is_valid():
-            return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
-        upload = params.validated_data["image"]
+            return _invalid(params)
+        data = params.validated_data
+        upload = data["image"]
         if upload.size > settings.CBIR_MAX_UPLOAD_BYTES:
-            return _error(f"image: file larger than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes", status.HTTP_400_BAD_REQUEST)
-        collection = params.validated_data.get("collection")
+            message = f"file larger than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes"
+            return Response({"error": f"image: {message}", "errors": {"image": [message]}}, status=status.HTTP_400_BAD_REQUEST)
         try:
+            encoder = selectors.encoder_active()
             hits = selectors.upload_list_similar(
-                data=upload.read(), k=params.validated_data["k"], collection_ids=[collection.pk] if collection else None
+                data=upload.read(), k=data["k"], offset=data["offset"], filters=params.filters(),
+                exclude_duplicates=bool(data["exclude"]), encoder=encoder,
             )
         except imaging.ImageRejected as exc:
-            return Response(
-                {"error": f"image: {exc}", "errors": {"image": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST
-            )
+            return Response({"error": f"image: {exc}", "errors": {"image": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST)
         except selectors.SearchUnavailable as exc:
-            return _error(str(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
-        return _ranked(request, hits)
+            return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return _ranked(request, hits, params, encoder.pk)

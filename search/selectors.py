@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -42,27 +42,45 @@ def encoder_active() -> EncoderVersion:
     return encoder
 
 
+@dataclass(frozen=True)
+class SearchFilters:
+    """What a ranked query may be narrowed by. Empty means no filter."""
+
+    collection_ids: Sequence[int] = ()
+    label: str = ""
+    min_similarity: float | None = None
+    exclude_image_ids: Sequence[int] = ()
+    exclude_sha256: Sequence[str] = ()
+
+
 def similar_queryset(
     *,
     vector: Sequence[float] | np.ndarray,
     encoder: EncoderVersion,
     k: int,
+    offset: int = 0,
+    filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None,
-    exclude_image_ids: Sequence[int] = (),
 ):
-    """The ranking as one ORM query on the embedding table alone: ``ORDER BY vector <=> query LIMIT k``
-    over one encoder's vectors, yielding (image_id, distance). Joins are left out on purpose: a
-    single-table top-k is what the HNSW index serves; images are fetched by id afterwards."""
-    queryset = Embedding.objects.filter(encoder=encoder)
+    """The ranking as one ORM query on the embedding table: ``ORDER BY vector <=> query LIMIT k``
+    over one encoder's vectors, yielding (image_id, distance). Images are fetched by id
+    afterwards, so the top-k itself stays a single-table scan that the HNSW index serves."""
     if collection_ids:
-        queryset = queryset.filter(collection_id__in=list(collection_ids))
-    if exclude_image_ids:
-        queryset = queryset.exclude(image_id__in=list(exclude_image_ids))
-    return (
-        queryset.annotate(distance=CosineDistance("vector", np.asarray(vector, dtype=np.float32)))
-        .order_by("distance")
-        .values_list("image_id", "distance")[:k]
-    )
+        filters = replace(filters, collection_ids=tuple(collection_ids))
+    distance = CosineDistance("vector", np.asarray(vector, dtype=np.float32))
+    queryset = Embedding.objects.filter(encoder=encoder)
+    if filters.collection_ids:
+        queryset = queryset.filter(collection_id__in=list(filters.collection_ids))
+    if filters.label:
+        queryset = queryset.filter(image__label=filters.label)
+    if filters.exclude_image_ids:
+        queryset = queryset.exclude(image_id__in=list(filters.exclude_image_ids))
+    if filters.exclude_sha256:
+        queryset = queryset.exclude(image__sha256__in=list(filters.exclude_sha256))
+    queryset = queryset.annotate(distance=distance)
+    if filters.min_similarity is not None:
+        queryset = queryset.filter(distance__lte=1.0 - filters.min_similarity)
+    return queryset.order_by("distance").values_list("image_id", "distance")[offset : offset + k]
 
 
 @contextmanager
@@ -73,7 +91,7 @@ def hnsw_session(*, k: int):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
-                [str(max(settings.CBIR_HNSW_EF_SEARCH, k))],
+                [str(min(max(settings.CBIR_HNSW_EF_SEARCH, k), 1000))],
             )
         yield
 
@@ -83,45 +101,83 @@ def vector_list_similar(
     vector: Sequence[float] | np.ndarray,
     encoder: EncoderVersion,
     k: int,
+    offset: int = 0,
+    filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None,
     exclude_image_ids: Sequence[int] = (),
 ) -> list[Hit]:
-    """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first."""
+    """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first,
+    skipping the first ``offset`` (pagination). ``collection_ids`` / ``exclude_image_ids`` are
+    shorthands for the same fields of ``filters``."""
+    if exclude_image_ids:
+        filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
     queryset = similar_queryset(
-        vector=vector, encoder=encoder, k=k, collection_ids=collection_ids, exclude_image_ids=exclude_image_ids
+        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids
     )
-    with hnsw_session(k=k):
+    with hnsw_session(k=offset + k):
         ranked = list(queryset)
     images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
 
 
-def image_list_similar(*, image: Image, k: int, collection_ids: Sequence[int] | None = None) -> list[Hit]:
-    """The ``k`` images most similar to an indexed image, the image itself left out."""
-    encoder = encoder_active()
+def image_list_similar(
+    *,
+    image: Image,
+    k: int,
+    offset: int = 0,
+    filters: SearchFilters = SearchFilters(),
+    collection_ids: Sequence[int] | None = None,
+    exclude_duplicates: bool = True,
+    encoder: EncoderVersion | None = None,
+) -> list[Hit]:
+    """The ``k`` images most similar to an indexed image. The image itself is always left out;
+    with ``exclude_duplicates``, so are byte-identical copies of it. ``encoder`` defaults to the
+    active one."""
+    encoder = encoder or encoder_active()
     embedding = Embedding.objects.filter(image=image, encoder=encoder).only("vector").first()
     if embedding is None:
         raise ImageNotIndexed(f"image {image.pk} is {image.status}" + (f": {image.error}" if image.error else ""))
+    filters = replace(
+        filters,
+        exclude_image_ids=(*filters.exclude_image_ids, image.pk),
+        exclude_sha256=(*filters.exclude_sha256, image.sha256) if exclude_duplicates and image.sha256 else filters.exclude_sha256,
+    )
     return vector_list_similar(
-        vector=embedding.vector, encoder=encoder, k=k, collection_ids=collection_ids, exclude_image_ids=[image.pk]
+        vector=embedding.vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids
     )
 
 
-def upload_list_similar(*, data: bytes, k: int, collection_ids: Sequence[int] | None = None) -> list[Hit]:
-    """The ``k`` images most similar to an uploaded file. Raises ``ImageRejected`` for bad bytes."""
-    encoder_active()  # fail fast, before decoding, when nothing can be ranked
+def upload_list_similar(
+    *, data: bytes, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
+    collection_ids: Sequence[int] | None = None, exclude_duplicates: bool = False, encoder: EncoderVersion | None = None,
+) -> list[Hit]:
+    """The ``k`` images most similar to an uploaded file. Raises ``ImageRejected`` for bad bytes.
+    With ``exclude_duplicates``, stored byte-identical copies of the upload are left out."""
+    import hashlib
+
+    encoder = encoder or encoder_active()  # fail fast, before decoding, when nothing can be ranked
     if len(data) > settings.CBIR_MAX_UPLOAD_BYTES:
         raise imaging.ImageRejected(f"file too large: more than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes")
-    return picture_list_similar(picture=imaging.decode_rgb(data), k=k, collection_ids=collection_ids)
+    if exclude_duplicates:
+        filters = replace(filters, exclude_sha256=(*filters.exclude_sha256, hashlib.sha256(data).hexdigest()))
+    return picture_list_similar(
+        picture=imaging.decode_rgb(data), k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder
+    )
 
 
-def picture_list_similar(*, picture, k: int, collection_ids: Sequence[int] | None = None) -> list[Hit]:
-    """The ``k`` images most similar to a decoded RGB picture, embedded here with the active encoder."""
+def picture_list_similar(
+    *, picture, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
+    collection_ids: Sequence[int] | None = None, encoder: EncoderVersion | None = None,
+) -> list[Hit]:
+    """The ``k`` images most similar to a decoded RGB picture, embedded here with ``encoder``
+    (default: the active one)."""
     from workers.autoencoder.inference import load_embedder
 
-    encoder = encoder_active()
+    encoder = encoder or encoder_active()
     vector = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE).embed([picture])[0]
-    return vector_list_similar(vector=vector, encoder=encoder, k=k, collection_ids=collection_ids)
+    return vector_list_similar(
+        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids
+    )
 
 
 def collection_evaluate(*, collection_id: int, ks: Sequence[int], progress=None) -> dict:

@@ -111,7 +111,10 @@ def train_autoencoder(
     model = build_model(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    history = {"train_loss": [], "val_loss": [], "device": str(device), "images": len(images), "epochs_run": 0}
+    history = {
+        "train_loss": [], "val_loss": [], "device": str(device), "images": len(images), "epochs_run": 0,
+        "objective": "reconstruction MSE",
+    }
     started = time.monotonic()
     for epoch in range(train_config.epochs):
         with tqdm(

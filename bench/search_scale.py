@@ -1,0 +1,259 @@
+"""Search at scale: HNSW vs exact scan on 1,000,000 vectors in the real table.
+
+    .venv/bin/python bench/search_scale.py [--vectors 1000000] [--queries 200]
+
+Loads into the product's own tables (gallery_image, search_embedding) under var/bench-search
+(embedded PostgreSQL 18 + pgvector): clustered synthetic vectors of the encoder's width (2,000
+Gaussian clusters with unequal spreads, so approximate search has real work to do), 1% of them
+in a separate small collection (the filtered case), plus real embeddings of the 1,768 shared
+OpenMoji images from a seed autoencoder trained on them. Then, in one run:
+- builds the HNSW index (time, size, maintenance_work_mem);
+- for several hnsw.ef_search values: SQL latency p50/p95/p99 of the product's ranking query
+  (search.selectors.similar_queryset, iterative scan on), unfiltered and filtered to the 1%
+  collection, and recall@10 against the exact answer;
+- times the exact scan (index disabled) on the same queries, for the speed-up;
+- API latency of GET /api/images/{id}/similar/?k=10 through HTTP (gunicorn, 2 workers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var" / "bench-search"
+EF_SEARCH = [10, 20, 40, 80, 160]
+MAINTENANCE_WORK_MEM = "4GB"
+
+
+def pct(values, q):
+    return round(float(np.percentile(values, q)), 2)
+
+
+def setup_django():
+    VAR.mkdir(parents=True, exist_ok=True)
+    os.environ["CBIR_VAR_DIR"] = str(VAR)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "0")
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def load(n: int, dim: int, rng) -> tuple[int, int, np.ndarray]:
+    from django.core.management import call_command
+    from django.db import connection
+    from pgvector.psycopg import register_vector
+
+    from gallery.models import Collection
+    from search.models import EncoderVersion
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE search_embedding, gallery_image, gallery_collection, search_encoderversion RESTART IDENTITY CASCADE")
+        cursor.execute("DROP INDEX IF EXISTS embedding_vector_hnsw")
+    encoder = EncoderVersion.objects.create(name="bench", arch="conv_ae", dim=dim, status="active")
+    big = Collection.objects.create(name="big")
+    small = Collection.objects.create(name="small-1pct")
+    centres = rng.normal(size=(2000, dim)).astype(np.float32)
+    spreads = rng.uniform(0.2, 0.8, size=2000).astype(np.float32)
+    n_small = n // 100
+    connection.ensure_connection()
+    raw = connection.connection
+    register_vector(raw)
+    started = time.perf_counter()
+    chunk = 50_000
+    with raw.cursor() as cursor:
+        for start in range(0, n, chunk):
+            count = min(chunk, n - start)
+            cluster = rng.integers(0, 2000, count)
+            vectors = centres[cluster] + spreads[cluster, None] * rng.normal(size=(count, dim)).astype(np.float32)
+            collection_id = [small.pk if start + i < n_small else big.pk for i in range(count)]
+            with cursor.copy(
+                "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at) FROM STDIN"
+            ) as copy:
+                for i in range(count):
+                    image_id = start + i + 1
+                    copy.write_row((image_id, collection_id[i], "", "", f"s{image_id}", f"c{cluster[i]}", "", "indexed", "", "now", "now"))
+            with cursor.copy("COPY search_embedding (image_id, encoder_id, collection_id, vector) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "int8", "int8", "vector"])
+                for i in range(count):
+                    copy.write_row((start + i + 1, encoder.pk, collection_id[i], vectors[i]))
+            print(f"  loaded {start + count:,} vectors", flush=True)
+        cursor.execute("SELECT setval('gallery_image_id_seq', %s)", [n + 1])
+    raw.commit()
+    print(f"load: {time.perf_counter() - started:.0f} s", flush=True)
+    return encoder.pk, small.pk, centres
+
+
+def add_real_embeddings(encoder_id: int) -> int:
+    """Embed the shared OpenMoji images with a seed autoencoder trained on them (1 epoch, CPU)."""
+    from django.db import connection
+
+    from gallery.models import Collection, Image
+    from gallery.services import collection_import
+    from search.models import EncoderVersion, Embedding
+    from workers.autoencoder.inference import load_embedder
+    from workers.autoencoder.model import AutoencoderConfig
+    from workers.autoencoder.training import TrainingConfig
+    from workers.services import encoder_plan, encoder_train, images_index
+
+    collection = Collection.objects.create(name="openmoji")
+    collection_import(collection=collection, path=ROOT.parent / "shared" / "datasets" / "openmoji", labels_from_dirs=True)
+    seed = encoder_train(
+        encoder=encoder_plan(
+            collection=collection,
+            model_config=AutoencoderConfig(dim=EncoderVersion.objects.get(pk=encoder_id).dim),
+            train_config=TrainingConfig(epochs=1),
+        ),
+        show_progress=False,
+    )
+    EncoderVersion.objects.filter(pk=encoder_id).update(checkpoint=seed.checkpoint.name)
+    EncoderVersion.objects.filter(pk=seed.pk).update(status="retired")
+    ids = list(Image.objects.filter(collection=collection).values_list("id", flat=True))
+    for start in range(0, len(ids), 256):
+        images_index(image_ids=ids[start : start + 256])  # active encoder = the bench one, now with weights
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return Embedding.objects.filter(collection=collection).count()
+
+
+def build_index() -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
+        cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 worker = the 2 cores
+        started = time.perf_counter()
+        cursor.execute(
+            "CREATE INDEX embedding_vector_hnsw ON search_embedding USING hnsw (vector vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+        )
+        seconds = time.perf_counter() - started
+        cursor.execute("SELECT pg_relation_size('embedding_vector_hnsw'), pg_relation_size('search_embedding')")
+        index_bytes, table_bytes = cursor.fetchone()
+        cursor.execute("ANALYZE search_embedding")
+    return {"seconds": round(seconds, 1), "index_mb": round(index_bytes / 2**20), "table_mb": round(table_bytes / 2**20), "maintenance_work_mem": MAINTENANCE_WORK_MEM}
+
+
+def run_queries(queries, encoder, k, collection_ids, ef, exact=False):
+    from django.db import connection, transaction
+
+    from search.selectors import similar_queryset
+
+    latencies, answers = [], []
+    for vector in queries:
+        queryset = similar_queryset(vector=vector, encoder=encoder, k=k, collection_ids=collection_ids)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                if exact:
+                    cursor.execute("SET LOCAL enable_indexscan = off")
+                else:
+                    cursor.execute(
+                        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
+                        [str(max(ef, k))],
+                    )
+            started = time.perf_counter()
+            rows = list(queryset)
+            latencies.append((time.perf_counter() - started) * 1000)
+        answers.append([image_id for image_id, _ in rows])
+    return latencies, answers
+
+
+def recall(approx, exact, k):
+    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
+
+
+def api_latency(ids, port=8765) -> dict:
+    env = {**os.environ}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "cbir_site.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/images/{{}}/similar/?k=10"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url.format(ids[0]), timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.3)
+        for image_id in ids[:20]:  # warm both workers
+            urllib.request.urlopen(url.format(image_id)).read()
+        latencies = []
+        for image_id in ids:
+            started = time.perf_counter()
+            body = urllib.request.urlopen(url.format(image_id)).read()
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert json.loads(body)["count"] == 10
+        return {"p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99)}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--skip-load", action="store_true", help="reuse the table and index of the last run")
+    args = parser.parse_args()
+    setup_django()
+    from django.conf import settings
+
+    from search.models import EncoderVersion, Embedding
+
+    rng = np.random.default_rng(0)
+    dim = settings.CBIR_EMBEDDING_DIM
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "vectors": args.vectors, "dim": dim}
+    if not args.skip_load:
+        encoder_id, small_id, centres = load(args.vectors, dim, rng)
+        report["real_embeddings"] = add_real_embeddings(encoder_id)
+        report["index_build"] = build_index()
+        print(json.dumps(report["index_build"]), flush=True)
+    encoder = EncoderVersion.objects.get(name="bench")
+    from gallery.models import Collection
+
+    small_id = Collection.objects.get(name="small-1pct").pk
+    sample = list(Embedding.objects.order_by("?").values_list("vector", flat=True)[: args.queries])
+    queries = [np.asarray(v) + rng.normal(0, 0.05, size=dim).astype(np.float32) for v in sample]
+    k = 10
+    exact_lat, exact_ans = run_queries(queries, encoder, k, None, 0, exact=True)
+    exact_small_lat, exact_small_ans = run_queries(queries, encoder, k, [small_id], 0, exact=True)
+    report["exact_scan_ms"] = {"p50": pct(exact_lat, 50), "p95": pct(exact_lat, 95)}
+    report["exact_scan_filtered_ms"] = {"p50": pct(exact_small_lat, 50), "p95": pct(exact_small_lat, 95)}
+    rows = []
+    for ef in EF_SEARCH:
+        lat, ans = run_queries(queries, encoder, k, None, ef)
+        flat, fans = run_queries(queries, encoder, k, [small_id], ef)
+        rows.append(
+            {
+                "ef_search": ef,
+                "sql_p50_ms": pct(lat, 50), "sql_p95_ms": pct(lat, 95), "sql_p99_ms": pct(lat, 99),
+                "recall@10": round(recall(ans, exact_ans, k), 4),
+                "filtered_p50_ms": pct(flat, 50), "filtered_p95_ms": pct(flat, 95), "filtered_p99_ms": pct(flat, 99),
+                "filtered_recall@10": round(recall(fans, exact_small_ans, k), 4),
+                "filtered_short_answers": sum(len(a) < k for a in fans),
+                "speedup_vs_exact_p50": round(pct(exact_lat, 50) / pct(lat, 50), 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    report["by_ef_search"] = rows
+    ids = list(Embedding.objects.filter(encoder=encoder).order_by("?").values_list("image_id", flat=True)[: args.queries])
+    report["api_similar_ef_search"] = settings.CBIR_HNSW_EF_SEARCH
+    report["api_similar"] = api_latency(ids)
+    print(json.dumps(report, indent=2))
+    (VAR / "last-report.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
