@@ -31,6 +31,11 @@ class SearchParamsSerializer(serializers.Serializer):
     )
     label = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
     min_similarity = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0, default=None, allow_null=True)
+    exact = serializers.BooleanField(
+        required=False, default=None, allow_null=True,
+        help_text="true: exhaustive scan (ground truth, slower); default: the HNSW index, or an exhaustive scan "
+        "when the collection filter leaves few candidates",
+    )
     exclude = serializers.BooleanField(
         required=False, default=None, allow_null=True,
         help_text="leave out exact (byte-identical) duplicates of the query; "
@@ -54,6 +59,7 @@ class SearchParamsSerializer(serializers.Serializer):
             collection_ids=tuple(c.pk for c in data["collection"]),
             label=data["label"],
             min_similarity=data["min_similarity"],
+            exact=data["exact"],
         )
 
 
@@ -76,6 +82,7 @@ SEARCH_PARAMETERS = [
     OpenApiParameter("collection", str, many=True, explode=True, description="collection id or name; repeatable"),
     OpenApiParameter("label", str, description="only images with this label"),
     OpenApiParameter("min_similarity", float, description="only results at least this similar (-1..1)"),
+    OpenApiParameter("exact", bool, description="true: exhaustive scan instead of the HNSW index (ground truth)"),
     OpenApiParameter("exclude", bool, description="leave out byte-identical duplicates of the query (default true here)"),
 ]
 ERRORS = {

@@ -51,6 +51,9 @@ class SearchFilters:
     min_similarity: float | None = None
     exclude_image_ids: Sequence[int] = ()
     exclude_sha256: Sequence[str] = ()
+    # True: exhaustive scan (ground truth); None: exhaustive when the collection filter leaves few
+    # candidates (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index; False: always the index.
+    exact: bool | None = None
 
 
 def similar_queryset(
@@ -84,16 +87,31 @@ def similar_queryset(
 
 
 @contextmanager
-def hnsw_session(*, k: int):
+def hnsw_session(*, k: int, exact: bool = False):
     """A transaction in which HNSW scans look at enough candidates for ``k`` results, and iterate
-    (pgvector 0.8 iterative scans) when filters drop candidates, so filtered queries are not short."""
+    (pgvector 0.8 iterative scans) when filters drop candidates, so filtered queries are not short.
+    With ``exact``, ordered index scans are off: the ranking is an exhaustive scan (ground truth)."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
-                [str(min(max(settings.CBIR_HNSW_EF_SEARCH, k), 1000))],
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true),"
+                " set_config('enable_indexscan', %s, true)",
+                [str(min(max(settings.CBIR_HNSW_EF_SEARCH, k), 1000)), "off" if exact else "on"],
             )
         yield
+
+
+# Below this many candidate vectors (after the collection filter) an exhaustive scan is both exact
+# and about as fast as the index, so it is used automatically.
+EXACT_SCAN_MAX_CANDIDATES = 20_000
+
+
+def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
+    if not filters.collection_ids:
+        return False
+    sample = Embedding.objects.filter(encoder=encoder, collection_id__in=list(filters.collection_ids))
+    # Counting at most threshold+1 rows keeps this cheap however large the collections are.
+    return sample.values("id")[: EXACT_SCAN_MAX_CANDIDATES + 1].count() <= EXACT_SCAN_MAX_CANDIDATES
 
 
 def vector_list_similar(
@@ -108,13 +126,14 @@ def vector_list_similar(
 ) -> list[Hit]:
     """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first,
     skipping the first ``offset`` (pagination). ``collection_ids`` / ``exclude_image_ids`` are
-    shorthands for the same fields of ``filters``."""
+    shorthands for the same fields of ``filters``; ``filters.exact`` picks the index or an exhaustive scan."""
     if exclude_image_ids:
         filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
-    queryset = similar_queryset(
-        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids
-    )
-    with hnsw_session(k=offset + k):
+    if collection_ids:
+        filters = replace(filters, collection_ids=tuple(collection_ids))
+    queryset = similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters)
+    exact = filters.exact if filters.exact is not None else _few_candidates(encoder, filters)
+    with hnsw_session(k=offset + k, exact=exact):
         ranked = list(queryset)
     images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]

@@ -142,3 +142,19 @@ def test_index_answer_matches_an_exact_scan(big_world):
         )
         exact = [row[0] for row in cursor.fetchall()]
     assert len(set(approximate) & set(exact)) >= 9
+
+
+def test_exact_mode_and_small_collections_skip_the_index(big_world):
+    encoder, big, small, centres = big_world
+    plain = selectors.SearchFilters()
+    queryset = selectors.similar_queryset(vector=centres[1], encoder=encoder, k=10, filters=plain)
+    with selectors.hnsw_session(k=10, exact=True):
+        plan = queryset.explain()
+    assert "embedding_vector_hnsw" not in plan, plan
+    # The 20-image collection is under EXACT_SCAN_MAX_CANDIDATES: exhaustive, hence exact, automatically.
+    assert selectors._few_candidates(encoder, selectors.SearchFilters(collection_ids=(small.pk,)))
+    assert not selectors._few_candidates(encoder, plain)
+    exact = selectors.vector_list_similar(vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=True))
+    approximate = selectors.vector_list_similar(vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=False))
+    assert [hit.distance for hit in exact] == sorted(hit.distance for hit in exact)
+    assert len({hit.image.pk for hit in exact} & {hit.image.pk for hit in approximate}) >= 9
