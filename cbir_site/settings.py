@@ -121,6 +121,9 @@ CBIR_SEARCH_DEFAULT_K = 10
 CBIR_SEARCH_MAX_K = 200
 # HNSW candidate list size per query; higher = better recall, slower.
 CBIR_HNSW_EF_SEARCH = _env_int("CBIR_HNSW_EF_SEARCH", 100)
+# HNSW build parameters for `manage.py rebuild_vector_index` (the migration builds m=16, ef_construction=64).
+CBIR_HNSW_M = _env_int("CBIR_HNSW_M", 16)
+CBIR_HNSW_EF_CONSTRUCTION = _env_int("CBIR_HNSW_EF_CONSTRUCTION", 64)
 CBIR_DEVICE = os.environ.get("CBIR_DEVICE", "auto")
 # torch threads per worker process; 0 = the machine's cores divided by the worker concurrency.
 CBIR_TORCH_THREADS = _env_int("CBIR_TORCH_THREADS", 0)

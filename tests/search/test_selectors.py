@@ -158,3 +158,21 @@ def test_exact_mode_and_small_collections_skip_the_index(big_world):
     approximate = selectors.vector_list_similar(vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=False))
     assert [hit.distance for hit in exact] == sorted(hit.distance for hit in exact)
     assert len({hit.image.pk for hit in exact} & {hit.image.pk for hit in approximate}) >= 9
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rebuild_vector_index_changes_parameters_and_keeps_search_working():
+    from django.core.management import call_command
+    from django.db import connection
+
+    encoder = _encoder()
+    shapes = Collection.objects.create(name="shapes")
+    _image(shapes, "one", vector((0, 1.0)), encoder)
+    _image(shapes, "two", vector((1, 1.0)), encoder)
+    call_command("rebuild_vector_index", "--m", "8", "--ef-construction", "32")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'embedding_vector_hnsw'")
+        (definition,) = cursor.fetchone()
+    assert "m='8'" in definition and "ef_construction='32'" in definition and "vector_cosine_ops" in definition
+    hits = selectors.vector_list_similar(vector=vector((1, 2.0)), encoder=encoder, k=2)
+    assert [hit.image.original_name for hit in hits] == ["two", "one"]
