@@ -1,0 +1,157 @@
+"""Retrieval quality on the shared labelled sets, through the product's own commands.
+
+    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji] [--archs conv_ae ...]
+                                      [--epochs 15] [--max-minutes 10]
+
+For each set: the images are written as an image-folder tree (Fashion-MNIST t10k as 28x28 PNGs;
+OpenMoji as shipped) and imported with `import_images --labels-from-dirs --wait`; then, per
+architecture, `train_encoder --activate` (label-free), wait until the switch, and
+`evaluate --json` (every image queries all the others, relevant = same label). Raw pixels are the
+baseline, scored in the same run with the same metric code on exact cosine kNN. Runs under
+var/bench-quality with its own embedded PostgreSQL and Redis and a real Celery worker.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+VAR = ROOT / "var" / "bench-quality"
+FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle-boot"]
+
+
+def fashion_mnist_tree() -> Path:
+    target = VAR / "data" / "fashion-mnist-t10k"
+    if target.exists():
+        return target
+    with gzip.open(SHARED / "fashion-mnist" / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(SHARED / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = target / FASHION_CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
+    return target
+
+
+def raw_pixel_baseline(tree: Path, ks=(1, 5, 10), side: int | None = None) -> dict:
+    """Exact cosine kNN on raw pixels (RGB, alpha on white, optionally resized), same metrics."""
+    sys.path.insert(0, str(ROOT))
+    from search.evaluation import average_precision_at_k, precision_at_k
+
+    vectors, labels = [], []
+    for path in sorted(tree.glob("*/*.png")):
+        image = PILImage.open(path).convert("RGBA")
+        white = PILImage.new("RGBA", image.size, (255, 255, 255, 255))
+        image = PILImage.alpha_composite(white, image).convert("RGB" if image.mode != "L" else "L")
+        if side:
+            image = image.resize((side, side), PILImage.Resampling.BILINEAR)
+        vectors.append(np.asarray(image, dtype=np.float32).ravel() / 255.0)
+        labels.append(path.parent.name)
+    x = np.stack(vectors)
+    x /= np.linalg.norm(x, axis=1, keepdims=True).clip(1e-8)
+    labels = np.array(labels)
+    counts = {label: int((labels == label).sum()) for label in set(labels)}
+    depth = max(ks)
+    sums = {f"P@{k}": 0.0 for k in ks} | {f"mAP@{k}": 0.0 for k in ks}
+    for start in range(0, len(x), 1000):
+        block = x[start : start + 1000] @ x.T
+        for row, i in enumerate(range(start, min(start + 1000, len(x)))):
+            block[row, i] = -np.inf
+            top = np.argpartition(-block[row], depth)[:depth]
+            top = top[np.argsort(-block[row][top])]
+            relevant = list(labels[top] == labels[i])
+            for k in ks:
+                sums[f"P@{k}"] += precision_at_k(relevant, k)
+                sums[f"mAP@{k}"] += average_precision_at_k(relevant, k, counts[labels[i]] - 1)
+    return {key: round(value / len(x), 4) for key, value in sums.items()}
+
+
+def manage(*args: str, env: dict, capture: bool = False) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )
+    return result.stdout or ""
+
+
+def wait_active(env: dict, timeout: float = 3600) -> None:
+    script = (
+        "import django; django.setup(); from search.models import EncoderVersion as E;"
+        "e = E.objects.order_by('-id').first(); print(e.status)"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, text=True, capture_output=True).stdout.strip()
+        if status == "active":
+            return
+        if status == "failed":
+            raise SystemExit("activation failed")
+        time.sleep(3)
+    raise SystemExit("activation timed out")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "openmoji"])
+    parser.add_argument("--archs", nargs="+", default=["conv_ae"])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--max-minutes", type=float, default=10.0)
+    parser.add_argument("--extra", default="", help="more train_encoder options, e.g. '--image-size 64'")
+    args = parser.parse_args()
+
+    VAR.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CBIR_VAR_DIR": str(VAR), "DJANGO_SETTINGS_MODULE": "cbir_site.settings", "PYTHONUNBUFFERED": "1"}
+    manage("migrate", "--noinput", env=env)
+    subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "purge", "-f"], cwd=ROOT, env=env, capture_output=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "WARNING"], cwd=ROOT, env=env
+    )
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(sys.argv),
+        "results": [],
+    }
+    try:
+        for name in args.sets:
+            tree = fashion_mnist_tree() if name == "fashion-mnist" else SHARED / "openmoji"
+            collection = f"quality-{name}"
+            manage("import_images", str(tree), "--collection", collection, "--labels-from-dirs", "--wait", env=env, capture=True)
+            baseline = raw_pixel_baseline(tree)
+            report["results"].append({"set": name, "encoder": "raw pixels", **baseline})
+            print(json.dumps(report["results"][-1]), flush=True)
+            for arch in args.archs:
+                started = time.perf_counter()
+                out = manage(
+                    "train_encoder", "--collection", collection, "--arch", arch, "--epochs", str(args.epochs),
+                    "--max-minutes", str(args.max_minutes), "--activate", *args.extra.split(), env=env, capture=True,
+                )
+                trained = time.perf_counter() - started
+                wait_active(env)
+                metrics = json.loads(manage("evaluate", "--collection", collection, "--k", "1", "5", "10", "--json", env=env, capture=True).strip().splitlines()[-1])
+                report["results"].append(
+                    {"set": name, "encoder": arch, "train_command_seconds": round(trained, 1), "train_summary": out.strip().splitlines()[-2], **metrics}
+                )
+                print(json.dumps(report["results"][-1]), flush=True)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    (VAR / "last-report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
