@@ -79,7 +79,11 @@ def similar_queryset(
     if filters.exclude_image_ids:
         queryset = queryset.exclude(image_id__in=list(filters.exclude_image_ids))
     if filters.exclude_sha256:
-        queryset = queryset.exclude(image__sha256__in=list(filters.exclude_sha256))
+        # Resolved to ids first (the sha256 index makes it cheap), so the ranking stays a
+        # single-table scan instead of a join inside the index scan.
+        duplicates = list(Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True))
+        if duplicates:
+            queryset = queryset.exclude(image_id__in=duplicates)
     queryset = queryset.annotate(distance=distance)
     if filters.min_similarity is not None:
         queryset = queryset.filter(distance__lte=1.0 - filters.min_similarity)

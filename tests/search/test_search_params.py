@@ -55,7 +55,7 @@ def test_label_and_min_similarity_filters(client, two_collections):
     threshold = (everything[2]["similarity"] + everything[3]["similarity"]) / 2  # between the 3rd and the 4th
     assert everything[2]["similarity"] > everything[3]["similarity"]
     close = _similar(client, query, min_similarity=threshold, k=50)["results"]
-    assert [hit["id"] for hit in close] == [hit["id"] for hit in everything[:3]]
+    assert {hit["id"] for hit in close} == {hit["id"] for hit in everything[:3]}  # near-ties may swap places
 
 
 def test_exact_duplicates_are_left_out_unless_asked(client, two_collections):
