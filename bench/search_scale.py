@@ -159,7 +159,11 @@ def run_queries(queries, encoder, k, collection_ids, ef, exact=False):
 
     from search.selectors import SearchFilters, vector_list_similar
 
+    from django.db import connection
+
     settings.CBIR_HNSW_EF_SEARCH = ef
+    with connection.cursor() as cursor:  # what DATABASES OPTIONS does for the service
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, false)", [str(ef)])
     filters = SearchFilters(collection_ids=tuple(collection_ids or ()), exact=True if exact else None)
     latencies, answers = [], []
     for vector in queries:
@@ -174,8 +178,8 @@ def recall(approx, exact, k):
     return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
 
 
-def api_latency(ids, port=8765) -> dict:
-    env = {**os.environ}
+def api_latency(ids, ef: int, port=8765) -> dict:
+    env = {**os.environ, "CBIR_HNSW_EF_SEARCH": str(ef)}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "cbir_site.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -250,8 +254,9 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     report["by_ef_search"] = rows
     ids = list(Embedding.objects.filter(encoder=encoder).order_by("?").values_list("image_id", flat=True)[: args.queries])
-    report["api_similar_ef_search"] = settings.CBIR_HNSW_EF_SEARCH
-    report["api_similar"] = api_latency(ids)
+    api_ef = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 40))
+    report["api_similar_ef_search"] = api_ef
+    report["api_similar"] = api_latency(ids, api_ef)
     print(json.dumps(report, indent=2))
     (VAR / "last-report.json").write_text(json.dumps(report, indent=2))
 

@@ -92,14 +92,16 @@ def similar_queryset(
 
 @contextmanager
 def hnsw_session(*, k: int, exact: bool = False):
-    """A transaction in which HNSW scans look at enough candidates for ``k`` results, and iterate
-    (pgvector 0.8 iterative scans) when filters drop candidates, so filtered queries are not short.
-    With ``exact``, ordered index scans are off: the ranking is an exhaustive scan (ground truth)."""
+    """Where the connection's defaults (``hnsw.ef_search`` = CBIR_HNSW_EF_SEARCH, iterative scans on)
+    do not fit -- more than ef_search results wanted, or an exhaustive scan -- a transaction with
+    local settings; otherwise nothing (no extra round trips on the common path)."""
+    if not exact and k <= settings.CBIR_HNSW_EF_SEARCH:
+        yield
+        return
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true),"
-                " set_config('enable_indexscan', %s, true)",
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('enable_indexscan', %s, true)",
                 [str(min(max(settings.CBIR_HNSW_EF_SEARCH, k), 1000)), "off" if exact else "on"],
             )
         yield
