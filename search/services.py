@@ -85,3 +85,17 @@ def encoder_promote(*, encoder: EncoderVersion) -> bool:
         status=Image.Status.INDEXED, error="", indexed_at=timezone.now()
     )
     return True
+
+
+def encoder_record_evaluation(*, encoder_id: int, collection_name: str, metrics: dict) -> None:
+    """Keep an evaluation's headline figures on the encoder version (shown in the admin)."""
+    with transaction.atomic():
+        encoder = EncoderVersion.objects.select_for_update().get(pk=encoder_id)
+        encoder.metrics = {
+            **encoder.metrics,
+            "evaluation": {
+                **encoder.metrics.get("evaluation", {}),
+                collection_name: {k: v for k, v in metrics.items() if k.startswith(("P@", "mAP@")) or k == "queries"},
+            },
+        }
+        encoder.save(update_fields=["metrics"])

@@ -92,6 +92,8 @@ def test_evaluate_command_reports_precision_through_search(celery_worker, capsys
     assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder"}
     assert result["queries"] == 10 and result["labels"] == 2 and result["encoder"] == encoder.pk
     assert 0.5 < result["P@1"] <= 1.0 and 0.0 < result["mAP@4"] <= 1.0
+    encoder.refresh_from_db()  # the figures are kept on the encoder version for the admin
+    assert encoder.metrics["evaluation"]["e2e"] == {k: result[k] for k in ("P@1", "P@4", "mAP@1", "mAP@4", "queries")}
 
 
 def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_worker, admin_client):

@@ -5,6 +5,7 @@ from tqdm import tqdm
 
 from gallery.models import Collection
 from search.selectors import SearchUnavailable, collection_evaluate
+from search.services import encoder_record_evaluation
 
 
 class Command(BaseCommand):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
                 result = collection_evaluate(collection_id=target.pk, ks=ks, progress=bar)
         except (SearchUnavailable, ValueError) as exc:
             raise CommandError(str(exc)) from exc
+        encoder_record_evaluation(encoder_id=result["encoder"], collection_name=target.name, metrics=result)
         if as_json:
             self.stdout.write(json.dumps(result if per_label else {k: v for k, v in result.items() if k != "per_label"}))
             return
