@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from pgvector.django import CosineDistance
 
@@ -112,12 +113,22 @@ def hnsw_session(*, k: int, exact: bool = False):
 EXACT_SCAN_MAX_CANDIDATES = 20_000
 
 
+# How long the "few candidates" answer for a set of collections is reused. Collections change
+# size slowly; a stale answer only means an exact scan of a slightly larger set, or an index scan.
+FEW_CANDIDATES_CACHE_S = 300
+
+
 def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
     if not filters.collection_ids:
         return False
-    sample = Embedding.objects.filter(encoder=encoder, collection_id__in=list(filters.collection_ids))
-    # Counting at most threshold+1 rows keeps this cheap however large the collections are.
-    return sample.values("id")[: EXACT_SCAN_MAX_CANDIDATES + 1].count() <= EXACT_SCAN_MAX_CANDIDATES
+    key = f"cbir:few-candidates:{encoder.pk}:{','.join(map(str, sorted(filters.collection_ids)))}"
+    answer = cache.get(key)
+    if answer is None:
+        sample = Embedding.objects.filter(encoder=encoder, collection_id__in=list(filters.collection_ids))
+        # Counting at most threshold+1 rows keeps this bounded however large the collections are.
+        answer = sample.values("id")[: EXACT_SCAN_MAX_CANDIDATES + 1].count() <= EXACT_SCAN_MAX_CANDIDATES
+        cache.set(key, answer, FEW_CANDIDATES_CACHE_S)
+    return answer
 
 
 def vector_list_similar(
