@@ -256,7 +256,10 @@ def main():
         cursor.execute("VACUUM (ANALYZE) gallery_image")
 
     small_id = Collection.objects.get(name="small-1pct").pk
-    sample = list(Embedding.objects.order_by("?").values_list("vector", flat=True)[: args.queries])
+    # A fixed sample (seeded), so runs compare like with like.
+    all_ids = np.array(Embedding.objects.filter(encoder=encoder).values_list("id", flat=True))
+    chosen = np.random.default_rng(1).choice(all_ids, size=args.queries, replace=False).tolist()
+    sample = list(Embedding.objects.filter(id__in=chosen).order_by("id").values_list("vector", flat=True))
     queries = [np.asarray(v) + rng.normal(0, 0.05, size=dim).astype(np.float32) for v in sample]
     k = 10
     run_queries(queries, encoder, k, None, 40)  # warm-up, not measured: index and table pages into memory
@@ -286,8 +289,8 @@ def main():
         )
         print(json.dumps(rows[-1]), flush=True)
     report["by_ef_search"] = rows
-    ids = list(Embedding.objects.filter(encoder=encoder).order_by("?").values_list("image_id", flat=True)[: args.queries])
-    api_ef = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 40))
+    ids = list(Embedding.objects.filter(id__in=chosen).order_by("id").values_list("image_id", flat=True))
+    api_ef = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 80))
     report["api_similar_ef_search"] = api_ef
     report["api_similar"] = api_latency(ids, api_ef)
     print(json.dumps(report, indent=2))

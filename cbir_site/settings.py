@@ -80,7 +80,7 @@ else:
 # pgvector's search settings for every connection, so a query needs no SET of its own (a custom
 # "hnsw.*" option given before the extension loads is kept as a placeholder and applied when it loads).
 # Iterative scans keep filtered queries from coming back short.
-CBIR_HNSW_EF_SEARCH = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 40))
+CBIR_HNSW_EF_SEARCH = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 80))
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["options"] = (
     DATABASES["default"]["OPTIONS"].get("options", "")
@@ -129,8 +129,9 @@ CBIR_MAX_UPLOAD_BYTES = _env_int("CBIR_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
 CBIR_THUMBNAIL_SIZE = _env_int("CBIR_THUMBNAIL_SIZE", 256)
 CBIR_SEARCH_DEFAULT_K = 10
 CBIR_SEARCH_MAX_K = 200
-# CBIR_HNSW_EF_SEARCH (HNSW candidate list per query) is set with DATABASES above: 40 gave
-# recall@10 0.954 at 1M vectors (docs/benchmarks.md); higher = better recall, slower.
+# CBIR_HNSW_EF_SEARCH (HNSW candidate list per query) is set with DATABASES above: at 1M vectors
+# 80 gave recall@10 0.977-0.985 over three query samples where 40 gave 0.92-0.97, for ~1 ms more
+# (docs/benchmarks.md); higher = better recall, slower.
 # HNSW build parameters for `manage.py rebuild_vector_index` (the migration builds m=16, ef_construction=64).
 CBIR_HNSW_M = _env_int("CBIR_HNSW_M", 16)
 CBIR_HNSW_EF_CONSTRUCTION = _env_int("CBIR_HNSW_EF_CONSTRUCTION", 64)

@@ -124,3 +124,13 @@ def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_wor
         assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
         assert b"".join(picture.streaming_content).startswith(b"\x89PNG")
     assert admin_client.get(reverse("admin:search_encoderversion_artifact", args=[encoder.pk, "nope"])).status_code == 404
+
+
+def test_import_wait_returns_when_images_only_wait_for_an_encoder(celery_worker, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        (tmp_path / "a" / f"{i}.png").write_bytes(image_bytes(pattern=i))
+    call_command("import_images", str(tmp_path), "--collection", "no-encoder-yet", "--wait")
+    out = capsys.readouterr().out
+    assert "3 images are stored and thumbnailed, and wait for an encoder" in out
+    assert Image.objects.filter(status=Image.Status.PENDING).exclude(thumbnail="").count() == 3

@@ -29,6 +29,9 @@ class Command(BaseCommand):
             self._wait(target)
 
     def _wait(self, collection) -> None:
+        from gallery.models import Image
+        from search.models import EncoderVersion
+
         stats = collection_stats(collection=collection)
         with tqdm(total=stats["total"], desc="indexing", unit="img") as bar:
             while True:
@@ -37,5 +40,13 @@ class Command(BaseCommand):
                 bar.set_postfix(pending=stats["pending"], failed=stats["failed"], rate=f"{stats['indexed_per_second']}/s")
                 bar.refresh()
                 if stats["pending"] == 0:
+                    break
+                no_encoder = not EncoderVersion.objects.filter(status__in=["active", "activating"]).exists()
+                if no_encoder and not Image.objects.filter(collection=collection, status="pending", thumbnail="").exists():
+                    bar.close()
+                    self.stdout.write(
+                        f"{stats['pending']} images are stored and thumbnailed, and wait for an encoder: "
+                        f"train one with `manage.py train_encoder --collection {collection.name!r} --activate`"
+                    )
                     break
                 time.sleep(1)
