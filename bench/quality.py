@@ -142,6 +142,7 @@ def main() -> None:
                 trained = time.perf_counter() - started
                 wait_active(env)
                 metrics = json.loads(manage("evaluate", "--collection", collection, "--k", "1", "5", "10", "--json", env=env, capture=True).strip().splitlines()[-1])
+                metrics["encoder_version"] = metrics.pop("encoder")
                 report["results"].append(
                     {"set": name, "encoder": arch, "train_command_seconds": round(trained, 1), "train_summary": out.strip().splitlines()[-2], **metrics}
                 )
