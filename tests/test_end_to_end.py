@@ -74,7 +74,7 @@ def test_upload_index_train_activate_search(celery_worker, client, django_user_m
     assert best["original_name"] == "late.png"
 
 
-def test_evaluate_command_reports_precision_through_search(celery_worker, capsys):
+def test_evaluate_command_reports_precision_through_search(celery_worker, capsys, tmp_path):
     import json
 
     collection = Collection.objects.create(name="e2e")
@@ -94,6 +94,14 @@ def test_evaluate_command_reports_precision_through_search(celery_worker, capsys
     assert 0.5 < result["P@1"] <= 1.0 and 0.0 < result["mAP@4"] <= 1.0
     encoder.refresh_from_db()  # the figures are kept on the encoder version for the admin
     assert encoder.metrics["evaluation"]["e2e"] == {k: result[k] for k in ("P@1", "P@4", "mAP@1", "mAP@4", "queries")}
+
+    plot = tmp_path / "grid.png"
+    call_command("evaluate", "--collection", "e2e", "--k", "4", "--plot", str(plot), "--plot-queries", "2")
+    from PIL import Image as PILImage
+
+    grid = PILImage.open(plot)
+    assert grid.size == (5 * 112 + 12, 2 * (112 + 28) + 12)  # 2 queries (one per label), each + 4 results
+
 
 
 def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_worker, admin_client):

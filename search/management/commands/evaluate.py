@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -16,8 +17,10 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
         parser.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
         parser.add_argument("--per-label", action="store_true", help="also print a table per label")
+        parser.add_argument("--plot", type=Path, help="write a result-grid PNG: queries beside their top-k, wrong results in red")
+        parser.add_argument("--plot-queries", type=int, default=8, help="queries in the grid (one per label, in turn)")
 
-    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, **options):
+    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, plot, plot_queries, **options):
         target = Collection.objects.filter(name=collection).first()
         if target is None:
             raise CommandError(f"no collection named {collection!r}")
@@ -31,6 +34,8 @@ class Command(BaseCommand):
         except (SearchUnavailable, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         encoder_record_evaluation(encoder_id=result["encoder"], collection_name=target.name, metrics=result)
+        if plot:
+            self._plot(target, depth=max(ks), path=plot, count=plot_queries)
         if as_json:
             self.stdout.write(json.dumps(result if per_label else {k: v for k, v in result.items() if k != "per_label"}))
             return
@@ -41,3 +46,20 @@ class Command(BaseCommand):
             self.stdout.write(f"{'label':30} " + " ".join(f"{key:>9}" for key in keys))
             for label, metrics in result["per_label"].items():
                 self.stdout.write(f"{label[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))
+
+    def _plot(self, collection, *, depth: int, path: Path, count: int) -> None:
+        from gallery.models import Image
+        from search.plots import result_grid_png
+        from search.selectors import image_list_similar
+
+        queries, seen = [], set()
+        indexed = Image.objects.filter(collection=collection, status=Image.Status.INDEXED).exclude(label="").order_by("id")
+        for image in indexed.iterator():  # the first image of each label, then more of each, until `count`
+            if image.label not in seen:
+                seen.add(image.label)
+                queries.append(image)
+            if len(queries) == count:
+                break
+        rows = [(q, image_list_similar(image=q, k=depth, collection_ids=[collection.pk])) for q in queries]
+        result_grid_png(path, rows)
+        self.stderr.write(f"result grid written to {path}")
