@@ -216,14 +216,17 @@ def picture_list_similar(
     )
 
 
-def collection_evaluate(*, collection_id: int, ks: Sequence[int], progress=None) -> dict:
+def collection_evaluate(
+    *, collection_id: int, ks: Sequence[int], progress=None, encoder: EncoderVersion | None = None
+) -> dict:
     """Precision@k and mAP@k for every labelled image of a collection used as a query against all
-    the other images of the collection, through the same ranking as the API (``vector_list_similar``)."""
+    the other images of the collection, through the same ranking as the API (``vector_list_similar``),
+    with the vectors of ``encoder`` (default: the active one)."""
     from collections import Counter, defaultdict
 
     from search.evaluation import average_precision_at_k, precision_at_k
 
-    encoder = encoder_active()
+    encoder = encoder or encoder_active()
     rows = list(
         Embedding.objects.filter(encoder=encoder, collection_id=collection_id)
         .exclude(image__label="")

@@ -142,3 +142,26 @@ def test_import_wait_returns_when_images_only_wait_for_an_encoder(celery_worker,
     out = capsys.readouterr().out
     assert "3 images are stored and thumbnailed, and wait for an encoder" in out
     assert Image.objects.filter(status=Image.Status.PENDING).exclude(thumbnail="").count() == 3
+
+
+def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):
+    import json
+
+    from gallery.services import IncomingFile, images_create
+
+    collection = Collection.objects.create(name="e2e")
+    files = [IncomingFile(name=f"r{i}.png", data=image_bytes(color=(230, 20, 20), pattern=i), label="red") for i in range(4)]
+    files += [IncomingFile(name=f"b{i}.png", data=image_bytes(color=(20, 20, 230), pattern=i), label="blue") for i in range(4)]
+    images_create(collection=collection, files=files)
+    first = _train("--activate")
+    wait_for(lambda: EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    second = _train("--seed", "3")  # trained, never activated: no vectors yet
+    assert not Embedding.objects.filter(encoder=second).exists()
+    capsys.readouterr()
+    call_command("evaluate", "--collection", "e2e", "--k", "1", "3", "--compare", str(first.pk), str(second.pk), "--json")
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {str(first.pk), str(second.pk)}
+    assert all(r["queries"] == 8 and 0.0 <= r["mAP@3"] <= 1.0 for r in results.values())
+    assert results[str(second.pk)]["encoder"] == second.pk
+    assert Embedding.objects.filter(encoder=second).count() == 8  # computed for the comparison
+    assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE  # search unchanged

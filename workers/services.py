@@ -98,15 +98,15 @@ def _embed_batch(batch: list[tuple[Image, PILImage.Image]], encoders: list[Encod
     images_mark_indexed(image_ids=ids)
 
 
-def images_index(*, image_ids: list[int]) -> None:
-    """Decode, thumbnail and embed the given images with every live encoder.
+def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None = None) -> None:
+    """Decode, thumbnail and embed the given images with every live encoder (or with ``encoders``).
 
     Decoding runs in a thread pool ahead of the encoder, which takes ``EMBEDDING_BATCH_SIZE``
     images at a time. Idempotent: safe to run twice, or again after a crash halfway; a bad
     image is marked failed with its reason and the rest goes on.
     """
     images = list(Image.objects.filter(id__in=image_ids).exclude(status=Image.Status.FAILED).order_by("id"))
-    encoders = live_encoders()
+    encoders = live_encoders() if encoders is None else encoders
     with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:
         futures = [pool.submit(_decode_job, image.file.name, make_thumbnail=not image.thumbnail) for image in images]
         for start in range(0, len(images), EMBEDDING_BATCH_SIZE):
@@ -124,6 +124,22 @@ def images_index(*, image_ids: list[int]) -> None:
                 _store_thumbnails(thumbnails)
             if batch:
                 _embed_batch(batch, encoders)
+
+
+def encoder_embed_collection(*, encoder: EncoderVersion, collection: Collection) -> int:
+    """Give every image of ``collection`` a vector from ``encoder`` (any status but failed), so that
+    encoders can be compared through the same ranking path. Returns how many were embedded."""
+    if not encoder.checkpoint:
+        raise ValueError(f"encoder {encoder} has no checkpoint")
+    missing = list(
+        Image.objects.filter(collection=collection)
+        .exclude(status=Image.Status.FAILED)
+        .exclude(embeddings__encoder=encoder)
+        .values_list("id", flat=True)
+    )
+    for start in range(0, len(missing), 256):
+        images_index(image_ids=missing[start : start + 256], encoders=[encoder])
+    return len(missing)
 
 
 def pending_sweep(*, older_than: timedelta) -> int:

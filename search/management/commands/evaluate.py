@@ -17,16 +17,23 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
         parser.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
         parser.add_argument("--per-label", action="store_true", help="also print a table per label")
+        parser.add_argument(
+            "--compare", type=int, nargs="+", metavar="ENCODER_ID",
+            help="evaluate these encoder versions side by side (their vectors are computed first if missing)",
+        )
         parser.add_argument("--plot", type=Path, help="write a result-grid PNG: queries beside their top-k, wrong results in red")
         parser.add_argument("--plot-queries", type=int, default=8, help="queries in the grid (one per label, in turn)")
 
-    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, plot, plot_queries, **options):
+    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, plot, plot_queries, compare, **options):
         target = Collection.objects.filter(name=collection).first()
         if target is None:
             raise CommandError(f"no collection named {collection!r}")
         if any(value < 1 for value in k):
             raise CommandError("--k values must be at least 1")
         ks = sorted(set(k))
+        if compare:
+            self._compare(target, ks=ks, encoder_ids=compare, as_json=as_json)
+            return
         total = target.images.exclude(label="").count()
         try:
             with tqdm(total=total, desc="evaluating", unit="query", disable=as_json) as bar:
@@ -63,3 +70,27 @@ class Command(BaseCommand):
         rows = [(q, image_list_similar(image=q, k=depth, collection_ids=[collection.pk])) for q in queries]
         result_grid_png(path, rows)
         self.stderr.write(f"result grid written to {path}")
+
+    def _compare(self, collection, *, ks: list[int], encoder_ids: list[int], as_json: bool) -> None:
+        from search.models import EncoderVersion
+        from workers.services import encoder_embed_collection
+
+        results = {}
+        for encoder_id in encoder_ids:
+            encoder = EncoderVersion.objects.filter(pk=encoder_id).first()
+            if encoder is None or not encoder.checkpoint:
+                raise CommandError(f"no trained encoder version #{encoder_id}")
+            embedded = encoder_embed_collection(encoder=encoder, collection=collection)
+            if embedded and not as_json:
+                self.stderr.write(f"encoder #{encoder_id}: embedded {embedded} images first")
+            result = collection_evaluate(collection_id=collection.pk, ks=ks, encoder=encoder)
+            encoder_record_evaluation(encoder_id=encoder.pk, collection_name=collection.name, metrics=result)
+            results[str(encoder_id)] = {key: v for key, v in result.items() if key != "per_label"} | {"name": encoder.name}
+        if as_json:
+            self.stdout.write(json.dumps(results))
+            return
+        keys = [f"P@{k}" for k in ks] + [f"mAP@{k}" for k in ks]
+        self.stdout.write(f"{'encoder':40} " + " ".join(f"{key:>8}" for key in keys))
+        for encoder_id, result in results.items():
+            label = f"#{encoder_id} {result['name']}"[:40]
+            self.stdout.write(f"{label:40} " + " ".join(f"{result[key]:8.4f}" for key in keys))
