@@ -110,7 +110,6 @@ def add_real_embeddings(encoder_id: int) -> int:
     from gallery.models import Collection, Image
     from gallery.services import collection_import
     from search.models import EncoderVersion, Embedding
-    from workers.autoencoder.inference import load_embedder
     from workers.autoencoder.model import AutoencoderConfig
     from workers.autoencoder.training import TrainingConfig
     from workers.services import encoder_plan, encoder_train, images_index

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html_join
 
 from search.models import EncoderVersion
 from search.services import encoder_activate

@@ -1,6 +1,5 @@
 """The whole way, on real parts: admin upload -> Celery worker (real Redis) -> train -> activate ->
 search over HTTP returns the image first for itself."""
-import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.urls import reverse

@@ -4,7 +4,6 @@ from django.urls import reverse
 
 from gallery.models import Image
 from tests.search.test_apis import indexed  # noqa: F401  (fixture)
-from tests.utils import image_bytes
 
 pytestmark = pytest.mark.django_db
 
