@@ -13,6 +13,26 @@ from tests.utils import image_bytes
 COLORS = [(230, 30, 30), (30, 200, 40), (40, 60, 220), (240, 220, 30), (30, 210, 220), (200, 40, 210), (120, 120, 120), (250, 140, 20)]
 
 
+def _red_and_blue_collection(per_label: int) -> Collection:
+    """Two labels that differ in colour: any encoder separates them, so P@1 is well above chance."""
+    from gallery.services import IncomingFile, images_create
+
+    collection = Collection.objects.create(name="e2e")
+    files = [
+        IncomingFile(name=f"{label[0]}{i}.png", data=image_bytes(color=color, pattern=i), label=label)
+        for label, color in (("red", (230, 20, 20)), ("blue", (20, 20, 230)))
+        for i in range(per_label)
+    ]
+    images_create(collection=collection, files=files)
+    return collection
+
+
+def _train_and_activate(*extra: str) -> EncoderVersion:
+    encoder = _train("--activate", *extra)
+    wait_for(lambda: EncoderVersion.objects.get(pk=encoder.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    return encoder
+
+
 def _train(*extra: str) -> EncoderVersion:
     call_command("train_encoder", "--collection", "e2e", "--epochs", "2", "--image-size", "32", "--batch-size", "4", *extra)
     return EncoderVersion.objects.order_by("-id").first()
@@ -42,8 +62,7 @@ def test_upload_index_train_activate_search(celery_worker, client, django_user_m
     assert collection_stats(collection=collection)["pending"] == len(pictures)
     assert client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", pictures["p1.png"])}).status_code == 503
 
-    first = _train("--activate")
-    wait_for(lambda: EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    first = _train_and_activate()
     stats = collection_stats(collection=collection)
     assert {k: stats[k] for k in ("total", "pending", "indexed", "failed")} == {"total": 10, "pending": 0, "indexed": 8, "failed": 2}
     assert stats["indexed_per_second"] > 0
@@ -59,8 +78,7 @@ def test_upload_index_train_activate_search(celery_worker, client, django_user_m
 
     # A second encoder: search keeps answering from the first until the switch, then only the second's
     # vectors are left.
-    second = _train("--seed", "1", "--activate")
-    wait_for(lambda: EncoderVersion.objects.get(pk=second.pk).status == EncoderVersion.Status.ACTIVE, message="switch")
+    second = _train_and_activate("--seed", "1")
     assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.RETIRED
     assert set(Embedding.objects.values_list("encoder_id", flat=True)) == {second.pk}
     assert Embedding.objects.count() == 8
@@ -76,15 +94,8 @@ def test_upload_index_train_activate_search(celery_worker, client, django_user_m
 def test_evaluate_command_reports_precision_through_search(celery_worker, capsys, tmp_path):
     import json
 
-    collection = Collection.objects.create(name="e2e")
-    from gallery.services import IncomingFile, images_create
-
-    # Two labels that differ in colour: any encoder separates them, so P@1 is well above chance.
-    files = [IncomingFile(name=f"r{i}.png", data=image_bytes(color=(230, 20, 20), pattern=i), label="red") for i in range(5)]
-    files += [IncomingFile(name=f"b{i}.png", data=image_bytes(color=(20, 20, 230), pattern=i), label="blue") for i in range(5)]
-    images_create(collection=collection, files=files)
-    encoder = _train("--activate")
-    wait_for(lambda: EncoderVersion.objects.get(pk=encoder.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    _red_and_blue_collection(5)
+    encoder = _train_and_activate()
     capsys.readouterr()
     call_command("evaluate", "--collection", "e2e", "--k", "1", "4", "--json")
     result = json.loads(capsys.readouterr().out)
@@ -146,14 +157,8 @@ def test_import_wait_returns_when_images_only_wait_for_an_encoder(celery_worker,
 def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):
     import json
 
-    from gallery.services import IncomingFile, images_create
-
-    collection = Collection.objects.create(name="e2e")
-    files = [IncomingFile(name=f"r{i}.png", data=image_bytes(color=(230, 20, 20), pattern=i), label="red") for i in range(4)]
-    files += [IncomingFile(name=f"b{i}.png", data=image_bytes(color=(20, 20, 230), pattern=i), label="blue") for i in range(4)]
-    images_create(collection=collection, files=files)
-    first = _train("--activate")
-    wait_for(lambda: EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE, message="activation")
+    _red_and_blue_collection(4)
+    first = _train_and_activate()
     second = _train("--seed", "3")  # trained, never activated: no vectors yet
     assert not Embedding.objects.filter(encoder=second).exists()
     capsys.readouterr()
