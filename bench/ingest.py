@@ -86,6 +86,55 @@ def bound(paths: list[Path], processes: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def stage_costs(paths: list[Path], n: int = 200) -> dict:
+    """Where one worker's time goes, per image, on one process: decode (as the bound does it),
+    WebP thumbnail at the product's setting and at the slower method=4, and the encoder's forward
+    pass at several batch sizes and torch thread counts. Needs an active encoder."""
+    import io
+
+    import torch
+
+    from gallery import imaging
+    from search.models import EncoderVersion
+    from workers.autoencoder import inference
+    from workers.services import WORKING_SIDE
+
+    datas = [p.read_bytes() for p in paths[:n]]
+
+    def per_image_ms(fn) -> float:
+        started = time.perf_counter()
+        fn()
+        return round((time.perf_counter() - started) / len(datas) * 1000, 2)
+
+    pictures = []
+    result = {"images": len(datas)}
+    result["decode_draft_ms"] = per_image_ms(
+        lambda: pictures.extend(imaging.decode_rgb(d, min_side=max(256, WORKING_SIDE)) for d in datas)
+    )
+    result["thumbnail_webp_method0_ms"] = per_image_ms(lambda: [imaging.thumbnail_webp(p, size=256) for p in pictures])
+
+    def webp_method4(picture):
+        buffer = io.BytesIO()
+        thumb = picture.copy()
+        thumb.thumbnail((256, 256))
+        thumb.save(buffer, format="WEBP", quality=80, method=4)
+
+    result["thumbnail_webp_method4_ms"] = per_image_ms(lambda: [webp_method4(p) for p in pictures])
+    encoder = EncoderVersion.objects.filter(status="active").first()
+    embedder = inference.load_embedder(encoder.checkpoint.path, device="cpu")
+    default_batch = inference.EMBEDDING_BATCH_SIZE
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for batch in (16, 32, 64, 128, 256):
+                inference.EMBEDDING_BATCH_SIZE = batch
+                embedder.embed(pictures[:batch])  # warm-up
+                result[f"encoder_{threads}thread_batch{batch}_ms"] = per_image_ms(lambda: embedder.embed(pictures))
+    finally:
+        inference.EMBEDDING_BATCH_SIZE = default_batch
+    return result
+
+
 def _manage(*args: str, env: dict, capture: bool = False) -> str:
     result = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, text=True,
@@ -149,6 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="worker processes, and processes for the bound")
+    parser.add_argument("--stages", action="store_true", help="only measure the per-image cost of each stage (needs an encoder)")
     args = parser.parse_args()
 
     BENCH_VAR.mkdir(parents=True, exist_ok=True)
@@ -165,6 +215,10 @@ def main() -> None:
 
     _django_init()
     from django.conf import settings
+
+    if args.stages:
+        print(json.dumps(stage_costs(paths), indent=2))
+        return
 
     env = {**os.environ, "DATABASE_URL": settings.DATABASES["default"]["NAME"] and _database_url(settings), "REDIS_URL": settings.CELERY_BROKER_URL}
     upper = bound(paths, args.workers)

@@ -80,7 +80,7 @@ else:
 # pgvector's search settings for every connection, so a query needs no SET of its own (a custom
 # "hnsw.*" option given before the extension loads is kept as a placeholder and applied when it loads).
 # Iterative scans keep filtered queries from coming back short.
-CBIR_HNSW_EF_SEARCH = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 80))
+CBIR_HNSW_EF_SEARCH = _env_int("CBIR_HNSW_EF_SEARCH", 80)
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["options"] = (
     DATABASES["default"]["OPTIONS"].get("options", "")

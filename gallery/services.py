@@ -77,10 +77,12 @@ def images_enqueue(image_ids: list[int]) -> None:
     Image.objects.filter(id__in=image_ids).update(queued_at=timezone.now())
     for start in range(0, len(image_ids), ENQUEUE_CHUNK_SIZE):
         chunk = image_ids[start : start + ENQUEUE_CHUNK_SIZE]
-        transaction.on_commit(lambda chunk=chunk: _send(index_images, chunk))
+        transaction.on_commit(lambda chunk=chunk: task_send_safely(index_images, chunk))
 
 
-def _send(task, *args) -> None:
+def task_send_safely(task, *args) -> None:
+    """Send ``task(*args)`` to the broker once, without retries; if the broker is down, log it and
+    return. Only for work that the periodic sweep finds again (pending images, quiet backfills)."""
     try:
         task.apply_async(args=args, retry=False)
     except Exception as exc:  # broker down or unreachable: the periodic sweep re-sends later

@@ -64,13 +64,10 @@ def similar_queryset(
     k: int,
     offset: int = 0,
     filters: SearchFilters = SearchFilters(),
-    collection_ids: Sequence[int] | None = None,
 ):
     """The ranking as one ORM query on the embedding table: ``ORDER BY vector <=> query LIMIT k``
     over one encoder's vectors, yielding (image_id, distance). Images are fetched by id
     afterwards, so the top-k itself stays a single-table scan that the HNSW index serves."""
-    if collection_ids:
-        filters = replace(filters, collection_ids=tuple(collection_ids))
     distance = CosineDistance("vector", np.asarray(vector, dtype=np.float32))
     queryset = Embedding.objects.filter(encoder=encoder)
     if filters.collection_ids:

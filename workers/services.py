@@ -147,7 +147,7 @@ def pending_sweep(*, older_than: timedelta) -> int:
     message, a worker killed mid-batch, a broker that was down at upload), and restart re-embedding
     chains that went quiet. Images merely waiting for a first encoder are left alone.
     Returns how many images were queued."""
-    from gallery.services import _send, images_enqueue
+    from gallery.services import images_enqueue, task_send_safely
     from workers.tasks import backfill_embeddings
 
     cutoff = timezone.now() - older_than
@@ -162,7 +162,7 @@ def pending_sweep(*, older_than: timedelta) -> int:
     )
     for encoder_id in list(quiet.values_list("id", flat=True)):
         EncoderVersion.objects.filter(pk=encoder_id).update(progress_at=timezone.now())
-        _send(backfill_embeddings, encoder_id)
+        task_send_safely(backfill_embeddings, encoder_id)
     return len(ids)
 
 

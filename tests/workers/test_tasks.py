@@ -6,7 +6,7 @@ from celery import Celery
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.services import IncomingFile, _send, collection_get_or_create, images_create
+from gallery.services import IncomingFile, collection_get_or_create, images_create, task_send_safely
 from search.models import Embedding
 from tests.conftest import wait_for
 from tests.utils import image_bytes, make_encoder
@@ -71,5 +71,5 @@ def test_send_survives_a_broker_that_is_down(caplog):
     def index(ids):
         return ids
 
-    _send(index, [1, 2])
+    task_send_safely(index, [1, 2])
     assert "the sweep will retry" in caplog.text

@@ -12,8 +12,9 @@ from workers.autoencoder.model import AutoencoderConfig, load_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import pick_device
 
-# measured (2-core x86 CPU, 128x128 seed autoencoder, 200 photos, 2026-11-22): 1.56 ms/image at
-# 16 and 1.57 at 32, 2.35 at 64, 2.90 at 256 -- larger batches fall out of cache on the CPU.
+# measured (`bench/ingest.py --stages`, 2-core x86 CPU, 128x128 seed autoencoder, 200 photos,
+# 2026-11-22), ms/image at batch 16/32/64/128/256: 1 thread 2.64/2.99/4.02/4.53/4.53, 2 threads
+# 2.23/1.92/2.59/3.29/3.03 -- larger batches fall out of cache on the CPU.
 # A GPU wants larger batches; raise it there (CBIR_EMBEDDING_BATCH_SIZE).
 EMBEDDING_BATCH_SIZE = int(os.environ.get("CBIR_EMBEDDING_BATCH_SIZE", 32))
 
