@@ -110,7 +110,7 @@ def add_real_embeddings(encoder_id: int) -> int:
     from gallery.models import Collection, Image
     from gallery.services import collection_import
     from search.models import EncoderVersion, Embedding
-    from workers.autoencoder.model import AutoencoderConfig
+    from workers.autoencoder.model import EncoderConfig
     from workers.autoencoder.training import TrainingConfig
     from workers.services import encoder_plan, encoder_train, images_index
 
@@ -119,7 +119,7 @@ def add_real_embeddings(encoder_id: int) -> int:
     seed = encoder_train(
         encoder=encoder_plan(
             collection=collection,
-            model_config=AutoencoderConfig(dim=EncoderVersion.objects.get(pk=encoder_id).dim),
+            model_config=EncoderConfig(dim=EncoderVersion.objects.get(pk=encoder_id).dim),
             train_config=TrainingConfig(epochs=1),
         ),
         show_progress=False,

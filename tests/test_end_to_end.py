@@ -76,9 +76,11 @@ def test_upload_index_train_activate_search(celery_worker, client, django_user_m
     similar = client.get(reverse("api-image-similar", args=[query.pk]), {"k": 5}).json()
     assert similar["count"] == 5 and query.pk not in [hit["id"] for hit in similar["results"]]
 
-    # A second encoder: search keeps answering from the first until the switch, then only the second's
-    # vectors are left.
-    second = _train_and_activate("--seed", "1")
+    # A second encoder, of the other architecture: search keeps answering from the first until the
+    # switch, then only the second's vectors are left.
+    second = _train_and_activate("--arch", "conv_ae", "--seed", "1")
+    assert (first.arch, second.arch) == ("patch_kmeans", "conv_ae")
+    assert set(second.metrics["training"]["artifacts"]) == {"loss_curve", "reconstructions"}
     assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.RETIRED
     assert set(Embedding.objects.values_list("encoder_id", flat=True)) == {second.pk}
     assert Embedding.objects.count() == 8
@@ -129,15 +131,17 @@ def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_wor
     )
     assert "Training" in response.content.decode()
     encoder = EncoderVersion.objects.get(trained_on=collection)
-    # The planned run is visible at once; the worker trains it (seed recipe, 15 epochs) and activates it.
+    # The planned run is visible at once; the worker fits the default encoder (15 k-means passes)
+    # and activates it.
     wait_for(lambda: EncoderVersion.objects.get(pk=encoder.pk).status == EncoderVersion.Status.ACTIVE, message="admin training")
     encoder.refresh_from_db()
     history = encoder.metrics["training"]
     assert history["epochs_run"] == 15 and len(history["train_loss"]) == 15
-    assert set(history["artifacts"]) == {"loss_curve", "reconstructions"}
+    assert encoder.arch == "patch_kmeans"
+    assert set(history["artifacts"]) == {"loss_curve", "dictionary"}
     page = admin_client.get(reverse("admin:search_encoderversion_change", args=[encoder.pk])).content.decode()
     assert "epoch 15/15" in page
-    for kind in ("loss_curve", "reconstructions"):
+    for kind in ("loss_curve", "dictionary"):
         picture = admin_client.get(reverse("admin:search_encoderversion_artifact", args=[encoder.pk, kind]))
         assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
         assert b"".join(picture.streaming_content).startswith(b"\x89PNG")

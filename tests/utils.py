@@ -39,10 +39,10 @@ def make_encoder(*, status: str = "active", image_size: int = 32, seed: int = 0)
     from django.conf import settings
 
     from search.models import EncoderVersion
-    from workers.autoencoder.model import AutoencoderConfig, build_model, save_checkpoint
+    from workers.autoencoder.model import EncoderConfig, build_model, save_checkpoint
 
     torch.manual_seed(seed)
-    config = AutoencoderConfig(image_size=image_size, dim=settings.CBIR_EMBEDDING_DIM)
+    config = EncoderConfig(image_size=image_size, dim=settings.CBIR_EMBEDDING_DIM)
     folder = settings.VAR_DIR / "encoders" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"test-{uuid.uuid4().hex}.pt"

@@ -24,11 +24,11 @@ from gallery.models import Collection, Image
 from gallery.services import image_mark_failed
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
-from workers.autoencoder.artifacts import loss_curve_png, reconstruction_png
+from workers.autoencoder.artifacts import dictionary_png, loss_curve_png, reconstruction_png
 from workers.autoencoder.inference import EMBEDDING_BATCH_SIZE, load_embedder
-from workers.autoencoder.model import AutoencoderConfig, save_checkpoint
+from workers.autoencoder.model import DEFAULT_ARCH, EncoderConfig, save_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
-from workers.autoencoder.training import TrainingConfig, train_autoencoder
+from workers.autoencoder.training import TrainingConfig, train_encoder_model
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def collection_load_pixels(*, collection: Collection, image_size: int) -> torch.
 
 
 def encoder_plan(
-    *, collection: Collection, model_config: AutoencoderConfig, train_config: TrainingConfig, name: str = ""
+    *, collection: Collection, model_config: EncoderConfig, train_config: TrainingConfig, name: str = ""
 ) -> EncoderVersion:
     """Record a training run to be done (status ``training``), so the admin sees it at once."""
     if model_config.dim != settings.CBIR_EMBEDDING_DIM:
@@ -226,10 +226,11 @@ def encoder_train(
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> EncoderVersion:
     """Train a planned encoder on its collection (no labels used), store the checkpoint with a
-    loss-curve PNG (and, for autoencoders, a reconstruction preview) beside it, and mark it
+    loss-curve PNG (and a reconstruction preview for autoencoders, the learned atoms for the patch
+    dictionary) beside it, and mark it
     ``trained``. A failure leaves it ``failed`` with the reason."""
     collection = encoder.trained_on
-    model_config = AutoencoderConfig(**encoder.config["model"])
+    model_config = EncoderConfig(**encoder.config["model"])
     train_config = TrainingConfig(**encoder.config["training"])
     try:
         pixels = collection_load_pixels(collection=collection, image_size=model_config.image_size)
@@ -239,7 +240,7 @@ def encoder_train(
             if on_epoch is not None:
                 on_epoch(epoch, history)
 
-        model, history = train_autoencoder(
+        model, history = train_encoder_model(
             pixels, model_config=model_config, train_config=train_config, show_progress=show_progress, on_epoch=report
         )
         folder = settings.VAR_DIR / "encoders" / "checkpoints"
@@ -249,9 +250,12 @@ def encoder_train(
         save_checkpoint(folder / filename, model=model, config=model_config, extra={"history": history})
         history["artifacts"] = {"loss_curve": f"checkpoints/{stem}-loss.png"}
         loss_curve_png(folder / f"{stem}-loss.png", history=history)
-        if getattr(model, "objective", "reconstruction") == "reconstruction":
+        if model.objective == "reconstruction":
             reconstruction_png(folder / f"{stem}-reconstructions.png", model=model, images=pixels)
             history["artifacts"]["reconstructions"] = f"checkpoints/{stem}-reconstructions.png"
+        else:
+            dictionary_png(folder / f"{stem}-dictionary.png", model=model)
+            history["artifacts"]["dictionary"] = f"checkpoints/{stem}-dictionary.png"
     except Exception as exc:
         EncoderVersion.objects.filter(pk=encoder.pk).update(status=EncoderVersion.Status.FAILED, error=str(exc)[:2000])
         raise
@@ -264,12 +268,12 @@ def encoder_train(
 
 
 def encoder_queue_training(
-    *, collection: Collection, epochs: int = 15, arch: str = "conv_ae", image_size: int | None = None, activate: bool = True
+    *, collection: Collection, epochs: int = 15, arch: str = DEFAULT_ARCH, image_size: int | None = None, activate: bool = True
 ) -> EncoderVersion:
     """Plan a training run with default settings for ``arch`` and hand it to a worker (after commit)."""
     from workers.tasks import train_encoder
 
-    model_config = AutoencoderConfig(arch=arch, dim=settings.CBIR_EMBEDDING_DIM, **({"image_size": image_size} if image_size else {}))
+    model_config = EncoderConfig(arch=arch, dim=settings.CBIR_EMBEDDING_DIM, **({"image_size": image_size} if image_size else {}))
     encoder = encoder_plan(
         collection=collection,
         model_config=model_config,

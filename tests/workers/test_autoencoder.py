@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from workers.autoencoder.inference import load_embedder
-from workers.autoencoder.model import AutoencoderConfig, build_model, load_checkpoint, save_checkpoint
+from workers.autoencoder.model import EncoderConfig, build_model, load_checkpoint, save_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import TrainingConfig, train_autoencoder
 from PIL import Image as PILImage
@@ -15,7 +15,7 @@ def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_seed_recipe_shapes():
-    model = build_model(AutoencoderConfig())  # 128x128x3 in, 256-d bottleneck
+    model = build_model(EncoderConfig())  # 128x128x3 in, 256-d bottleneck
     x = torch.rand(2, 3, 128, 128)
     reconstruction, z = model(x)
     assert z.shape == (2, 256)
@@ -25,12 +25,12 @@ def test_seed_recipe_shapes():
 
 def test_image_size_must_fit_the_downsampling():
     with pytest.raises(ValueError, match="multiple of 16"):
-        AutoencoderConfig(image_size=100)
+        EncoderConfig(image_size=100)
 
 
 def test_training_lowers_the_loss_and_is_reproducible():
     images = _images(24, 32)
-    config = AutoencoderConfig(image_size=32, dim=16, widths=(8, 16))
+    config = EncoderConfig(image_size=32, dim=16, widths=(8, 16))
     train = TrainingConfig(epochs=4, batch_size=8, seed=7, device="cpu")
     model_a, history_a = train_autoencoder(images, model_config=config, train_config=train, show_progress=False)
     model_b, history_b = train_autoencoder(images, model_config=config, train_config=train, show_progress=False)
@@ -41,7 +41,7 @@ def test_training_lowers_the_loss_and_is_reproducible():
 
 
 def test_max_minutes_stops_after_the_first_epoch():
-    config = AutoencoderConfig(image_size=32, dim=8, widths=(4, 8))
+    config = EncoderConfig(image_size=32, dim=8, widths=(4, 8))
     _, history = train_autoencoder(
         _images(8, 32),
         model_config=config,
@@ -52,7 +52,7 @@ def test_max_minutes_stops_after_the_first_epoch():
 
 
 def test_checkpoint_rebuilds_the_same_encoder(tmp_path):
-    config = AutoencoderConfig(image_size=32, dim=8, widths=(4, 8))
+    config = EncoderConfig(image_size=32, dim=8, widths=(4, 8))
     model = build_model(config).eval()
     path = tmp_path / "encoder.pt"
     save_checkpoint(path, model=model, config=config)

@@ -1,5 +1,6 @@
 """PNG pictures saved beside a checkpoint: the loss curve and, for autoencoders, originals over
-their reconstructions. Drawn with Pillow alone, so workers need no plotting library."""
+their reconstructions, or for the patch dictionary, its atoms. Drawn with Pillow alone, so
+workers need no plotting library."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,4 +57,23 @@ def reconstruction_png(path: Path, *, model, images: torch.Tensor, count: int = 
         for row, tensor in enumerate((original, rebuilt)):
             array = (tensor.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
             canvas.paste(PILImage.fromarray(array), (i * side, row * side))
+    canvas.save(path)
+
+
+@torch.inference_mode()
+def dictionary_png(path: Path, *, model, per_row: int = 16, zoom: int = 6) -> None:
+    """The patch dictionary's atoms, un-whitened back to colour patches, each stretched to the full
+    range so that its pattern shows."""
+    config = model.config
+    patches = model.atoms @ torch.linalg.pinv(model.zca) + model.patch_mean  # (K, C * P * P)
+    low = patches.min(1, keepdim=True).values
+    high = patches.max(1, keepdim=True).values
+    patches = ((patches - low) / (high - low).clamp(min=1e-6)).view(-1, config.in_channels, config.patch_size, config.patch_size)
+    cell = config.patch_size * zoom + 2
+    rows = -(-len(patches) // per_row)
+    canvas = PILImage.new("RGB", (cell * per_row, cell * rows), "white")
+    for i, patch in enumerate(patches):
+        array = (patch.expand(3, -1, -1) * 255).byte().permute(1, 2, 0).numpy()
+        tile = PILImage.fromarray(array).resize((cell - 2, cell - 2), PILImage.Resampling.NEAREST)
+        canvas.paste(tile, ((i % per_row) * cell + 1, (i // per_row) * cell + 1))
     canvas.save(path)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from workers.autoencoder.model import AutoencoderConfig, load_checkpoint
+from workers.autoencoder.model import EncoderConfig, load_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import pick_device
 
@@ -22,7 +22,7 @@ EMBEDDING_BATCH_SIZE = int(os.environ.get("CBIR_EMBEDDING_BATCH_SIZE", 32))
 class Embedder:
     """A loaded encoder: PIL images in, embedding vectors out."""
 
-    def __init__(self, model: torch.nn.Module, config: AutoencoderConfig, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, config: EncoderConfig, device: torch.device) -> None:
         self.model = model.to(device).eval()
         self.cuda = device.type == "cuda"
         if self.cuda:  # NHWC convolutions are the fast path for cuDNN with mixed precision

@@ -1,7 +1,13 @@
-"""The convolutional autoencoder whose bottleneck is an image's fingerprint.
+"""The encoders that turn an image into its fingerprint, and their checkpoints.
 
-The seed recipe: 128x128x3 input, four stride-2 conv stages, a linear bottleneck of ``dim``
-(256) features, a mirrored decoder, trained with MSE and Adam at 1e-3 on the collection itself.
+Two architectures, both learned on the collection itself with no labels:
+- ``patch_kmeans`` (the default, ``workers/autoencoder/patch_dictionary.py``): a dictionary of
+  whitened colour patches learned with k-means, pooled on a 4x4 grid, plus gradient and colour
+  histograms,
+  projected to ``dim`` by a PCA fitted on the collection.
+- ``conv_ae``, the seed recipe: 128x128x3 input, four stride-2 conv stages, a linear bottleneck of
+  ``dim`` (256) features, a mirrored decoder, trained with MSE and Adam at 1e-3. Kept so that it
+  can be compared.
 """
 from __future__ import annotations
 
@@ -11,19 +17,61 @@ import torch
 from torch import nn
 
 
+# What train_encoder, the admin and the demo train when no --arch is named: it retrieves better
+# than the autoencoder on both shared sets and fits in seconds to a minute on a CPU
+# (docs/benchmarks.md, "Retrieval quality").
+DEFAULT_ARCH = "patch_kmeans"
+DEFAULT_IMAGE_SIZE = {"conv_ae": 128, "patch_kmeans": 32}
+
+
 @dataclass
-class AutoencoderConfig:
+class EncoderConfig:
     arch: str = "conv_ae"
-    image_size: int = 128  # square input side; a multiple of 2 ** len(widths)
+    image_size: int | None = None  # square input side; None: the architecture's default
     in_channels: int = 3
-    dim: int = 256  # bottleneck width = embedding width (CBIR_EMBEDDING_DIM)
+    dim: int = 256  # output width = embedding width (CBIR_EMBEDDING_DIM)
+    # conv_ae: channels of the stride-2 stages; image_size must be a multiple of 2 ** len(widths)
     widths: tuple[int, ...] = (32, 64, 128, 256)
+    # patch_kmeans: patch side, dictionary atoms, pooling grid, gradient-histogram cells and the
+    # exponent of the PCA eigenvalues that the projection divides by (0: plain PCA, 0.5: whitening)
+    patch_size: int = 5
+    dictionary_size: int = 256
+    pool_grid: int = 4
+    hog_cells: int = 8
+    colour_grid: int = 1
+    colour_weight: float = 0.3
+    whitening_power: float = 0.2
 
     def __post_init__(self) -> None:
+        if self.arch not in DEFAULT_IMAGE_SIZE:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose from {', '.join(sorted(DEFAULT_IMAGE_SIZE))}")
+        if self.image_size is None:
+            self.image_size = DEFAULT_IMAGE_SIZE[self.arch]
         self.widths = tuple(self.widths)
-        stride = 2 ** len(self.widths)
-        if self.image_size % stride:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of {stride}")
+        if self.dim < 1:
+            raise ValueError("dim must be at least 1")
+        if self.arch == "conv_ae":
+            stride = 2 ** len(self.widths)
+            if self.image_size % stride:
+                raise ValueError(f"image_size {self.image_size} must be a multiple of {stride}")
+        else:
+            if self.image_size < 2 * self.patch_size or self.image_size % self.hog_cells:
+                raise ValueError(
+                    f"image_size {self.image_size} must be at least {2 * self.patch_size} and a multiple of "
+                    f"hog_cells ({self.hog_cells})"
+                )
+            if self.dim > self.feature_width:
+                raise ValueError(f"dim {self.dim} exceeds the {self.feature_width} pooled features it projects")
+
+    @property
+    def block_widths(self) -> tuple[int, int, int]:
+        """patch_kmeans: pooled dictionary codes, gradient histograms (36 per 2x2 block of cells),
+        colour histograms (64 bins per cell)."""
+        return self.dictionary_size * self.pool_grid**2, 36 * (self.hog_cells - 1) ** 2, 64 * self.colour_grid**2
+
+    @property
+    def feature_width(self) -> int:
+        return sum(self.block_widths)
 
     @property
     def feature_side(self) -> int:
@@ -44,7 +92,7 @@ def _up(cin: int, cout: int) -> nn.Sequential:
 
 
 class ConvAutoencoder(nn.Module):
-    def __init__(self, config: AutoencoderConfig) -> None:
+    def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
         widths = config.widths
@@ -69,26 +117,28 @@ class ConvAutoencoder(nn.Module):
         h = self.decoder_convs(h)  # (B, widths[0], S/2, S/2)
         return torch.sigmoid(self.to_pixels(h))  # (B, C, S, S)
 
+    objective = "reconstruction"
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(x)
         return self.decode(z), z
 
 
-ARCHITECTURES = {"conv_ae": ConvAutoencoder}
+def build_model(config: EncoderConfig) -> nn.Module:
+    from workers.autoencoder.patch_dictionary import PatchDictionaryEncoder
+
+    architectures = {"conv_ae": ConvAutoencoder, "patch_kmeans": PatchDictionaryEncoder}
+    return architectures[config.arch](config)
 
 
-def build_model(config: AutoencoderConfig) -> nn.Module:
-    return ARCHITECTURES[config.arch](config)
-
-
-def save_checkpoint(path, *, model: nn.Module, config: AutoencoderConfig, extra: dict | None = None) -> None:
+def save_checkpoint(path, *, model: nn.Module, config: EncoderConfig, extra: dict | None = None) -> None:
     """The config travels with the weights, so ``load_checkpoint`` needs nothing but the file."""
     torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}, path)
 
 
-def load_checkpoint(path, *, map_location="cpu") -> tuple[nn.Module, AutoencoderConfig]:
+def load_checkpoint(path, *, map_location="cpu") -> tuple[nn.Module, EncoderConfig]:
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    config = AutoencoderConfig(**payload["config"])
+    config = EncoderConfig(**payload["config"])
     model = build_model(config)
     model.load_state_dict(payload["state_dict"])
     model.eval()

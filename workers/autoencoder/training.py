@@ -1,4 +1,4 @@
-"""Label-free training of the autoencoder on a collection's own images."""
+"""Label-free training of an encoder on a collection's own images."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from workers.autoencoder.model import AutoencoderConfig, build_model
+from workers.autoencoder.model import EncoderConfig, build_model
 
 VALIDATION_FRACTION = 0.1
 MIN_IMAGES_FOR_VALIDATION = 20
@@ -83,7 +83,7 @@ def evaluate(model, loader, device) -> float:
 def train_autoencoder(
     images: torch.Tensor,
     *,
-    model_config: AutoencoderConfig,
+    model_config: EncoderConfig,
     train_config: TrainingConfig,
     show_progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
@@ -132,3 +132,35 @@ def train_autoencoder(
             break
     history["seconds"] = round(time.monotonic() - started, 2)
     return model.cpu().eval(), history
+
+
+def train_encoder_model(
+    images: torch.Tensor,
+    *,
+    model_config: EncoderConfig,
+    train_config: TrainingConfig,
+    show_progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train (``conv_ae``) or fit (``patch_kmeans``) the architecture that ``model_config`` names on
+    ``images`` (uint8, (N, 3, S, S)). Returns the model in eval mode on the CPU and its history:
+    per-epoch ``train_loss`` (and ``val_loss`` where there is one), ``epochs_run``, ``seconds``."""
+    if model_config.arch == "conv_ae":
+        return train_autoencoder(
+            images, model_config=model_config, train_config=train_config, show_progress=show_progress, on_epoch=on_epoch
+        )
+    from workers.autoencoder.patch_dictionary import fit_patch_dictionary
+
+    if images.ndim != 4 or images.dtype != torch.uint8:
+        raise ValueError("images must be a uint8 tensor of shape (N, 3, S, S)")
+    seed_everything(train_config.seed)
+    return fit_patch_dictionary(
+        images,
+        model_config=model_config,
+        epochs=train_config.epochs,
+        seed=train_config.seed,
+        device=pick_device(train_config.device),
+        max_minutes=train_config.max_minutes,
+        show_progress=show_progress,
+        on_epoch=on_epoch,
+    )

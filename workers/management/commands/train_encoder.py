@@ -3,20 +3,26 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gallery.models import Collection
 from search.services import encoder_activate
-from workers.autoencoder.model import ARCHITECTURES, AutoencoderConfig
+from workers.autoencoder.model import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, EncoderConfig
 from workers.autoencoder.training import TrainingConfig
 from workers.services import encoder_plan, encoder_train
 
 
 class Command(BaseCommand):
-    help = "Train the convolutional autoencoder on a collection's images (no labels) and store it as a new encoder version."
+    help = "Train an encoder on a collection's images (no labels) and store it as a new encoder version."
 
     def add_arguments(self, parser):
         parser.add_argument("--collection", required=True)
-        parser.add_argument("--arch", default="conv_ae", choices=sorted(ARCHITECTURES))
-        parser.add_argument("--epochs", type=int, default=15)
+        parser.add_argument(
+            "--arch", default=DEFAULT_ARCH, choices=sorted(DEFAULT_IMAGE_SIZE),
+            help=f"{DEFAULT_ARCH} (default): learned patch dictionary; conv_ae: the seed autoencoder",
+        )
+        parser.add_argument("--epochs", type=int, default=15, help="conv_ae: passes over the images; patch_kmeans: k-means passes")
         parser.add_argument("--batch-size", type=int, default=64)
-        parser.add_argument("--image-size", type=int, default=128)
+        parser.add_argument(
+            "--image-size", type=int, default=None,
+            help=", ".join(f"{arch}: {size}" for arch, size in sorted(DEFAULT_IMAGE_SIZE.items())) + " by default",
+        )
         parser.add_argument("--dim", type=int, default=settings.CBIR_EMBEDDING_DIM)
         parser.add_argument("--lr", type=float, default=1e-3)
         parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
@@ -32,7 +38,7 @@ class Command(BaseCommand):
         if o["epochs"] < 1:
             raise CommandError("--epochs must be at least 1")
         try:
-            model_config = AutoencoderConfig(arch=o["arch"], image_size=o["image_size"], dim=o["dim"])
+            model_config = EncoderConfig(arch=o["arch"], image_size=o["image_size"], dim=o["dim"])
             planned = encoder_plan(
                 collection=collection,
                 model_config=model_config,

@@ -1,0 +1,146 @@
+"""The default encoder, patch_kmeans: fitted on images made here, checked for shape, determinism,
+what it ranks close, and that its checkpoint rebuilds it."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from workers.autoencoder.artifacts import dictionary_png
+from workers.autoencoder.inference import load_embedder
+from workers.autoencoder.model import EncoderConfig, load_checkpoint, save_checkpoint
+from workers.autoencoder.patch_dictionary import colour_histograms, gradient_histograms
+from workers.autoencoder.preprocessing import Preprocess
+from workers.autoencoder.training import TrainingConfig, train_encoder_model
+
+SIZE = 32
+
+
+def _stripes(*, vertical: bool, period: int, colour: tuple[int, int, int], seed: int) -> np.ndarray:
+    """(3, S, S) uint8: stripes of ``colour`` on white, with a little seeded noise."""
+    rng = np.random.default_rng(seed)
+    line = (np.arange(SIZE) // period) % 2 == 0
+    mask = np.tile(line[None, :] if vertical else line[:, None], (SIZE, 1) if vertical else (1, SIZE))
+    picture = np.full((SIZE, SIZE, 3), 255, dtype=np.int16)
+    picture[mask] = colour
+    picture += rng.integers(-12, 12, size=picture.shape)
+    return np.clip(picture, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _collection() -> tuple[torch.Tensor, list[tuple[bool, tuple]]]:
+    """40 images: vertical or horizontal stripes, red or blue, periods 2-6."""
+    kinds, arrays = [], []
+    for seed in range(40):
+        vertical, colour = seed % 2 == 0, ((200, 20, 20) if seed % 4 < 2 else (20, 20, 200))
+        kinds.append((vertical, colour))
+        arrays.append(_stripes(vertical=vertical, period=2 + seed % 5, colour=colour, seed=seed))
+    return torch.from_numpy(np.stack(arrays)), kinds
+
+
+CONFIG = EncoderConfig(arch="patch_kmeans", image_size=SIZE, dim=16, dictionary_size=32)
+TRAIN = TrainingConfig(epochs=5, seed=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    images, kinds = _collection()
+    model, history = train_encoder_model(images, model_config=CONFIG, train_config=TRAIN, show_progress=False)
+    return model, history, images, kinds
+
+
+def test_fit_reports_a_falling_quantisation_error_and_unit_vectors(fitted):
+    model, history, images, _ = fitted
+    assert history["epochs_run"] == 5 and len(history["train_loss"]) == 5
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert history["objective"].startswith("k-means")
+    with torch.inference_mode():
+        z = model.encode(images.float() / 255)
+    assert z.shape == (40, 16)
+    assert torch.allclose(z.norm(dim=1), torch.ones(40), atol=1e-5)
+
+
+def test_fit_is_reproducible_with_a_seed(fitted):
+    model, history, images, _ = fitted
+    again, history_again = train_encoder_model(images, model_config=CONFIG, train_config=TRAIN, show_progress=False)
+    assert history["train_loss"] == history_again["train_loss"]
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, again.state_dict()[name], atol=1e-6), name
+
+
+def test_neighbours_share_orientation_first_and_colour_second(fitted):
+    model, _, images, kinds = fitted
+    with torch.inference_mode():
+        z = model.encode(images.float() / 255)
+    similarity = z @ z.T
+    similarity.fill_diagonal_(-2)
+    nearest = similarity.argmax(1)
+    assert all(kinds[i][0] == kinds[j][0] for i, j in enumerate(nearest.tolist()))  # same orientation
+    # Colour still counts: among the same orientation and period, the same colour ranks first.
+    red_vertical = torch.from_numpy(_stripes(vertical=True, period=4, colour=(200, 20, 20), seed=100))
+    blue_vertical = torch.from_numpy(_stripes(vertical=True, period=4, colour=(20, 20, 200), seed=101))
+    red_again = torch.from_numpy(_stripes(vertical=True, period=4, colour=(210, 30, 25), seed=102))
+    with torch.inference_mode():
+        a, b, c = model.encode(torch.stack([red_vertical, blue_vertical, red_again]).float() / 255)
+    assert (a @ c).item() > (a @ b).item()
+
+
+def test_max_minutes_stops_after_the_first_pass():
+    images, _ = _collection()
+    _, history = train_encoder_model(
+        images, model_config=CONFIG,
+        train_config=TrainingConfig(epochs=50, seed=0, device="cpu", max_minutes=0.0), show_progress=False,
+    )
+    assert history["epochs_run"] == 1
+
+
+def test_fewer_images_than_dimensions_still_give_unit_vectors():
+    images, _ = _collection()
+    model, _ = train_encoder_model(images[:6], model_config=CONFIG, train_config=TRAIN, show_progress=False)
+    with torch.inference_mode():
+        z = model.encode(images[:6].float() / 255)
+    assert torch.isfinite(z).all() and torch.allclose(z.norm(dim=1), torch.ones(6), atol=1e-5)
+
+
+def test_checkpoint_and_embedder_rebuild_the_same_encoder(fitted, tmp_path):
+    model, _, _, _ = fitted
+    path = tmp_path / "patch.pt"
+    save_checkpoint(path, model=model, config=CONFIG)
+    loaded, config = load_checkpoint(path)
+    assert config == CONFIG
+    pictures = [PILImage.new("RGB", (50, 20), (255, 0, 0)), PILImage.fromarray(_stripes(vertical=False, period=3, colour=(0, 0, 0), seed=1).transpose(1, 2, 0))]
+    x = torch.stack([Preprocess(SIZE)(p) for p in pictures])
+    with torch.inference_mode():
+        assert torch.allclose(model.encode(x), loaded.encode(x), atol=1e-6)
+    vectors = load_embedder(path, device="cpu").embed(pictures)
+    assert vectors.shape == (2, 16) and vectors.dtype == np.float32
+    assert np.allclose(vectors, loaded.encode(x).numpy(), atol=1e-5)
+
+
+def test_dictionary_picture(fitted, tmp_path):
+    model, _, _, _ = fitted
+    dictionary_png(tmp_path / "atoms.png", model=model)
+    picture = PILImage.open(tmp_path / "atoms.png")
+    assert picture.size == (16 * 32, 2 * 32)  # 32 atoms, 16 per row, 5 px zoomed 6x plus a border
+
+
+def test_histograms_see_what_they_should():
+    flat = torch.zeros(1, 3, SIZE, SIZE)
+    vertical = torch.from_numpy(_stripes(vertical=True, period=4, colour=(0, 0, 0), seed=0))[None].float() / 255
+    horizontal = vertical.transpose(2, 3)
+    assert gradient_histograms(flat, cells=8).abs().sum() == 0
+    assert not torch.allclose(gradient_histograms(vertical, cells=8), gradient_histograms(horizontal, cells=8))
+    red, blue = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    assert colour_histograms(red, grid=1).argmax().item() == 3 * 16  # r=3, g=0, b=0
+    assert colour_histograms(blue, grid=1).argmax().item() == 3
+    assert colour_histograms(red, grid=1).sum().item() == pytest.approx(1.0)
+
+
+def test_config_rejects_what_cannot_work():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        EncoderConfig(arch="resnet")
+    with pytest.raises(ValueError, match="exceeds"):
+        EncoderConfig(arch="patch_kmeans", dim=10_000)
+    with pytest.raises(ValueError, match="multiple of hog_cells"):
+        EncoderConfig(arch="patch_kmeans", image_size=36)
+    assert EncoderConfig(arch="patch_kmeans").image_size == 32
+    assert EncoderConfig(arch="conv_ae").image_size == 128

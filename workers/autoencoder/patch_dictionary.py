@@ -1,0 +1,250 @@
+"""``patch_kmeans``: a label-free encoder learned from the collection's own patches.
+
+The single-layer recipe of Coates & Ng ("An Analysis of Single-Layer Networks in Unsupervised
+Feature Learning", 2011; "Learning Feature Representations with K-means", 2012), made into a
+retrieval fingerprint:
+
+1. every 5x5 colour patch is brightness/contrast normalised and ZCA-whitened;
+2. it is compared with a dictionary of ``dictionary_size`` atoms learned by k-means on patches
+   sampled from the collection, with the "triangle" code ``max(0, mean_k(d) - d_k)`` (sparse: about
+   half the atoms respond to a patch);
+3. the codes are averaged over a ``pool_grid`` x ``pool_grid`` grid (layout survives, small shifts
+   do not matter);
+4. histograms of oriented gradients (block-normalised, colour: the channel with the strongest
+   gradient) add shape at the same scale, and a joint RGB histogram adds colour, which the
+   contrast-normalised patches and the gradients do not see (weighted 0.3: a red shirt should find
+   shirts before it finds red things; measured, more weight or a 2x2 colour layout cost
+   Fashion-MNIST a point of mAP@10 for no gain on OpenMoji);
+5. the blocks are square-rooted (Hellinger: bursty responses stop dominating), centred and
+   L2-normalised, then projected by a PCA fitted on the collection, each component divided by its
+   eigenvalue to the power ``whitening_power`` (partial whitening: rare directions count more,
+   without amplifying the noise of the smallest ones), and L2-normalised.
+
+Why this and not a contrastive network: on the two shared sets, measured with `evaluate`, it beats
+the seed autoencoder by 4-6 mAP@10 points and trains in under a minute on two CPU cores, where a
+SimCLR-style CNN did not get above its random initialisation within the ten-minute CPU budget
+(docs/benchmarks.md). Nothing in it is specific to a dataset: the dictionary, the means and the
+projection are all fitted on whatever collection it is trained on.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from workers.autoencoder.model import EncoderConfig
+
+# Patches sampled for the whitening and the k-means: enough for 256 atoms of 75 values to settle
+# (the measured retrieval figures do not move between 50k and 100k).
+DICTIONARY_PATCHES = 100_000
+# The PCA is fitted on at most this many images' pooled features (10k x 5,860 floats = 234 MB).
+PROJECTION_IMAGES = 10_000
+ENCODE_BATCH = 128
+# Added to each patch's variance before contrast normalisation (pixels in [0, 1]) so flat patches
+# stay flat instead of amplifying noise; and to the patch covariance's eigenvalues before ZCA.
+CONTRAST_EPSILON = 0.01
+ZCA_EPSILON = 0.1
+HOG_BINS = 9
+COLOUR_LEVELS = 4
+
+
+def _normalise_patches(patches: torch.Tensor) -> torch.Tensor:
+    centred = patches - patches.mean(1, keepdim=True)
+    return centred / (centred.var(1, keepdim=True) + CONTRAST_EPSILON).sqrt()
+
+
+def colour_histograms(x: torch.Tensor, *, grid: int) -> torch.Tensor:
+    """Joint RGB histograms (4 levels per channel, 64 bins) of (B, 3, S, S) images in [0, 1], one per
+    cell of a ``grid`` x ``grid`` layout: the only block that sees colour, since the patches are
+    contrast-normalised and the gradients are colour-blind. Returns (B, 64 * grid ** 2)."""
+    levels = (x * (COLOUR_LEVELS - 0.001)).long()  # (B, 3, S, S)
+    bins = (levels[:, 0] * COLOUR_LEVELS + levels[:, 1]) * COLOUR_LEVELS + levels[:, 2]  # (B, S, S)
+    one_hot = F.one_hot(bins, COLOUR_LEVELS**3).permute(0, 3, 1, 2).to(x.dtype)  # (B, 64, S, S)
+    return F.adaptive_avg_pool2d(one_hot, grid).flatten(1)
+
+
+def gradient_histograms(x: torch.Tensor, *, cells: int) -> torch.Tensor:
+    """HOG of (B, C, S, S) images in [0, 1]: ``cells`` x ``cells`` cells of 9 unsigned orientations,
+    2x2 blocks L2-normalised and clipped at 0.2 (Dalal & Triggs). Returns (B, 36 * (cells - 1) ** 2)."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]
+    gy = padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]
+    magnitude = (gx * gx + gy * gy).sqrt()
+    magnitude, channel = magnitude.max(1, keepdim=True)  # (B, 1, S, S): the strongest colour edge
+    angle = torch.atan2(gy.gather(1, channel), gx.gather(1, channel)) % math.pi
+    position = angle / math.pi * HOG_BINS
+    lower = position.floor().long() % HOG_BINS
+    upper_weight = position - position.floor()
+    histogram = torch.zeros(x.shape[0], HOG_BINS, *x.shape[2:], dtype=x.dtype, device=x.device)
+    histogram.scatter_add_(1, lower, magnitude * (1 - upper_weight))
+    histogram.scatter_add_(1, (lower + 1) % HOG_BINS, magnitude * upper_weight)
+    histogram = F.avg_pool2d(histogram, x.shape[-1] // cells)  # (B, 9, cells, cells)
+    blocks = F.unfold(histogram, 2).transpose(1, 2)  # (B, (cells-1)^2, 36)
+    blocks = F.normalize(F.normalize(blocks, dim=2).clamp(max=0.2), dim=2)
+    return blocks.flatten(1)
+
+
+class PatchDictionaryEncoder(nn.Module):
+    objective = "dictionary"
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        patch_values = config.in_channels * config.patch_size**2
+        # All state is fitted (fit_patch_dictionary), none trained by gradients; buffers travel
+        # in the state_dict like weights.
+        self.register_buffer("patch_mean", torch.zeros(patch_values))
+        self.register_buffer("zca", torch.eye(patch_values))
+        self.register_buffer("atoms", torch.zeros(config.dictionary_size, patch_values))
+        self.register_buffer("block_mean", torch.zeros(config.feature_width))  # of the square-rooted blocks
+        self.register_buffer("feature_mean", torch.zeros(config.feature_width))
+        self.register_buffer("projection", torch.zeros(config.feature_width, config.dim))
+
+    def whitened_patches(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, S, S) -> (B * L, C * P * P), L = (S - P + 1) ** 2 patch positions
+        values = F.unfold(x, self.config.patch_size).transpose(1, 2).flatten(0, 1)
+        return (_normalise_patches(values) - self.patch_mean) @ self.zca
+
+    def raw_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, feature_width): pooled dictionary codes, gradient histograms and colour histograms,
+        square-rooted, before centring."""
+        config = self.config
+        z = self.whitened_patches(x)
+        distances = torch.cdist(z, self.atoms)  # (B * L, K)
+        codes = (distances.mean(1, keepdim=True) - distances).clamp_(min=0)
+        side = config.image_size - config.patch_size + 1
+        codes = codes.view(len(x), side, side, -1).permute(0, 3, 1, 2)  # (B, K, side, side)
+        blocks = [
+            F.adaptive_avg_pool2d(codes, config.pool_grid).flatten(1),
+            gradient_histograms(x, cells=config.hog_cells),
+            colour_histograms(x, grid=config.colour_grid),
+        ]
+        return torch.cat(blocks, dim=1).sqrt()
+
+    def features(self, raw: torch.Tensor) -> torch.Tensor:
+        """Each block centred, unit-length and weighted (colour counts ``colour_weight``), side by side."""
+        parts = (raw - self.block_mean).split(self.config.block_widths, dim=1)
+        weights = (1.0, 1.0, self.config.colour_weight)
+        return torch.cat([F.normalize(part, dim=1) * weight for part, weight in zip(parts, weights)], dim=1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, S, S) in [0, 1]. Distances in float16 would blur the triangle code, so the
+        # encoder always computes in float32, also under autocast on a GPU.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            features = self.features(self.raw_blocks(x.float()))  # (B, feature_width)
+            return F.normalize((features - self.feature_mean) @ self.projection, dim=1)  # (B, dim)
+
+
+def _sample_patches(images: torch.Tensor, *, config: EncoderConfig, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` random patches, as flat vectors, from random positions of random images."""
+    side = config.image_size - config.patch_size + 1
+    which = torch.randint(0, len(images), (count,), generator=generator)
+    rows = torch.randint(0, side, (count,), generator=generator)
+    cols = torch.randint(0, side, (count,), generator=generator)
+    offsets = torch.arange(config.patch_size)
+    # (count, C, P, P) gathered by advanced indexing, without unfolding whole images
+    patches = images[
+        which[:, None, None, None],
+        torch.arange(images.shape[1])[None, :, None, None],
+        (rows[:, None] + offsets)[:, None, :, None],
+        (cols[:, None] + offsets)[:, None, None, :],
+    ]
+    return patches.flatten(1).float().div_(255.0)
+
+
+def _kmeans_step(z: torch.Tensor, atoms: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """One Lloyd iteration; an atom left without patches restarts at a random patch."""
+    nearest_distance, assignment = torch.cdist(z, atoms).min(1)
+    sums = torch.zeros_like(atoms).index_add_(0, assignment, z)
+    counts = torch.bincount(assignment, minlength=len(atoms)).to(z.dtype)
+    restart = z[torch.randint(0, len(z), (len(atoms),), generator=generator).to(z.device)]
+    updated = torch.where((counts == 0)[:, None], restart, sums / counts.clamp(min=1)[:, None])
+    return updated, nearest_distance.pow(2).mean().item()
+
+
+@torch.inference_mode()
+def fit_patch_dictionary(
+    images: torch.Tensor,
+    *,
+    model_config: EncoderConfig,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    max_minutes: float | None = None,
+    show_progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> tuple[PatchDictionaryEncoder, dict]:
+    """Fit the encoder on ``images`` (uint8, (N, 3, S, S)); an epoch is one k-means pass over the
+    sampled patches, and the "loss" is the mean squared distance of a patch to its atom.
+    Reproducible for a fixed seed on the same device."""
+    started = time.monotonic()
+    generator = torch.Generator().manual_seed(seed)
+    model = PatchDictionaryEncoder(model_config).to(device)
+    history = {
+        "train_loss": [], "val_loss": [], "device": str(device), "images": len(images), "epochs_run": 0,
+        "objective": "k-means patch quantisation (mean squared distance)",
+    }
+    patches = _normalise_patches(
+        _sample_patches(images, config=model_config, count=DICTIONARY_PATCHES, generator=generator).to(device)
+    )
+    model.patch_mean = patches.mean(0)
+    centred = patches - model.patch_mean
+    eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / len(centred))
+    model.zca = eigenvectors @ torch.diag((eigenvalues.clamp(min=0) + ZCA_EPSILON).rsqrt()) @ eigenvectors.T
+    z = centred @ model.zca
+    atoms = z[torch.randperm(len(z), generator=generator)[: model_config.dictionary_size].to(device)].clone()
+    with tqdm(total=epochs, desc="k-means", unit="pass", disable=not show_progress) as progress:
+        for epoch in range(epochs):
+            atoms, loss = _kmeans_step(z, atoms, generator)
+            history["train_loss"].append(loss)
+            history["val_loss"].append(None)
+            history["epochs_run"] = epoch + 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, history)
+            if max_minutes is not None and time.monotonic() - started > max_minutes * 60:
+                break
+    model.atoms = atoms
+    del patches, centred, z
+
+    subset = torch.randperm(len(images), generator=generator)[:PROJECTION_IMAGES]
+    raw = torch.cat(
+        [
+            model.raw_blocks(images[subset[start : start + ENCODE_BATCH]].to(device).float().div_(255.0))
+            for start in tqdm(range(0, len(subset), ENCODE_BATCH), desc="projection", unit="batch", disable=not show_progress)
+        ]
+    )
+    model.block_mean = raw.mean(0)
+    features = model.features(raw)
+    del raw
+    model.feature_mean = features.mean(0)
+    model.projection = _partial_whitening(
+        features - model.feature_mean, dim=model_config.dim, power=model_config.whitening_power, seed=seed
+    )
+    history["seconds"] = round(time.monotonic() - started, 2)
+    return model.cpu().eval(), history
+
+
+def _partial_whitening(centred: torch.Tensor, *, dim: int, power: float, seed: int) -> torch.Tensor:
+    """(feature_width, dim) from centred (N, feature_width) features: the top ``dim`` principal
+    directions, each divided by its variance to the power ``power``. With fewer images than
+    ``dim`` the remaining columns stay zero."""
+    rank = min(dim, len(centred) - 1, centred.shape[1])
+    projection = torch.zeros(centred.shape[1], dim, device=centred.device)
+    if rank < 1:
+        return projection
+    if len(centred) <= 4 * dim:  # small collections: the exact decomposition is cheap
+        _, singular, rows = torch.linalg.svd(centred, full_matrices=False)
+        directions = rows.T
+    else:  # randomized: the 10k x 5,860 case takes seconds instead of minutes
+        torch.manual_seed(seed)
+        _, singular, directions = torch.pca_lowrank(centred, q=min(rank + 16, *centred.shape), center=False, niter=3)
+    variance = singular[:rank].pow(2) / len(centred)
+    projection[:, :rank] = directions[:, :rank] * (variance + 1e-3 * variance[0]).pow(-power)
+    return projection
