@@ -1,6 +1,6 @@
 """Retrieval quality on the shared labelled sets, through the product's own commands.
 
-    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji] [--archs conv_ae ...]
+    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji] [--archs conv_ae patch_kmeans]
                                       [--epochs 15] [--max-minutes 10]
 
 For each set: the images are written as an image-folder tree (Fashion-MNIST t10k as 28x28 PNGs;
@@ -106,7 +106,7 @@ def wait_active(env: dict, timeout: float = 3600) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "openmoji"])
-    parser.add_argument("--archs", nargs="+", default=["conv_ae"])
+    parser.add_argument("--archs", nargs="+", default=["conv_ae", "patch_kmeans"])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--max-minutes", type=float, default=10.0)
     parser.add_argument("--extra", default="", help="more train_encoder options, e.g. '--image-size 64'")

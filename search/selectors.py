@@ -218,18 +218,23 @@ def collection_evaluate(
 ) -> dict:
     """Precision@k and mAP@k for every labelled image of a collection used as a query against all
     the other images of the collection, through the same ranking as the API (``vector_list_similar``),
-    with the vectors of ``encoder`` (default: the active one)."""
+    with the vectors of ``encoder`` (default: the active one).
+
+    An encoder trained with labels is scored on its held-out images only: they are the queries and
+    the only candidates, so no figure involves an image whose label it learned from."""
     from collections import Counter, defaultdict
 
     from search.evaluation import average_precision_at_k, precision_at_k
 
     encoder = encoder or encoder_active()
-    rows = list(
-        Embedding.objects.filter(encoder=encoder, collection_id=collection_id)
-        .exclude(image__label="")
-        .values_list("image_id", "image__label", "vector")
-        .order_by("image_id")
-    )
+    training = (encoder.metrics or {}).get("training") or {}
+    embeddings = Embedding.objects.filter(encoder=encoder, collection_id=collection_id).exclude(image__label="")
+    learned_from: list[int] = []
+    if "held_out_image_ids" in training and encoder.trained_on_id == collection_id:
+        held_out = training["held_out_image_ids"]
+        learned_from = list(embeddings.exclude(image_id__in=held_out).values_list("image_id", flat=True))
+        embeddings = embeddings.filter(image_id__in=held_out)
+    rows = list(embeddings.values_list("image_id", "image__label", "vector").order_by("image_id"))
     if not rows:
         raise ValueError("the collection has no indexed, labelled images to evaluate")
     label_counts = Counter(label for _, label, _ in rows)
@@ -238,7 +243,8 @@ def collection_evaluate(
     per_label: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for image_id, label, vector in rows:
         hits = vector_list_similar(
-            vector=vector, encoder=encoder, k=depth, collection_ids=[collection_id], exclude_image_ids=[image_id]
+            vector=vector, encoder=encoder, k=depth, collection_ids=[collection_id],
+            exclude_image_ids=[image_id, *learned_from],
         )
         relevant = [hit.image.label == label for hit in hits] + [False] * (depth - len(hits))
         total_relevant = label_counts[label] - 1
@@ -257,6 +263,7 @@ def collection_evaluate(
         queries=n,
         labels=len(label_counts),
         encoder=encoder.pk,
+        held_out_only=bool(learned_from),
         per_label={
             label: {key: round(v / label_counts[label], 4) for key, v in metrics.items()}
             for label, metrics in sorted(per_label.items())

@@ -1,5 +1,6 @@
 """The whole way, on real parts: admin upload -> Celery worker (real Redis) -> train -> activate ->
 search over HTTP returns the image first for itself."""
+import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.urls import reverse
@@ -101,7 +102,8 @@ def test_evaluate_command_reports_precision_through_search(celery_worker, capsys
     capsys.readouterr()
     call_command("evaluate", "--collection", "e2e", "--k", "1", "4", "--json")
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder"}
+    assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder", "held_out_only"}
+    assert result["held_out_only"] is False
     assert result["queries"] == 10 and result["labels"] == 2 and result["encoder"] == encoder.pk
     assert 0.5 < result["P@1"] <= 1.0 and 0.0 < result["mAP@4"] <= 1.0
     encoder.refresh_from_db()  # the figures are kept on the encoder version for the admin
@@ -173,3 +175,24 @@ def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):
     assert results[str(second.pk)]["encoder"] == second.pk
     assert Embedding.objects.filter(encoder=second).count() == 8  # computed for the comparison
     assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE  # search unchanged
+
+
+def test_use_labels_learns_a_metric_and_is_scored_on_held_out_images_only(celery_worker, capsys):
+    import json
+
+    from django.core.management.base import CommandError
+
+    collection = _red_and_blue_collection(5)
+    with pytest.raises(CommandError, match="--arch patch_kmeans"):
+        _train("--arch", "conv_ae", "--use-labels")
+    encoder = _train_and_activate("--use-labels", "--held-out", "0.4")
+    history = encoder.metrics["training"]
+    held_out = set(history["held_out_image_ids"])
+    labelled = set(Image.objects.filter(collection=collection).values_list("id", flat=True))
+    assert len(held_out) == 4 and held_out < labelled  # 2 of each label's 5
+    assert history["labelled_training_images"] == 6
+    assert len(history["metric_loss"]) == 2  # one per epoch (--epochs 2)
+    capsys.readouterr()
+    call_command("evaluate", "--collection", "e2e", "--k", "1", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert result["held_out_only"] is True and result["queries"] == 4

@@ -185,25 +185,82 @@ def _read(image: Image) -> bytes:
         return handle.read()
 
 
-def collection_load_pixels(*, collection: Collection, image_size: int) -> torch.Tensor:
-    """Every decodable image of ``collection`` as a uint8 tensor (N, 3, S, S)."""
+@dataclass
+class CollectionPixels:
+    image_ids: list[int]
+    labels: list[str]  # "" where an image has none
+    pixels: torch.Tensor  # uint8 (N, 3, S, S)
+
+
+def collection_load_pixels(*, collection: Collection, image_size: int) -> CollectionPixels:
+    """Every decodable image of ``collection``, preprocessed to ``image_size``, with its id and label."""
     preprocess = Preprocess(image_size)
-    arrays = []
+    ids, labels, arrays = [], [], []
     for image in Image.objects.filter(collection=collection).exclude(status=Image.Status.FAILED).order_by("id"):
         try:
             picture = imaging.decode_rgb(_read(image))
         except (imaging.ImageRejected, FileNotFoundError, ValueError):
             continue  # the indexing path records the reason; training just leaves it out
+        ids.append(image.id)
+        labels.append(image.label)
         arrays.append(preprocess.to_uint8(picture))
     if not arrays:
         raise ValueError(f"collection {collection.name!r} has no decodable images to train on")
-    return torch.from_numpy(np.stack(arrays))
+    return CollectionPixels(image_ids=ids, labels=labels, pixels=torch.from_numpy(np.stack(arrays)))
+
+
+def labelled_split(*, labels: list[str], held_out: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of the labelled images to train on and to hold out: per label, a seeded shuffle
+    holds out ``held_out`` of its images (at least one when it has two or more). Unlabelled images
+    are in neither."""
+    generator = torch.Generator().manual_seed(seed)
+    by_label: dict[str, list[int]] = {}
+    for position, label in enumerate(labels):
+        if label:
+            by_label.setdefault(label, []).append(position)
+    train, test = [], []
+    for label in sorted(by_label):
+        positions = by_label[label]
+        order = [positions[i] for i in torch.randperm(len(positions), generator=generator).tolist()]
+        cut = max(1, round(len(order) * held_out)) if len(order) >= 2 else 0
+        test += order[:cut]
+        train += order[cut:]
+    return sorted(train), sorted(test)
+
+
+def _learn_with_labels(model, loaded: CollectionPixels, train_config: TrainingConfig, *, show_progress: bool) -> dict:
+    from workers.autoencoder.patch_dictionary import learn_projection_with_labels
+    from workers.autoencoder.training import pick_device
+
+    train, held_out = labelled_split(labels=loaded.labels, held_out=train_config.held_out, seed=train_config.seed)
+    names = sorted({loaded.labels[i] for i in train})
+    if len(names) < 2:
+        raise ValueError("--use-labels needs at least two labels with images left to train on")
+    losses = learn_projection_with_labels(
+        model,
+        loaded.pixels[train],
+        torch.tensor([names.index(loaded.labels[i]) for i in train]),
+        epochs=train_config.epochs,
+        seed=train_config.seed,
+        device=pick_device(train_config.device),
+        show_progress=show_progress,
+    )
+    return {
+        "metric_loss": losses,
+        "labelled_training_images": len(train),
+        # evaluate scores this encoder on these images only, never on the ones it learned from
+        "held_out_image_ids": [loaded.image_ids[i] for i in held_out],
+    }
 
 
 def encoder_plan(
     *, collection: Collection, model_config: EncoderConfig, train_config: TrainingConfig, name: str = ""
 ) -> EncoderVersion:
     """Record a training run to be done (status ``training``), so the admin sees it at once."""
+    if train_config.use_labels and model_config.arch != "patch_kmeans":
+        raise ValueError("--use-labels trains the projection of patch_kmeans; use --arch patch_kmeans")
+    if not 0 < train_config.held_out < 1:
+        raise ValueError("--held-out must be between 0 and 1")
     if model_config.dim != settings.CBIR_EMBEDDING_DIM:
         raise ValueError(
             f"--dim {model_config.dim} differs from CBIR_EMBEDDING_DIM={settings.CBIR_EMBEDDING_DIM}, "
@@ -225,15 +282,17 @@ def encoder_train(
     show_progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> EncoderVersion:
-    """Train a planned encoder on its collection (no labels used), store the checkpoint with a
-    loss-curve PNG (and a reconstruction preview for autoencoders, the learned atoms for the patch
-    dictionary) beside it, and mark it
-    ``trained``. A failure leaves it ``failed`` with the reason."""
+    """Train a planned encoder on its collection, store the checkpoint with a loss-curve PNG (and a
+    reconstruction preview for autoencoders, the learned atoms for the patch dictionary) beside it,
+    and mark it ``trained``. No labels are used unless the plan says ``use_labels``: then the
+    label-free encoder's projection is trained further on the labelled images, except a held-out
+    share whose ids are kept for evaluation. A failure leaves it ``failed`` with the reason."""
     collection = encoder.trained_on
     model_config = EncoderConfig(**encoder.config["model"])
     train_config = TrainingConfig(**encoder.config["training"])
     try:
-        pixels = collection_load_pixels(collection=collection, image_size=model_config.image_size)
+        loaded = collection_load_pixels(collection=collection, image_size=model_config.image_size)
+        pixels = loaded.pixels
 
         def report(epoch: int, history: dict) -> None:
             EncoderVersion.objects.filter(pk=encoder.pk).update(metrics={"training": history})
@@ -243,6 +302,8 @@ def encoder_train(
         model, history = train_encoder_model(
             pixels, model_config=model_config, train_config=train_config, show_progress=show_progress, on_epoch=report
         )
+        if train_config.use_labels:
+            history.update(_learn_with_labels(model, loaded, train_config, show_progress=show_progress))
         folder = settings.VAR_DIR / "encoders" / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"encoder-{encoder.pk}-{uuid.uuid4().hex[:8]}"

@@ -1,5 +1,7 @@
 """The default encoder, patch_kmeans: fitted on images made here, checked for shape, determinism,
 what it ranks close, and that its checkpoint rebuilds it."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,32 @@ def test_config_rejects_what_cannot_work():
         EncoderConfig(arch="patch_kmeans", image_size=36)
     assert EncoderConfig(arch="patch_kmeans").image_size == 32
     assert EncoderConfig(arch="conv_ae").image_size == 128
+
+
+def test_labelled_split_is_stratified_disjoint_and_seeded():
+    from workers.services import labelled_split
+
+    labels = ["a"] * 10 + ["b"] * 5 + [""] * 3 + ["c"]
+    train, held_out = labelled_split(labels=labels, held_out=0.3, seed=1)
+    assert not set(train) & set(held_out)
+    assert [labels[i] for i in held_out].count("a") == 3 and [labels[i] for i in held_out].count("b") == 2
+    assert all(labels[i] for i in train + held_out)  # unlabelled images are in neither
+    assert 18 in train and 18 not in held_out  # a label with one image cannot be held out
+    assert labelled_split(labels=labels, held_out=0.3, seed=1) == (train, held_out)
+
+
+def test_metric_learning_pulls_labels_together(fitted):
+    from workers.autoencoder.patch_dictionary import batch_hard_triplet_loss, learn_projection_with_labels
+
+    model, _, images, _ = fitted
+    # A label the pictures do not show directly: the stripe period's parity (2,4,6 vs 3,5).
+    labels = torch.tensor([(2 + seed % 5) % 2 for seed in range(40)])
+    model = copy.deepcopy(model)  # the module-scoped fixture stays as fitted
+    with torch.inference_mode():
+        before = batch_hard_triplet_loss(model.encode(images.float() / 255), labels).item()
+    losses = learn_projection_with_labels(model, images, labels, epochs=30, seed=0, device=torch.device("cpu"), show_progress=False)
+    with torch.inference_mode():
+        after = batch_hard_triplet_loss(model.encode(images.float() / 255), labels).item()
+    assert len(losses) == 30 and losses[-1] < losses[0]
+    assert after < before
+

@@ -248,3 +248,68 @@ def _partial_whitening(centred: torch.Tensor, *, dim: int, power: float, seed: i
     variance = singular[:rank].pow(2) / len(centred)
     projection[:, :rank] = directions[:, :rank] * (variance + 1e-3 * variance[0]).pow(-power)
     return projection
+
+
+# Metric learning with labels (train_encoder --use-labels): the projection, started from the
+# label-free one, is trained with a batch-hard triplet loss (Hermans et al. 2017, "In Defense of
+# the Triplet Loss") on cosine distances; the dictionary and the histograms stay as fitted.
+TRIPLET_MARGIN = 0.1
+TRIPLET_BATCH = 256
+TRIPLET_LEARNING_RATE = 1e-3
+
+
+def batch_hard_triplet_loss(z: torch.Tensor, labels: torch.Tensor, *, margin: float = TRIPLET_MARGIN) -> torch.Tensor:
+    """For each anchor with a positive in the batch: its farthest positive against its nearest
+    negative, on the cosine distance of the unit vectors ``z``."""
+    distance = 1 - z @ z.T
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    positives = same & ~eye
+    hardest_positive = distance.masked_fill(~positives, -1).max(1).values
+    hardest_negative = distance.masked_fill(same, 3).min(1).values
+    usable = positives.any(1) & (~same).any(1)
+    if not usable.any():
+        return z.sum() * 0
+    return (hardest_positive - hardest_negative + margin).clamp(min=0)[usable].mean()
+
+
+def learn_projection_with_labels(
+    model: PatchDictionaryEncoder,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    show_progress: bool = True,
+) -> list[float]:
+    """Train ``model.projection`` on labelled ``images`` (uint8, (N, 3, S, S)); ``labels`` are
+    integers (N,). Returns the mean loss per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    model = model.to(device)
+    with torch.inference_mode():
+        features = torch.cat(
+            [
+                model.features(model.raw_blocks(images[start : start + ENCODE_BATCH].to(device).float().div_(255.0)))
+                for start in range(0, len(images), ENCODE_BATCH)
+            ]
+        ) - model.feature_mean
+    features, labels = features.clone(), labels.to(device)
+    projection = nn.Parameter(model.projection.clone())
+    optimizer = torch.optim.Adam([projection], lr=TRIPLET_LEARNING_RATE)
+    losses = []
+    for _ in tqdm(range(epochs), desc="metric learning", unit="epoch", disable=not show_progress):
+        order = torch.randperm(len(features), generator=generator).to(device)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), TRIPLET_BATCH):
+            batch = order[start : start + TRIPLET_BATCH]
+            z = F.normalize(features[batch] @ projection, dim=1)
+            loss = batch_hard_triplet_loss(z, labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        losses.append(total / max(batches, 1))
+    model.projection = projection.detach()
+    model.cpu().eval()
+    return losses

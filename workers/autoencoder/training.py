@@ -27,6 +27,10 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     max_minutes: float | None = None
+    # --use-labels (patch_kmeans): metric learning on the labelled images, except a held-out share
+    # kept for evaluation
+    use_labels: bool = False
+    held_out: float = 0.3
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -47,6 +47,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result if per_label else {k: v for k, v in result.items() if k != "per_label"}))
             return
         self.stdout.write(f"{target.name}: {result['queries']} queries, {result['labels']} labels, encoder #{result['encoder']}")
+        if result["held_out_only"]:
+            self.stdout.write("held-out images only: the encoder learned from the other images' labels")
         keys = [f"P@{k}" for k in ks] + [f"mAP@{k}" for k in ks]
         self.stdout.write("  ".join(f"{key}={result[key]:.4f}" for key in keys))
         if per_label:

@@ -28,6 +28,14 @@ class Command(BaseCommand):
         parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--max-minutes", type=float, default=None)
+        parser.add_argument(
+            "--use-labels", action="store_true",
+            help="patch_kmeans: then train its projection with a triplet loss on the images' labels (metric learning)",
+        )
+        parser.add_argument(
+            "--held-out", type=float, default=0.3,
+            help="with --use-labels: share of each label's images kept out of training, for evaluate (default 0.3)",
+        )
         parser.add_argument("--name", default="")
         parser.add_argument("--activate", action="store_true", help="make it the active encoder and re-embed every image")
 
@@ -49,6 +57,8 @@ class Command(BaseCommand):
                     seed=o["seed"],
                     device=o["device"],
                     max_minutes=o["max_minutes"],
+                    use_labels=o["use_labels"],
+                    held_out=o["held_out"],
                 ),
                 name=o["name"],
             )
@@ -56,6 +66,12 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         history = encoder.metrics["training"]
+        if "metric_loss" in history:
+            self.stdout.write(
+                f"metric learning on {history['labelled_training_images']} labelled images, "
+                f"{len(history['held_out_image_ids'])} held out for evaluate; triplet loss "
+                f"{history['metric_loss'][0]:.4f} -> {history['metric_loss'][-1]:.4f}"
+            )
         self.stdout.write(
             f"encoder #{encoder.pk}: {history['epochs_run']} epochs on {history['images']} images, "
             f"final loss {history['train_loss'][-1]:.5f}, {history['seconds']} s on {history['device']}"
