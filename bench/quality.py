@@ -1,12 +1,13 @@
 """Retrieval quality on the shared labelled sets, through the product's own commands.
 
-    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji] [--archs conv_ae patch_kmeans]
+    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji] [--archs conv_ae patch_kmeans patch_kmeans+labels]
                                       [--epochs 15] [--max-minutes 10]
 
 For each set: the images are written as an image-folder tree (Fashion-MNIST t10k as 28x28 PNGs;
 OpenMoji as shipped) and imported with `import_images --labels-from-dirs --wait`; then, per
 architecture, `train_encoder --activate` (label-free), wait until the switch, and
-`evaluate --json` (every image queries all the others, relevant = same label). Raw pixels are the
+`evaluate --json` (every image queries all the others, relevant = same label). An entry
+`ARCH+labels` trains with `--use-labels` and is scored on its held-out images only. Raw pixels are the
 baseline, scored in the same run with the same metric code on exact cosine kNN. Runs under
 var/bench-quality with its own embedded PostgreSQL and Redis and a real Celery worker.
 """
@@ -133,10 +134,12 @@ def main() -> None:
             baseline = raw_pixel_baseline(tree)
             report["results"].append({"set": name, "encoder": "raw pixels", **baseline})
             print(json.dumps(report["results"][-1]), flush=True)
-            for arch in args.archs:
+            for entry in args.archs:
+                arch, _, labelled = entry.partition("+")  # "patch_kmeans+labels": --use-labels
                 started = time.perf_counter()
                 out = manage(
                     "train_encoder", "--collection", collection, "--arch", arch, "--epochs", str(args.epochs),
+                    *(["--use-labels"] if labelled else []),
                     "--max-minutes", str(args.max_minutes), "--activate", *args.extra.split(), env=env, capture=True,
                 )
                 trained = time.perf_counter() - started
@@ -144,7 +147,7 @@ def main() -> None:
                 metrics = json.loads(manage("evaluate", "--collection", collection, "--k", "1", "5", "10", "--json", env=env, capture=True).strip().splitlines()[-1])
                 metrics["encoder_version"] = metrics.pop("encoder")
                 report["results"].append(
-                    {"set": name, "encoder": arch, "train_command_seconds": round(trained, 1), "train_summary": out.strip().splitlines()[-2], **metrics}
+                    {"set": name, "encoder": entry, "train_command_seconds": round(trained, 1), "train_summary": out.strip().splitlines()[-2], **metrics}
                 )
                 print(json.dumps(report["results"][-1]), flush=True)
     finally:

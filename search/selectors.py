@@ -270,3 +270,15 @@ def collection_evaluate(
         },
     )
     return result
+
+
+def vector_column_dim() -> int:
+    """The width the database's vector column was created with (it follows CBIR_EMBEDDING_DIM only
+    at the first migrate; ``resize_vectors`` changes it later)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'search_embedding'::regclass AND attname = 'vector'"
+        )
+        return cursor.fetchone()[0]

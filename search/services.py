@@ -99,3 +99,35 @@ def encoder_record_evaluation(*, encoder_id: int, collection_name: str, metrics:
             },
         }
         encoder.save(update_fields=["metrics"])
+
+
+@transaction.atomic
+def vector_column_resize(*, dim: int) -> int:
+    """Give the vector column and its HNSW index the width ``dim`` (CBIR_EMBEDDING_DIM after it
+    changed). Vectors of another width cannot be converted: all are deleted, encoders of another
+    width are retired, and indexed images go back to ``pending`` until an encoder of the new width
+    is trained and activated. One transaction: on any error nothing changes. Returns how many
+    vectors were deleted."""
+    from django.conf import settings
+    from django.db import connection
+
+    if not 1 <= int(dim) <= 16000:
+        raise ValueError("dim must be between 1 and 16000")
+    deleted = Embedding.objects.count()
+    Embedding.objects.all().delete()
+    EncoderVersion.objects.exclude(dim=dim).exclude(
+        status__in=[EncoderVersion.Status.RETIRED, EncoderVersion.Status.FAILED]
+    ).update(status=EncoderVersion.Status.RETIRED)
+    Image.objects.filter(status=Image.Status.INDEXED).update(status=Image.Status.PENDING, indexed_at=None)
+    with connection.cursor() as cursor:
+        # Django's foreign keys are deferred; ALTER TABLE refuses to run while their checks are queued
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("DROP INDEX IF EXISTS embedding_vector_hnsw")
+        # a type modifier cannot be a query parameter; int() above makes it a plain number
+        cursor.execute(f"ALTER TABLE search_embedding ALTER COLUMN vector TYPE vector({int(dim)})")
+        cursor.execute(
+            "CREATE INDEX embedding_vector_hnsw ON search_embedding USING hnsw (vector vector_cosine_ops) "
+            "WITH (m = %s, ef_construction = %s)",
+            [settings.CBIR_HNSW_M, settings.CBIR_HNSW_EF_CONSTRUCTION],
+        )
+    return deleted

@@ -261,10 +261,17 @@ def encoder_plan(
         raise ValueError("--use-labels trains the projection of patch_kmeans; use --arch patch_kmeans")
     if not 0 < train_config.held_out < 1:
         raise ValueError("--held-out must be between 0 and 1")
+    from search.selectors import vector_column_dim
+
     if model_config.dim != settings.CBIR_EMBEDDING_DIM:
         raise ValueError(
-            f"--dim {model_config.dim} differs from CBIR_EMBEDDING_DIM={settings.CBIR_EMBEDDING_DIM}, "
-            "the width of the vector column"
+            f"--dim {model_config.dim} differs from CBIR_EMBEDDING_DIM={settings.CBIR_EMBEDDING_DIM}; to change "
+            "the width, set CBIR_EMBEDDING_DIM and run manage.py resize_vectors"
+        )
+    if vector_column_dim() != model_config.dim:
+        raise ValueError(
+            f"the vector column is {vector_column_dim()} wide but CBIR_EMBEDDING_DIM is {model_config.dim}: "
+            "run manage.py resize_vectors first"
         )
     return EncoderVersion.objects.create(
         name=name or f"{model_config.arch} on {collection.name}",
