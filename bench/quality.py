@@ -49,9 +49,6 @@ def fashion_mnist_tree() -> Path:
 
 def raw_pixel_baseline(tree: Path, ks=(1, 5, 10), side: int | None = None) -> dict:
     """Exact cosine kNN on raw pixels (RGB, alpha on white, optionally resized), same metrics."""
-    sys.path.insert(0, str(ROOT))
-    from search.evaluation import average_precision_at_k, precision_at_k
-
     vectors, labels = [], []
     for path in sorted(tree.glob("*/*.png")):
         image = PILImage.open(path).convert("RGBA")
@@ -61,8 +58,15 @@ def raw_pixel_baseline(tree: Path, ks=(1, 5, 10), side: int | None = None) -> di
             image = image.resize((side, side), PILImage.Resampling.BILINEAR)
         vectors.append(np.asarray(image, dtype=np.float32).ravel() / 255.0)
         labels.append(path.parent.name)
-    x = np.stack(vectors)
-    x /= np.linalg.norm(x, axis=1, keepdims=True).clip(1e-8)
+    return exact_knn_scores(np.stack(vectors), labels, ks)
+
+
+def exact_knn_scores(x: np.ndarray, labels, ks=(1, 5, 10)) -> dict:
+    """P@k and mAP@k of exact cosine kNN on the rows of ``x``, each row querying all the others."""
+    sys.path.insert(0, str(ROOT))
+    from search.evaluation import average_precision_at_k, precision_at_k
+
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-8)
     labels = np.array(labels)
     counts = {label: int((labels == label).sum()) for label in set(labels)}
     depth = max(ks)

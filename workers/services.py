@@ -28,7 +28,8 @@ from workers.autoencoder.artifacts import dictionary_png, loss_curve_png, recons
 from workers.autoencoder.inference import EMBEDDING_BATCH_SIZE, load_embedder
 from workers.autoencoder.model import DEFAULT_ARCH, EncoderConfig, save_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
-from workers.autoencoder.training import TrainingConfig, train_encoder_model
+from workers.autoencoder.patch_dictionary import learn_projection_with_labels
+from workers.autoencoder.training import TrainingConfig, labelled_split, pick_device, train_encoder_model
 
 logger = logging.getLogger(__name__)
 
@@ -209,29 +210,7 @@ def collection_load_pixels(*, collection: Collection, image_size: int) -> Collec
     return CollectionPixels(image_ids=ids, labels=labels, pixels=torch.from_numpy(np.stack(arrays)))
 
 
-def labelled_split(*, labels: list[str], held_out: float, seed: int) -> tuple[list[int], list[int]]:
-    """Positions of the labelled images to train on and to hold out: per label, a seeded shuffle
-    holds out ``held_out`` of its images (at least one when it has two or more). Unlabelled images
-    are in neither."""
-    generator = torch.Generator().manual_seed(seed)
-    by_label: dict[str, list[int]] = {}
-    for position, label in enumerate(labels):
-        if label:
-            by_label.setdefault(label, []).append(position)
-    train, test = [], []
-    for label in sorted(by_label):
-        positions = by_label[label]
-        order = [positions[i] for i in torch.randperm(len(positions), generator=generator).tolist()]
-        cut = max(1, round(len(order) * held_out)) if len(order) >= 2 else 0
-        test += order[:cut]
-        train += order[cut:]
-    return sorted(train), sorted(test)
-
-
 def _learn_with_labels(model, loaded: CollectionPixels, train_config: TrainingConfig, *, show_progress: bool) -> dict:
-    from workers.autoencoder.patch_dictionary import learn_projection_with_labels
-    from workers.autoencoder.training import pick_device
-
     train, held_out = labelled_split(labels=loaded.labels, held_out=train_config.held_out, seed=train_config.seed)
     names = sorted({loaded.labels[i] for i in train})
     if len(names) < 2:
@@ -268,9 +247,10 @@ def encoder_plan(
             f"--dim {model_config.dim} differs from CBIR_EMBEDDING_DIM={settings.CBIR_EMBEDDING_DIM}; to change "
             "the width, set CBIR_EMBEDDING_DIM and run manage.py resize_vectors"
         )
-    if vector_column_dim() != model_config.dim:
+    column_dim = vector_column_dim()
+    if column_dim != model_config.dim:
         raise ValueError(
-            f"the vector column is {vector_column_dim()} wide but CBIR_EMBEDDING_DIM is {model_config.dim}: "
+            f"the vector column is {column_dim} wide but CBIR_EMBEDDING_DIM is {model_config.dim}: "
             "run manage.py resize_vectors first"
         )
     return EncoderVersion.objects.create(

@@ -149,7 +149,7 @@ def test_config_rejects_what_cannot_work():
 
 
 def test_labelled_split_is_stratified_disjoint_and_seeded():
-    from workers.services import labelled_split
+    from workers.autoencoder.training import labelled_split
 
     labels = ["a"] * 10 + ["b"] * 5 + [""] * 3 + ["c"]
     train, held_out = labelled_split(labels=labels, held_out=0.3, seed=1)

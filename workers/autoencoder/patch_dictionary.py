@@ -13,17 +13,14 @@ retrieval fingerprint:
 4. histograms of oriented gradients (block-normalised, colour: the channel with the strongest
    gradient) add shape at the same scale, and a joint RGB histogram adds colour, which the
    contrast-normalised patches and the gradients do not see (weighted 0.3: a red shirt should find
-   shirts before it finds red things; measured, more weight or a 2x2 colour layout cost
-   Fashion-MNIST a point of mAP@10 for no gain on OpenMoji);
+   shirts before it finds red things);
 5. the blocks are square-rooted (Hellinger: bursty responses stop dominating), centred and
    L2-normalised, then projected by a PCA fitted on the collection, each component divided by its
    eigenvalue to the power ``whitening_power`` (partial whitening: rare directions count more,
    without amplifying the noise of the smallest ones), and L2-normalised.
 
-Why this and not a contrastive network: on the two shared sets, measured with `evaluate`, it beats
-the seed autoencoder by 4-6 mAP@10 points and trains in under a minute on two CPU cores, where a
-SimCLR-style CNN did not get above its random initialisation within the ten-minute CPU budget
-(docs/benchmarks.md). Nothing in it is specific to a dataset: the dictionary, the means and the
+Why this: on the two shared sets (`bench/quality.py`, docs/benchmarks.md) it beats the seed
+autoencoder by 4-5 mAP@10 points and trains in under a minute on two CPU cores. Nothing in it is specific to a dataset: the dictionary, the means and the
 projection are all fitted on whatever collection it is trained on.
 """
 from __future__ import annotations
@@ -39,10 +36,9 @@ from tqdm import tqdm
 
 from workers.autoencoder.model import EncoderConfig
 
-# Patches sampled for the whitening and the k-means: enough for 256 atoms of 75 values to settle
-# (the measured retrieval figures do not move between 50k and 100k).
+# Patches sampled for the whitening and the k-means: about 400 per atom for 256 atoms of 75 values.
 DICTIONARY_PATCHES = 100_000
-# The PCA is fitted on at most this many images' pooled features (10k x 5,860 floats = 234 MB).
+# The PCA is fitted on at most this many images' pooled features (10k x 5,924 floats = 237 MB).
 PROJECTION_IMAGES = 10_000
 ENCODE_BATCH = 128
 # Added to each patch's variance before contrast normalisation (pixels in [0, 1]) so flat patches
@@ -242,7 +238,7 @@ def _partial_whitening(centred: torch.Tensor, *, dim: int, power: float, seed: i
     if len(centred) <= 4 * dim:  # small collections: the exact decomposition is cheap
         _, singular, rows = torch.linalg.svd(centred, full_matrices=False)
         directions = rows.T
-    else:  # randomized: the 10k x 5,860 case takes seconds instead of minutes
+    else:  # randomized: the 10k x 5,924 case takes seconds instead of minutes
         torch.manual_seed(seed)
         _, singular, directions = torch.pca_lowrank(centred, q=min(rank + 16, *centred.shape), center=False, niter=3)
     variance = singular[:rank].pow(2) / len(centred)

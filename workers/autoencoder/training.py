@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from workers.autoencoder.model import EncoderConfig, build_model
+from workers.autoencoder.patch_dictionary import fit_patch_dictionary
 
 VALIDATION_FRACTION = 0.1
 MIN_IMAGES_FOR_VALIDATION = 20
@@ -43,6 +44,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.dtype != torch.uint8:
+        raise ValueError("images must be a uint8 tensor of shape (N, 3, S, S)")
+
+
+def labelled_split(*, labels: list[str], held_out: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of the labelled images to train on and to hold out: per label, a seeded shuffle
+    holds out ``held_out`` of its images (at least one when it has two or more). Unlabelled images
+    are in neither."""
+    generator = torch.Generator().manual_seed(seed)
+    by_label: dict[str, list[int]] = {}
+    for position, label in enumerate(labels):
+        if label:
+            by_label.setdefault(label, []).append(position)
+    train, test = [], []
+    for label in sorted(by_label):
+        positions = by_label[label]
+        order = [positions[i] for i in torch.randperm(len(positions), generator=generator).tolist()]
+        cut = max(1, round(len(order) * held_out)) if len(order) >= 2 else 0
+        test += order[:cut]
+        train += order[cut:]
+    return sorted(train), sorted(test)
 
 
 def _batches_to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -97,8 +122,7 @@ def train_autoencoder(
     Reproducible for a fixed seed on the same device. ``max_minutes`` stops after the epoch
     that crosses the limit.
     """
-    if images.ndim != 4 or images.dtype != torch.uint8:
-        raise ValueError("images must be a uint8 tensor of shape (N, 3, S, S)")
+    _check_images(images)
     seed_everything(train_config.seed)
     device = pick_device(train_config.device)
     generator = torch.Generator().manual_seed(train_config.seed)
@@ -153,10 +177,7 @@ def train_encoder_model(
         return train_autoencoder(
             images, model_config=model_config, train_config=train_config, show_progress=show_progress, on_epoch=on_epoch
         )
-    from workers.autoencoder.patch_dictionary import fit_patch_dictionary
-
-    if images.ndim != 4 or images.dtype != torch.uint8:
-        raise ValueError("images must be a uint8 tensor of shape (N, 3, S, S)")
+    _check_images(images)
     seed_everything(train_config.seed)
     return fit_patch_dictionary(
         images,
