@@ -93,7 +93,11 @@ def _bulk(collection: Collection, encoder: EncoderVersion, vectors: np.ndarray) 
 @pytest.fixture(scope="module")
 def big_world(django_db_setup, django_db_blocker):
     """20,000 clustered vectors in one collection and 20 in a small one (0.1% of the rows).
-    Built once for the module (inserting into the HNSW index takes a while) and removed after."""
+    Built once for the module (inserting into the HNSW index takes a while) and removed after.
+
+    The clusters are spread as wide as they are apart, like real embeddings. Perfectly separated
+    clusters leave the HNSW graph with few links between them, so a search can now and then stay in
+    the wrong cluster: that tests the data, not the index."""
     from django.db import connection
 
     rng = np.random.default_rng(0)
@@ -102,7 +106,7 @@ def big_world(django_db_setup, django_db_blocker):
         encoder = _encoder(EncoderVersion.Status.TRAINED)
         big, small = Collection.objects.create(name="big"), Collection.objects.create(name="small")
         centres = rng.normal(size=(30, 256))
-        _bulk(big, encoder, centres[rng.integers(0, 30, N_BIG)] + 0.3 * rng.normal(size=(N_BIG, 256)))
+        _bulk(big, encoder, centres[rng.integers(0, 30, N_BIG)] + rng.normal(size=(N_BIG, 256)))
         _bulk(small, encoder, rng.normal(size=(20, 256)))
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE search_embedding, gallery_image, gallery_collection")
@@ -132,16 +136,18 @@ def test_filter_to_a_tiny_collection_still_returns_k(big_world):
 def test_index_answer_matches_an_exact_scan(big_world):
     from django.db import connection
 
-    encoder, *_ , centres = big_world
-    query = centres[3] + 0.1
-    approximate = [hit.image.pk for hit in selectors.vector_list_similar(vector=query, encoder=encoder, k=10)]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT image_id FROM search_embedding WHERE encoder_id = %s ORDER BY vector::text::vector <=> %s::vector LIMIT 10",
-            [encoder.pk, "[" + ",".join(map(str, query.astype(np.float32))) + "]"],
-        )
-        exact = [row[0] for row in cursor.fetchall()]
-    assert len(set(approximate) & set(exact)) >= 9
+    encoder, *_, centres = big_world
+    found = 0
+    for query in centres[:8] + 0.1:
+        approximate = [hit.image.pk for hit in selectors.vector_list_similar(vector=query, encoder=encoder, k=10)]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT image_id FROM search_embedding WHERE encoder_id = %s ORDER BY vector::text::vector <=> %s::vector LIMIT 10",
+                [encoder.pk, "[" + ",".join(map(str, query.astype(np.float32))) + "]"],
+            )
+            exact = [row[0] for row in cursor.fetchall()]
+        found += len(set(approximate) & set(exact))
+    assert found / 80 >= 0.9  # recall@10 over eight queries
 
 
 def test_exact_mode_and_small_collections_skip_the_index(big_world):
