@@ -9,6 +9,7 @@ import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
+from django.db.models import ExpressionWrapper, FloatField, Value
 from pgvector.django import CosineDistance
 
 from gallery import imaging
@@ -67,8 +68,16 @@ def similar_queryset(
 ):
     """The ranking as one ORM query on the embedding table: ``ORDER BY vector <=> query LIMIT k``
     over one encoder's vectors, yielding (image_id, distance). Images are fetched by id
-    afterwards, so the top-k itself stays a single-table scan that the HNSW index serves."""
+    afterwards, so the top-k itself stays a single-table scan that the HNSW index serves.
+
+    When the search is exact (``filters.exact``, or automatically for a collection filter that
+    leaves few candidates) it ranks by ``(vector <=> query) + 0`` instead: an expression no index
+    can serve, so the planner scans the filtered rows exhaustively. That keeps the exact path one
+    statement, with no session settings and no transaction around it."""
     distance = CosineDistance("vector", np.asarray(vector, dtype=np.float32))
+    exact = filters.exact if filters.exact is not None else _few_candidates(encoder, filters)
+    if exact:
+        distance = ExpressionWrapper(distance + Value(0.0), output_field=FloatField())
     queryset = Embedding.objects.filter(encoder=encoder)
     if filters.collection_ids:
         queryset = queryset.filter(collection_id__in=list(filters.collection_ids))
@@ -89,19 +98,16 @@ def similar_queryset(
 
 
 @contextmanager
-def hnsw_session(*, k: int, exact: bool = False):
-    """Where the connection's defaults (``hnsw.ef_search`` = CBIR_HNSW_EF_SEARCH, iterative scans on)
-    do not fit -- more than ef_search results wanted, or an exhaustive scan -- a transaction with
-    local settings; otherwise nothing (no extra round trips on the common path)."""
-    if not exact and k <= settings.CBIR_HNSW_EF_SEARCH:
+def hnsw_session(*, k: int):
+    """Where more results are wanted than ``hnsw.ef_search`` (= CBIR_HNSW_EF_SEARCH, the
+    connection's default) can give, a transaction that raises it locally; otherwise nothing (no
+    extra round trips on the common path)."""
+    if k <= settings.CBIR_HNSW_EF_SEARCH:
         yield
         return
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), set_config('enable_indexscan', %s, true)",
-                [str(min(max(settings.CBIR_HNSW_EF_SEARCH, k), 1000)), "off" if exact else "on"],
-            )
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(min(k, 1000))])
         yield
 
 
@@ -146,8 +152,7 @@ def vector_list_similar(
     if collection_ids:
         filters = replace(filters, collection_ids=tuple(collection_ids))
     queryset = similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters)
-    exact = filters.exact if filters.exact is not None else _few_candidates(encoder, filters)
-    with hnsw_session(k=offset + k, exact=exact):
+    with hnsw_session(k=offset + k):
         ranked = list(queryset)
     images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
