@@ -1,6 +1,6 @@
 """Ingestion benchmark: end-to-end images/s from `import_images` to all indexed, against the
-upper bound of decode + resize alone with the same library (Pillow, same JPEG draft decoding)
-on the same cores.
+upper bound of decode + resize (to the encoder's input side) alone with the same library
+(Pillow, same JPEG draft decoding) on the same cores, measured before and after the run.
 
     .venv/bin/python bench/ingest.py [--images 10000] [--workers 2]
 
@@ -9,7 +9,9 @@ a random gradient background with sensor-like noise, so files are photo-sized (~
 They are generated once into var/bench/photos. The service runs against its own embedded
 PostgreSQL and Redis under var/bench (CBIR_VAR_DIR), with a real Celery worker subprocess
 (prefork, `--workers` processes, as `make run` starts it); an encoder is trained first if none
-is active (not timed). Peak memory is the largest summed RSS of the worker's process tree.
+is active (not timed). Peak memory is the largest summed RSS of the worker's process tree; the
+CPU seconds of the worker tree, the import command, PostgreSQL and redis during the run say
+where the machine's time went.
 """
 from __future__ import annotations
 
@@ -64,13 +66,14 @@ def generate(n: int, processes: int) -> list[Path]:
     return [Path(job[2]) for job in jobs]
 
 
-def _decode_resize(path: str) -> int:
+def _decode_resize(job: tuple[str, int]) -> int:
     from gallery import imaging
     from workers.autoencoder.preprocessing import Preprocess
     from workers.services import WORKING_SIDE
 
+    path, side = job
     picture = imaging.decode_rgb(Path(path).read_bytes(), min_side=max(256, WORKING_SIDE))
-    return int(Preprocess(128).to_uint8(picture).sum() > 0)
+    return int(Preprocess(side).to_uint8(picture).sum() > 0)
 
 
 def _django_init() -> None:
@@ -79,10 +82,11 @@ def _django_init() -> None:
     django.setup()
 
 
-def bound(paths: list[Path], processes: int) -> float:
+def bound(paths: list[Path], processes: int, side: int) -> float:
+    """Decode (as the workers do) and resize to the encoder's input side, nothing else."""
     started = time.perf_counter()
     with Pool(processes, initializer=_django_init) as pool:
-        pool.map(_decode_resize, [str(p) for p in paths], chunksize=16)
+        pool.map(_decode_resize, [(str(p), side) for p in paths], chunksize=16)
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -153,6 +157,38 @@ def _tree_rss(process: psutil.Process) -> int:
     return total
 
 
+class _CpuMeter:
+    """CPU seconds per group of processes over a run, sampled: processes that come and go (pool
+    children replaced, database backends per connection) count up to their last sample."""
+
+    def __init__(self, groups) -> None:
+        self.groups = groups  # () -> {name: [processes]}
+        self.first: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.sample(first=True)
+
+    def sample(self, first: bool = False) -> None:
+        for name, processes in self.groups().items():
+            for proc in processes:
+                try:
+                    times = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                if first:
+                    self.first[proc.pid] = times.user + times.system
+                self.last[proc.pid] = (name, times.user + times.system)
+
+    def totals(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for pid, (name, seconds) in self.last.items():
+            totals[name] = totals.get(name, 0.0) + seconds - self.first.get(pid, 0.0)
+        return {name: round(seconds, 1) for name, seconds in totals.items()}
+
+
+def _servers(name: str) -> list[psutil.Process]:
+    return [proc for proc in psutil.process_iter(["name"]) if (proc.info["name"] or "").startswith(name)]
+
+
 def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> dict:
     from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
 
@@ -186,8 +222,15 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
             [sys.executable, "manage.py", "import_images", str(photo_root), "--collection", f"bench-{int(time.time())}", "--labels-from-dirs", "--wait"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         )
+        importer_process = psutil.Process(importer.pid)
+        # Who spends the CPU: the worker tree, the import command, the database server, redis.
+        meter = _CpuMeter(lambda: {
+            "worker": [monitor, *monitor.children(recursive=True)], "importer": [importer_process],
+            "postgres": _servers("postgres"), "redis": _servers("redis"),
+        })
         while importer.poll() is None:
             peak = max(peak, _tree_rss(monitor))
+            meter.sample()
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
         if importer.returncode:
@@ -195,7 +238,7 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
     finally:
         worker.terminate()
         worker.wait(60)
-    return {"images_per_second": n / elapsed, "seconds": elapsed, "peak_worker_rss_mb": peak / 2**20}
+    return {"images_per_second": n / elapsed, "seconds": elapsed, "peak_worker_rss_mb": peak / 2**20, "cpu_seconds": meter.totals()}
 
 
 def main() -> None:
@@ -221,14 +264,22 @@ def main() -> None:
     _django_init()
     from django.conf import settings
 
+    from workers.autoencoder.model import DEFAULT_IMAGE_SIZE
+
     if args.stages:
         print(json.dumps(stage_costs(paths), indent=2))
         return
 
     env = {**os.environ, "DATABASE_URL": settings.DATABASES["default"]["NAME"] and _database_url(settings), "REDIS_URL": settings.CELERY_BROKER_URL}
-    upper = bound(paths, args.workers)
-    print(f"bound (decode + resize, {args.workers} processes): {upper:.1f} images/s", flush=True)
+    # The bound is measured before and after the end-to-end run and averaged: on this shared
+    # machine it drifted by up to 40% between runs, and a drift during the run moves both alike.
+    side = DEFAULT_IMAGE_SIZE[args.arch]
+    bounds = [bound(paths, args.workers, side)]
+    print(f"bound (decode + resize to {side}px, {args.workers} processes): {bounds[0]:.1f} images/s", flush=True)
     result = end_to_end(photo_root, args.images, args.workers, env, args.arch)
+    bounds.append(bound(paths, args.workers, side))
+    print(f"bound again: {bounds[1]:.1f} images/s", flush=True)
+    upper = sum(bounds) / 2
     ratio = result["images_per_second"] / upper
     summary = {
         "date": time.strftime("%Y-%m-%d"),
@@ -236,10 +287,13 @@ def main() -> None:
         "images": args.images,
         "workers": args.workers,
         "bound_images_per_second": round(upper, 1),
+        "bound_before_after": [round(b, 1) for b in bounds],
         "end_to_end_images_per_second": round(result["images_per_second"], 1),
         "end_to_end_seconds": round(result["seconds"], 1),
         "ratio_to_bound": round(ratio, 3),
         "peak_worker_rss_mb": round(result["peak_worker_rss_mb"]),
+        "cpu_seconds": result["cpu_seconds"],
+        "cpu_ms_per_image": {name: round(seconds / args.images * 1000, 2) for name, seconds in result["cpu_seconds"].items()},
     }
     print(json.dumps(summary, indent=2))
 
