@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import stat
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -23,6 +25,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 ARCHIVE_SUFFIXES = {".zip"}
 # Rows are created (one INSERT) and handed to the workers in chunks of this many images.
 ENQUEUE_CHUNK_SIZE = 64
+# Threads that hash, check and store the files of a chunk. Hashing and file writes release the
+# GIL, so on a many-core machine the import keeps up with more workers (a single thread capped
+# it near 600 photos/s on a 16-core GPU host, docs/benchmarks.md).
+IMPORT_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass
@@ -128,23 +134,32 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     chunk: list[IncomingFile] = []
     seen: dict[str, int] = {}  # sha256 -> image id stored by this call
 
-    def flush() -> None:
+    def flush(pool: ThreadPoolExecutor) -> None:
         with transaction.atomic():
             Collection.objects.select_for_update().filter(pk=collection.pk).first()
-            digests = [hashlib.sha256(incoming.data).hexdigest() for incoming in chunk]
+            digests = list(pool.map(lambda incoming: hashlib.sha256(incoming.data).hexdigest(), chunk))
             existing = dict(
                 Image.objects.filter(collection=collection, sha256__in=set(digests))
                 .exclude(status=Image.Status.FAILED)
                 .values_list("sha256", "id")
             )
+            # The first copy of each new file is checked and stored side by side; then, in order,
+            # every file is either a duplicate of what is already kept or one of those builds.
+            first_new: dict[str, int] = {}
+            for index, digest in enumerate(digests):
+                if digest not in seen and digest not in existing:
+                    first_new.setdefault(digest, index)
+            indexes = list(first_new.values())
+            builds = dict(zip(indexes, pool.map(lambda i: _image_build(collection=collection, incoming=chunk[i], sha256=digests[i]), indexes)))
             in_chunk: dict[str, Image] = {}
             entries: list[tuple[IncomingFile, Image | None, Image | int | None]] = []
-            for incoming, digest in zip(chunk, digests):
+            for index, (incoming, digest) in enumerate(zip(chunk, digests)):
                 original = seen.get(digest) or existing.get(digest) or in_chunk.get(digest)
                 if original is not None:
                     entries.append((incoming, None, original))
                     continue
-                image = _image_build(collection=collection, incoming=incoming, sha256=digest)
+                # A later copy of a file whose first copy failed its checks is checked on its own.
+                image = builds[index] if index in builds else _image_build(collection=collection, incoming=incoming, sha256=digest)
                 if image.status != Image.Status.FAILED:
                     in_chunk[digest] = image
                 entries.append((incoming, image, None))
@@ -166,12 +181,13 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
             images_enqueue(queued)
         chunk.clear()
 
-    for incoming in files:
-        chunk.append(incoming)
-        if len(chunk) >= ENQUEUE_CHUNK_SIZE:
-            flush()
-    if chunk:
-        flush()
+    with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="import") as pool:
+        for incoming in files:
+            chunk.append(incoming)
+            if len(chunk) >= ENQUEUE_CHUNK_SIZE:
+                flush(pool)
+        if chunk:
+            flush(pool)
     return report
 
 

@@ -125,6 +125,25 @@ def test_same_file_twice_in_one_upload_is_stored_once(collection):
     assert [r["status"] for r in report.results] == ["pending", "duplicate"]
 
 
+def test_duplicates_across_chunks_keep_the_first_copy_in_order(collection, monkeypatch):
+    # Files are hashed, checked and stored by several threads per chunk; what is kept and what is a
+    # duplicate of what must still follow the order of the files, across chunk boundaries too.
+    from gallery import services
+
+    monkeypatch.setattr(services, "ENQUEUE_CHUNK_SIZE", 3)
+    a, b, c = (image_bytes(pattern=p) for p in (21, 22, 23))
+    names_and_data = [("a1", a), ("b1", b), ("a2", a), ("bad1", b"junk"), ("c1", c), ("bad2", b"junk"), ("b2", b), ("a3", a)]
+    report = images_create(collection=collection, files=[IncomingFile(name=n, data=d) for n, d in names_and_data])
+
+    kept = {image.original_name: image.pk for image in Image.objects.exclude(status=Image.Status.FAILED)}
+    assert sorted(kept) == ["a1", "b1", "c1"]
+    assert report.duplicates == [("a2", kept["a1"]), ("b2", kept["b1"]), ("a3", kept["a1"])]
+    # A bad file is recorded each time it comes: a failed row is nothing to be a duplicate of.
+    assert sorted(Image.objects.filter(status=Image.Status.FAILED).values_list("original_name", flat=True)) == ["bad1", "bad2"]
+    assert [r["name"] for r in report.results] == [n for n, _ in names_and_data]
+    assert len({Image.objects.get(pk=pk).file.name for pk in kept.values()}) == 3
+
+
 def test_duplicates_are_per_collection_and_ignore_failed_rows(collection):
     data = image_bytes(pattern=10)
     images_create(collection=collection, files=[IncomingFile(name="first.png", data=data)])
