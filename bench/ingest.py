@@ -49,7 +49,9 @@ def _make_photo(job: tuple[int, str, str]) -> None:
     emoji = emoji.resize((side, side), PILImage.Resampling.BICUBIC).rotate(float(rng.uniform(-20, 20)), expand=True)
     photo.paste(emoji, (int(rng.integers(0, SIZE[0] - emoji.width)), int(rng.integers(0, max(1, SIZE[1] - emoji.height)))), emoji)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
-    photo.save(target, format="JPEG", quality=90)
+    # Written aside and renamed: a run stopped mid-way leaves no truncated photo behind.
+    photo.save(target + ".part", format="JPEG", quality=90)
+    os.replace(target + ".part", target)
 
 
 def generate(n: int, processes: int) -> list[Path]:
