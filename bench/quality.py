@@ -148,10 +148,15 @@ def main() -> None:
                 )
                 trained = time.perf_counter() - started
                 wait_active(env)
+                started = time.perf_counter()
                 metrics = json.loads(manage("evaluate", "--collection", collection, "--k", "1", "5", "10", "--json", env=env, capture=True).strip().splitlines()[-1])
+                evaluated = time.perf_counter() - started
                 metrics["encoder_version"] = metrics.pop("encoder")
                 report["results"].append(
-                    {"set": name, "encoder": entry, "train_command_seconds": round(trained, 1), "train_summary": out.strip().splitlines()[-2], **metrics}
+                    {
+                        "set": name, "encoder": entry, "train_command_seconds": round(trained, 1),
+                        "train_summary": out.strip().splitlines()[-2], "evaluate_command_seconds": round(evaluated, 1), **metrics,
+                    }
                 )
                 print(json.dumps(report["results"][-1]), flush=True)
     finally:

@@ -9,7 +9,8 @@ import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import ExpressionWrapper, FloatField, Value
+from django.db.models import BooleanField, ExpressionWrapper, FloatField, Value
+from django.db.models.expressions import RawSQL
 from pgvector.django import CosineDistance
 
 from gallery import imaging
@@ -83,14 +84,17 @@ def similar_queryset(
         queryset = queryset.filter(collection_id__in=list(filters.collection_ids))
     if filters.label:
         queryset = queryset.filter(image__label=filters.label)
-    if filters.exclude_image_ids:
-        queryset = queryset.exclude(image_id__in=list(filters.exclude_image_ids))
+    excluded = list(filters.exclude_image_ids)
     if filters.exclude_sha256:
         # Resolved to ids first (the sha256 index makes it cheap), so the ranking stays a
         # single-table scan instead of a join inside the index scan.
-        duplicates = list(Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True))
-        if duplicates:
-            queryset = queryset.exclude(image_id__in=duplicates)
+        excluded += Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True)
+    if excluded:
+        # One array parameter, however many ids (evaluate excludes thousands per query), instead
+        # of one placeholder per id.
+        queryset = queryset.filter(
+            RawSQL('NOT ("search_embedding"."image_id" = ANY(%s::bigint[]))', (excluded,), output_field=BooleanField())
+        )
     queryset = queryset.annotate(distance=distance)
     if filters.min_similarity is not None:
         queryset = queryset.filter(distance__lte=1.0 - filters.min_similarity)

@@ -59,6 +59,14 @@ def test_similar_to_an_image_leaves_the_image_out(world):
     assert [hit.image.original_name for hit in hits] == ["diagonal", "orthogonal", "opposite"]
 
 
+def test_excluding_thousands_of_ids_leaves_out_exactly_those(world):
+    # evaluate leaves out every image a label-trained encoder learned from: thousands per query.
+    encoder, shapes, _, images = world
+    excluded = [images["same"].pk, images["orthogonal"].pk, *range(10**9, 10**9 + 5000)]
+    hits = selectors.vector_list_similar(vector=vector((0, 2.0)), encoder=encoder, k=10, collection_ids=[shapes.pk], exclude_image_ids=excluded)
+    assert [hit.image.original_name for hit in hits] == ["diagonal", "opposite"]
+
+
 def test_never_mixes_vectors_of_two_encoders(world):
     encoder, shapes, _, images = world
     next_encoder = _encoder(EncoderVersion.Status.ACTIVATING)
