@@ -1,6 +1,7 @@
 """Every ranked read: nearest images by cosine distance, in PostgreSQL, through the HNSW index."""
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -126,12 +127,21 @@ FEW_CANDIDATES_CACHE_S = 300
 
 
 def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
-    if not filters.collection_ids:
+    """Whether the collection and label filters leave at most EXACT_SCAN_MAX_CANDIDATES vectors.
+    A rare label is the sharpest filter of all: an index scan would wade through most of the
+    graph to find its few images, where the exhaustive scan of those images is instant."""
+    if not filters.collection_ids and not filters.label:
         return False
-    key = f"cbir:few-candidates:{encoder.pk}:{','.join(map(str, sorted(filters.collection_ids)))}"
+    collections = ",".join(map(str, sorted(filters.collection_ids)))
+    digest = hashlib.sha256(filters.label.encode()).hexdigest()[:16] if filters.label else ""
+    key = f"cbir:few-candidates:{encoder.pk}:{collections}:{digest}"
     answer = cache.get(key)
     if answer is None:
-        sample = Embedding.objects.filter(encoder=encoder, collection_id__in=list(filters.collection_ids))
+        sample = Embedding.objects.filter(encoder=encoder)
+        if filters.collection_ids:
+            sample = sample.filter(collection_id__in=list(filters.collection_ids))
+        if filters.label:
+            sample = sample.filter(image__label=filters.label)
         # Counting at most threshold+1 rows keeps this bounded however large the collections are.
         answer = sample.values("id")[: EXACT_SCAN_MAX_CANDIDATES + 1].count() <= EXACT_SCAN_MAX_CANDIDATES
         cache.set(key, answer, FEW_CANDIDATES_CACHE_S)
@@ -195,7 +205,6 @@ def upload_list_similar(
 ) -> list[Hit]:
     """The ``k`` images most similar to an uploaded file. Raises ``ImageRejected`` for bad bytes.
     With ``exclude_duplicates``, stored byte-identical copies of the upload are left out."""
-    import hashlib
 
     encoder = encoder or encoder_active()  # fail fast, before decoding, when nothing can be ranked
     if len(data) > settings.CBIR_MAX_UPLOAD_BYTES:

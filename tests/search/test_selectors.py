@@ -174,6 +174,20 @@ def test_exact_mode_and_small_collections_skip_the_index(big_world):
     assert len({hit.image.pk for hit in exact} & {hit.image.pk for hit in approximate}) >= 9
 
 
+def test_a_rare_label_is_scanned_exhaustively_and_returns_all_its_images(big_world):
+    # An index scan would have to walk most of the graph to find 12 images among 20,020.
+    encoder, big, _, centres = big_world
+    ids = list(Image.objects.filter(collection=big).order_by("pk").values_list("pk", flat=True)[:12])
+    Image.objects.filter(pk__in=ids).update(label="rare")
+    filters = selectors.SearchFilters(label="rare")
+    assert selectors._few_candidates(encoder, filters)
+    plan = selectors.similar_queryset(vector=centres[2], encoder=encoder, k=10, filters=filters).explain()
+    assert "embedding_vector_hnsw" not in plan, plan
+    hits = selectors.vector_list_similar(vector=centres[2], encoder=encoder, k=50, filters=filters)
+    assert sorted(hit.image.pk for hit in hits) == ids
+    assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_rebuild_vector_index_changes_parameters_and_keeps_search_working():
     from django.core.management import call_command
