@@ -149,8 +149,11 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
             for index, digest in enumerate(digests):
                 if digest not in seen and digest not in existing:
                     first_new.setdefault(digest, index)
+            def build(index: int) -> Image:
+                return _image_build(collection=collection, incoming=chunk[index], sha256=digests[index])
+
             indexes = list(first_new.values())
-            builds = dict(zip(indexes, pool.map(lambda i: _image_build(collection=collection, incoming=chunk[i], sha256=digests[i]), indexes)))
+            builds = dict(zip(indexes, pool.map(build, indexes)))
             in_chunk: dict[str, Image] = {}
             entries: list[tuple[IncomingFile, Image | None, Image | int | None]] = []
             for index, (incoming, digest) in enumerate(zip(chunk, digests)):
@@ -159,7 +162,7 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                     entries.append((incoming, None, original))
                     continue
                 # A later copy of a file whose first copy failed its checks is checked on its own.
-                image = builds[index] if index in builds else _image_build(collection=collection, incoming=incoming, sha256=digest)
+                image = builds[index] if index in builds else build(index)
                 if image.status != Image.Status.FAILED:
                     in_chunk[digest] = image
                 entries.append((incoming, image, None))

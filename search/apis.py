@@ -33,7 +33,7 @@ class SearchParamsSerializer(serializers.Serializer):
     exact = serializers.BooleanField(
         required=False, default=None, allow_null=True,
         help_text="true: exhaustive scan (ground truth, slower); default: the HNSW index, or an exhaustive scan "
-        "when the collection filter leaves few candidates",
+        "when the collection and label filters leave few candidates",
     )
     exclude = serializers.BooleanField(
         required=False, default=None, allow_null=True,

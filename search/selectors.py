@@ -55,8 +55,8 @@ class SearchFilters:
     min_similarity: float | None = None
     exclude_image_ids: Sequence[int] = ()
     exclude_sha256: Sequence[str] = ()
-    # True: exhaustive scan (ground truth); None: exhaustive when the collection filter leaves few
-    # candidates (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index; False: always the index.
+    # True: exhaustive scan (ground truth); None: exhaustive when the collection and label filters
+    # leave few candidates (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index; False: always the index.
     exact: bool | None = None
 
 
@@ -72,8 +72,8 @@ def similar_queryset(
     over one encoder's vectors, yielding (image_id, distance). Images are fetched by id
     afterwards, so the top-k itself stays a single-table scan that the HNSW index serves.
 
-    When the search is exact (``filters.exact``, or automatically for a collection filter that
-    leaves few candidates) it ranks by ``(vector <=> query) + 0`` instead: an expression no index
+    When the search is exact (``filters.exact``, or automatically when the collection and label
+    filters leave few candidates) it ranks by ``(vector <=> query) + 0`` instead: an expression no index
     can serve, so the planner scans the filtered rows exhaustively. That keeps the exact path one
     statement, with no session settings and no transaction around it."""
     distance = CosineDistance("vector", np.asarray(vector, dtype=np.float32))
@@ -116,13 +116,14 @@ def hnsw_session(*, k: int):
         yield
 
 
-# Below this many candidate vectors (after the collection filter) an exhaustive scan is both exact
-# and about as fast as the index, so it is used automatically.
+# Below this many candidate vectors (after the collection and label filters) an exhaustive scan
+# is both exact and about as fast as the index, so it is used automatically.
 EXACT_SCAN_MAX_CANDIDATES = 20_000
 
 
-# How long the "few candidates" answer for a set of collections is reused. Collections change
-# size slowly; a stale answer only means an exact scan of a slightly larger set, or an index scan.
+# How long the "few candidates" answer for a set of collections and a label is reused. Collections
+# change size slowly; a stale answer only means an exact scan of a slightly larger set, or an
+# index scan.
 FEW_CANDIDATES_CACHE_S = 300
 
 
