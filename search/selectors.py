@@ -149,6 +149,10 @@ def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
     return answer
 
 
+def _narrowed(filters: SearchFilters) -> bool:
+    return bool(filters.collection_ids or filters.label or filters.exclude_image_ids or filters.exclude_sha256)
+
+
 def vector_list_similar(
     *,
     vector: Sequence[float] | np.ndarray,
@@ -166,9 +170,14 @@ def vector_list_similar(
         filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
     if collection_ids:
         filters = replace(filters, collection_ids=tuple(collection_ids))
-    queryset = similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters)
+    if filters.exact is None:
+        filters = replace(filters, exact=_few_candidates(encoder, filters))
     with hnsw_session(k=offset + k):
-        ranked = list(queryset)
+        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters))
+    if len(ranked) < k and not filters.exact and filters.min_similarity is None and _narrowed(filters):
+        # An iterative index scan gives up after hnsw.max_scan_tuples; a filter that few rows pass
+        # can end it short of k although more matches exist. The exhaustive scan cannot.
+        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=replace(filters, exact=True)))
     images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
 

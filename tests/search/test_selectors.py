@@ -141,6 +141,31 @@ def test_filter_to_a_tiny_collection_still_returns_k(big_world):
     assert distances == sorted(distances)
 
 
+def test_an_index_scan_that_gives_up_short_falls_back_to_the_exhaustive_scan(big_world):
+    # Leaving out all but 12 of the 20,000 big vectors is a filter only 32 rows pass. The planner
+    # would sort those 32 itself; with sorting made dear it takes the HNSW index, as it must on a
+    # table where the rows that pass are too many to sort. The index's iterative scan is allowed
+    # so few tuples here that it stops short of k; the answer must not be.
+    from django.db import connection
+
+    encoder, big, small, centres = big_world
+    ids = list(Image.objects.filter(collection=big).order_by("pk").values_list("pk", flat=True))
+    kept = set(ids[:12]) | set(Image.objects.filter(collection=small).values_list("pk", flat=True))
+    filters = selectors.SearchFilters(exclude_image_ids=tuple(ids[12:]))
+    with connection.cursor() as cursor:
+        cursor.execute("SET hnsw.max_scan_tuples = 100; SET enable_sort = off")
+    try:
+        queryset = selectors.similar_queryset(vector=centres[0], encoder=encoder, k=15, filters=filters)
+        assert "embedding_vector_hnsw" in queryset.explain()
+        assert len(list(queryset)) < 15  # what the index alone gives
+        hits = selectors.vector_list_similar(vector=centres[0], encoder=encoder, k=15, filters=filters)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET hnsw.max_scan_tuples; RESET enable_sort")
+    assert len(hits) == 15 and {hit.image.pk for hit in hits} <= kept
+    assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
+
+
 def test_index_answer_matches_an_exact_scan(big_world):
     from django.db import connection
 
