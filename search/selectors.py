@@ -56,7 +56,8 @@ class SearchFilters:
     exclude_image_ids: Sequence[int] = ()
     exclude_sha256: Sequence[str] = ()
     # True: exhaustive scan (ground truth); None: exhaustive when the collection and label filters
-    # leave few candidates (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index; False: always the index.
+    # leave few candidates (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index, and exhaustive after
+    # all if a filtered index scan comes back short of k; False: always the index.
     exact: bool | None = None
 
 
@@ -149,8 +150,11 @@ def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
     return answer
 
 
-def _narrowed(filters: SearchFilters) -> bool:
-    return bool(filters.collection_ids or filters.label or filters.exclude_image_ids or filters.exclude_sha256)
+def _narrowed(filters: SearchFilters, k: int) -> bool:
+    """Whether a filter could leave an index scan short of ``k`` although ``k`` rows match: a
+    collection or label filter, or more excluded images than ``k`` (leaving out the query image
+    and its copies cannot)."""
+    return bool(filters.collection_ids or filters.label) or len(filters.exclude_image_ids) > k
 
 
 def vector_list_similar(
@@ -170,14 +174,16 @@ def vector_list_similar(
         filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
     if collection_ids:
         filters = replace(filters, collection_ids=tuple(collection_ids))
-    if filters.exact is None:
+    automatic = filters.exact is None
+    if automatic:
         filters = replace(filters, exact=_few_candidates(encoder, filters))
     with hnsw_session(k=offset + k):
         ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters))
-    if len(ranked) < k and not filters.exact and filters.min_similarity is None and _narrowed(filters):
+    if automatic and not filters.exact and len(ranked) < k and filters.min_similarity is None and _narrowed(filters, k):
         # An iterative index scan gives up after hnsw.max_scan_tuples; a filter that few rows pass
         # can end it short of k although more matches exist. The exhaustive scan cannot.
-        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=replace(filters, exact=True)))
+        exhaustive = replace(filters, exact=True)
+        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=exhaustive))
     images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
 
