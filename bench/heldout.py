@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
-from quality import SHARED, exact_knn_scores, fashion_mnist_tree
+from quality import SHARED, exact_knn_scores, fashion_mnist_tree, rgb_on_white
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,9 +47,7 @@ def load(tree: Path, image_size: int) -> tuple[torch.Tensor, list[str]]:
         if digest in seen:
             continue
         seen.add(digest)
-        image = PILImage.open(path).convert("RGBA")
-        white = PILImage.new("RGBA", image.size, (255, 255, 255, 255))
-        arrays.append(preprocess.to_uint8(PILImage.alpha_composite(white, image).convert("RGB")))
+        arrays.append(preprocess.to_uint8(rgb_on_white(path)))
         labels.append(path.parent.name)
     return torch.from_numpy(np.stack(arrays)), labels
 

@@ -29,6 +29,8 @@ import numpy as np
 import psutil
 from PIL import Image as PILImage
 
+from quality import wait_active
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets" / "openmoji"
 BENCH_VAR = ROOT / "var" / "bench"
@@ -201,22 +203,18 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
         "C.objects.filter(name__startswith='bench-').delete();"
         "print(E.objects.filter(status='active').values_list('arch', flat=True).first())"
     )
-    has_encoder = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, text=True, capture_output=True)
+    active = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, text=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "purge", "-f"], cwd=ROOT, env=env, check=True, capture_output=True)
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "WARNING", "--concurrency", str(workers)],
         cwd=ROOT, env=env,
     )
     try:
-        if has_encoder.stdout.strip().splitlines()[-1] != arch:
+        if active.stdout.strip().splitlines()[-1] != arch:
             print(f"training a {arch} encoder first (not timed) ...", flush=True)
             _manage("import_images", str(ROOT / "demo" / "openmoji"), "--collection", "encoder-seed", "--labels-from-dirs", env=env)
             _manage("train_encoder", "--collection", "encoder-seed", "--arch", arch, "--epochs", "1", "--activate", env=env)
-            for _ in range(300):  # until the switch, so the timed run embeds with one encoder only
-                active = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, text=True, capture_output=True)
-                if active.stdout.strip().splitlines()[-1] == arch:
-                    break
-                time.sleep(2)
+            wait_active(env)  # until the switch, so the timed run embeds with one encoder only
         monitor = psutil.Process(worker.pid)
         peak = 0
         started = time.perf_counter()

@@ -47,13 +47,18 @@ def fashion_mnist_tree() -> Path:
     return target
 
 
+def rgb_on_white(path: Path) -> PILImage.Image:
+    """A shared-set PNG as RGB, transparency composited on white as the service's decoder does."""
+    image = PILImage.open(path).convert("RGBA")
+    white = PILImage.new("RGBA", image.size, (255, 255, 255, 255))
+    return PILImage.alpha_composite(white, image).convert("RGB")
+
+
 def raw_pixel_baseline(tree: Path, ks=(1, 5, 10), side: int | None = None) -> dict:
     """Exact cosine kNN on raw pixels (RGB, alpha on white, optionally resized), same metrics."""
     vectors, labels = [], []
     for path in sorted(tree.glob("*/*.png")):
-        image = PILImage.open(path).convert("RGBA")
-        white = PILImage.new("RGBA", image.size, (255, 255, 255, 255))
-        image = PILImage.alpha_composite(white, image).convert("RGB" if image.mode != "L" else "L")
+        image = rgb_on_white(path)
         if side:
             image = image.resize((side, side), PILImage.Resampling.BILINEAR)
         vectors.append(np.asarray(image, dtype=np.float32).ravel() / 255.0)

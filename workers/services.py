@@ -27,8 +27,8 @@ from search.services import embeddings_store, encoder_promote, images_mark_index
 from workers.autoencoder.artifacts import dictionary_png, loss_curve_png, reconstruction_png
 from workers.autoencoder.inference import EMBEDDING_BATCH_SIZE, load_embedder
 from workers.autoencoder.model import DEFAULT_ARCH, EncoderConfig, save_checkpoint
-from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.patch_dictionary import learn_projection_with_labels
+from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import TrainingConfig, labelled_split, pick_device, train_encoder_model
 
 logger = logging.getLogger(__name__)

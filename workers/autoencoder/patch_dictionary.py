@@ -20,8 +20,9 @@ retrieval fingerprint:
    without amplifying the noise of the smallest ones), and L2-normalised.
 
 Why this: on the two shared sets (`bench/quality.py`, docs/benchmarks.md) it beats the seed
-autoencoder by 4-5 mAP@10 points and trains in under a minute on two CPU cores. Nothing in it is specific to a dataset: the dictionary, the means and the
-projection are all fitted on whatever collection it is trained on.
+autoencoder by 4-5 mAP@10 points and trains in under a minute on two CPU cores. Nothing in it is
+specific to a dataset: the dictionary, the means and the projection are all fitted on whatever
+collection it is trained on.
 """
 from __future__ import annotations
 
