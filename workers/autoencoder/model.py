@@ -4,7 +4,8 @@ Two architectures, both learned on the collection itself with no labels:
 - ``patch_kmeans`` (the default, ``workers/autoencoder/patch_dictionary.py``): a dictionary of
   whitened colour patches learned with k-means, pooled on a 4x4 grid, plus gradient and colour
   histograms,
-  projected to ``dim`` by a PCA fitted on the collection.
+  projected to ``dim`` by a PCA fitted on the collection and a whitening learned from its mutual
+  nearest neighbours.
 - ``conv_ae``, the seed recipe: 128x128x3 input, four stride-2 conv stages, a linear bottleneck of
   ``dim`` (256) features, a mirrored decoder, trained with MSE and Adam at 1e-3. Kept so that it
   can be compared.
@@ -41,6 +42,9 @@ class EncoderConfig:
     colour_grid: int = 1
     colour_weight: float = 0.3
     whitening_power: float = 0.2
+    # patch_kmeans: then refine the projection with a whitening learned from pairs of mutual
+    # nearest neighbours among this many (0: keep the PCA projection)
+    neighbour_pairs: int = 10
 
     def __post_init__(self) -> None:
         if self.arch not in DEFAULT_IMAGE_SIZE:

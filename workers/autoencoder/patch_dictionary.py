@@ -17,10 +17,17 @@ retrieval fingerprint:
 5. the blocks are square-rooted (Hellinger: bursty responses stop dominating), centred and
    L2-normalised, then projected by a PCA fitted on the collection, each component divided by its
    eigenvalue to the power ``whitening_power`` (partial whitening: rare directions count more,
-   without amplifying the noise of the smallest ones), and L2-normalised.
+   without amplifying the noise of the smallest ones), and L2-normalised;
+6. that projection is then refined by a whitening learned from the collection's own mutual
+   nearest neighbours (Radenovic et al., "CNN Image Retrieval Learns from BoW", 2016, learn it
+   from matching pairs; here the pairs are images that are each among the other's
+   ``neighbour_pairs`` nearest, no labels): the ways in which near-duplicates of one thing differ
+   are divided out, the ways in which the collection varies otherwise are kept. Mutual neighbours
+   are right far more often than not (P@10 above 0.8 on Fashion-MNIST), so what varies between
+   them is mostly nuisance.
 
 Why this: on the two shared sets (`bench/quality.py`, docs/benchmarks.md) it beats the seed
-autoencoder by 4-5 mAP@10 points and trains in under a minute on two CPU cores. Nothing in it is
+autoencoder by 5 mAP@10 points and trains in under a minute on two CPU cores. Nothing in it is
 specific to a dataset: the dictionary, the means and the projection are all fitted on whatever
 collection it is trained on.
 """
@@ -46,6 +53,12 @@ ENCODE_BATCH = 128
 # stay flat instead of amplifying noise; and to the patch covariance's eigenvalues before ZCA.
 CONTRAST_EPSILON = 0.01
 ZCA_EPSILON = 0.1
+# The neighbour whitening works in the top principal directions of the features: wide enough to
+# hold what separates things, narrow enough for the pairs of 10,000 images to estimate their
+# covariance (384-768 measured within 0.1 point of each other on both shared sets); a fraction of
+# the largest eigenvalue is added to each (shrinkage) so that no direction is stretched without end.
+NEIGHBOUR_SUBSPACE = 512
+NEIGHBOUR_SHRINKAGE = 0.01
 HOG_BINS = 9
 COLOUR_LEVELS = 4
 
@@ -221,9 +234,13 @@ def fit_patch_dictionary(
     features = model.features(raw)
     del raw
     model.feature_mean = features.mean(0)
-    model.projection = _partial_whitening(
-        features - model.feature_mean, dim=model_config.dim, power=model_config.whitening_power, seed=seed
-    )
+    centred = features - model.feature_mean
+    del features
+    model.projection = _partial_whitening(centred, dim=model_config.dim, power=model_config.whitening_power, seed=seed)
+    if model_config.neighbour_pairs:
+        model.projection, history["neighbour_pairs"] = neighbour_whitening(
+            centred, start=model.projection, neighbours=model_config.neighbour_pairs, seed=seed
+        )
     history["seconds"] = round(time.monotonic() - started, 2)
     return model.cpu().eval(), history
 
@@ -245,6 +262,52 @@ def _partial_whitening(centred: torch.Tensor, *, dim: int, power: float, seed: i
     variance = singular[:rank].pow(2) / len(centred)
     projection[:, :rank] = directions[:, :rank] * (variance + 1e-3 * variance[0]).pow(-power)
     return projection
+
+
+def mutual_neighbour_pairs(z: torch.Tensor, *, k: int, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (i < j) of rows of the unit vectors ``z`` (N, D) that are each among the other's
+    ``k`` nearest by cosine, itself excluded. Scores ``block`` rows at a time, so memory stays
+    at block x N."""
+    count = len(z)
+    k = min(k, count - 1)
+    if k < 1:
+        empty = torch.zeros(0, dtype=torch.long, device=z.device)
+        return empty, empty
+    nearest = []
+    for start in range(0, count, block):
+        scores = z[start : start + block] @ z.T  # (block, N)
+        rows = torch.arange(len(scores), device=z.device)
+        scores[rows, rows + start] = -math.inf
+        nearest.append(scores.topk(k, dim=1).indices)
+    nearest = torch.cat(nearest)  # (N, k)
+    i = torch.arange(count, device=z.device).repeat_interleave(k)
+    j = nearest.flatten()
+    mutual = torch.isin(j * count + i, i * count + j) & (i < j)
+    return i[mutual], j[mutual]
+
+
+def neighbour_whitening(centred: torch.Tensor, *, start: torch.Tensor, neighbours: int, seed: int) -> tuple[torch.Tensor, int]:
+    """A (feature_width, dim) projection learned from centred (N, feature_width) features: mutual
+    neighbours are found with the ``start`` projection; within the top principal directions,
+    the covariance of their differences is whitened away, then the result is rotated onto its
+    own principal directions and cut to ``dim``. Returns the projection and the number of pairs
+    it learned from; ``start`` and 0 when the collection is too small to estimate that covariance."""
+    dim = start.shape[1]
+    subspace = min(max(NEIGHBOUR_SUBSPACE, dim), len(centred) - 1, centred.shape[1])
+    i, j = mutual_neighbour_pairs(F.normalize(centred @ start, dim=1), k=neighbours)
+    if subspace < dim or len(i) < subspace:
+        return start, 0
+    torch.manual_seed(seed)
+    _, _, directions = torch.pca_lowrank(centred, q=min(subspace + 16, *centred.shape), center=False, niter=3)
+    directions = directions[:, :subspace]
+    reduced = centred @ directions  # (N, subspace)
+    differences = reduced[i] - reduced[j]  # (pairs, subspace)
+    eigenvalues, eigenvectors = torch.linalg.eigh(differences.T @ differences / len(differences))
+    eigenvalues = eigenvalues.clamp(min=0) + NEIGHBOUR_SHRINKAGE * eigenvalues.max()
+    whiten = eigenvectors @ torch.diag(eigenvalues.rsqrt()) @ eigenvectors.T
+    whitened = reduced @ whiten
+    _, rotation = torch.linalg.eigh(whitened.T @ whitened / len(whitened))  # ascending
+    return directions @ whiten @ rotation.flip(1)[:, :dim], len(i)
 
 
 # Metric learning with labels (train_encoder --use-labels): the projection, started from the
