@@ -1,0 +1,101 @@
+"""How fast the default encoder embeds on this machine, against the textbook formulation of the
+same encoder in the same run.
+
+    .venv/bin/python bench/encoder_speed.py [--threads 1 2] [--batch 32] [--rounds 7]
+
+Fits ``patch_kmeans`` on OpenMoji at 32 px (seconds), then times ``encode`` on batches of the
+collection's own pixels, alternating between the product's code and a reference written as the
+method is usually stated: unfold every 5x5 patch, normalise it, multiply by the ZCA, then
+``torch.cdist`` to the atoms and the triangle code on its result. The same weights feed both,
+the outputs are checked to agree, and the ratio of medians is reported (each round times both,
+so machine noise hits both alike).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from heldout import load
+from quality import SHARED
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from workers.autoencoder.model import EncoderConfig  # noqa: E402
+from workers.autoencoder.patch_dictionary import (  # noqa: E402
+    _normalise_patches,
+    colour_histograms,
+    gradient_histograms,
+)
+from workers.autoencoder.training import TrainingConfig, train_encoder_model  # noqa: E402
+
+
+def reference_encode(model, x: torch.Tensor) -> torch.Tensor:
+    """The encoder as the method is written down, on the unfolded patches."""
+    config = model.config
+    values = F.unfold(x, config.patch_size).transpose(1, 2).flatten(0, 1)
+    z = (_normalise_patches(values) - model.patch_mean) @ model.zca
+    distances = torch.cdist(z, model.atoms)
+    codes = (distances.mean(1, keepdim=True) - distances).clamp_(min=0)
+    side = config.image_size - config.patch_size + 1
+    codes = codes.view(len(x), side, side, -1).permute(0, 3, 1, 2)
+    raw = torch.cat(
+        [
+            F.adaptive_avg_pool2d(codes, config.pool_grid).flatten(1),
+            gradient_histograms(x, cells=config.hog_cells),
+            colour_histograms(x, grid=config.colour_grid),
+        ],
+        dim=1,
+    ).sqrt()
+    return F.normalize((model.features(raw) - model.feature_mean) @ model.projection, dim=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=32, help="images per encode call (the workers' EMBEDDING_BATCH_SIZE)")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    pixels, _ = load(SHARED / "openmoji", 32)
+    config = EncoderConfig(arch="patch_kmeans", image_size=32)
+    model, _ = train_encoder_model(pixels, model_config=config, train_config=TrainingConfig(epochs=15, seed=0, device="cpu"), show_progress=False)
+    batches = [pixels[i : i + args.batch].float() / 255 for i in range(0, len(pixels) - args.batch + 1, args.batch)]
+    images = len(batches) * args.batch
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__, "images_per_round": images, "batch": args.batch,
+    }
+    with torch.inference_mode():
+        for x in batches[:3]:
+            got, expected = model.encode(x), reference_encode(model, x)
+            assert torch.allclose(got, expected, atol=1e-4), f"the encoders disagree by {(got - expected).abs().max():.2e}"
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            timings = {"product": [], "reference": []}
+            for _ in range(args.rounds):
+                for name, encode in (("product", model.encode), ("reference", lambda x: reference_encode(model, x))):
+                    started = time.perf_counter()
+                    for x in batches:
+                        encode(x)
+                    timings[name].append((time.perf_counter() - started) / images * 1000)
+            product, reference = statistics.median(timings["product"]), statistics.median(timings["reference"])
+            result[f"{threads}_thread"] = {
+                "product_ms_per_image": round(product, 3), "reference_ms_per_image": round(reference, 3),
+                "speedup": round(reference / product, 2),
+            }
+            print(threads, result[f"{threads}_thread"], flush=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
