@@ -1,7 +1,7 @@
 """How fast the default encoder embeds on this machine, against the textbook formulation of the
 same encoder in the same run.
 
-    .venv/bin/python bench/encoder_speed.py [--threads 1 2] [--batch 32] [--rounds 7]
+    .venv/bin/python bench/encoder_speed.py [--threads 1 2] [--batch 32 ...] [--rounds 7]
 
 Fits ``patch_kmeans`` on OpenMoji at 32 px (seconds), then times ``encode`` on batches of the
 collection's own pixels, alternating between the product's code and a reference written as the
@@ -62,38 +62,37 @@ def reference_encode(model, x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch", type=int, default=32, help="images per encode call (the workers' EMBEDDING_BATCH_SIZE)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[32], help="images per encode call (the workers' EMBEDDING_BATCH_SIZE)")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
 
     pixels, _ = load(SHARED / "openmoji", 32)
     config = EncoderConfig(arch="patch_kmeans", image_size=32)
     model, _ = train_encoder_model(pixels, model_config=config, train_config=TrainingConfig(epochs=15, seed=0, device="cpu"), show_progress=False)
-    batches = [pixels[i : i + args.batch].float() / 255 for i in range(0, len(pixels) - args.batch + 1, args.batch)]
-    images = len(batches) * args.batch
-    result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "images_per_round": images, "batch": args.batch,
-    }
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__}
     with torch.inference_mode():
-        for x in batches[:3]:
-            got, expected = model.encode(x), reference_encode(model, x)
-            assert torch.allclose(got, expected, atol=1e-4), f"the encoders disagree by {(got - expected).abs().max():.2e}"
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            timings = {"product": [], "reference": []}
-            for _ in range(args.rounds):
-                for name, encode in (("product", model.encode), ("reference", lambda x: reference_encode(model, x))):
-                    started = time.perf_counter()
-                    for x in batches:
-                        encode(x)
-                    timings[name].append((time.perf_counter() - started) / images * 1000)
-            product, reference = statistics.median(timings["product"]), statistics.median(timings["reference"])
-            result[f"{threads}_thread"] = {
-                "product_ms_per_image": round(product, 3), "reference_ms_per_image": round(reference, 3),
-                "speedup": round(reference / product, 2),
-            }
-            print(threads, result[f"{threads}_thread"], flush=True)
+        for batch in args.batch:
+            batches = [pixels[i : i + batch].float() / 255 for i in range(0, len(pixels) - batch + 1, batch)]
+            images = len(batches) * batch
+            for x in batches[:3]:
+                got, expected = model.encode(x), reference_encode(model, x)
+                assert torch.allclose(got, expected, atol=1e-4), f"the encoders disagree by {(got - expected).abs().max():.2e}"
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                timings = {"product": [], "reference": []}
+                for _ in range(args.rounds):
+                    for name, encode in (("product", model.encode), ("reference", lambda x: reference_encode(model, x))):
+                        started = time.perf_counter()
+                        for x in batches:
+                            encode(x)
+                        timings[name].append((time.perf_counter() - started) / images * 1000)
+                product, reference = statistics.median(timings["product"]), statistics.median(timings["reference"])
+                key = f"batch{batch}_{threads}thread"
+                result[key] = {
+                    "images": images, "product_ms_per_image": round(product, 3),
+                    "reference_ms_per_image": round(reference, 3), "speedup": round(reference / product, 2),
+                }
+                print(key, result[key], flush=True)
     print(json.dumps(result, indent=2))
 
 

@@ -12,9 +12,10 @@ from workers.autoencoder.model import EncoderConfig, load_checkpoint
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import pick_device
 
-# measured (`bench/ingest.py --stages`, 2-core x86 CPU, 128x128 seed autoencoder, 200 photos,
-# 2026-11-22), ms/image at batch 16/32/64/128/256: 1 thread 2.64/2.99/4.02/4.53/4.53, 2 threads
-# 2.23/1.92/2.59/3.29/3.03 -- larger batches fall out of cache on the CPU.
+# measured with the default encoder (`bench/encoder_speed.py --threads 1 --batch 16 32 64 128`,
+# 2-core x86 CPU, one thread as each worker process uses, 2026-11-22), ms/image at batch
+# 16/32/64/128: 1.23/1.25/1.85/2.29 -- larger batches fall out of cache on the CPU (the seed
+# autoencoder showed the same: 2.64/2.99/4.02/4.53 with `bench/ingest.py --stages`).
 # A GPU wants larger batches; raise it there (CBIR_EMBEDDING_BATCH_SIZE).
 EMBEDDING_BATCH_SIZE = int(os.environ.get("CBIR_EMBEDDING_BATCH_SIZE", 32))
 
