@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.http import QueryDict
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -140,6 +141,17 @@ class ImageSimilarApi(APIView):
         return _ranked(request, hits, params, encoder.pk, query=image_representation(image, request))
 
 
+def _form_and_query(request) -> QueryDict:
+    """The form fields (the upload among them), with any parameter in the query string replacing
+    the form's: the ``next`` link of an upload search carries offset and k there. Built anew
+    rather than copied, since a copy of ``request.data`` would deep-copy the uploaded file."""
+    merged = QueryDict(mutable=True)
+    form = request.data.lists() if hasattr(request.data, "lists") else ((key, [value]) for key, value in request.data.items())
+    for key, values in [*form, *request.query_params.lists()]:
+        merged.setlist(key, values)
+    return merged
+
+
 class SearchUploadInputSerializer(SearchParamsSerializer):
     image = serializers.FileField(allow_empty_file=True, help_text="the query picture")
 
@@ -150,11 +162,17 @@ class SearchApi(APIView):
     @extend_schema(
         operation_id="search_by_upload",
         summary="Images most similar to an uploaded picture",
+        description="The search parameters may be form fields or in the query string; where both give one, the "
+        "query string wins. So the next page is the same upload posted to the `next` URL.",
+        parameters=[
+            *SEARCH_PARAMETERS[:-1],
+            OpenApiParameter("exclude", bool, description="leave out byte-identical duplicates of the query (default false here)"),
+        ],
         request={"multipart/form-data": InputSerializer},
         responses={200: RankedOutputSerializer, **ERRORS},
     )
     def post(self, request):
-        params = self.InputSerializer(data=request.data)
+        params = self.InputSerializer(data=_form_and_query(request))
         if not params.is_valid():
             return _invalid(params)
         data = params.validated_data

@@ -44,6 +44,30 @@ def test_search_by_upload_finds_the_same_picture_first(client, indexed):
     assert distances == sorted(distances)
 
 
+def test_upload_search_pages_through_its_next_link(client, indexed):
+    """An upload search can only be paged by posting the same picture again: to the ``next`` URL,
+    whose query string (offset, k) wins over the form's fields."""
+    _, pictures = indexed
+    url = reverse("api-search")
+
+    def post(target, **fields):
+        response = client.post(target, {"image": SimpleUploadedFile("q.png", pictures["c3.png"]), **fields})
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    everything = [hit["id"] for hit in post(url, k=6)["results"]]
+    first = post(url, k=2)
+    assert [hit["id"] for hit in first["results"]] == everything[:2]
+    assert "offset=2" in first["next"] and "k=2" in first["next"]
+    second = post(first["next"], k=2)  # the form still says offset 0: the link's offset counts
+    assert [hit["id"] for hit in second["results"]] == everything[2:4]
+    third = post(second["next"])
+    assert [hit["id"] for hit in third["results"]] == everything[4:6]
+    assert post(f"{url}?k=3", k=5)["count"] == 3  # the query string wins over the form
+    response = client.post(f"{url}?k=zero", {"image": SimpleUploadedFile("q.png", pictures["c3.png"])})
+    assert response.status_code == 400 and "k" in response.json()["errors"]
+
+
 def test_similar_leaves_the_query_out_and_pins_queries(client, indexed, django_assert_num_queries):
     image = Image.objects.get(original_name="c0.png")
     # image, encoder, query vector, ids of its byte-identical copies, ranking, images (the search
