@@ -147,7 +147,8 @@ def _form_and_query(request) -> QueryDict:
     rather than copied, since a copy of ``request.data`` would deep-copy the uploaded file."""
     merged = QueryDict(mutable=True)
     form = request.data.lists() if hasattr(request.data, "lists") else ((key, [value]) for key, value in request.data.items())
-    for key, values in [*form, *request.query_params.lists()]:
+    query = ((key, values) for key, values in request.query_params.lists() if key != "image")  # the upload is a file
+    for key, values in [*form, *query]:
         merged.setlist(key, values)
     return merged
 

@@ -64,6 +64,7 @@ def test_upload_search_pages_through_its_next_link(client, indexed):
     third = post(second["next"])
     assert [hit["id"] for hit in third["results"]] == everything[4:6]
     assert post(f"{url}?k=3", k=5)["count"] == 3  # the query string wins over the form
+    assert post(f"{url}?image=c0.png", k=1)["results"][0]["original_name"] == "c3.png"  # but not over the upload
     response = client.post(f"{url}?k=zero", {"image": SimpleUploadedFile("q.png", pictures["c3.png"])})
     assert response.status_code == 400 and "k" in response.json()["errors"]
 
