@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quality import SHARED, exact_knn_scores, fashion_mnist_tree, rgb_on_white
+from quality import dataset_tree, exact_knn_scores, rgb_on_white
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,7 +69,7 @@ def main() -> None:
     }
     config = EncoderConfig(arch="patch_kmeans")
     for name in args.sets:
-        tree = fashion_mnist_tree() if name == "fashion-mnist" else SHARED / "openmoji"
+        tree = dataset_tree(name)
         pixels, labels = load(tree, config.image_size)
         train, held_out = labelled_split(labels=labels, held_out=HELD_OUT, seed=SEED)
         model, _ = train_encoder_model(

@@ -1,10 +1,10 @@
 """Retrieval quality on the shared labelled sets, through the product's own commands.
 
-    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji] [--archs conv_ae patch_kmeans patch_kmeans+labels]
+    .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji digits] [--archs conv_ae patch_kmeans patch_kmeans+labels]
                                       [--epochs 15] [--max-minutes 10]
 
 For each set: the images are written as an image-folder tree (Fashion-MNIST t10k as 28x28 PNGs;
-OpenMoji as shipped) and imported with `import_images --labels-from-dirs --wait`; then, per
+OpenMoji as shipped; ``digits``, not run by default, scikit-learn's 8x8 handwritten digits) and imported with `import_images --labels-from-dirs --wait`; then, per
 architecture, `train_encoder --activate` (label-free), wait until the switch, and
 `evaluate --json` (every image queries all the others, relevant = same label). An entry
 `ARCH+labels` trains with `--use-labels` and is scored on its held-out images only. Raw pixels are the
@@ -45,6 +45,33 @@ def fashion_mnist_tree() -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         PILImage.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
     return target
+
+
+def digits_tree() -> Path:
+    """scikit-learn's handwritten digits (UCI "Optical Recognition of Handwritten Digits", 1,797
+    images of 8x8, 17 grey levels, 10 labels) as PNGs, exactly as shipped (white ink on black).
+    A set the encoder was never tuned on: drawings, at a scale neither shared set has. Needs
+    scikit-learn, which the service does not: ``.venv/bin/pip install scikit-learn``."""
+    target = VAR / "data" / "digits"
+    if target.exists():
+        return target
+    try:
+        from sklearn.datasets import load_digits  # bundled with the wheel: nothing is downloaded
+    except ImportError:
+        raise SystemExit("--sets digits needs scikit-learn: .venv/bin/pip install scikit-learn") from None
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        folder = target / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray((image * 255 / 16).round().astype(np.uint8), mode="L").save(folder / f"{i:04d}.png")
+    return target
+
+
+def dataset_tree(name: str) -> Path:
+    trees = {"fashion-mnist": fashion_mnist_tree, "openmoji": lambda: SHARED / "openmoji", "digits": digits_tree}
+    if name not in trees:
+        raise SystemExit(f"unknown set {name!r}; choose from {', '.join(trees)}")
+    return trees[name]()
 
 
 def rgb_on_white(path: Path) -> PILImage.Image:
@@ -137,7 +164,7 @@ def main() -> None:
     }
     try:
         for name in args.sets:
-            tree = fashion_mnist_tree() if name == "fashion-mnist" else SHARED / "openmoji"
+            tree = dataset_tree(name)
             collection = f"quality-{name}"
             manage("import_images", str(tree), "--collection", collection, "--labels-from-dirs", "--wait", env=env, capture=True)
             baseline = raw_pixel_baseline(tree)
