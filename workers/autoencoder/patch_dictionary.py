@@ -33,7 +33,6 @@ collection it is trained on.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Callable
@@ -139,15 +138,17 @@ class PatchDictionaryEncoder(nn.Module):
         """
         channels, size = x.shape[1], self.config.patch_size
         values = channels * size * size
-        box = torch.full((1, channels, size, size), 1.0 / values, dtype=x.dtype, device=x.device)
-        # cuDNN may run float32 convolutions in TF32 (10-bit mantissa); these stay in full float32,
-        # like the matrix products around them, so a GPU worker computes the CPU's vectors.
-        with torch.backends.cudnn.flags(enabled=False) if x.is_cuda else contextlib.nullcontext():
-            mean = F.conv2d(x, box)  # (B, 1, L', L')
-            variance = (F.conv2d(x * x, box) - mean * mean).clamp_(min=0) * (values / (values - 1))  # unbiased, as .var()
-            projected = F.conv2d(x, self.zca.T.reshape(values, channels, size, size))  # (B, values, L', L')
-        z = (projected - mean * self.zca.sum(0).view(1, -1, 1, 1)) * (variance + CONTRAST_EPSILON).rsqrt()
-        z = z - (self.patch_mean @ self.zca).view(1, -1, 1, 1)
+        # cuDNN may run float32 convolutions in TF32 (a 10-bit mantissa). On a GPU these three run
+        # in float64 instead (cheap: 3 input channels), so a GPU worker computes the CPU's vectors;
+        # switching cuDNN's TF32 off would change process-wide state under other threads.
+        work = x.double() if x.is_cuda else x
+        box = torch.full((1, channels, size, size), 1.0 / values, dtype=work.dtype, device=x.device)
+        zca = self.zca.to(work.dtype)
+        mean = F.conv2d(work, box)  # (B, 1, L', L')
+        variance = (F.conv2d(work * work, box) - mean * mean).clamp_(min=0) * (values / (values - 1))  # unbiased, as .var()
+        projected = F.conv2d(work, zca.T.reshape(values, channels, size, size))  # (B, values, L', L')
+        z = (projected - mean * zca.sum(0).view(1, -1, 1, 1)) * (variance + CONTRAST_EPSILON).rsqrt()
+        z = z.to(x.dtype) - (self.patch_mean @ self.zca).view(1, -1, 1, 1)
         return z.permute(0, 2, 3, 1).reshape(-1, values)
 
     def raw_blocks(self, x: torch.Tensor) -> torch.Tensor:
