@@ -18,6 +18,21 @@ def test_gallery_lists_collections_and_thumbnails(client, indexed):  # noqa: F81
     assert "not an image" in detail  # the failed upload shows its reason
 
 
+def test_collection_page_follows_progress_only_while_images_are_pending(client, indexed):  # noqa: F811
+    collection, _ = indexed
+    url = reverse("gallery:collection-detail", args=[collection.pk])
+    api = reverse("api-collection-detail", args=[collection.pk])
+    settled = client.get(url).content.decode()
+    assert f'data-url="{api}"' in settled and '<b data-count="indexed">6</b>' in settled
+    assert "<script>" not in settled  # nothing pending: no polling
+    Image.objects.filter(original_name="c1.png").update(status=Image.Status.PENDING)
+    busy = client.get(url).content.decode()
+    assert '<b data-count="pending">1</b>' in busy and '<b data-count="indexed">5</b>' in busy
+    assert "<script>" in busy and "1 image still being processed" in busy
+    # what the script reads: the counts under the same names
+    assert client.get(api).json()["images"] == {"total": 7, "indexed": 5, "pending": 1, "failed": 1}
+
+
 def test_image_page_shows_similar_images_with_similarity(client, indexed):  # noqa: F811
     image = Image.objects.get(original_name="c2.png")
     page = client.get(reverse("gallery:image-detail", args=[image.pk])).content.decode()
