@@ -70,7 +70,9 @@ class CollectionOutputSerializer(serializers.Serializer):
 
 
 class CollectionDetailOutputSerializer(CollectionOutputSerializer):
-    indexed_per_second = serializers.FloatField(help_text="images indexed per second over the last minute")
+    indexed_per_second = serializers.FloatField(
+        help_text="images indexed per second over the last minute, or since indexing began when that was less than a minute ago"
+    )
 
 
 class CollectionListOutputSerializer(serializers.Serializer):

@@ -1,26 +1,35 @@
 from datetime import timedelta
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from gallery.models import Collection, Image
 
-# The indexing rate is measured over this window.
+# The indexing rate is measured over this window; or since the first image indexed in it, but
+# over no less than a few seconds, so that one image indexed a moment ago is not a huge rate.
 RATE_WINDOW = timedelta(seconds=60)
+MIN_RATE_SECONDS = 5.0
 
 
 def collection_stats(*, collection: Collection) -> dict:
     """Counts of the collection's images by status (total, pending, indexed, failed), and the
-    indexing rate over the last minute (``indexed_per_second``)."""
-    since = timezone.now() - RATE_WINDOW
+    indexing rate over the last minute (``indexed_per_second``). When indexing started less than
+    a minute ago, the rate is taken over the time since the first of those images, so an import
+    that just began shows its real pace instead of a fraction of it."""
+    now = timezone.now()
+    since = now - RATE_WINDOW
+    recent = Q(status=Image.Status.INDEXED, indexed_at__gte=since)
     stats = Image.objects.filter(collection=collection).aggregate(
         total=Count("id"),
         pending=Count("id", filter=Q(status=Image.Status.PENDING)),
         indexed=Count("id", filter=Q(status=Image.Status.INDEXED)),
         failed=Count("id", filter=Q(status=Image.Status.FAILED)),
-        recent=Count("id", filter=Q(status=Image.Status.INDEXED, indexed_at__gte=since)),
+        recent=Count("id", filter=recent),
+        first_recent=Min("indexed_at", filter=recent),
     )
-    stats["indexed_per_second"] = round(stats.pop("recent") / RATE_WINDOW.total_seconds(), 2)
+    first = stats.pop("first_recent")
+    seconds = (now - first).total_seconds() if first else RATE_WINDOW.total_seconds()
+    stats["indexed_per_second"] = round(stats.pop("recent") / max(seconds, MIN_RATE_SECONDS), 2)
     return stats
 
 

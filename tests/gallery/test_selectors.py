@@ -1,0 +1,41 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from gallery.models import Image
+from gallery.selectors import collection_stats
+from gallery.services import collection_get_or_create
+
+pytestmark = pytest.mark.django_db
+
+
+def _indexed(collection, *, seconds_ago: list[float]) -> None:
+    now = timezone.now()
+    Image.objects.bulk_create(
+        Image(
+            collection=collection, original_name=f"{i}.png", sha256=f"{collection.pk}-{i}",
+            status=Image.Status.INDEXED, indexed_at=now - timedelta(seconds=ago),
+        )
+        for i, ago in enumerate(seconds_ago)
+    )
+
+
+def test_rate_counts_the_last_minute_or_since_indexing_began():
+    steady = collection_get_or_create(name="steady")  # 2 a second for two minutes
+    _indexed(steady, seconds_ago=[i / 2 for i in range(240)])
+    assert collection_stats(collection=steady)["indexed_per_second"] == pytest.approx(2.0, abs=0.05)
+
+    started = collection_get_or_create(name="started")  # began 10 s ago at 3 a second
+    _indexed(started, seconds_ago=[i / 3 for i in range(30)] + [300, 400])  # old ones do not count
+    stats = collection_stats(collection=started)
+    assert stats["indexed_per_second"] == pytest.approx(3.0, rel=0.05)  # not 30 / 60 = 0.5
+    assert stats["indexed"] == 32
+
+    single = collection_get_or_create(name="single")  # one image a moment ago is not a huge rate
+    _indexed(single, seconds_ago=[0.01])
+    assert collection_stats(collection=single)["indexed_per_second"] == pytest.approx(0.2)
+
+    idle = collection_get_or_create(name="idle")
+    _indexed(idle, seconds_ago=[120, 130])
+    assert collection_stats(collection=idle)["indexed_per_second"] == 0
