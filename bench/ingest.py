@@ -86,19 +86,30 @@ def _django_init() -> None:
     django.setup()
 
 
-def bound(paths: list[Path], processes: int, side: int) -> float:
-    """Decode (as the workers do) and resize to the encoder's input side, nothing else."""
+def _busy_since(start) -> float:
+    """The share of all cores' time, since the ``psutil.cpu_times()`` sample ``start``, that was
+    neither idle nor waiting for I/O: below 1, the phase left cores unused."""
+    end = psutil.cpu_times()
+    total = sum(end) - sum(start)
+    idle = sum(getattr(end, key, 0) - getattr(start, key, 0) for key in ("idle", "iowait"))
+    return round(1 - idle / total, 3) if total else 0.0
+
+
+def bound(paths: list[Path], processes: int, side: int) -> tuple[float, float]:
+    """Decode (as the workers do) and resize to the encoder's input side, nothing else.
+    Returns images/s and the share of the cores kept busy."""
+    cpu = psutil.cpu_times()
     started = time.perf_counter()
     with Pool(processes, initializer=_django_init) as pool:
         pool.map(_decode_resize, [(str(p), side) for p in paths], chunksize=16)
-    return len(paths) / (time.perf_counter() - started)
+    return len(paths) / (time.perf_counter() - started), _busy_since(cpu)
 
 
 def stage_costs(paths: list[Path], n: int = 200) -> dict:
     """Where one worker's time goes, per image, on one process: decode (as the bound does it),
-    WebP thumbnail at the product's setting and at the slower method=4 (and a JPEG one for
-    comparison, with the mean sizes), and the encoder's forward
-    pass at several batch sizes and torch thread counts. Needs an active encoder."""
+    WebP thumbnail at the product's setting and at the slower method=4 and a JPEG one for
+    comparison (time and mean size each), and the encoder's forward pass at several batch sizes
+    and torch thread counts. Needs an active encoder."""
     import io
 
     import torch
@@ -120,26 +131,23 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     result["decode_draft_ms"] = per_image_ms(
         lambda: pictures.extend(imaging.decode_rgb(d, min_side=max(256, WORKING_SIDE)) for d in datas)
     )
-    result["thumbnail_webp_method0_ms"] = per_image_ms(lambda: [imaging.thumbnail_webp(p, size=256) for p in pictures])
 
-    def webp_method4(picture):
+    def thumbnail(picture, **save) -> bytes:  # as imaging.thumbnail_webp does it, with other encoder settings
         buffer = io.BytesIO()
         thumb = picture.copy()
         thumb.thumbnail((256, 256))
-        thumb.save(buffer, format="WEBP", quality=80, method=4)
-
-    result["thumbnail_webp_method4_ms"] = per_image_ms(lambda: [webp_method4(p) for p in pictures])
-
-    def jpeg_q85(picture):  # the cheaper format the product does not use: what it would save, and cost in bytes
-        buffer = io.BytesIO()
-        thumb = picture.copy()
-        thumb.thumbnail((256, 256))
-        thumb.save(buffer, format="JPEG", quality=85)
+        thumb.save(buffer, **save)
         return buffer.getvalue()
 
-    result["thumbnail_jpeg_q85_ms"] = per_image_ms(lambda: [jpeg_q85(p) for p in pictures])
-    result["thumbnail_webp_method0_kib"] = round(sum(len(imaging.thumbnail_webp(p, size=256)) for p in pictures) / len(pictures) / 1024, 1)
-    result["thumbnail_jpeg_q85_kib"] = round(sum(len(jpeg_q85(p)) for p in pictures) / len(pictures) / 1024, 1)
+    variants = {
+        "webp_method0": lambda picture: imaging.thumbnail_webp(picture, size=256),  # the product's
+        "webp_method4": lambda picture: thumbnail(picture, format="WEBP", quality=80, method=4),
+        "jpeg_q85": lambda picture: thumbnail(picture, format="JPEG", quality=85),  # cheaper, not used: bigger files
+    }
+    for name, make in variants.items():
+        sizes = []
+        result[f"thumbnail_{name}_ms"] = per_image_ms(lambda make=make, sizes=sizes: sizes.extend(len(make(p)) for p in pictures))
+        result[f"thumbnail_{name}_kib"] = round(sum(sizes) / len(sizes) / 1024, 1)
     encoder = EncoderVersion.objects.filter(status="active").first()
     embedder = inference.load_embedder(encoder.checkpoint.path, device="cpu")
     default_batch = inference.EMBEDDING_BATCH_SIZE
@@ -233,6 +241,7 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
             wait_active(env)  # until the switch, so the timed run embeds with one encoder only
         monitor = psutil.Process(worker.pid)
         peak = 0
+        cpu = psutil.cpu_times()
         started = time.perf_counter()
         importer = subprocess.Popen(
             [sys.executable, "manage.py", "import_images", str(photo_root), "--collection", f"bench-{int(time.time())}", "--labels-from-dirs", "--wait"],
@@ -249,12 +258,16 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
             meter.sample()
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
+        busy = _busy_since(cpu)
         if importer.returncode:
             raise SystemExit(f"import_images failed with {importer.returncode}")
     finally:
         worker.terminate()
         worker.wait(60)
-    return {"images_per_second": n / elapsed, "seconds": elapsed, "peak_worker_rss_mb": peak / 2**20, "cpu_seconds": meter.totals()}
+    return {
+        "images_per_second": n / elapsed, "seconds": elapsed, "peak_worker_rss_mb": peak / 2**20,
+        "cpu_seconds": meter.totals(), "cpu_busy": busy,
+    }
 
 
 def main() -> None:
@@ -290,11 +303,12 @@ def main() -> None:
     # The bound is measured before and after the end-to-end run and averaged: on this shared
     # machine it drifted by up to 40% between runs, and a drift during the run moves both alike.
     side = DEFAULT_IMAGE_SIZE[args.arch]
-    bounds = [bound(paths, args.workers, side)]
-    print(f"bound (decode + resize to {side}px, {args.workers} processes): {bounds[0]:.1f} images/s", flush=True)
+    before, busy_before = bound(paths, args.workers, side)
+    print(f"bound (decode + resize to {side}px, {args.workers} processes): {before:.1f} images/s", flush=True)
     result = end_to_end(photo_root, args.images, args.workers, env, args.arch)
-    bounds.append(bound(paths, args.workers, side))
-    print(f"bound again: {bounds[1]:.1f} images/s", flush=True)
+    after, busy_after = bound(paths, args.workers, side)
+    print(f"bound again: {after:.1f} images/s", flush=True)
+    bounds = [before, after]
     upper = sum(bounds) / 2
     ratio = result["images_per_second"] / upper
     summary = {
@@ -310,6 +324,8 @@ def main() -> None:
         "peak_worker_rss_mb": round(result["peak_worker_rss_mb"]),
         "cpu_seconds": result["cpu_seconds"],
         "cpu_ms_per_image": {name: round(seconds / args.images * 1000, 2) for name, seconds in result["cpu_seconds"].items()},
+        # the share of the machine's cores busy in each phase: bound before, end to end, bound after
+        "cpu_busy": {"bound_before": busy_before, "end_to_end": result["cpu_busy"], "bound_after": busy_after},
     }
     print(json.dumps(summary, indent=2))
 

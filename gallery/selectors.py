@@ -27,9 +27,9 @@ def collection_stats(*, collection: Collection) -> dict:
         recent=Count("id", filter=recent),
         first_recent=Min("indexed_at", filter=recent),
     )
-    first = stats.pop("first_recent")
-    seconds = (now - first).total_seconds() if first else RATE_WINDOW.total_seconds()
-    stats["indexed_per_second"] = round(stats.pop("recent") / max(seconds, MIN_RATE_SECONDS), 2)
+    first, recent_count = stats.pop("first_recent"), stats.pop("recent")
+    seconds = max((now - first).total_seconds(), MIN_RATE_SECONDS) if first else 1.0  # no first: none recent
+    stats["indexed_per_second"] = round(recent_count / seconds, 2)
     return stats
 
 

@@ -151,12 +151,15 @@ class PatchDictionaryEncoder(nn.Module):
         z = z.to(x.dtype) - (self.patch_mean @ self.zca).view(1, -1, 1, 1)
         return z.permute(0, 2, 3, 1).reshape(-1, values)
 
+    def patch_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (B * L, K): every patch's triangle code against the dictionary."""
+        return triangle_codes(self.whitened_patches(x), self.atoms)
+
     def raw_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, feature_width): pooled dictionary codes, gradient histograms and colour histograms,
         square-rooted, before centring."""
         config = self.config
-        z = self.whitened_patches(x)
-        codes = triangle_codes(z, self.atoms)  # (B * L, K)
+        codes = self.patch_codes(x)  # (B * L, K)
         side = config.image_size - config.patch_size + 1
         codes = codes.view(len(x), side, side, -1).permute(0, 3, 1, 2)  # (B, K, side, side)
         blocks = [
