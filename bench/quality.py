@@ -1,12 +1,13 @@
 """Retrieval quality on the shared labelled sets, through the product's own commands.
 
     .venv/bin/python bench/quality.py [--sets fashion-mnist openmoji digits] [--archs conv_ae patch_kmeans patch_kmeans+labels]
-                                      [--epochs 15] [--max-minutes 10]
+                                      [--epochs 15] [--max-minutes 10] [--expand N [N ...]]
 
 For each set: the images are written as an image-folder tree (Fashion-MNIST t10k as 28x28 PNGs;
 OpenMoji as shipped; ``digits``, not run by default, scikit-learn's 8x8 handwritten digits) and imported with `import_images --labels-from-dirs --wait`; then, per
 architecture, `train_encoder --activate` (label-free), wait until the switch, and
-`evaluate --json` (every image queries all the others, relevant = same label). An entry
+`evaluate --json` (every image queries all the others, relevant = same label), once per
+``--expand`` value: by default with the product's query expansion and without it. An entry
 `ARCH+labels` trains with `--use-labels` and is scored on its held-out images only. Raw pixels are the
 baseline, scored in the same run with the same metric code on exact cosine kNN. Runs under
 var/bench-quality with its own embedded PostgreSQL and Redis and a real Celery worker.
@@ -147,6 +148,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--max-minutes", type=float, default=10.0)
     parser.add_argument("--extra", default="", help="more train_encoder options, e.g. '--image-size 64'")
+    parser.add_argument(
+        "--expand", type=int, nargs="+", default=[None, 0], metavar="N",
+        help="evaluate each encoder with these query expansions (default: the product's CBIR_QUERY_EXPANSION, then 0 = none)",
+    )
     args = parser.parse_args()
 
     VAR.mkdir(parents=True, exist_ok=True)
@@ -180,17 +185,23 @@ def main() -> None:
                 )
                 trained = time.perf_counter() - started
                 wait_active(env)
-                started = time.perf_counter()
-                metrics = json.loads(manage("evaluate", "--collection", collection, "--k", "1", "5", "10", "--json", env=env, capture=True).strip().splitlines()[-1])
-                evaluated = time.perf_counter() - started
-                metrics["encoder_version"] = metrics.pop("encoder")
-                report["results"].append(
-                    {
-                        "set": name, "encoder": entry, "train_command_seconds": round(trained, 1),
-                        "train_summary": out.strip().splitlines()[-2], "evaluate_command_seconds": round(evaluated, 1), **metrics,
-                    }
-                )
-                print(json.dumps(report["results"][-1]), flush=True)
+                for expand in args.expand:
+                    started = time.perf_counter()
+                    metrics = json.loads(
+                        manage(
+                            "evaluate", "--collection", collection, "--k", "1", "5", "10", "--json",
+                            *([] if expand is None else ["--expand", str(expand)]), env=env, capture=True,
+                        ).strip().splitlines()[-1]
+                    )
+                    evaluated = time.perf_counter() - started
+                    metrics["encoder_version"] = metrics.pop("encoder")
+                    report["results"].append(
+                        {
+                            "set": name, "encoder": entry, "train_command_seconds": round(trained, 1),
+                            "train_summary": out.strip().splitlines()[-2], "evaluate_command_seconds": round(evaluated, 1), **metrics,
+                        }
+                    )
+                    print(json.dumps(report["results"][-1]), flush=True)
     finally:
         worker.terminate()
         worker.wait(60)

@@ -17,4 +17,10 @@ def check_cbir_settings(app_configs, **kwargs):
         )
     if settings.CBIR_MAX_IMAGE_PIXELS < 1:
         errors.append(Error("CBIR_MAX_IMAGE_PIXELS must be positive.", id="cbir.E003"))
+    from search.selectors import MAX_QUERY_EXPANSION
+
+    if not 0 <= settings.CBIR_QUERY_EXPANSION <= MAX_QUERY_EXPANSION:
+        errors.append(
+            Error(f"CBIR_QUERY_EXPANSION={settings.CBIR_QUERY_EXPANSION} is outside 0..{MAX_QUERY_EXPANSION}.", id="cbir.E004")
+        )
     return errors

@@ -35,7 +35,11 @@ class EncoderVersionAdmin(admin.ModelAdmin):
         if not evaluations:
             return "—"
         return format_html_join(
-            ", ", "{}: {} / {}", ((name, m.get("P@10", "?"), m.get("mAP@10", "?")) for name, m in evaluations.items())
+            ", ", "{}: {} / {}{}",
+            (
+                (name, m.get("P@10", "?"), m.get("mAP@10", "?"), f" (query expansion {m['query_expansion']})" if m.get("query_expansion") else "")
+                for name, m in evaluations.items()
+            ),
         )
 
     @admin.display(description="loss curve and reconstructions")

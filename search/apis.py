@@ -41,6 +41,11 @@ class SearchParamsSerializer(serializers.Serializer):
         help_text="leave out exact (byte-identical) duplicates of the query; "
         "default true for /similar/ (the query image itself is always left out), false for uploads",
     )
+    expand = serializers.IntegerField(
+        required=False, default=None, allow_null=True, min_value=0, max_value=selectors.MAX_QUERY_EXPANSION,
+        help_text=f"query expansion: rank by the query plus its this-many nearest images (0 = off; "
+        f"default {settings.CBIR_QUERY_EXPANSION})",
+    )
 
     def to_internal_value(self, data):
         if hasattr(data, "getlist"):  # QueryDict: collection may repeat and may hold commas
@@ -64,7 +69,10 @@ class SearchParamsSerializer(serializers.Serializer):
 
 
 class HitOutputSerializer(ImageOutputSerializer):
-    distance = serializers.FloatField(help_text="cosine distance to the query, 0 = same direction, 2 = opposite")
+    distance = serializers.FloatField(
+        help_text="cosine distance to the query, 0 = same direction, 2 = opposite (with query expansion the results "
+        "are ordered by the expanded query, so distances may be slightly out of order)"
+    )
     similarity = serializers.FloatField(help_text="1 - distance (cosine similarity)")
 
 
@@ -83,6 +91,12 @@ SEARCH_PARAMETERS = [
     OpenApiParameter("label", str, description="only images with this label"),
     OpenApiParameter("min_similarity", float, description="only results at least this similar (-1..1)"),
     OpenApiParameter("exact", bool, description="true: exhaustive scan instead of the HNSW index (ground truth)"),
+    OpenApiParameter(
+        "expand", int,
+        description=f"query expansion, 0..{selectors.MAX_QUERY_EXPANSION}: rank by the query plus its this-many nearest "
+        f"images, each weighted by its similarity cubed; distances stay those to the query. 0 = plain nearest "
+        f"neighbours; default {settings.CBIR_QUERY_EXPANSION}",
+    ),
     OpenApiParameter("exclude", bool, description="leave out byte-identical duplicates of the query (default true here)"),
 ]
 ERRORS = {
@@ -132,7 +146,7 @@ class ImageSimilarApi(APIView):
             encoder = selectors.encoder_active()
             hits = selectors.image_list_similar(
                 image=image, k=data["k"], offset=data["offset"], filters=params.filters(),
-                exclude_duplicates=data["exclude"] is not False, encoder=encoder,
+                exclude_duplicates=data["exclude"] is not False, encoder=encoder, expand=data["expand"],
             )
         except selectors.SearchUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
@@ -185,7 +199,7 @@ class SearchApi(APIView):
             encoder = selectors.encoder_active()
             hits = selectors.upload_list_similar(
                 data=upload.read(), k=data["k"], offset=data["offset"], filters=params.filters(),
-                exclude_duplicates=bool(data["exclude"]), encoder=encoder,
+                exclude_duplicates=bool(data["exclude"]), encoder=encoder, expand=data["expand"],
             )
         except imaging.ImageRejected as exc:
             return Response({"error": f"image: {exc}", "errors": {"image": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST)

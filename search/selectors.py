@@ -68,6 +68,8 @@ def similar_queryset(
     k: int,
     offset: int = 0,
     filters: SearchFilters = SearchFilters(),
+    with_vectors: bool = False,
+    anchor: Sequence[float] | np.ndarray | None = None,
 ):
     """The ranking as one ORM query on the embedding table: ``ORDER BY vector <=> query LIMIT k``
     over one encoder's vectors, yielding (image_id, distance). Images are fetched by id
@@ -76,7 +78,12 @@ def similar_queryset(
     When the search is exact (``filters.exact``, or automatically when the collection and label
     filters leave few candidates) it ranks by ``(vector <=> query) + 0`` instead: an expression no index
     can serve, so the planner scans the filtered rows exhaustively. That keeps the exact path one
-    statement, with no session settings and no transaction around it."""
+    statement, with no session settings and no transaction around it. ``with_vectors`` adds each
+    row's vector as a third value.
+
+    With an ``anchor`` (the original query, when ``vector`` is its expansion) the rows are still
+    ordered by ``vector``, but the distance returned and the ``min_similarity`` filter are to the
+    anchor: what a result's distance means does not change with query expansion."""
     distance = CosineDistance("vector", np.asarray(vector, dtype=np.float32))
     exact = filters.exact if filters.exact is not None else _few_candidates(encoder, filters)
     if exact:
@@ -98,9 +105,14 @@ def similar_queryset(
             RawSQL('NOT ("search_embedding"."image_id" = ANY(%s::bigint[]))', (excluded,), output_field=BooleanField())
         )
     queryset = queryset.annotate(distance=distance)
+    shown = "distance"
+    if anchor is not None:
+        queryset = queryset.annotate(anchor_distance=CosineDistance("vector", np.asarray(anchor, dtype=np.float32)))
+        shown = "anchor_distance"
     if filters.min_similarity is not None:
-        queryset = queryset.filter(distance__lte=1.0 - filters.min_similarity)
-    return queryset.order_by("distance").values_list("image_id", "distance")[offset : offset + k]
+        queryset = queryset.filter(**{f"{shown}__lte": 1.0 - filters.min_similarity})
+    fields = ("image_id", shown, "vector") if with_vectors else ("image_id", shown)
+    return queryset.order_by("distance").values_list(*fields)[offset : offset + k]
 
 
 @contextmanager
@@ -157,6 +169,48 @@ def _narrowed(filters: SearchFilters, k: int) -> bool:
     return bool(filters.collection_ids or filters.label) or len(filters.exclude_image_ids) > k
 
 
+# Query expansion (Chum et al. 2007; the alpha-weighted form of Radenovic et al. 2018): the query
+# plus its nearest neighbours' vectors, each weighted by max(0, cosine similarity) ** 3, so close
+# neighbours count almost fully and loose ones hardly at all. Neighbours that are right pull the
+# query toward what they share with it; the weighting keeps a wrong one from dragging it away.
+QUERY_EXPANSION_POWER = 3
+# More neighbours than this would average the query away into its neighbourhood (checked for
+# CBIR_QUERY_EXPANSION, and the API's `expand` limit).
+MAX_QUERY_EXPANSION = 50
+
+
+def expanded_query(vector: Sequence[float] | np.ndarray, neighbours: Sequence[tuple[float, Sequence[float]]]) -> np.ndarray:
+    """The unit vector of ``vector`` plus each neighbour's unit vector weighted by
+    max(0, 1 - distance) ** QUERY_EXPANSION_POWER; ``neighbours`` are (cosine distance, vector)."""
+    query = np.asarray(vector, dtype=np.float64)
+    expanded = query / max(np.linalg.norm(query), 1e-12)
+    for distance, neighbour in neighbours:
+        neighbour = np.asarray(neighbour, dtype=np.float64)
+        weight = max(0.0, 1.0 - float(distance)) ** QUERY_EXPANSION_POWER
+        expanded = expanded + weight * neighbour / max(np.linalg.norm(neighbour), 1e-12)
+    return (expanded / max(np.linalg.norm(expanded), 1e-12)).astype(np.float32)
+
+
+def _ranked(
+    *, vector, encoder: EncoderVersion, k: int, offset: int, filters: SearchFilters, with_vectors: bool = False, anchor=None
+) -> list[tuple]:
+    """(image_id, distance[, vector]) of the ranking, nearest first: through the index or an
+    exhaustive scan as ``filters.exact`` says (None: automatic, see ``SearchFilters``);
+    ``with_vectors`` and ``anchor`` as for ``similar_queryset``."""
+    options = {"with_vectors": with_vectors, "anchor": anchor}
+    automatic = filters.exact is None
+    if automatic:
+        filters = replace(filters, exact=_few_candidates(encoder, filters))
+    with hnsw_session(k=offset + k):
+        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, **options))
+    if automatic and not filters.exact and len(ranked) < k and filters.min_similarity is None and _narrowed(filters, k):
+        # An iterative index scan gives up after hnsw.max_scan_tuples; a filter that few rows pass
+        # can end it short of k although more matches exist. The exhaustive scan cannot.
+        exhaustive = replace(filters, exact=True)
+        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=exhaustive, **options))
+    return ranked
+
+
 def vector_list_similar(
     *,
     vector: Sequence[float] | np.ndarray,
@@ -166,24 +220,32 @@ def vector_list_similar(
     filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None,
     exclude_image_ids: Sequence[int] = (),
+    expand: int | None = None,
 ) -> list[Hit]:
     """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first,
     skipping the first ``offset`` (pagination). ``collection_ids`` / ``exclude_image_ids`` are
-    shorthands for the same fields of ``filters``; ``filters.exact`` picks the index or an exhaustive scan."""
+    shorthands for the same fields of ``filters``; ``filters.exact`` picks the index or an exhaustive scan.
+
+    With ``expand`` > 0 (default: CBIR_QUERY_EXPANSION) the query is first expanded with its
+    ``expand`` nearest images under the same filters (``expanded_query``) and the images are
+    ranked by the expanded query; each hit's distance, and ``min_similarity``, stay those to
+    ``vector`` itself, so the distances of a page can be slightly out of order. Deterministic:
+    every page of one search ranks by the same expanded query."""
     if exclude_image_ids:
         filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
     if collection_ids:
         filters = replace(filters, collection_ids=tuple(collection_ids))
-    automatic = filters.exact is None
-    if automatic:
-        filters = replace(filters, exact=_few_candidates(encoder, filters))
-    with hnsw_session(k=offset + k):
-        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters))
-    if automatic and not filters.exact and len(ranked) < k and filters.min_similarity is None and _narrowed(filters, k):
-        # An iterative index scan gives up after hnsw.max_scan_tuples; a filter that few rows pass
-        # can end it short of k although more matches exist. The exhaustive scan cannot.
-        exhaustive = replace(filters, exact=True)
-        ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=exhaustive))
+    expand = settings.CBIR_QUERY_EXPANSION if expand is None else expand
+    ranking, anchor = vector, None
+    if expand > 0:
+        if filters.exclude_sha256:  # resolved once here rather than by each of the two rankings
+            copies = Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True)
+            filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *copies), exclude_sha256=())
+        neighbours = _ranked(
+            vector=vector, encoder=encoder, k=expand, offset=0, filters=replace(filters, min_similarity=None), with_vectors=True
+        )
+        ranking, anchor = expanded_query(vector, [(distance, neighbour) for _, distance, neighbour in neighbours]), vector
+    ranked = _ranked(vector=ranking, encoder=encoder, k=k, offset=offset, filters=filters, anchor=anchor)
     images = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in ranked])
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
 
@@ -197,10 +259,11 @@ def image_list_similar(
     collection_ids: Sequence[int] | None = None,
     exclude_duplicates: bool = True,
     encoder: EncoderVersion | None = None,
+    expand: int | None = None,
 ) -> list[Hit]:
     """The ``k`` images most similar to an indexed image. The image itself is always left out;
     with ``exclude_duplicates``, so are byte-identical copies of it. ``encoder`` defaults to the
-    active one."""
+    active one; ``expand`` as for ``vector_list_similar``."""
     encoder = encoder or encoder_active()
     embedding = Embedding.objects.filter(image=image, encoder=encoder).only("vector").first()
     if embedding is None:
@@ -211,13 +274,15 @@ def image_list_similar(
         exclude_sha256=(*filters.exclude_sha256, image.sha256) if exclude_duplicates and image.sha256 else filters.exclude_sha256,
     )
     return vector_list_similar(
-        vector=embedding.vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids
+        vector=embedding.vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids,
+        expand=expand,
     )
 
 
 def upload_list_similar(
     *, data: bytes, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None, exclude_duplicates: bool = False, encoder: EncoderVersion | None = None,
+    expand: int | None = None,
 ) -> list[Hit]:
     """The ``k`` images most similar to an uploaded file. Raises ``ImageRejected`` for bad bytes.
     With ``exclude_duplicates``, stored byte-identical copies of the upload are left out."""
@@ -228,31 +293,33 @@ def upload_list_similar(
     if exclude_duplicates:
         filters = replace(filters, exclude_sha256=(*filters.exclude_sha256, hashlib.sha256(data).hexdigest()))
     return picture_list_similar(
-        picture=imaging.decode_rgb(data), k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder
+        picture=imaging.decode_rgb(data), k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder,
+        expand=expand,
     )
 
 
 def picture_list_similar(
     *, picture, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
-    collection_ids: Sequence[int] | None = None, encoder: EncoderVersion | None = None,
+    collection_ids: Sequence[int] | None = None, encoder: EncoderVersion | None = None, expand: int | None = None,
 ) -> list[Hit]:
     """The ``k`` images most similar to a decoded RGB picture, embedded here with ``encoder``
-    (default: the active one)."""
+    (default: the active one); ``expand`` as for ``vector_list_similar``."""
     from workers.autoencoder.inference import load_embedder
 
     encoder = encoder or encoder_active()
     vector = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE).embed([picture])[0]
     return vector_list_similar(
-        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids
+        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids, expand=expand
     )
 
 
 def collection_evaluate(
-    *, collection_id: int, ks: Sequence[int], progress=None, encoder: EncoderVersion | None = None
+    *, collection_id: int, ks: Sequence[int], progress=None, encoder: EncoderVersion | None = None, expand: int | None = None
 ) -> dict:
     """Precision@k and mAP@k for every labelled image of a collection used as a query against all
     the other images of the collection, through the same ranking as the API (``vector_list_similar``),
-    with the vectors of ``encoder`` (default: the active one).
+    with the vectors of ``encoder`` (default: the active one) and its query expansion (``expand``,
+    default CBIR_QUERY_EXPANSION).
 
     An encoder trained with labels is scored on its held-out images only: they are the queries and
     the only candidates, so no figure involves an image whose label it learned from."""
@@ -278,7 +345,7 @@ def collection_evaluate(
     for image_id, label, vector in rows:
         hits = vector_list_similar(
             vector=vector, encoder=encoder, k=depth, collection_ids=[collection_id],
-            exclude_image_ids=[image_id, *learned_from],
+            exclude_image_ids=[image_id, *learned_from], expand=expand,
         )
         relevant = [hit.image.label == label for hit in hits] + [False] * (depth - len(hits))
         total_relevant = label_counts[label] - 1
@@ -298,6 +365,7 @@ def collection_evaluate(
         labels=len(label_counts),
         encoder=encoder.pk,
         held_out_only=bool(learned_from),
+        query_expansion=settings.CBIR_QUERY_EXPANSION if expand is None else expand,
         per_label={
             label: {key: round(v / label_counts[label], 4) for key, v in metrics.items()}
             for label, metrics in sorted(per_label.items())

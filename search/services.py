@@ -95,7 +95,7 @@ def encoder_record_evaluation(*, encoder_id: int, collection_name: str, metrics:
             **encoder.metrics,
             "evaluation": {
                 **encoder.metrics.get("evaluation", {}),
-                collection_name: {k: v for k, v in metrics.items() if k.startswith(("P@", "mAP@")) or k == "queries"},
+                collection_name: {k: v for k, v in metrics.items() if k.startswith(("P@", "mAP@")) or k in ("queries", "query_expansion")},
             },
         }
         encoder.save(update_fields=["metrics"])

@@ -1,8 +1,10 @@
 """The whole way, on real parts: admin upload -> Celery worker (real Redis) -> train -> activate ->
 search over HTTP returns the image first for itself."""
 import pytest
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.urls import reverse
 
 from gallery.models import Collection, Image
@@ -102,12 +104,19 @@ def test_evaluate_command_reports_precision_through_search(celery_worker, capsys
     capsys.readouterr()
     call_command("evaluate", "--collection", "e2e", "--k", "1", "4", "--json")
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder", "held_out_only"}
+    assert set(result) == {"P@1", "P@4", "mAP@1", "mAP@4", "queries", "labels", "encoder", "held_out_only", "query_expansion"}
     assert result["held_out_only"] is False
+    assert result["query_expansion"] == settings.CBIR_QUERY_EXPANSION  # ranked as search ranks
     assert result["queries"] == 10 and result["labels"] == 2 and result["encoder"] == encoder.pk
     assert 0.5 < result["P@1"] <= 1.0 and 0.0 < result["mAP@4"] <= 1.0
     encoder.refresh_from_db()  # the figures are kept on the encoder version for the admin
-    assert encoder.metrics["evaluation"]["e2e"] == {k: result[k] for k in ("P@1", "P@4", "mAP@1", "mAP@4", "queries")}
+    kept = ("P@1", "P@4", "mAP@1", "mAP@4", "queries", "query_expansion")
+    assert encoder.metrics["evaluation"]["e2e"] == {k: result[k] for k in kept}
+    call_command("evaluate", "--collection", "e2e", "--k", "1", "4", "--json", "--expand", "0")
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["query_expansion"] == 0 and plain["queries"] == 10
+    with pytest.raises(CommandError, match="--expand"):
+        call_command("evaluate", "--collection", "e2e", "--expand", "-1")
 
     plot = tmp_path / "grid.png"
     call_command("evaluate", "--collection", "e2e", "--k", "4", "--plot", str(plot), "--plot-queries", "2")
@@ -179,8 +188,6 @@ def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):
 
 def test_use_labels_learns_a_metric_and_is_scored_on_held_out_images_only(celery_worker, capsys):
     import json
-
-    from django.core.management.base import CommandError
 
     collection = _red_and_blue_collection(5)
     with pytest.raises(CommandError, match="--arch patch_kmeans"):

@@ -32,3 +32,12 @@ def test_external_urls_start_no_embedded_server(tmp_path):
     name, broker = json.loads(out.stdout.strip().splitlines()[-1])
     assert (name, broker) == (params["NAME"], settings.CELERY_BROKER_URL)
     assert not (tmp_path / "var" / "postgres").exists() and not (tmp_path / "var" / "redis").exists()
+
+
+@pytest.mark.parametrize("expansion, valid", [(0, True), (3, True), (50, True), (-1, False), (51, False)])
+def test_query_expansion_setting_is_checked(settings, expansion, valid):
+    from cbir_site.checks import check_cbir_settings
+
+    settings.CBIR_QUERY_EXPANSION = expansion
+    ids = [error.id for error in check_cbir_settings(None)]
+    assert ("cbir.E004" not in ids) == valid

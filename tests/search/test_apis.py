@@ -71,15 +71,17 @@ def test_upload_search_pages_through_its_next_link(client, indexed):
 
 def test_similar_leaves_the_query_out_and_pins_queries(client, indexed, django_assert_num_queries):
     image = Image.objects.get(original_name="c0.png")
-    # image, encoder, query vector, ids of its byte-identical copies, ranking, images (the search
-    # settings come with the connection);
+    # image, encoder, query vector, ids of its byte-identical copies, the query's nearest images
+    # for query expansion, ranking, images (the search settings come with the connection);
     # a collection filter adds the collection and (once per few minutes, cached) a bounded count
-    # of its candidates; this collection being small, the ranking is an exhaustive scan, still
-    # one statement.
+    # of its candidates; this collection being small, the rankings are exhaustive scans, still
+    # one statement each. expand=0 leaves out the expansion's query.
     for k in (2, 10):
-        with django_assert_num_queries(6):
+        with django_assert_num_queries(7):
             client.get(reverse("api-image-similar", args=[image.pk]), {"k": k})
-        with django_assert_num_queries(8 if k == 2 else 7):
+        with django_assert_num_queries(6):
+            client.get(reverse("api-image-similar", args=[image.pk]), {"k": k, "expand": 0})
+        with django_assert_num_queries(9 if k == 2 else 8):
             response = client.get(reverse("api-image-similar", args=[image.pk]), {"k": k, "collection": "colours"})
     body = response.json()
     assert response.status_code == 200

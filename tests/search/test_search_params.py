@@ -51,7 +51,7 @@ def test_label_and_min_similarity_filters(client, two_collections):
     query = Image.objects.get(original_name="a1")
     labelled = _similar(client, query, label="y", k=50)["results"]
     assert labelled and {hit["label"] for hit in labelled} == {"y"}
-    everything = _similar(client, query, k=50)["results"]
+    everything = _similar(client, query, k=50, expand=0)["results"]  # plain: ordered by similarity to the query
     threshold = (everything[2]["similarity"] + everything[3]["similarity"]) / 2  # between the 3rd and the 4th
     assert everything[2]["similarity"] > everything[3]["similarity"]
     close = _similar(client, query, min_similarity=threshold, k=50)["results"]
@@ -91,6 +91,8 @@ def test_pages_follow_each_other(client, two_collections):
         ({"min_similarity": "2"}, "min_similarity"),
         ({"collection": "a,nope"}, "collection"),
         ({"exclude": "maybe"}, "exclude"),
+        ({"expand": "-1"}, "expand"),
+        ({"expand": "51"}, "expand"),
     ],
 )
 def test_invalid_parameters_are_named(client, two_collections, params, name):

@@ -49,7 +49,7 @@ def test_ranks_by_cosine_distance_exactly(world):
 
 def test_k_limits_and_no_collection_means_all(world):
     encoder, *_ = world
-    hits = selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=2)
+    hits = selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=2, expand=0)
     assert [hit.image.original_name for hit in hits] == ["same", "elsewhere"]
 
 
@@ -75,6 +75,48 @@ def test_never_mixes_vectors_of_two_encoders(world):
     hits = selectors.image_list_similar(image=images["same"], k=10)
     assert [hit.image.original_name for hit in hits][0] == "elsewhere"
     assert hits[-1].image.original_name == "opposite" and hits[-1].distance == pytest.approx(2.0)
+
+
+@pytest.fixture
+def fan():
+    """Around the query (0, 1): "near" at cosine 0.95 and "beyond" at 0.88, both leaning toward
+    axis 1; "aside" at 0.90, leaning toward axis 2."""
+    encoder = _encoder()
+    fan = Collection.objects.create(name="fan")
+    for name, (a, b, c) in {"near": (0.95, 0.3122, 0), "beyond": (0.88, 0.4750, 0), "aside": (0.90, 0, 0.4359)}.items():
+        _image(fan, name, vector((0, a), (1, b), (2, c)), encoder)
+    return encoder, fan
+
+
+def test_query_expansion_ranks_by_the_query_and_its_nearest_images(fan):
+    encoder, fan = fan
+    query = vector((0, 1.0))
+    plain = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=0)
+    assert [hit.image.original_name for hit in plain] == ["near", "aside", "beyond"]
+    # Expanded with "near" (weight 0.95 ** 3), the query leans toward axis 1: "beyond" (0.94 to the
+    # expanded query) now ranks before "aside" (0.89).
+    expanded = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1)
+    assert [hit.image.original_name for hit in expanded] == ["near", "beyond", "aside"]
+    # Distances stay those to the query itself, whatever the order.
+    assert {hit.image.original_name: hit.distance for hit in expanded} == pytest.approx(
+        {"near": 0.05, "beyond": 0.12, "aside": 0.10}, abs=1e-4
+    )
+    # ... and so does min_similarity: "beyond" is 0.88 similar to the query, below 0.89.
+    filters = selectors.SearchFilters(min_similarity=0.89)
+    kept = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1, filters=filters)
+    assert [hit.image.original_name for hit in kept] == ["near", "aside"]
+    # Pages follow each other under the same expanded query.
+    pages = [selectors.vector_list_similar(vector=query, encoder=encoder, k=1, offset=i, expand=1)[0] for i in range(3)]
+    assert [hit.image.original_name for hit in pages] == ["near", "beyond", "aside"]
+
+
+def test_expanded_query_weights_neighbours_by_similarity_cubed():
+    query = np.array([1.0, 0.0, 0.0])
+    close, far = np.array([0.0, 2.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    expanded = selectors.expanded_query(query, [(0.1, close), (1.5, far)])  # the second is dissimilar: weight 0
+    unnormalised = query + 0.9**3 * close / 2
+    assert expanded == pytest.approx(unnormalised / np.linalg.norm(unnormalised), abs=1e-6)
+    assert selectors.expanded_query(query * 3, []) == pytest.approx(query)
 
 
 def test_no_active_encoder_is_a_clear_error():
@@ -134,7 +176,7 @@ def test_plan_uses_the_hnsw_index(big_world):
 
 def test_filter_to_a_tiny_collection_still_returns_k(big_world):
     encoder, _, small, centres = big_world
-    hits = selectors.vector_list_similar(vector=centres[0], encoder=encoder, k=10, collection_ids=[small.pk])
+    hits = selectors.vector_list_similar(vector=centres[0], encoder=encoder, k=10, collection_ids=[small.pk], expand=0)
     assert len(hits) == 10
     assert {hit.image.collection_id for hit in hits} == {small.pk}
     distances = [hit.distance for hit in hits]
@@ -158,7 +200,7 @@ def test_an_index_scan_that_gives_up_short_falls_back_to_the_exhaustive_scan(big
         queryset = selectors.similar_queryset(vector=centres[0], encoder=encoder, k=15, filters=filters)
         assert "embedding_vector_hnsw" in queryset.explain()
         assert len(list(queryset)) < 15  # what the index alone gives
-        hits = selectors.vector_list_similar(vector=centres[0], encoder=encoder, k=15, filters=filters)
+        hits = selectors.vector_list_similar(vector=centres[0], encoder=encoder, k=15, filters=filters, expand=0)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET hnsw.max_scan_tuples; RESET enable_sort")
@@ -172,7 +214,7 @@ def test_index_answer_matches_an_exact_scan(big_world):
     encoder, *_, centres = big_world
     found = 0
     for query in centres[:8] + 0.1:
-        approximate = [hit.image.pk for hit in selectors.vector_list_similar(vector=query, encoder=encoder, k=10)]
+        approximate = [hit.image.pk for hit in selectors.vector_list_similar(vector=query, encoder=encoder, k=10, expand=0)]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT image_id FROM search_embedding WHERE encoder_id = %s ORDER BY vector::text::vector <=> %s::vector LIMIT 10",
@@ -193,8 +235,10 @@ def test_exact_mode_and_small_collections_skip_the_index(big_world):
     # The 20-image collection is under EXACT_SCAN_MAX_CANDIDATES: exhaustive, hence exact, automatically.
     assert selectors._few_candidates(encoder, selectors.SearchFilters(collection_ids=(small.pk,)))
     assert not selectors._few_candidates(encoder, plain)
-    exact = selectors.vector_list_similar(vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=True))
-    approximate = selectors.vector_list_similar(vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=False))
+    exact = selectors.vector_list_similar(vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=True), expand=0)
+    approximate = selectors.vector_list_similar(
+        vector=centres[1], encoder=encoder, k=10, filters=selectors.SearchFilters(exact=False), expand=0
+    )
     assert [hit.distance for hit in exact] == sorted(hit.distance for hit in exact)
     assert len({hit.image.pk for hit in exact} & {hit.image.pk for hit in approximate}) >= 9
 

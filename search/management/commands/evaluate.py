@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery.models import Collection
-from search.selectors import SearchUnavailable, collection_evaluate
+from search.selectors import MAX_QUERY_EXPANSION, SearchUnavailable, collection_evaluate
 from search.services import encoder_record_evaluation
 
 
@@ -21,32 +21,41 @@ class Command(BaseCommand):
             "--compare", type=int, nargs="+", metavar="ENCODER_ID",
             help="evaluate these encoder versions side by side (their vectors are computed first if missing)",
         )
+        parser.add_argument(
+            "--expand", type=int, default=None, metavar="N",
+            help="query expansion with N neighbours, as search does (default: CBIR_QUERY_EXPANSION; 0 = plain nearest neighbours)",
+        )
         parser.add_argument("--plot", type=Path, help="write a result-grid PNG: queries beside their top-k, wrong results in red")
         parser.add_argument("--plot-queries", type=int, default=8, help="queries in the grid (one per label, in turn)")
 
-    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, plot, plot_queries, compare, **options):
+    def handle(self, *args, collection: str, k: list[int], as_json: bool, per_label: bool, plot, plot_queries, compare, expand, **options):
         target = Collection.objects.filter(name=collection).first()
         if target is None:
             raise CommandError(f"no collection named {collection!r}")
         if any(value < 1 for value in k):
             raise CommandError("--k values must be at least 1")
         ks = sorted(set(k))
+        if expand is not None and not 0 <= expand <= MAX_QUERY_EXPANSION:
+            raise CommandError(f"--expand must be between 0 and {MAX_QUERY_EXPANSION}")
         if compare:
-            self._compare(target, ks=ks, encoder_ids=compare, as_json=as_json)
+            self._compare(target, ks=ks, encoder_ids=compare, as_json=as_json, expand=expand)
             return
         total = target.images.exclude(label="").count()
         try:
             with tqdm(total=total, desc="evaluating", unit="query", disable=as_json) as bar:
-                result = collection_evaluate(collection_id=target.pk, ks=ks, progress=bar)
+                result = collection_evaluate(collection_id=target.pk, ks=ks, progress=bar, expand=expand)
         except (SearchUnavailable, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         encoder_record_evaluation(encoder_id=result["encoder"], collection_name=target.name, metrics=result)
         if plot:
-            self._plot(target, depth=max(ks), path=plot, count=plot_queries)
+            self._plot(target, depth=max(ks), path=plot, count=plot_queries, expand=expand)
         if as_json:
             self.stdout.write(json.dumps(result if per_label else {k: v for k, v in result.items() if k != "per_label"}))
             return
-        self.stdout.write(f"{target.name}: {result['queries']} queries, {result['labels']} labels, encoder #{result['encoder']}")
+        self.stdout.write(
+            f"{target.name}: {result['queries']} queries, {result['labels']} labels, encoder #{result['encoder']}, "
+            f"query expansion {result['query_expansion'] or 'off'}"
+        )
         if result["held_out_only"]:
             self.stdout.write("held-out images only: the encoder learned from the other images' labels")
         keys = [f"P@{k}" for k in ks] + [f"mAP@{k}" for k in ks]
@@ -56,7 +65,7 @@ class Command(BaseCommand):
             for label, metrics in result["per_label"].items():
                 self.stdout.write(f"{label[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))
 
-    def _plot(self, collection, *, depth: int, path: Path, count: int) -> None:
+    def _plot(self, collection, *, depth: int, path: Path, count: int, expand: int | None) -> None:
         from gallery.models import Image
         from search.plots import result_grid_png
         from search.selectors import image_list_similar
@@ -69,11 +78,11 @@ class Command(BaseCommand):
                 queries.append(image)
             if len(queries) == count:
                 break
-        rows = [(q, image_list_similar(image=q, k=depth, collection_ids=[collection.pk])) for q in queries]
+        rows = [(q, image_list_similar(image=q, k=depth, collection_ids=[collection.pk], expand=expand)) for q in queries]
         result_grid_png(path, rows)
         self.stderr.write(f"result grid written to {path}")
 
-    def _compare(self, collection, *, ks: list[int], encoder_ids: list[int], as_json: bool) -> None:
+    def _compare(self, collection, *, ks: list[int], encoder_ids: list[int], as_json: bool, expand: int | None) -> None:
         from search.models import EncoderVersion
         from workers.services import encoder_embed_collection
 
@@ -85,7 +94,7 @@ class Command(BaseCommand):
             embedded = encoder_embed_collection(encoder=encoder, collection=collection)
             if embedded and not as_json:
                 self.stderr.write(f"encoder #{encoder_id}: embedded {embedded} images first")
-            result = collection_evaluate(collection_id=collection.pk, ks=ks, encoder=encoder)
+            result = collection_evaluate(collection_id=collection.pk, ks=ks, encoder=encoder, expand=expand)
             encoder_record_evaluation(encoder_id=encoder.pk, collection_name=collection.name, metrics=result)
             results[str(encoder_id)] = {key: v for key, v in result.items() if key != "per_label"} | {"name": encoder.name}
         if as_json:
