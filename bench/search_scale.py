@@ -1,6 +1,6 @@
 """Search at scale: HNSW vs exact scan on 1,000,000 vectors in the real table.
 
-    .venv/bin/python bench/search_scale.py [--vectors 1000000] [--queries 200]
+    .venv/bin/python bench/search_scale.py [--vectors 1000000] [--queries 200] [--skip-load] [--expansion-only]
 
 Loads into the product's own tables (gallery_image, search_embedding) under var/bench-search
 (embedded PostgreSQL 18 + pgvector): clustered synthetic vectors of the encoder's width, made
@@ -16,7 +16,10 @@ Then, in one run:
   in-process, so without HTTP), unfiltered and filtered to the 1% collection, and recall@10
   against the exact answer;
 - times the exact scan (exhaustive, as `?exact=1` runs it) on the same queries, for the speed-up;
-- API latency of GET /api/images/{id}/similar/?k=10 through HTTP (gunicorn, 2 workers).
+- API latency of GET /api/images/{id}/similar/?k=10 through HTTP (gunicorn, 2 workers), with the
+  product's query expansion (the default) and with expand=0;
+- the product's search with query expansion against without it, in alternating rounds
+  (``--expansion-only``: that and the API latencies alone).
 """
 from __future__ import annotations
 
@@ -151,9 +154,10 @@ def build_index() -> dict:
     return {"seconds": round(seconds, 1), "index_mb": round(index_bytes / 2**20), "table_mb": round(table_bytes / 2**20), "maintenance_work_mem": MAINTENANCE_WORK_MEM}
 
 
-def run_queries(queries, encoder, k, collection_ids, ef, exact=False):
+def run_queries(queries, encoder, k, collection_ids, ef, exact=False, expand=0):
     """Time the product's own ranking (search.selectors.vector_list_similar: ranking + image fetch),
-    with hnsw.ef_search = ef; ``exact`` forces the exhaustive scan (the ground truth)."""
+    with hnsw.ef_search = ef; ``exact`` forces the exhaustive scan (the ground truth). ``expand``:
+    the query expansion, 0 (none) unless asked, so the figures are the ranking's own."""
     from django.conf import settings
 
     from search.selectors import SearchFilters, vector_list_similar
@@ -168,9 +172,7 @@ def run_queries(queries, encoder, k, collection_ids, ef, exact=False):
     latencies, answers = [], []
     for vector in queries:
         started = time.perf_counter()
-        # expand=0: the ranking itself, as this bench has always timed it; query expansion adds
-        # a second, shallower ranking query (k = CBIR_QUERY_EXPANSION) before it.
-        hits = vector_list_similar(vector=vector, encoder=encoder, k=k, filters=filters, expand=0)
+        hits = vector_list_similar(vector=vector, encoder=encoder, k=k, filters=filters, expand=expand)
         latencies.append((time.perf_counter() - started) * 1000)
         answers.append([hit.image.pk for hit in hits])
     return latencies, answers
@@ -197,18 +199,33 @@ def sql_only(queries, encoder, k, ef, collection_ids=()):
     return latencies
 
 
+def expansion_cost(queries, encoder, k, ef, expand, rounds=3) -> dict:
+    """The product's search with query expansion against without it, at hnsw.ef_search = ef, in
+    alternating rounds over the same queries (so drift of the machine hits both alike)."""
+    with_expansion, without = [], []
+    for _ in range(rounds):
+        without += run_queries(queries, encoder, k, None, ef, expand=0)[0]
+        with_expansion += run_queries(queries, encoder, k, None, ef, expand=expand)[0]
+    return {
+        "ef_search": ef, "expand": expand,
+        "expand_p50_ms": pct(with_expansion, 50), "expand_p95_ms": pct(with_expansion, 95),
+        "plain_p50_ms": pct(without, 50), "plain_p95_ms": pct(without, 95),
+        "ratio_p50": round(pct(with_expansion, 50) / pct(without, 50), 2),
+    }
+
+
 def recall(approx, exact, k):
     return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
 
 
-def api_latency(ids, ef: int, port=8765) -> dict:
+def api_latency(ids, ef: int, port=8765, query: str = "k=10") -> dict:
     env = {**os.environ, "CBIR_HNSW_EF_SEARCH": str(ef)}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "cbir_site.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        url = f"http://127.0.0.1:{port}/api/images/{{}}/similar/?k=10"
+        url = f"http://127.0.0.1:{port}/api/images/{{}}/similar/?{query}"
         for _ in range(100):
             try:
                 urllib.request.urlopen(url.format(ids[0]), timeout=5).read()
@@ -234,6 +251,10 @@ def main():
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-load", action="store_true", help="reuse the table and index of the last run")
+    parser.add_argument(
+        "--expansion-only", action="store_true",
+        help="only time search with the product's query expansion against without it, at the default ef_search",
+    )
     args = parser.parse_args()
     setup_django()
     from django.conf import settings
@@ -267,6 +288,16 @@ def main():
     k = 10
     run_queries(queries, encoder, k, None, 40)  # warm-up, not measured: index and table pages into memory
     run_queries(queries, encoder, k, [small_id], 40)
+    api_ef = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 80))
+    report["query_expansion"] = expansion_cost(queries, encoder, k, api_ef, settings.CBIR_QUERY_EXPANSION)
+    print(json.dumps({"query_expansion": report["query_expansion"]}), flush=True)
+    if args.expansion_only:
+        ids = list(Embedding.objects.filter(id__in=chosen).order_by("id").values_list("image_id", flat=True))
+        report["api_similar_ef_search"] = api_ef
+        report["api_similar"] = api_latency(ids, api_ef)
+        report["api_similar_expand_0"] = api_latency(ids, api_ef, query="k=10&expand=0")
+        print(json.dumps(report, indent=2))
+        return
     exact_lat, exact_ans = run_queries(queries, encoder, k, None, 0, exact=True)
     exact_small_lat, exact_small_ans = run_queries(queries, encoder, k, [small_id], 0, exact=True)
     report["exact_scan_ms"] = {"p50": pct(exact_lat, 50), "p95": pct(exact_lat, 95)}
@@ -298,9 +329,9 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     report["by_ef_search"] = rows
     ids = list(Embedding.objects.filter(id__in=chosen).order_by("id").values_list("image_id", flat=True))
-    api_ef = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 80))
     report["api_similar_ef_search"] = api_ef
     report["api_similar"] = api_latency(ids, api_ef)
+    report["api_similar_expand_0"] = api_latency(ids, api_ef, query="k=10&expand=0")
     print(json.dumps(report, indent=2))
     (VAR / "last-report.json").write_text(json.dumps(report, indent=2))
 
