@@ -1,6 +1,7 @@
 """The default encoder, patch_kmeans: fitted on images made here, checked for shape, determinism,
 what it ranks close, and that its checkpoint rebuilds it."""
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,43 @@ def test_checkpoint_and_embedder_rebuild_the_same_encoder(fitted, tmp_path):
     vectors = load_embedder(path, device="cpu").embed(pictures)
     assert vectors.shape == (2, 16) and vectors.dtype == np.float32
     assert np.allclose(vectors, loaded.encode(x).numpy(), atol=1e-5)
+
+
+def test_max_pooled_block_is_each_atoms_strongest_response(fitted):
+    """Beside the grid averages, each atom's largest code over all patch positions, square-rooted
+    like every block; an encoder without it is 256 features narrower and still encodes."""
+    model, _, images, _ = fitted
+    x = images[:4].float() / 255
+    with torch.inference_mode():
+        codes = model.patch_codes(x).view(4, -1, CONFIG.dictionary_size)  # (B, L, K)
+        raw = model.raw_blocks(x)
+    grid_width = CONFIG.dictionary_size * CONFIG.pool_grid**2
+    maximum = raw[:, grid_width : grid_width + CONFIG.dictionary_size]
+    assert torch.allclose(maximum, codes.max(1).values.sqrt(), atol=1e-6)
+    assert not torch.allclose(maximum, codes.mean(1).sqrt(), atol=1e-3)
+    plain = replace(CONFIG, max_pooled_codes=False)
+    assert plain.feature_width == CONFIG.feature_width - CONFIG.dictionary_size
+    model, _ = train_encoder_model(images, model_config=plain, train_config=TRAIN, show_progress=False)
+    with torch.inference_mode():
+        z = model.encode(x)
+    assert z.shape == (4, 16) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_checkpoints_from_before_the_max_pooled_block_still_load(tmp_path):
+    """A checkpoint written before ``max_pooled_codes`` existed has no such key and buffers
+    fitted without the block: it loads as the encoder it is and encodes as before."""
+    images, _ = _collection()
+    older = replace(CONFIG, max_pooled_codes=False)
+    model, _ = train_encoder_model(images, model_config=older, train_config=TRAIN, show_progress=False)
+    payload_config = older.to_dict()
+    del payload_config["max_pooled_codes"]
+    path = tmp_path / "older.pt"
+    torch.save({"config": payload_config, "state_dict": model.state_dict(), "extra": {}}, path)
+    loaded, config = load_checkpoint(path)
+    assert config == older
+    x = images[:3].float() / 255
+    with torch.inference_mode():
+        assert torch.allclose(loaded.encode(x), model.encode(x), atol=1e-6)
 
 
 def test_whitened_patches_equal_the_unfolded_formula(fitted):

@@ -2,8 +2,8 @@
 
 Two architectures, both learned on the collection itself with no labels:
 - ``patch_kmeans`` (the default, ``workers/autoencoder/patch_dictionary.py``): a dictionary of
-  whitened colour patches learned with k-means, pooled on a 4x4 grid, plus gradient and colour
-  histograms,
+  whitened colour patches learned with k-means, pooled on a 4x4 grid and by their maximum over
+  the image, plus gradient and colour histograms,
   projected to ``dim`` by a PCA fitted on the collection and a whitening learned from its mutual
   nearest neighbours.
 - ``conv_ae``, the seed recipe: 128x128x3 input, four stride-2 conv stages, a linear bottleneck of
@@ -42,6 +42,9 @@ class EncoderConfig:
     colour_grid: int = 1
     colour_weight: float = 0.3
     whitening_power: float = 0.2
+    # patch_kmeans: also keep each atom's strongest response anywhere in the image (global max
+    # pooling): whether a pattern occurs at all, wherever it is
+    max_pooled_codes: bool = True
     # patch_kmeans: then refine the projection with a whitening learned from pairs of mutual
     # nearest neighbours among this many (0: keep the PCA projection)
     neighbour_pairs: int = 10
@@ -68,10 +71,17 @@ class EncoderConfig:
                 raise ValueError(f"dim {self.dim} exceeds the {self.feature_width} pooled features it projects")
 
     @property
-    def block_widths(self) -> tuple[int, int, int]:
-        """patch_kmeans: pooled dictionary codes, gradient histograms (36 per 2x2 block of cells),
+    def block_widths(self) -> tuple[int, ...]:
+        """patch_kmeans, in order: dictionary codes averaged on the pooling grid, their maximum over
+        the image (with ``max_pooled_codes``), gradient histograms (36 per 2x2 block of cells),
         colour histograms (64 bins per cell)."""
-        return self.dictionary_size * self.pool_grid**2, 36 * (self.hog_cells - 1) ** 2, 64 * self.colour_grid**2
+        maximum = (self.dictionary_size,) if self.max_pooled_codes else ()
+        return self.dictionary_size * self.pool_grid**2, *maximum, 36 * (self.hog_cells - 1) ** 2, 64 * self.colour_grid**2
+
+    @property
+    def block_weights(self) -> tuple[float, ...]:
+        """patch_kmeans: each block's weight once it is unit-length; colour counts ``colour_weight``."""
+        return (1.0,) * (len(self.block_widths) - 1) + (self.colour_weight,)
 
     @property
     def feature_width(self) -> int:
@@ -140,9 +150,14 @@ def save_checkpoint(path, *, model: nn.Module, config: EncoderConfig, extra: dic
     torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}, path)
 
 
+# Config fields added after checkpoints were first written, with the value that rebuilds the
+# encoder those older checkpoints hold (their buffers were fitted without the newer block).
+CHECKPOINT_DEFAULTS = {"max_pooled_codes": False}
+
+
 def load_checkpoint(path, *, map_location="cpu") -> tuple[nn.Module, EncoderConfig]:
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    config = EncoderConfig(**payload["config"])
+    config = EncoderConfig(**{**CHECKPOINT_DEFAULTS, **payload["config"]})
     model = build_model(config)
     model.load_state_dict(payload["state_dict"])
     model.eval()

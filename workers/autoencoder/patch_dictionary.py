@@ -9,7 +9,10 @@ retrieval fingerprint:
    sampled from the collection, with the "triangle" code ``max(0, mean_k(d) - d_k)`` (sparse: about
    half the atoms respond to a patch);
 3. the codes are averaged over a ``pool_grid`` x ``pool_grid`` grid (layout survives, small shifts
-   do not matter);
+   do not matter), and each atom's strongest response anywhere in the image is kept beside them
+   (global max pooling: whether a pattern occurs at all, wherever it is, which averages dilute
+   when the pattern is small; Boureau et al., "A Theoretical Analysis of Feature Pooling in
+   Visual Recognition", 2010, show max pooling suits sparse codes like these);
 4. histograms of oriented gradients (block-normalised, colour: the channel with the strongest
    gradient) add shape at the same scale, and a joint RGB histogram adds colour, which the
    contrast-normalised patches and the gradients do not see (weighted 0.3: a red shirt should find
@@ -46,7 +49,7 @@ from workers.autoencoder.model import EncoderConfig
 
 # Patches sampled for the whitening and the k-means: about 400 per atom for 256 atoms of 75 values.
 DICTIONARY_PATCHES = 100_000
-# The PCA is fitted on at most this many images' pooled features (10k x 5,924 floats = 237 MB).
+# The PCA is fitted on at most this many images' pooled features (10k x 6,180 floats = 247 MB).
 PROJECTION_IMAGES = 10_000
 ENCODE_BATCH = 128
 # Added to each patch's variance before contrast normalisation (pixels in [0, 1]) so flat patches
@@ -156,24 +159,22 @@ class PatchDictionaryEncoder(nn.Module):
         return triangle_codes(self.whitened_patches(x), self.atoms)
 
     def raw_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, feature_width): pooled dictionary codes, gradient histograms and colour histograms,
-        square-rooted, before centring."""
+        """(B, feature_width): the blocks of ``EncoderConfig.block_widths`` (pooled dictionary codes,
+        gradient histograms, colour histograms), square-rooted, before centring."""
         config = self.config
         codes = self.patch_codes(x)  # (B * L, K)
         side = config.image_size - config.patch_size + 1
         codes = codes.view(len(x), side, side, -1).permute(0, 3, 1, 2)  # (B, K, side, side)
-        blocks = [
-            F.adaptive_avg_pool2d(codes, config.pool_grid).flatten(1),
-            gradient_histograms(x, cells=config.hog_cells),
-            colour_histograms(x, grid=config.colour_grid),
-        ]
+        blocks = [F.adaptive_avg_pool2d(codes, config.pool_grid).flatten(1)]
+        if config.max_pooled_codes:
+            blocks.append(codes.amax(dim=(2, 3)))  # (B, K)
+        blocks += [gradient_histograms(x, cells=config.hog_cells), colour_histograms(x, grid=config.colour_grid)]
         return torch.cat(blocks, dim=1).sqrt()
 
     def features(self, raw: torch.Tensor) -> torch.Tensor:
-        """Each block centred, unit-length and weighted (colour counts ``colour_weight``), side by side."""
+        """Each block centred, unit-length and weighted (``EncoderConfig.block_weights``), side by side."""
         parts = (raw - self.block_mean).split(self.config.block_widths, dim=1)
-        weights = (1.0, 1.0, self.config.colour_weight)
-        return torch.cat([F.normalize(part, dim=1) * weight for part, weight in zip(parts, weights)], dim=1)
+        return torch.cat([F.normalize(part, dim=1) * weight for part, weight in zip(parts, self.config.block_weights)], dim=1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C, S, S) in [0, 1]. Distances in float16 would blur the triangle code, so the
@@ -289,7 +290,7 @@ def _partial_whitening(centred: torch.Tensor, *, dim: int, power: float, seed: i
     if len(centred) <= 4 * dim:  # small collections: the exact decomposition is cheap
         _, singular, rows = torch.linalg.svd(centred, full_matrices=False)
         directions = rows.T
-    else:  # randomized: the 10k x 5,924 case takes seconds instead of minutes
+    else:  # randomized: the 10k x 6,180 case takes seconds instead of minutes
         torch.manual_seed(seed)
         _, singular, directions = torch.pca_lowrank(centred, q=min(rank + 16, *centred.shape), center=False, niter=3)
     variance = singular[:rank].pow(2) / len(centred)
