@@ -93,11 +93,7 @@ def similar_queryset(
         queryset = queryset.filter(collection_id__in=list(filters.collection_ids))
     if filters.label:
         queryset = queryset.filter(image__label=filters.label)
-    excluded = list(filters.exclude_image_ids)
-    if filters.exclude_sha256:
-        # Resolved to ids first (the sha256 index makes it cheap), so the ranking stays a
-        # single-table scan instead of a join inside the index scan.
-        excluded += Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True)
+    excluded = list(_copies_as_ids(filters).exclude_image_ids)
     if excluded:
         # One array parameter, however many ids (evaluate excludes thousands per query), instead
         # of one placeholder per id.
@@ -113,6 +109,16 @@ def similar_queryset(
         queryset = queryset.filter(**{f"{shown}__lte": 1.0 - filters.min_similarity})
     fields = ("image_id", shown, "vector") if with_vectors else ("image_id", shown)
     return queryset.order_by("distance").values_list(*fields)[offset : offset + k]
+
+
+def _copies_as_ids(filters: SearchFilters) -> SearchFilters:
+    """``filters`` with ``exclude_sha256`` resolved to the ids of those images (the sha256 index
+    makes it cheap), so a ranking stays a single-table scan instead of a join inside the index
+    scan, and a search that ranks more than once resolves them once."""
+    if not filters.exclude_sha256:
+        return filters
+    copies = Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True)
+    return replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *copies), exclude_sha256=())
 
 
 @contextmanager
@@ -235,12 +241,10 @@ def vector_list_similar(
         filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
     if collection_ids:
         filters = replace(filters, collection_ids=tuple(collection_ids))
+    filters = _copies_as_ids(filters)  # once, for every ranking below
     expand = settings.CBIR_QUERY_EXPANSION if expand is None else expand
     ranking, anchor = vector, None
     if expand > 0:
-        if filters.exclude_sha256:  # resolved once here rather than by each of the two rankings
-            copies = Image.objects.filter(sha256__in=list(filters.exclude_sha256)).values_list("id", flat=True)
-            filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *copies), exclude_sha256=())
         neighbours = _ranked(
             vector=vector, encoder=encoder, k=expand, offset=0, filters=replace(filters, min_similarity=None), with_vectors=True
         )

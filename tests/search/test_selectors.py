@@ -91,22 +91,25 @@ def fan():
 def test_query_expansion_ranks_by_the_query_and_its_nearest_images(fan):
     encoder, fan = fan
     query = vector((0, 1.0))
-    plain = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=0)
+    # Exhaustive scans: the expansion is what is tested. Through the approximate index, over a table
+    # that other tests' rows have passed through, one full run ranked as if unexpanded.
+    exact = selectors.SearchFilters(exact=True)
+    plain = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=0, filters=exact)
     assert [hit.image.original_name for hit in plain] == ["near", "aside", "beyond"]
     # Expanded with "near" (weight 0.95 ** 3), the query leans toward axis 1: "beyond" (0.94 to the
     # expanded query) now ranks before "aside" (0.89).
-    expanded = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1)
+    expanded = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1, filters=exact)
     assert [hit.image.original_name for hit in expanded] == ["near", "beyond", "aside"]
     # Distances stay those to the query itself, whatever the order.
     assert {hit.image.original_name: hit.distance for hit in expanded} == pytest.approx(
         {"near": 0.05, "beyond": 0.12, "aside": 0.10}, abs=1e-4
     )
     # ... and so does min_similarity: "beyond" is 0.88 similar to the query, below 0.89.
-    filters = selectors.SearchFilters(min_similarity=0.89)
+    filters = selectors.SearchFilters(min_similarity=0.89, exact=True)
     kept = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1, filters=filters)
     assert [hit.image.original_name for hit in kept] == ["near", "aside"]
     # Pages follow each other under the same expanded query.
-    pages = [selectors.vector_list_similar(vector=query, encoder=encoder, k=1, offset=i, expand=1)[0] for i in range(3)]
+    pages = [selectors.vector_list_similar(vector=query, encoder=encoder, k=1, offset=i, expand=1, filters=exact)[0] for i in range(3)]
     assert [hit.image.original_name for hit in pages] == ["near", "beyond", "aside"]
 
 

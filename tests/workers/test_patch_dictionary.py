@@ -124,7 +124,16 @@ def test_checkpoint_and_embedder_rebuild_the_same_encoder(fitted, tmp_path):
     assert np.allclose(vectors, loaded.encode(x).numpy(), atol=1e-5)
 
 
-def test_max_pooled_block_is_each_atoms_strongest_response(fitted):
+@pytest.fixture(scope="module")
+def fitted_without_max_pool():
+    """The encoder as it was before the max-pooled block (``max_pooled_codes=False``)."""
+    images, _ = _collection()
+    config = replace(CONFIG, max_pooled_codes=False)
+    model, _ = train_encoder_model(images, model_config=config, train_config=TRAIN, show_progress=False)
+    return model, config, images
+
+
+def test_max_pooled_block_is_each_atoms_strongest_response(fitted, fitted_without_max_pool):
     """Beside the grid averages, each atom's largest code over all patch positions, square-rooted
     like every block; an encoder without it is 256 features narrower and still encodes."""
     model, _, images, _ = fitted
@@ -136,20 +145,17 @@ def test_max_pooled_block_is_each_atoms_strongest_response(fitted):
     maximum = raw[:, grid_width : grid_width + CONFIG.dictionary_size]
     assert torch.allclose(maximum, codes.max(1).values.sqrt(), atol=1e-6)
     assert not torch.allclose(maximum, codes.mean(1).sqrt(), atol=1e-3)
-    plain = replace(CONFIG, max_pooled_codes=False)
+    model, plain, _ = fitted_without_max_pool
     assert plain.feature_width == CONFIG.feature_width - CONFIG.dictionary_size
-    model, _ = train_encoder_model(images, model_config=plain, train_config=TRAIN, show_progress=False)
     with torch.inference_mode():
         z = model.encode(x)
     assert z.shape == (4, 16) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
 
 
-def test_checkpoints_from_before_the_max_pooled_block_still_load(tmp_path):
+def test_checkpoints_from_before_the_max_pooled_block_still_load(fitted_without_max_pool, tmp_path):
     """A checkpoint written before ``max_pooled_codes`` existed has no such key and buffers
     fitted without the block: it loads as the encoder it is and encodes as before."""
-    images, _ = _collection()
-    older = replace(CONFIG, max_pooled_codes=False)
-    model, _ = train_encoder_model(images, model_config=older, train_config=TRAIN, show_progress=False)
+    model, older, images = fitted_without_max_pool
     payload_config = older.to_dict()
     del payload_config["max_pooled_codes"]
     path = tmp_path / "older.pt"
