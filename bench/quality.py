@@ -94,18 +94,20 @@ def raw_pixel_baseline(tree: Path, ks=(1, 5, 10), side: int | None = None) -> di
     return exact_knn_scores(np.stack(vectors), labels, ks)
 
 
-def exact_knn_scores(x: np.ndarray, labels, ks=(1, 5, 10)) -> dict:
-    """P@k and mAP@k of exact cosine kNN on the rows of ``x``, each row querying all the others."""
+def exact_knn_scores(x: np.ndarray, labels, ks=(1, 5, 10), queries: np.ndarray | None = None) -> dict:
+    """P@k and mAP@k of exact cosine kNN on the rows of ``x``, each row querying all the others;
+    with ``queries`` (one per row of ``x``, e.g. expanded), row i's query is ``queries[i]``."""
     sys.path.insert(0, str(ROOT))
     from search.evaluation import average_precision_at_k, precision_at_k
 
     x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-8)
+    queries = x if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-8)
     labels = np.array(labels)
     counts = {label: int((labels == label).sum()) for label in set(labels)}
     depth = max(ks)
     sums = {f"P@{k}": 0.0 for k in ks} | {f"mAP@{k}": 0.0 for k in ks}
     for start in range(0, len(x), 1000):
-        block = x[start : start + 1000] @ x.T
+        block = queries[start : start + 1000] @ x.T
         for row, i in enumerate(range(start, min(start + 1000, len(x)))):
             block[row, i] = -np.inf
             top = np.argpartition(-block[row], depth)[:depth]
