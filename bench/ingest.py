@@ -108,8 +108,9 @@ def bound(paths: list[Path], processes: int, side: int) -> tuple[float, float]:
 def stage_costs(paths: list[Path], n: int = 200) -> dict:
     """Where one worker's time goes, per image, on one process: decode (as the bound does it),
     WebP thumbnail at the product's setting and at the slower method=4 and a JPEG one for
-    comparison (time and mean size each), and the encoder's forward pass at several batch sizes
-    and torch thread counts. Needs an active encoder."""
+    comparison (time and mean size each), recording thumbnails in the database
+    (``thumbnail_record_costs``), and the encoder's forward pass at several batch sizes and
+    torch thread counts. Needs an active encoder."""
     import io
 
     import torch
@@ -148,6 +149,7 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
         sizes = []
         result[f"thumbnail_{name}_ms"] = per_image_ms(lambda make=make, sizes=sizes: sizes.extend(len(make(p)) for p in pictures))
         result[f"thumbnail_{name}_kib"] = round(sum(sizes) / len(sizes) / 1024, 1)
+    result.update(thumbnail_record_costs())
     encoder = EncoderVersion.objects.filter(status="active").first()
     embedder = inference.load_embedder(encoder.checkpoint.path, device="cpu")
     default_batch = inference.EMBEDDING_BATCH_SIZE
@@ -161,6 +163,34 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     finally:
         inference.EMBEDDING_BATCH_SIZE = default_batch
     return result
+
+
+def thumbnail_record_costs(rows: int = 3200, rounds: int = 3) -> dict:
+    """Recording a batch's thumbnails in the database, per image, as the worker does it
+    (``images_record_thumbnails``: one UPDATE from arrays) against Django's ``bulk_update``, which
+    it replaced, in alternating rounds on the last run's rows, batches of EMBEDDING_BATCH_SIZE.
+    Both write each row's own values back. Process CPU (what the worker pays; the database's
+    share is not in it) and wall time, medians of the rounds."""
+    from gallery.models import Image
+    from gallery.services import images_record_thumbnails
+    from workers.autoencoder.inference import EMBEDDING_BATCH_SIZE
+
+    images = list(Image.objects.exclude(thumbnail="").order_by("id")[:rows])
+    if not images:
+        return {}
+    ways = {
+        "bulk_update": lambda batch: Image.objects.bulk_update(batch, ["thumbnail", "width", "height"]),
+        "unnest": lambda batch: images_record_thumbnails(images=batch),
+    }
+    times = {f"record_thumbnails_{name}_{kind}_ms": [] for name in ways for kind in ("cpu", "wall")}
+    for _ in range(rounds):
+        for name, record in ways.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            for start in range(0, len(images), EMBEDDING_BATCH_SIZE):
+                record(images[start : start + EMBEDDING_BATCH_SIZE])
+            times[f"record_thumbnails_{name}_cpu_ms"].append((time.process_time() - cpu) / len(images) * 1000)
+            times[f"record_thumbnails_{name}_wall_ms"].append((time.perf_counter() - wall) / len(images) * 1000)
+    return {"record_thumbnails_rows": len(images), **{key: round(float(np.median(values)), 3) for key, values in times.items()}}
 
 
 def _manage(*args: str, env: dict, capture: bool = False) -> str:
@@ -220,7 +250,9 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
     script = (
         "import django; django.setup();"
         "from search.models import EncoderVersion as E; from gallery.models import Collection as C;"
-        "C.objects.filter(name__startswith='bench-').delete();"
+        # through the product's service, which also removes the last run's files from storage
+        "from gallery.services import collection_delete;"
+        "[collection_delete(collection=c) for c in C.objects.filter(name__startswith='bench-')];"
         # Vacuumed now, so that cleaning up the last run's 10,000 rows and their HNSW entries is
         # not autovacuum's work in the middle of the timed run (it doubled PostgreSQL's CPU).
         "from django.db import connection; c = connection.cursor();"

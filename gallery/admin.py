@@ -7,7 +7,7 @@ from django.utils.html import format_html
 from gallery.forms import UploadImagesForm
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
-from gallery.services import ImportReport, images_create, uploads_to_incoming
+from gallery.services import ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
 @admin.register(Collection)
@@ -42,6 +42,14 @@ class CollectionAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return collection_list_with_stats()
+
+    # Deleting goes through the services, which also remove the images' files from storage.
+    def delete_model(self, request, obj):
+        collection_delete(collection=obj)
+
+    def delete_queryset(self, request, queryset):
+        for collection in queryset:
+            collection_delete(collection=collection)
 
     @admin.display(ordering="total")
     def total(self, obj):
@@ -112,6 +120,12 @@ class ImageAdmin(admin.ModelAdmin):
     search_fields = ["original_name", "label", "sha256"]
     readonly_fields = ["preview", "sha256", "width", "height", "status", "error", "thumbnail", "created_at", "updated_at"]
     list_select_related = ["collection"]
+
+    def delete_model(self, request, obj):
+        images_delete(images=Image.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        images_delete(images=queryset)
 
     @admin.display(description="")
     def preview(self, obj):

@@ -8,12 +8,15 @@ import stat
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from gallery import imaging
@@ -212,6 +215,98 @@ def uploads_to_incoming(
 
 def image_mark_failed(*, image: Image, reason: str) -> None:
     Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED, error=reason[:2000])
+
+
+# One statement for a whole batch, the rows as arrays. Django's bulk_update builds a CASE per
+# row and column in Python, which cost a worker ~0.5 ms of CPU per image, about a twentieth of
+# its time (bench/ingest.py --stages). A size already known (from the upload) is kept.
+_RECORD_THUMBNAILS_SQL = """
+UPDATE gallery_image AS image
+SET thumbnail = batch.thumbnail,
+    width = COALESCE(NULLIF(image.width, 0), batch.width),
+    height = COALESCE(NULLIF(image.height, 0), batch.height)
+FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::integer[]) AS batch (id, thumbnail, width, height)
+WHERE image.id = batch.id
+"""
+
+
+def images_record_thumbnails(*, images: list[Image]) -> set[int]:
+    """Record each image's thumbnail (already saved to storage, its name set on the instance)
+    and its decoded width and height where the row has none yet, in one UPDATE. Returns the ids
+    of the rows updated: an image deleted meanwhile is not among them."""
+    if not images:
+        return set()
+    columns = ([image.id for image in images], [image.thumbnail.name for image in images],
+               [image.width for image in images], [image.height for image in images])
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORD_THUMBNAILS_SQL + " RETURNING image.id", list(columns))
+        return {row[0] for row in cursor.fetchall()}
+
+
+def stored_files_delete(names: Iterable[str]) -> int:
+    """Remove these files from media storage; a file already gone is not an error. Returns how
+    many were removed."""
+    removed = 0
+    for name in names:
+        if not name:
+            continue
+        try:
+            if default_storage.exists(name):
+                default_storage.delete(name)
+                removed += 1
+        except OSError:
+            logger.exception("could not delete %s from media storage", name)
+    return removed
+
+
+@transaction.atomic
+def images_delete(*, images: QuerySet[Image]) -> int:
+    """Delete these images, their vectors, and, once the deletion is committed, their originals
+    and thumbnails in media storage (each row owns its files: stored names are fresh uuids, and
+    a duplicate is never stored twice). Returns how many images were deleted."""
+    names = [name for pair in images.values_list("file", "thumbnail") for name in pair if name]
+    _, deleted = Image.objects.filter(pk__in=images.values("pk")).delete()
+    transaction.on_commit(lambda: stored_files_delete(names))
+    return deleted.get(Image._meta.label, 0)
+
+
+# Folders of media storage whose files belong to image rows: images/<collection id>/ holds
+# originals (Image.file), thumbnails/<collection id>/ thumbnails (gallery.models' upload_to).
+IMAGE_FOLDERS = ("images", "thumbnails")
+
+
+def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> list[str]:
+    """Remove files under ``IMAGE_FOLDERS`` that no image row names: left by a crash between
+    storing an upload and creating its row, or by a deletion that bypassed ``images_delete``.
+    A file newer than ``older_than`` is kept, since an import in progress stores its files
+    before it creates their rows. Walks one collection folder at a time. Returns the names
+    removed (or that would be, with ``dry_run``)."""
+    cutoff = timezone.now() - older_than
+    orphans = []
+    for top in IMAGE_FOLDERS:
+        if not default_storage.exists(top):
+            continue
+        folders, _ = default_storage.listdir(top)
+        for folder in folders:
+            names = default_storage.listdir(f"{top}/{folder}")[1]
+            # by name, not by collection: an image moved to another collection keeps its file here
+            field = "file" if top == "images" else "thumbnail"
+            known = set(Image.objects.filter(**{f"{field}__startswith": f"{top}/{folder}/"}).values_list(field, flat=True))
+            for name in (f"{top}/{folder}/{file}" for file in names):
+                if name not in known and default_storage.get_modified_time(name) < cutoff:
+                    orphans.append(name)
+    if not dry_run:
+        stored_files_delete(orphans)
+    return orphans
+
+
+@transaction.atomic
+def collection_delete(*, collection: Collection) -> int:
+    """Delete a collection with all its images and their files (``images_delete``). Returns how
+    many images went with it."""
+    count = images_delete(images=Image.objects.filter(collection=collection))
+    Collection.objects.filter(pk=collection.pk).delete()
+    return count
 
 
 def _is_hidden(path: PurePosixPath) -> bool:

@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 
 from gallery import imaging
 from gallery.models import Collection, Image
-from gallery.services import image_mark_failed
+from gallery.services import image_mark_failed, images_record_thumbnails, stored_files_delete
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
 from workers.autoencoder.artifacts import dictionary_png, loss_curve_png, reconstruction_png
@@ -76,7 +76,9 @@ def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
         image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
         width, height = decoded.picture.info["decoded_size"]
         image.width, image.height = image.width or width, image.height or height
-    Image.objects.bulk_update([image for image, _ in pairs], ["thumbnail", "width", "height"])
+    recorded = images_record_thumbnails(images=[image for image, _ in pairs])
+    # An image deleted while it was being indexed: its new thumbnail would have no row.
+    stored_files_delete(image.thumbnail.name for image, _ in pairs if image.id not in recorded)
 
 
 def live_encoders() -> list[EncoderVersion]:

@@ -1,12 +1,28 @@
 import io
+import os
+import time
+from datetime import timedelta
 import stat
 import zipfile
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.urls import reverse
 
 from gallery.models import Collection, Image
-from gallery.services import IncomingFile, collection_get_or_create, collection_import, images_create
+from search.models import Embedding, EncoderVersion
+from gallery.services import (
+    IncomingFile,
+    collection_delete,
+    collection_get_or_create,
+    collection_import,
+    images_create,
+    images_delete,
+    images_record_thumbnails,
+    media_orphans_delete,
+)
 from tests.utils import image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -40,6 +56,21 @@ def test_batch_with_bad_files_keeps_going_and_records_reasons(collection):
     assert rows["ok.png"].sha256 and (rows["ok.png"].width, rows["ok.png"].height) == (64, 48)
     assert not rows["empty.png"].file
     assert {name for name, _ in report.failed} >= {"empty.png", "notes.png"}
+
+
+def test_thumbnails_are_recorded_per_row_and_a_known_size_is_kept(collection):
+    known, unknown, untouched = (
+        Image.objects.create(collection=collection, original_name=name, sha256=name, width=width, height=height)
+        for name, width, height in (("known", 640, 480), ("unknown", None, None), ("untouched", None, None))
+    )
+    known.thumbnail.name, known.width, known.height = "thumbnails/a.webp", 320, 240
+    unknown.thumbnail.name, unknown.width, unknown.height = "thumbnails/b.webp", 1024, 768
+    assert images_record_thumbnails(images=[known, unknown]) == {known.id, unknown.id}
+    rows = {image.original_name: image for image in Image.objects.filter(collection=collection)}
+    assert (rows["known"].thumbnail.name, rows["known"].width, rows["known"].height) == ("thumbnails/a.webp", 640, 480)
+    assert (rows["unknown"].thumbnail.name, rows["unknown"].width, rows["unknown"].height) == ("thumbnails/b.webp", 1024, 768)
+    assert not rows["untouched"].thumbnail and rows["untouched"].width is None
+    assert images_record_thumbnails(images=[]) == set()
 
 
 def test_oversized_file_fails_without_being_stored(collection, settings):
@@ -166,3 +197,74 @@ def test_import_images_command_creates_collection(tmp_path, capsys):
     assert "2 queued for indexing, 0 failed, 0 duplicates, 0 skipped" in capsys.readouterr().out
     collection = Collection.objects.get(name="fresh")
     assert sorted(collection.images.values_list("label", flat=True)) == ["red", "red"]
+
+
+def _stored(collection, count: int) -> list[Image]:
+    """``count`` images of ``collection``, each with its original stored, a thumbnail and a vector."""
+    images_create(collection=collection, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i)) for i in range(count)])
+    encoder = EncoderVersion.objects.get_or_create(name="deletion", arch="patch_kmeans", dim=256)[0]
+    images = list(Image.objects.filter(collection=collection).order_by("id"))
+    for image in images:
+        image.thumbnail.save("t.webp", ContentFile(b"thumb"), save=True)
+        Embedding.objects.create(image=image, collection=collection, encoder=encoder, vector=[1.0] * 256)
+    return images
+
+
+def _files(images: list[Image]) -> list[str]:
+    return [name for image in images for name in (image.file.name, image.thumbnail.name)]
+
+
+def test_deleting_a_collection_removes_its_images_vectors_and_files_and_nothing_else(
+    collection, django_capture_on_commit_callbacks
+):
+    gone, kept = _stored(collection, 3), _stored(collection_get_or_create(name="others"), 2)
+    assert all(default_storage.exists(name) for name in _files(gone + kept))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert collection_delete(collection=collection) == 3
+    assert not Collection.objects.filter(pk=collection.pk).exists()
+    assert not any(default_storage.exists(name) for name in _files(gone))
+    assert all(default_storage.exists(name) for name in _files(kept))
+    assert set(Embedding.objects.values_list("image_id", flat=True)) == {image.id for image in kept}
+
+
+def test_deleting_images_keeps_the_files_until_the_deletion_commits(collection, django_capture_on_commit_callbacks):
+    first, second = _stored(collection, 2)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert images_delete(images=Image.objects.filter(pk=first.pk)) == 1
+        assert all(default_storage.exists(name) for name in _files([first]))  # not before the commit
+    for callback in callbacks:
+        callback()
+    assert not any(default_storage.exists(name) for name in _files([first]))
+    assert list(Image.objects.all()) == [second] and all(default_storage.exists(name) for name in _files([second]))
+
+
+def test_the_admin_deletes_through_the_service(admin_client, collection, django_capture_on_commit_callbacks):
+    images = _stored(collection, 2)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            reverse("admin:gallery_image_changelist"),
+            {"action": "delete_selected", "_selected_action": [images[0].pk], "post": "yes"},
+        )
+    assert response.status_code == 302
+    assert not any(default_storage.exists(name) for name in _files(images[:1]))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(reverse("admin:gallery_collection_delete", args=[collection.pk]), {"post": "yes"})
+    assert response.status_code == 302 and not Collection.objects.filter(pk=collection.pk).exists()
+    assert not any(default_storage.exists(name) for name in _files(images[1:]))
+
+
+def test_pruning_removes_only_old_files_that_no_row_names(collection):
+    images = _stored(collection, 2)
+    moved = images[1]
+    moved.collection = collection_get_or_create(name="elsewhere")  # its files stay in the old folder
+    moved.save()
+    orphan = default_storage.save(f"images/{collection.pk}/orphan.png", ContentFile(b"left by a crash"))
+    fresh = default_storage.save(f"thumbnails/{collection.pk}/fresh.webp", ContentFile(b"an import in progress"))
+    hour_ago = time.time() - 3600
+    for name in [orphan, *_files(images)]:
+        os.utime(default_storage.path(name), (hour_ago, hour_ago))
+    assert media_orphans_delete(older_than=timedelta(minutes=30), dry_run=True) == [orphan]
+    assert default_storage.exists(orphan)
+    call_command("prune_media", "--older-than", "30")
+    assert not default_storage.exists(orphan)
+    assert default_storage.exists(fresh) and all(default_storage.exists(name) for name in _files(images))
