@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from gallery.apis import CollectionDetailApi, CollectionListApi, ImageUploadApi
+from gallery.apis import CollectionDetailApi, CollectionListApi, ImageDetailApi, ImageUploadApi
 from search.apis import ImageSimilarApi, SearchApi
 
 urlpatterns = [
@@ -10,6 +10,7 @@ urlpatterns = [
     path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
+    path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),
     path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),
     path("search/", SearchApi.as_view(), name="api-search"),
 ]

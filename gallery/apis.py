@@ -1,12 +1,24 @@
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gallery.models import Collection
+from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
-from gallery.services import ImportReport, images_create, uploads_to_incoming
+from gallery.services import ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
+
+
+class StaffMayDelete:
+    """Reading stays open like the rest of the API; DELETE needs a staff user, by HTTP Basic
+    auth (API clients) or the admin's session (with its CSRF token)."""
+
+    authentication_classes = [BasicAuthentication, SessionAuthentication]
+
+    def get_permissions(self):
+        return [IsAdminUser()] if self.request.method == "DELETE" else [AllowAny()]
 
 
 class CollectionRefField(serializers.CharField):
@@ -113,7 +125,21 @@ class CollectionListApi(APIView):
         )
 
 
-class CollectionDetailApi(APIView):
+class CollectionDetailApi(StaffMayDelete, APIView):
+    @extend_schema(
+        operation_id="collection_delete",
+        summary="Delete a collection with its images, their vectors and their files (staff only)",
+        responses={
+            204: None,
+            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
+            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
+        },
+    )
+    def delete(self, request, collection_id: int):
+        collection_delete(collection=get_object_or_404(Collection, pk=collection_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
     @extend_schema(
         operation_id="collection_detail",
         summary="A collection's counts by status and its indexing rate",
@@ -179,3 +205,41 @@ class ImageUploadApi(APIView):
             },
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+class ImageDetailOutputSerializer(ImageOutputSerializer):
+    status = serializers.ChoiceField(choices=Image.Status.choices)
+    error = serializers.CharField(allow_blank=True, help_text="why indexing failed (status failed)")
+    width = serializers.IntegerField(allow_null=True)
+    height = serializers.IntegerField(allow_null=True)
+
+
+class ImageDetailApi(StaffMayDelete, APIView):
+    @extend_schema(
+        operation_id="image_detail",
+        summary="One image: its URLs, label, status and, if it failed, why",
+        responses={200: ImageDetailOutputSerializer, 404: OpenApiResponse(ErrorSerializer, description="no such image")},
+    )
+    def get(self, request, image_id: int):
+        image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
+        return Response(
+            {
+                **image_representation(image, request),
+                "status": image.status, "error": image.error, "width": image.width, "height": image.height,
+            }
+        )
+
+    @extend_schema(
+        operation_id="image_delete",
+        summary="Delete an image, its vectors and its files (staff only)",
+        responses={
+            204: None,
+            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
+            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+            404: OpenApiResponse(ErrorSerializer, description="no such image"),
+        },
+    )
+    def delete(self, request, image_id: int):
+        if not images_delete(images=Image.objects.filter(pk=image_id)):
+            return Response({"error": f"no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
+        return Response(status=status.HTTP_204_NO_CONTENT)

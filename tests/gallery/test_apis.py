@@ -1,11 +1,13 @@
+import base64
 import io
 import zipfile
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from gallery.models import Image
+from gallery.models import Collection, Image
 from gallery.services import collection_get_or_create
 from tests.utils import image_bytes
 
@@ -49,3 +51,47 @@ def test_upload_without_files_or_collection_is_a_400(client):
     response = client.post(reverse("api-image-upload"), {"collection": "nope"})
     assert response.status_code == 400
     assert set(response.json()["errors"]) == {"collection", "files"}
+
+
+def _basic(username: str, password: str) -> dict:
+    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def uploaded(client):
+    collection = collection_get_or_create(name="to-delete")
+    files = [SimpleUploadedFile(f"{i}.png", image_bytes(pattern=i)) for i in range(2)]
+    client.post(reverse("api-image-upload"), {"collection": "to-delete", "files": files})
+    return collection, list(collection.images.order_by("id"))
+
+
+def test_image_detail_tells_status_and_reason(client, uploaded):
+    _, (image, _) = uploaded
+    body = client.get(reverse("api-image-detail", args=[image.pk])).json()
+    assert (body["id"], body["status"], body["error"], body["width"], body["height"]) == (image.pk, "pending", "", 64, 48)
+    assert body["collection"] == {"id": image.collection_id, "name": "to-delete"}
+    missing = client.get(reverse("api-image-detail", args=[999_999]))
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_deleting_needs_a_staff_user_and_removes_rows_and_files(client, uploaded, django_user_model, django_capture_on_commit_callbacks):
+    collection, (first, second) = uploaded
+    django_user_model.objects.create_user("viewer", password="pw")
+    django_user_model.objects.create_user("keeper", password="pw", is_staff=True)
+    url = reverse("api-image-detail", args=[first.pk])
+    anonymous = client.delete(url)
+    assert anonymous.status_code == 401 and "error" in anonymous.json()
+    assert client.delete(url, **_basic("viewer", "pw")).status_code == 403
+    assert client.delete(url, **_basic("keeper", "wrong")).status_code == 401
+    assert Image.objects.filter(pk=first.pk).exists() and default_storage.exists(first.file.name)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.delete(url, **_basic("keeper", "pw")).status_code == 204
+    assert not Image.objects.filter(pk=first.pk).exists() and not default_storage.exists(first.file.name)
+    assert client.delete(url, **_basic("keeper", "pw")).status_code == 404
+    assert default_storage.exists(second.file.name)
+    collection_url = reverse("api-collection-detail", args=[collection.pk])
+    assert client.delete(collection_url).status_code == 401
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.delete(collection_url, **_basic("keeper", "pw")).status_code == 204
+    assert not Collection.objects.filter(pk=collection.pk).exists() and not default_storage.exists(second.file.name)
+    assert client.get(collection_url).status_code == 404
