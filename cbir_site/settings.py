@@ -113,6 +113,9 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("CBIR_MEDIA_ROOT", VAR_DIR / "media"))
 # Serve MEDIA_ROOT from Django. Fine for one box; put a CDN or nginx in front at scale.
 SERVE_MEDIA = _env_bool("CBIR_SERVE_MEDIA", True)
+# Whether POST /api/images/ takes uploads from anyone who can reach it (the laptop default) or
+# only from staff users (HTTP Basic or the admin's session): compose.yaml turns it off.
+CBIR_API_OPEN_UPLOADS = _env_bool("CBIR_API_OPEN_UPLOADS", True)
 
 # Uploads: keep large files on disk rather than in memory while a request is parsed.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -166,15 +167,25 @@ class ImageUploadInputSerializer(serializers.Serializer):
 class ImageUploadApi(APIView):
     """POST /api/images/ (multipart: files (one or many; .zip archives are expanded), collection,
     label, labels_from_dirs). Answers 202 with one result per file: stored (pending, then indexed
-    by the workers), failed with a reason, duplicate of an existing image, or skipped."""
+    by the workers), failed with a reason, duplicate of an existing image, or skipped. Open to
+    anyone unless CBIR_API_OPEN_UPLOADS is off; then for staff users only."""
 
     InputSerializer = ImageUploadInputSerializer
+    authentication_classes = StaffMayDelete.authentication_classes
+
+    def get_permissions(self):
+        return [AllowAny()] if settings.CBIR_API_OPEN_UPLOADS else [IsAdminUser()]
 
     @extend_schema(
         operation_id="image_upload",
         summary="Upload one or many images (or .zip archives) into a collection",
         request={"multipart/form-data": InputSerializer},
-        responses={202: UploadOutputSerializer, 400: OpenApiResponse(ErrorSerializer, description="invalid parameters")},
+        responses={
+            202: UploadOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="invalid parameters"),
+            401: OpenApiResponse(ErrorSerializer, description="no credentials, where uploads need a staff user"),
+            403: OpenApiResponse(ErrorSerializer, description="not a staff user, where uploads need one"),
+        },
     )
     def post(self, request):
         params = self.InputSerializer(data=request.data)

@@ -95,3 +95,15 @@ def test_deleting_needs_a_staff_user_and_removes_rows_and_files(client, uploaded
         assert client.delete(collection_url, **_basic("keeper", "pw")).status_code == 204
     assert not Collection.objects.filter(pk=collection.pk).exists() and not default_storage.exists(second.file.name)
     assert client.get(collection_url).status_code == 404
+
+
+def test_uploads_can_be_closed_to_all_but_staff(client, settings, django_user_model):
+    collection_get_or_create(name="closed")
+    settings.CBIR_API_OPEN_UPLOADS = False
+    django_user_model.objects.create_user("keeper", password="pw", is_staff=True)
+
+    def upload(**headers):
+        return client.post(reverse("api-image-upload"), {"collection": "closed", "files": [SimpleUploadedFile("a.png", image_bytes())]}, **headers)
+
+    assert upload().status_code == 401 and not Image.objects.exists()
+    assert upload(**_basic("keeper", "pw")).status_code == 202 and Image.objects.count() == 1
