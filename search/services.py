@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from gallery.models import Image
@@ -14,13 +14,18 @@ def embeddings_store(*, encoder: EncoderVersion, images: list[Image], vectors: n
     so a task that runs twice never writes two rows."""
     if len(images) != len(vectors):
         raise ValueError("one vector per image")
-    Embedding.objects.bulk_create(
-        [
-            Embedding(image_id=image.id, collection_id=image.collection_id, encoder=encoder, vector=vector)
-            for image, vector in zip(images, vectors)
-        ],
-        ignore_conflicts=True,
-    )
+    rows = [
+        Embedding(image_id=image.id, collection_id=image.collection_id, encoder=encoder, vector=vector)
+        for image, vector in zip(images, vectors)
+    ]
+    try:
+        with transaction.atomic():
+            Embedding.objects.bulk_create(rows, ignore_conflicts=True)
+    except IntegrityError:
+        # An image (or its collection) deleted while it was being embedded: its vector has no row
+        # to belong to. The others are stored, instead of the batch failing and waiting for the sweep.
+        alive = set(Image.objects.filter(id__in=[row.image_id for row in rows]).values_list("id", flat=True))
+        Embedding.objects.bulk_create([row for row in rows if row.image_id in alive], ignore_conflicts=True)
 
 
 def images_mark_indexed(*, image_ids: list[int]) -> int:

@@ -1,6 +1,7 @@
 """Crash safety: idempotent indexing, the sweep for lost requests, a broker that is down."""
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from celery import Celery
 from django.utils import timezone
@@ -8,6 +9,7 @@ from django.utils import timezone
 from gallery.models import Image
 from gallery.services import IncomingFile, collection_get_or_create, images_create, task_send_safely
 from search.models import Embedding
+from search.services import embeddings_store
 from tests.conftest import wait_for
 from tests.utils import image_bytes, make_encoder
 from workers.services import images_index, pending_sweep
@@ -27,6 +29,17 @@ def test_indexing_twice_writes_each_vector_once():
     assert dict(Image.objects.values_list("id", "thumbnail")) == thumbnails
     assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
     assert all(Image.objects.values_list("indexed_at", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)  # committed for real, so the foreign key is checked
+def test_an_image_deleted_while_it_is_embedded_does_not_fail_the_others():
+    encoder = make_encoder()
+    collection = collection_get_or_create(name="deleted meanwhile")
+    images_create(collection=collection, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i)) for i in range(3)])
+    images = list(Image.objects.order_by("id"))  # what a worker loaded
+    Image.objects.filter(pk=images[0].pk).delete()  # then deleted, before its vector is stored
+    embeddings_store(encoder=encoder, images=images, vectors=np.ones((3, encoder.dim), dtype=np.float32))
+    assert set(Embedding.objects.values_list("image_id", flat=True)) == {images[1].pk, images[2].pk}
 
 
 def test_sweep_requeues_images_whose_message_was_lost(celery_worker):
