@@ -168,13 +168,6 @@ def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
     return answer
 
 
-def _narrowed(filters: SearchFilters, k: int) -> bool:
-    """Whether a filter could leave an index scan short of ``k`` although ``k`` rows match: a
-    collection or label filter, or more excluded images than ``k`` (leaving out the query image
-    and its copies cannot)."""
-    return bool(filters.collection_ids or filters.label) or len(filters.exclude_image_ids) > k
-
-
 # Query expansion (Chum et al. 2007; the alpha-weighted form of Radenovic et al. 2018): the query
 # plus its nearest neighbours' vectors, each weighted by max(0, cosine similarity) ** 3, so close
 # neighbours count almost fully and loose ones hardly at all. Neighbours that are right pull the
@@ -209,9 +202,13 @@ def _ranked(
         filters = replace(filters, exact=_few_candidates(encoder, filters))
     with hnsw_session(k=offset + k):
         ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, **options))
-    if automatic and not filters.exact and len(ranked) < k and filters.min_similarity is None and _narrowed(filters, k):
-        # An iterative index scan gives up after hnsw.max_scan_tuples; a filter that few rows pass
-        # can end it short of k although more matches exist. The exhaustive scan cannot.
+    if automatic and not filters.exact and len(ranked) < k and filters.min_similarity is None:
+        # An index scan came back short of k, which the exhaustive scan answers for sure: either
+        # fewer rows match (then it scans only those few, through the encoder's index), or the
+        # index missed some. An iterative scan gives up after hnsw.max_scan_tuples, so a filter
+        # that few rows pass can end it early; and where most of the graph is thousands of
+        # identical vectors (other encoders', or dead rows not yet vacuumed), rows inserted after
+        # them can be unreachable from the graph's entry point (HNSW prunes their incoming links).
         exhaustive = replace(filters, exact=True)
         ranked = list(similar_queryset(vector=vector, encoder=encoder, k=k, offset=offset, filters=exhaustive, **options))
     return ranked

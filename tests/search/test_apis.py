@@ -75,11 +75,13 @@ def test_similar_leaves_the_query_out_and_pins_queries(client, indexed, django_a
     # for query expansion, ranking, images (the search settings come with the connection);
     # a collection filter adds the collection and (once per few minutes, cached) a bounded count
     # of its candidates; this collection being small, the rankings are exhaustive scans, still
-    # one statement each. expand=0 leaves out the expansion's query.
+    # one statement each. expand=0 leaves out the expansion's query. Unfiltered, k=10 asks for
+    # more than the 5 other images: the index scan comes back short, and the exhaustive scan
+    # that makes sure of it is one more statement.
     for k in (2, 10):
-        with django_assert_num_queries(7):
+        with django_assert_num_queries(7 if k == 2 else 8):
             client.get(reverse("api-image-similar", args=[image.pk]), {"k": k})
-        with django_assert_num_queries(6):
+        with django_assert_num_queries(6 if k == 2 else 7):
             client.get(reverse("api-image-similar", args=[image.pk]), {"k": k, "expand": 0})
         with django_assert_num_queries(9 if k == 2 else 8):
             response = client.get(reverse("api-image-similar", args=[image.pk]), {"k": k, "collection": "colours"})

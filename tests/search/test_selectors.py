@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 
+from django.db import connection
+
 from gallery.models import Collection, Image
 from search import selectors
 from search.models import EncoderVersion, Embedding
@@ -276,3 +278,26 @@ def test_rebuild_vector_index_changes_parameters_and_keeps_search_working():
     assert "m='8'" in definition and "ef_construction='32'" in definition and "vector_cosine_ops" in definition
     hits = selectors.vector_list_similar(vector=vector((1, 2.0)), encoder=encoder, k=2)
     assert [hit.image.original_name for hit in hits] == ["two", "one"]
+
+
+def test_an_index_scan_that_comes_back_short_is_answered_exhaustively():
+    # 2,000 vectors of another encoder, identical to the query, lie nearer than any of this
+    # encoder's; the iterative index scan gives up after hnsw.max_scan_tuples (lowered, with
+    # ef_search, for this test's transaction) before it reaches them. Thousands of identical
+    # vectors in the graph can also leave later rows unreachable, with the same symptom.
+    encoder, other = _encoder(), _encoder(EncoderVersion.Status.RETIRED)
+    pile, fan = Collection.objects.create(name="pile"), Collection.objects.create(name="fan")
+    copies = Image.objects.bulk_create(Image(collection=pile, original_name=f"c{i}", sha256=f"c{i}") for i in range(2000))
+    Embedding.objects.bulk_create(Embedding(image=image, encoder=other, collection=pile, vector=vector((0, 1.0))) for image in copies)
+    for name, (a, b, c) in {"near": (0.95, 0.3122, 0), "beyond": (0.88, 0.4750, 0), "aside": (0.90, 0, 0.4359)}.items():
+        _image(fan, name, vector((0, a), (1, b), (2, c)), encoder)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = 1")
+        cursor.execute("SET LOCAL hnsw.max_scan_tuples = 1")
+        # and the planner steered to the index even where its statistics call the table small
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_sort = off")
+    through_index = selectors.SearchFilters(exact=False)
+    assert selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=3, expand=0, filters=through_index) == []
+    hits = selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=3, expand=0)
+    assert [hit.image.original_name for hit in hits] == ["near", "aside", "beyond"]
