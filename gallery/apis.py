@@ -126,16 +126,21 @@ class CollectionListApi(APIView):
         )
 
 
+def _delete_responses(thing: str) -> dict:
+    """The answers of a staff-only DELETE, for the schema."""
+    return {
+        204: None,
+        401: OpenApiResponse(ErrorSerializer, description="no credentials"),
+        403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+        404: OpenApiResponse(ErrorSerializer, description=f"no such {thing}"),
+    }
+
+
 class CollectionDetailApi(StaffMayDelete, APIView):
     @extend_schema(
         operation_id="collection_delete",
         summary="Delete a collection with its images, their vectors and their files (staff only)",
-        responses={
-            204: None,
-            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
-            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
-            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
-        },
+        responses=_delete_responses("collection"),
     )
     def delete(self, request, collection_id: int):
         collection_delete(collection=get_object_or_404(Collection, pk=collection_id))
@@ -243,12 +248,7 @@ class ImageDetailApi(StaffMayDelete, APIView):
     @extend_schema(
         operation_id="image_delete",
         summary="Delete an image, its vectors and its files (staff only)",
-        responses={
-            204: None,
-            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
-            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
-            404: OpenApiResponse(ErrorSerializer, description="no such image"),
-        },
+        responses=_delete_responses("image"),
     )
     def delete(self, request, image_id: int):
         if not images_delete(images=Image.objects.filter(pk=image_id)):
