@@ -12,11 +12,15 @@ from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
-class StaffMayDelete:
-    """Reading stays open like the rest of the API; DELETE needs a staff user, by HTTP Basic
-    auth (API clients) or the admin's session (with its CSRF token)."""
+# How a staff user proves it where a call needs one: HTTP Basic auth (API clients) or the admin's
+# session (with its CSRF token).
+STAFF_AUTHENTICATION = [BasicAuthentication, SessionAuthentication]
 
-    authentication_classes = [BasicAuthentication, SessionAuthentication]
+
+class StaffMayDelete:
+    """Reading stays open like the rest of the API; DELETE needs a staff user."""
+
+    authentication_classes = STAFF_AUTHENTICATION
 
     def get_permissions(self):
         return [IsAdminUser()] if self.request.method == "DELETE" else [AllowAny()]
@@ -176,7 +180,7 @@ class ImageUploadApi(APIView):
     anyone unless CBIR_API_OPEN_UPLOADS is off; then for staff users only."""
 
     InputSerializer = ImageUploadInputSerializer
-    authentication_classes = StaffMayDelete.authentication_classes
+    authentication_classes = STAFF_AUTHENTICATION
 
     def get_permissions(self):
         return [AllowAny()] if settings.CBIR_API_OPEN_UPLOADS else [IsAdminUser()]

@@ -227,6 +227,7 @@ SET thumbnail = batch.thumbnail,
     height = COALESCE(NULLIF(image.height, 0), batch.height)
 FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::integer[]) AS batch (id, thumbnail, width, height)
 WHERE image.id = batch.id
+RETURNING image.id
 """
 
 
@@ -239,24 +240,20 @@ def images_record_thumbnails(*, images: list[Image]) -> set[int]:
     columns = ([image.id for image in images], [image.thumbnail.name for image in images],
                [image.width for image in images], [image.height for image in images])
     with connection.cursor() as cursor:
-        cursor.execute(_RECORD_THUMBNAILS_SQL + " RETURNING image.id", list(columns))
+        cursor.execute(_RECORD_THUMBNAILS_SQL, list(columns))
         return {row[0] for row in cursor.fetchall()}
 
 
-def stored_files_delete(names: Iterable[str]) -> int:
-    """Remove these files from media storage; a file already gone is not an error. Returns how
-    many were removed."""
-    removed = 0
+def stored_files_delete(names: Iterable[str]) -> None:
+    """Remove these files from media storage; a file already gone is not an error (the storage's
+    ``delete`` ignores it)."""
     for name in names:
         if not name:
             continue
         try:
-            if default_storage.exists(name):
-                default_storage.delete(name)
-                removed += 1
+            default_storage.delete(name)
         except OSError:
             logger.exception("could not delete %s from media storage", name)
-    return removed
 
 
 @transaction.atomic
@@ -270,9 +267,9 @@ def images_delete(*, images: QuerySet[Image]) -> int:
     return deleted.get(Image._meta.label, 0)
 
 
-# Folders of media storage whose files belong to image rows: images/<collection id>/ holds
-# originals (Image.file), thumbnails/<collection id>/ thumbnails (gallery.models' upload_to).
-IMAGE_FOLDERS = ("images", "thumbnails")
+# Folders of media storage whose files belong to image rows, and the Image field that names them:
+# images/<collection id>/ holds originals, thumbnails/<collection id>/ thumbnails (upload_to).
+IMAGE_FOLDERS = {"images": "file", "thumbnails": "thumbnail"}
 
 
 def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> list[str]:
@@ -283,14 +280,13 @@ def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> lis
     removed (or that would be, with ``dry_run``)."""
     cutoff = timezone.now() - older_than
     orphans = []
-    for top in IMAGE_FOLDERS:
+    for top, field in IMAGE_FOLDERS.items():
         if not default_storage.exists(top):
             continue
         folders, _ = default_storage.listdir(top)
         for folder in folders:
             names = default_storage.listdir(f"{top}/{folder}")[1]
             # by name, not by collection: an image moved to another collection keeps its file here
-            field = "file" if top == "images" else "thumbnail"
             known = set(Image.objects.filter(**{f"{field}__startswith": f"{top}/{folder}/"}).values_list(field, flat=True))
             for name in (f"{top}/{folder}/{file}" for file in names):
                 if name not in known and default_storage.get_modified_time(name) < cutoff:
