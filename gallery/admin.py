@@ -118,8 +118,16 @@ class ImageAdmin(admin.ModelAdmin):
     list_display = ["id", "preview", "original_name", "collection", "label", "status", "error", "created_at"]
     list_filter = ["status", "collection"]
     search_fields = ["original_name", "label", "sha256"]
-    readonly_fields = ["preview", "sha256", "width", "height", "status", "error", "thumbnail", "created_at", "updated_at"]
+    # Images come in through the service only (Collections -> Upload images, the API, the
+    # command), which checks, deduplicates and queues them; here they can be relabelled or
+    # deleted. Not moved: their vectors carry their collection, and their files its folder.
+    readonly_fields = [
+        "preview", "collection", "file", "sha256", "width", "height", "status", "error", "thumbnail", "created_at", "updated_at",
+    ]
     list_select_related = ["collection"]
+
+    def has_add_permission(self, request):
+        return False
 
     def delete_model(self, request, obj):
         images_delete(images=Image.objects.filter(pk=obj.pk))

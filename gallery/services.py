@@ -91,7 +91,8 @@ def images_enqueue(image_ids: list[int]) -> None:
 
 def task_send_safely(task, *args) -> None:
     """Send ``task(*args)`` to the broker once, without retries; if the broker is down, log it and
-    return. Only for work that the periodic sweep finds again (pending images, quiet backfills)."""
+    return. Only for work that is found again later: pending images and quiet backfills by the
+    periodic sweep, files of deleted rows by ``manage.py prune_media``."""
     try:
         task.apply_async(args=args, retry=False)
     except Exception as exc:  # broker down or unreachable: the periodic sweep re-sends later
@@ -256,20 +257,65 @@ def stored_files_delete(names: Iterable[str]) -> None:
             logger.exception("could not delete %s from media storage", name)
 
 
+# A deletion removes up to this many files itself once it commits; more are handed to the
+# workers in chunks of this size (``workers.tasks.delete_media_files``), so deleting 100,000
+# images does not hold the request that asked for it while 200,000 files are unlinked.
+FILES_DELETED_INLINE = 1000
+
+
+def stored_files_delete_soon(names: list[str]) -> None:
+    """``stored_files_delete`` now for a few names, by the workers for many. With the broker down
+    the files stay behind as orphans, which ``manage.py prune_media`` removes."""
+    from workers.tasks import delete_media_files
+
+    if len(names) <= FILES_DELETED_INLINE:
+        stored_files_delete(names)
+        return
+    for start in range(0, len(names), FILES_DELETED_INLINE):
+        task_send_safely(delete_media_files, names[start : start + FILES_DELETED_INLINE])
+
+
+# Deletions are SQL, a statement for the vectors and one for the rows: Django's cascade would
+# first load every image into a model instance (a million: minutes and gigabytes in the web
+# process, bench/delete.py). The vectors go first: they point at the images.
+_DELETE_IMAGES_SQL = (
+    "DELETE FROM search_embedding WHERE image_id = ANY(%(ids)s)",
+    "DELETE FROM gallery_image WHERE id = ANY(%(ids)s) RETURNING file, thumbnail",
+)
+_DELETE_COLLECTION_IMAGES_SQL = (
+    "DELETE FROM search_embedding WHERE image_id IN (SELECT id FROM gallery_image WHERE collection_id = %(collection)s)",
+    "DELETE FROM gallery_image WHERE collection_id = %(collection)s",
+)
+
+
 @transaction.atomic
 def images_delete(*, images: QuerySet[Image]) -> int:
     """Delete these images, their vectors, and, once the deletion is committed, their originals
     and thumbnails in media storage (each row owns its files: stored names are fresh uuids, and
     a duplicate is never stored twice). Returns how many images were deleted."""
-    names = [name for pair in images.values_list("file", "thumbnail") for name in pair if name]
-    _, deleted = Image.objects.filter(pk__in=images.values("pk")).delete()
-    transaction.on_commit(lambda: stored_files_delete(names))
-    return deleted.get(Image._meta.label, 0)
+    ids = list(images.values_list("pk", flat=True))
+    with connection.cursor() as cursor:
+        for sql in _DELETE_IMAGES_SQL:
+            cursor.execute(sql, {"ids": ids})
+        rows = cursor.fetchall()
+    names = [name for pair in rows for name in pair if name]
+    transaction.on_commit(lambda: stored_files_delete_soon(names))
+    return len(rows)
 
 
 # Folders of media storage whose files belong to image rows, and the Image field that names them:
 # images/<collection id>/ holds originals, thumbnails/<collection id>/ thumbnails (upload_to).
 IMAGE_FOLDERS = {"images": "file", "thumbnails": "thumbnail"}
+
+
+def _folder_orphans(top: str, folder: str, *, cutoff=None) -> list[str]:
+    """The files of ``top/folder`` that no image row names (and, with ``cutoff``, older than it).
+    By name, not by collection: an image moved to another collection keeps its file here."""
+    field = IMAGE_FOLDERS[top]
+    prefix = f"{top}/{folder}/"
+    known = set(Image.objects.filter(**{f"{field}__startswith": prefix}).values_list(field, flat=True))
+    names = (prefix + file for file in default_storage.listdir(prefix)[1])
+    return [name for name in names if name not in known and (cutoff is None or default_storage.get_modified_time(name) < cutoff)]
 
 
 def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> list[str]:
@@ -280,28 +326,52 @@ def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> lis
     removed (or that would be, with ``dry_run``)."""
     cutoff = timezone.now() - older_than
     orphans = []
-    for top, field in IMAGE_FOLDERS.items():
-        if not default_storage.exists(top):
-            continue
-        folders, _ = default_storage.listdir(top)
-        for folder in folders:
-            names = default_storage.listdir(f"{top}/{folder}")[1]
-            # by name, not by collection: an image moved to another collection keeps its file here
-            known = set(Image.objects.filter(**{f"{field}__startswith": f"{top}/{folder}/"}).values_list(field, flat=True))
-            for name in (f"{top}/{folder}/{file}" for file in names):
-                if name not in known and default_storage.get_modified_time(name) < cutoff:
-                    orphans.append(name)
+    for top in IMAGE_FOLDERS:
+        if default_storage.exists(top):
+            for folder in default_storage.listdir(top)[0]:
+                orphans += _folder_orphans(top, folder, cutoff=cutoff)
     if not dry_run:
         stored_files_delete(orphans)
     return orphans
 
 
+def collection_files_delete(collection_id: int) -> int:
+    """Remove the files of a deleted collection: everything in its folders that no image row
+    names, then the folders themselves once empty. Returns how many files were removed."""
+    removed = 0
+    for top in IMAGE_FOLDERS:
+        folder = f"{top}/{collection_id}"
+        if not default_storage.exists(folder):
+            continue
+        orphans = _folder_orphans(top, str(collection_id))
+        stored_files_delete(orphans)
+        removed += len(orphans)
+        try:
+            os.rmdir(default_storage.path(folder))
+        except (NotImplementedError, OSError):  # not a local storage, or files of moved images remain
+            pass
+    return removed
+
+
 @transaction.atomic
 def collection_delete(*, collection: Collection) -> int:
-    """Delete a collection with all its images and their files (``images_delete``). Returns how
-    many images went with it."""
-    count = images_delete(images=Image.objects.filter(collection=collection))
-    Collection.objects.filter(pk=collection.pk).delete()
+    """Delete a collection with all its images and their vectors; once that commits, its files
+    go too (``collection_files_delete``): at once for a small collection, by a worker for a
+    large one, so the request does not wait while a million files are unlinked. The collection's
+    id is never reused, so no later upload lands in those folders. Returns how many images went
+    with it."""
+    from workers.tasks import delete_collection_files
+
+    collection_id = collection.pk
+    with connection.cursor() as cursor:
+        for sql in _DELETE_COLLECTION_IMAGES_SQL:
+            cursor.execute(sql, {"collection": collection_id})
+        count = cursor.rowcount
+    Collection.objects.filter(pk=collection_id).delete()
+    if 2 * count <= FILES_DELETED_INLINE:
+        transaction.on_commit(lambda: collection_files_delete(collection_id))
+    else:
+        transaction.on_commit(lambda: task_send_safely(delete_collection_files, collection_id))
     return count
 
 

@@ -58,3 +58,19 @@ def train_encoder(encoder_id: int, *, activate: bool = True) -> int:
     if activate:
         encoder_activate(encoder=encoder)
     return encoder.pk
+
+
+@shared_task(acks_late=True)
+def delete_media_files(names: list[str]) -> None:
+    """Remove these files from media storage once the rows that named them are deleted."""
+    from gallery.services import stored_files_delete
+
+    stored_files_delete(names)
+
+
+@shared_task(acks_late=True)
+def delete_collection_files(collection_id: int) -> int:
+    """Remove a deleted collection's files from media storage."""
+    from gallery.services import collection_files_delete
+
+    return collection_files_delete(collection_id)

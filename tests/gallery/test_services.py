@@ -1,5 +1,6 @@
 import io
 import os
+import threading
 import time
 from datetime import timedelta
 import stat
@@ -13,6 +14,7 @@ from django.urls import reverse
 
 from gallery.models import Collection, Image
 from search.models import Embedding, EncoderVersion
+from gallery import services
 from gallery.services import (
     IncomingFile,
     collection_delete,
@@ -23,6 +25,7 @@ from gallery.services import (
     images_record_thumbnails,
     media_orphans_delete,
 )
+from tests.conftest import wait_for
 from tests.utils import image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -225,6 +228,54 @@ def test_deleting_a_collection_removes_its_images_vectors_and_files_and_nothing_
     assert not any(default_storage.exists(name) for name in _files(gone))
     assert all(default_storage.exists(name) for name in _files(kept))
     assert set(Embedding.objects.values_list("image_id", flat=True)) == {image.id for image in kept}
+
+
+def test_the_admin_edits_labels_but_neither_adds_images_past_the_service_nor_moves_them(admin_client, collection):
+    image = _stored(collection, 1)[0]
+    assert admin_client.get(reverse("admin:gallery_image_add")).status_code == 403
+    other = collection_get_or_create(name="elsewhere")
+    response = admin_client.post(
+        reverse("admin:gallery_image_change", args=[image.pk]),
+        {"original_name": image.original_name, "label": "relabelled", "collection": other.pk},
+    )
+    assert response.status_code == 302
+    image.refresh_from_db()
+    assert (image.label, image.collection_id) == ("relabelled", collection.pk)
+    assert Embedding.objects.get(image=image).collection_id == collection.pk
+
+
+def _rows_with_files(collection, count: int) -> list[Image]:
+    """Image rows with an original and a thumbnail in storage, not queued for indexing."""
+    images = []
+    for i in range(count):
+        image = Image(collection=collection, original_name=f"{i}.png", sha256=f"{i:064x}")
+        image.file.save(f"{i}.png", ContentFile(image_bytes(pattern=i)), save=False)
+        image.thumbnail.save("t.webp", ContentFile(b"thumb"), save=True)
+        images.append(image)
+    return images
+
+
+def test_a_large_deletion_leaves_the_files_to_the_workers(collection, celery_worker, monkeypatch):
+    """Above FILES_DELETED_INLINE files the deleting call only queues their removal, and a real
+    worker removes them: chunks of names for images, a whole collection's folders."""
+    monkeypatch.setattr(services, "FILES_DELETED_INLINE", 3)
+    unlinked_by = []
+    unlink = services.stored_files_delete
+
+    def recording(names):
+        unlinked_by.append(threading.current_thread().name)
+        unlink(names)
+
+    monkeypatch.setattr(services, "stored_files_delete", recording)
+    images = _rows_with_files(collection, 5)
+    assert images_delete(images=Image.objects.filter(pk__in=[image.pk for image in images[:3]])) == 3  # 6 files: 2 chunks
+    wait_for(lambda: not any(default_storage.exists(name) for name in _files(images[:3])), message="the worker to delete 6 files")
+    assert Image.objects.count() == 2 and all(default_storage.exists(name) for name in _files(images[3:]))
+    assert collection_delete(collection=collection) == 2  # 4 files
+    wait_for(lambda: not default_storage.exists(f"images/{collection.pk}"), message="the worker to delete the folder")
+    assert not default_storage.exists(f"thumbnails/{collection.pk}") and not Image.objects.exists()
+    here = threading.current_thread().name
+    assert len(unlinked_by) == 4 and here not in unlinked_by  # 2 chunks + 2 folders, none by the caller
 
 
 def test_deleting_images_keeps_the_files_until_the_deletion_commits(collection, django_capture_on_commit_callbacks):
