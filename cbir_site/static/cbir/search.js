@@ -1,0 +1,37 @@
+// Search by dropping an image anywhere on the page, or by pasting one (Ctrl+V): the file goes
+// into the form's file input and the form is sent, as if it had been chosen with the button.
+(function () {
+  const form = document.querySelector("form[data-image-search]");
+  if (!form) return;
+  const input = form.querySelector("input[type=file]");
+  const carriesFiles = (event) => Array.from(event.dataTransfer ? event.dataTransfer.types : []).includes("Files");
+
+  function searchWith(file) {
+    if (!file) return;
+    const chosen = new DataTransfer();
+    chosen.items.add(file);
+    input.files = chosen.files;
+    form.requestSubmit();
+  }
+
+  document.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    document.body.classList.add("dropping");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) document.body.classList.remove("dropping");
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    document.body.classList.remove("dropping");
+    searchWith(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const item = Array.from(event.clipboardData ? event.clipboardData.items : []).find(
+      (entry) => entry.kind === "file" && entry.type.startsWith("image/"),
+    );
+    if (item) searchWith(item.getAsFile());
+  });
+})();
