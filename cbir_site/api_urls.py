@@ -3,6 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery.apis import CollectionDetailApi, CollectionListApi, ImageDetailApi, ImageUploadApi
 from search.apis import ImageSimilarApi, SearchApi
+from workers.apis import HealthApi
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -13,4 +14,5 @@ urlpatterns = [
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),
     path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),
     path("search/", SearchApi.as_view(), name="api-search"),
+    path("health/", HealthApi.as_view(), name="api-health"),
 ]

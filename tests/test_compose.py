@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 from django.conf import settings
+from django.urls import reverse
 
 ROOT = Path(settings.BASE_DIR)
 
@@ -16,6 +17,10 @@ def test_compose_describes_the_production_services():
     worker = services["worker"]
     assert worker["command"][:4] == ["celery", "-A", "workers", "worker"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    web_check = " ".join(services["web"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:8000{reverse('api-health')}" in web_check
+    assert "127.0.0.1" in services["web"]["environment"]["DJANGO_ALLOWED_HOSTS"]
+    assert "inspect ping" in services["worker"]["healthcheck"]["test"][1]
     for name in ("web", "worker", "migrate"):
         env = services[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")

@@ -28,6 +28,8 @@ def _json_schema(openapi_schema):
         converted = {k: _json_schema(v) for k, v in openapi_schema.items() if k != "nullable"}
         if openapi_schema.get("nullable") and "type" in converted:
             converted["type"] = [converted["type"], "null"]
+        elif openapi_schema.get("nullable"):  # a nullable reference: allOf [$ref] + nullable
+            converted = {"anyOf": [converted, {"type": "null"}]}
         if "$ref" in converted:
             converted["$ref"] = converted["$ref"].replace("#/components/schemas/", "#/definitions/")
         return converted
