@@ -1,0 +1,63 @@
+"""The search page in a real browser: Debian's Chromium, headless, driven by Playwright against a
+live server on the test database. Skipped where Chromium is not installed (`apt-get install
+chromium`; Playwright's own browser download is not used)."""
+import base64
+import shutil
+
+import pytest
+from django.urls import reverse
+
+from gallery.models import Image
+from tests.search.test_apis import indexed  # noqa: F401  (fixture)
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # the live server's thread must see the rows
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
+
+# Builds a File from base64 and hands it to the page as a user's drop or paste would.
+DROP = """([data, name]) => {
+    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+    const carried = new DataTransfer();
+    carried.items.add(new File([bytes], name, {type: "image/png"}));
+    document.dispatchEvent(new DragEvent("dragover", {dataTransfer: carried, bubbles: true, cancelable: true}));
+    document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: carried, bubbles: true, cancelable: true}));
+}"""
+PASTE = """([data, name]) => {
+    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+    const carried = new DataTransfer();
+    carried.items.add(new File([bytes], name, {type: "image/png"}));
+    document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: carried, bubbles: true}));
+}"""
+
+
+def test_dropping_or_pasting_an_image_searches_with_it_and_results_lead_to_similar_images(live_server, indexed):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    _, pictures = indexed
+    # Everything the database says is read first: Django refuses ORM calls while Playwright's
+    # event loop runs in this thread.
+    detail = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
+    page_url = live_server.url + reverse("search:search-page")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            for how, script, name in (("drop", DROP, "c3.png"), ("paste", PASTE, "c1.png")):
+                page.goto(page_url)
+                with page.expect_navigation():
+                    page.evaluate(script, [base64.b64encode(pictures[name]).decode(), name])
+                tiles = page.locator("#results a.tile")
+                assert tiles.count() == 6, how  # the six indexed images, the same picture first
+                assert tiles.first.get_attribute("href") == detail[name], how
+                assert "sim 1.000" in tiles.first.inner_text(), how
+            tiles.first.click()
+            page.wait_for_url(live_server.url + detail["c1.png"])
+            assert page.locator("#results a.tile").count() == 5  # its similar images, never itself
+            assert errors == []
+        finally:
+            browser.close()
