@@ -1,3 +1,5 @@
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
@@ -13,12 +15,24 @@ def collection_list(request):
     return render(request, "gallery/collection_list.html", {"collections": collection_list_with_stats()})
 
 
+def _query(**params: str) -> str:
+    """A query string of the non-empty ``params``, with its "?"."""
+    return "?" + urlencode({key: value for key, value in params.items() if value})
+
+
 def collection_detail(request, collection_id: int):
+    """The collection's images, 60 a page, narrowed by ``label`` and ``status`` (failed images show
+    their reason), with the counts that the page keeps up to date while images are pending."""
     collection = get_object_or_404(Collection, pk=collection_id)
     images = Image.objects.filter(collection=collection).order_by("id")
     label = request.GET.get("label", "")
     if label:
         images = images.filter(label=label)
+    status = request.GET.get("status", "")
+    if status in Image.Status.values:
+        images = images.filter(status=status)
+    else:
+        status = ""
     page = Paginator(images, IMAGES_PER_PAGE).get_page(request.GET.get("page"))
     labels = (
         Image.objects.filter(collection=collection).exclude(label="").values_list("label", flat=True).distinct().order_by("label")
@@ -30,8 +44,13 @@ def collection_detail(request, collection_id: int):
             "collection": collection,
             "page": page,
             "stats": collection_stats(collection=collection),
-            "labels": list(labels),
+            "labels": [(name, _query(label=name, status=status)) for name in labels],
             "label": label,
+            "status": status,
+            # each status link keeps the label, each label link the status, the pager both
+            "status_urls": {"all": _query(label=label), **{name: _query(label=label, status=name) for name in Image.Status.values}},
+            "all_labels_url": _query(status=status),
+            "page_query": _query(label=label, status=status)[1:],
         },
     )
 

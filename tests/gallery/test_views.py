@@ -3,6 +3,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from gallery.models import Image
+from gallery.services import IncomingFile, images_create
+from tests.utils import image_bytes
+from workers.services import images_index
 from tests.search.test_apis import indexed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
@@ -16,6 +19,25 @@ def test_gallery_lists_collections_and_thumbnails(client, indexed):  # noqa: F81
     for image in Image.objects.filter(status=Image.Status.INDEXED):
         assert image.thumbnail.url in detail
     assert "not an image" in detail  # the failed upload shows its reason
+
+
+def test_collection_page_narrows_to_a_status_and_shows_why_images_failed(client, indexed):  # noqa: F811
+    collection, _ = indexed
+    truncated = image_bytes(size=(200, 200), fmt="JPEG", pattern=9)[:6000]  # a header that passes, data that does not
+    images_create(collection=collection, files=[IncomingFile(name="cut.jpg", data=truncated, label="L0")])
+    cut = Image.objects.get(original_name="cut.jpg")
+    images_index(image_ids=[cut.pk])
+    cut.refresh_from_db()
+    assert cut.status == Image.Status.FAILED and cut.file
+    url = reverse("gallery:collection-detail", args=[collection.pk])
+    failed = client.get(url, {"status": "failed"}).content.decode()
+    assert cut.error in failed and "not an image" in failed  # each failed image with its reason
+    assert not any(image.thumbnail.url in failed for image in Image.objects.filter(status=Image.Status.INDEXED))
+    narrowed = client.get(url, {"status": "failed", "label": "L0"}).content.decode()
+    assert cut.error in narrowed and "not an image" not in narrowed  # bad.png has no label
+    assert 'href="?label=L0&amp;status=indexed"' in narrowed and 'href="?label=L1&amp;status=failed"' in narrowed
+    everything = client.get(url, {"status": "bogus"}).content.decode()  # an unknown status narrows nothing
+    assert all(image.thumbnail.url in everything for image in Image.objects.filter(status=Image.Status.INDEXED))
 
 
 def test_collection_page_follows_progress_only_while_images_are_pending(client, indexed):  # noqa: F811
