@@ -95,7 +95,7 @@ def task_send_safely(task, *args) -> None:
     periodic sweep, files of deleted rows by ``manage.py prune_media``."""
     try:
         task.apply_async(args=args, retry=False)
-    except Exception as exc:  # broker down or unreachable: the periodic sweep re-sends later
+    except Exception as exc:  # broker down or unreachable: found again later, as above
         logger.warning("could not queue %s%r (%s); the sweep will retry", task.name, args[:1], exc)
 
 
@@ -299,7 +299,8 @@ def images_delete(*, images: QuerySet[Image]) -> int:
             cursor.execute(sql, {"ids": ids})
         rows = cursor.fetchall()
     names = [name for pair in rows for name in pair if name]
-    transaction.on_commit(lambda: stored_files_delete_soon(names))
+    # robust: the rows are gone whatever happens to their files; a failure is logged, not raised
+    transaction.on_commit(lambda: stored_files_delete_soon(names), robust=True)
     return len(rows)
 
 
@@ -369,9 +370,9 @@ def collection_delete(*, collection: Collection) -> int:
         count = cursor.rowcount
     Collection.objects.filter(pk=collection_id).delete()
     if 2 * count <= FILES_DELETED_INLINE:
-        transaction.on_commit(lambda: collection_files_delete(collection_id))
+        transaction.on_commit(lambda: collection_files_delete(collection_id), robust=True)
     else:
-        transaction.on_commit(lambda: task_send_safely(delete_collection_files, collection_id))
+        transaction.on_commit(lambda: task_send_safely(delete_collection_files, collection_id), robust=True)
     return count
 
 
