@@ -7,7 +7,7 @@ from django.utils.html import format_html
 from gallery.forms import UploadImagesForm
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
-from gallery.services import ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
+from gallery.services import CollectionGone, ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
 @admin.register(Collection)
@@ -96,7 +96,11 @@ class CollectionAdmin(admin.ModelAdmin):
                 labels_from_dirs=form.cleaned_data["labels_from_dirs"],
                 report=report,
             )
-            report.merge(images_create(collection=collection, files=files))
+            try:
+                report.merge(images_create(collection=collection, files=files))
+            except CollectionGone as gone:
+                self.message_user(request, str(gone), messages.ERROR)
+                return redirect("admin:gallery_collection_changelist")
             level = messages.WARNING if report.failed or report.skipped or report.duplicates else messages.SUCCESS
             self.message_user(request, f"{collection.name}: {report.summary()}.", level)
             problems = report.failed + report.skipped + [(name, f"duplicate of image {o}") for name, o in report.duplicates]

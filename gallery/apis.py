@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
-from gallery.services import ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
+from gallery.services import CollectionGone, ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
 # How a staff user proves it where a call needs one: HTTP Basic auth (API clients) or the admin's
@@ -194,6 +194,7 @@ class ImageUploadApi(APIView):
             400: OpenApiResponse(ErrorSerializer, description="invalid parameters"),
             401: OpenApiResponse(ErrorSerializer, description="no credentials, where uploads need a staff user"),
             403: OpenApiResponse(ErrorSerializer, description="not a staff user, where uploads need one"),
+            409: OpenApiResponse(ErrorSerializer, description="the collection was deleted during the upload"),
         },
     )
     def post(self, request):
@@ -212,7 +213,10 @@ class ImageUploadApi(APIView):
             labels_from_dirs=params.validated_data["labels_from_dirs"],
             report=report,
         )
-        report.merge(images_create(collection=collection, files=incoming))
+        try:
+            report.merge(images_create(collection=collection, files=incoming))
+        except CollectionGone as gone:
+            return Response({"error": str(gone)}, status=status.HTTP_409_CONFLICT)
         results = report.results + [{"name": name, "status": "skipped", "error": reason} for name, reason in report.skipped]
         return Response(
             {

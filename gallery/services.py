@@ -124,6 +124,15 @@ def _image_build(*, collection: Collection, incoming: IncomingFile, sha256: str)
     return image
 
 
+class CollectionGone(Exception):
+    """The collection was deleted while images were being added to it. ``report`` says what had
+    been stored before (and went with the collection)."""
+
+    def __init__(self, collection: Collection, report: ImportReport) -> None:
+        super().__init__(f"collection {collection.name!r} was deleted during the import; nothing more was stored")
+        self.report = report
+
+
 def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> ImportReport:
     """Store each file as an Image of ``collection`` and queue the good ones for indexing.
 
@@ -140,7 +149,10 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
 
     def flush(pool: ThreadPoolExecutor) -> None:
         with transaction.atomic():
-            Collection.objects.select_for_update().filter(pk=collection.pk).first()
+            # Locked, so a deletion waits for this chunk, or this chunk learns of the deletion
+            # before it stores a file (collection_delete takes the same lock first).
+            if not Collection.objects.select_for_update().filter(pk=collection.pk).exists():
+                raise CollectionGone(collection, report)
             digests = list(pool.map(lambda incoming: hashlib.sha256(incoming.data).hexdigest(), chunk))
             existing = dict(
                 Image.objects.filter(collection=collection, sha256__in=set(digests))
@@ -364,6 +376,7 @@ def collection_delete(*, collection: Collection) -> int:
     from workers.tasks import delete_collection_files
 
     collection_id = collection.pk
+    Collection.objects.select_for_update().filter(pk=collection_id).exists()  # waits for an import's chunk in flight
     with connection.cursor() as cursor:
         for sql in _DELETE_COLLECTION_IMAGES_SQL:
             cursor.execute(sql, {"collection": collection_id})

@@ -10,6 +10,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db import connection, transaction
 from django.urls import reverse
 
 from gallery.models import Collection, Image
@@ -242,6 +243,43 @@ def test_the_admin_edits_labels_but_neither_adds_images_past_the_service_nor_mov
     image.refresh_from_db()
     assert (image.label, image.collection_id) == ("relabelled", collection.pk)
     assert Embedding.objects.get(image=image).collection_id == collection.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_into_a_deleted_collection_stops_with_a_clear_error_and_stores_nothing():
+    collection = collection_get_or_create(name="short-lived")
+    stale = Collection.objects.get(pk=collection.pk)  # what an import holds while the admin deletes
+    collection_delete(collection=collection)
+    with pytest.raises(services.CollectionGone, match="'short-lived' was deleted during the import"):
+        images_create(collection=stale, files=[IncomingFile(name="a.png", data=image_bytes(pattern=1))])
+    assert not Image.objects.exists() and not default_storage.exists(f"images/{stale.pk}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_collection_waits_for_an_import_chunk_in_flight_and_takes_its_images_too():
+    """An import chunk holds the collection's row lock until it commits; the deletion takes the
+    same lock first, so it then deletes the chunk's images too instead of failing on them."""
+    collection = collection_get_or_create(name="busy")
+    outcome = {}
+
+    def delete() -> None:
+        try:
+            outcome["deleted"] = collection_delete(collection=Collection.objects.get(pk=collection.pk))
+        except Exception as exc:  # reported to the test thread
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    with transaction.atomic():  # the chunk, as images_create's flush runs it
+        Collection.objects.select_for_update().get(pk=collection.pk)
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        deleter.join(timeout=1.0)
+        assert deleter.is_alive()  # waiting for the chunk
+        Image.objects.create(collection=collection, original_name="in-flight.png", sha256="f" * 64)
+    deleter.join(timeout=30)
+    assert outcome == {"deleted": 1}
+    assert not Image.objects.exists() and not Collection.objects.exists()
 
 
 def _rows_with_files(collection, count: int) -> list[Image]:

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery.selectors import collection_stats
-from gallery.services import collection_get_or_create, collection_import
+from gallery.services import CollectionGone, collection_get_or_create, collection_import
 
 
 class Command(BaseCommand):
@@ -21,7 +21,10 @@ class Command(BaseCommand):
         if not path.exists():
             raise CommandError(f"no such file or folder: {path}")
         target = collection_get_or_create(name=collection)
-        report = collection_import(collection=target, path=path, labels_from_dirs=labels_from_dirs)
+        try:
+            report = collection_import(collection=target, path=path, labels_from_dirs=labels_from_dirs)
+        except CollectionGone as gone:
+            raise CommandError(f"{gone} ({gone.report.summary()} before it went)") from None
         self.stdout.write(f"{target.name}: {report.summary()}")
         for name, reason in report.failed + report.skipped:
             self.stdout.write(f"  {name}: {reason}")
