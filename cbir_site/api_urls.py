@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from gallery.apis import CollectionDetailApi, CollectionListApi, ImageDetailApi, ImageUploadApi
+from gallery.apis import CollectionDetailApi, CollectionImageListApi, CollectionListApi, ImageDetailApi, ImageUploadApi
 from search.apis import ImageSimilarApi, SearchApi
 from workers.apis import HealthApi
 
@@ -10,6 +10,7 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
+    path("collections/<int:collection_id>/images/", CollectionImageListApi.as_view(), name="api-collection-images"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),
     path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gallery.models import Collection, Image
-from gallery.selectors import collection_list_with_stats, collection_stats
+from gallery.selectors import collection_list_with_stats, collection_stats, image_list
 from gallery.services import CollectionGone, ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
@@ -238,6 +238,10 @@ class ImageDetailOutputSerializer(ImageOutputSerializer):
     height = serializers.IntegerField(allow_null=True)
 
 
+def image_detail_representation(image: Image, request) -> dict:
+    return {**image_representation(image, request), "status": image.status, "error": image.error, "width": image.width, "height": image.height}
+
+
 class ImageDetailApi(StaffMayDelete, APIView):
     @extend_schema(
         operation_id="image_detail",
@@ -246,12 +250,7 @@ class ImageDetailApi(StaffMayDelete, APIView):
     )
     def get(self, request, image_id: int):
         image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
-        return Response(
-            {
-                **image_representation(image, request),
-                "status": image.status, "error": image.error, "width": image.width, "height": image.height,
-            }
-        )
+        return Response(image_detail_representation(image, request))
 
     @extend_schema(
         operation_id="image_delete",
@@ -262,3 +261,50 @@ class ImageDetailApi(StaffMayDelete, APIView):
         if not images_delete(images=Image.objects.filter(pk=image_id)):
             return Response({"error": f"no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+IMAGE_PAGE_MAX = 500
+
+
+class ImageListInputSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Image.Status.values, required=False, help_text="only images with this status")
+    label = serializers.CharField(required=False, allow_blank=True, help_text="only images with this label")
+    after = serializers.IntegerField(required=False, min_value=0, default=0, help_text="only images with a larger id (the `next` link sets it)")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=IMAGE_PAGE_MAX, default=100)
+
+
+class ImageListOutputSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True, help_text="the next page, while this one is full")
+    results = ImageDetailOutputSerializer(many=True)
+
+
+class CollectionImageListApi(APIView):
+    @extend_schema(
+        operation_id="collection_image_list",
+        summary="A collection's images in id order, by status or label: e.g. the failed ones with their reasons",
+        parameters=[ImageListInputSerializer],
+        responses={
+            200: ImageListOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="a bad parameter"),
+            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
+        },
+    )
+    def get(self, request, collection_id: int):
+        collection = get_object_or_404(Collection, pk=collection_id)
+        params = ImageListInputSerializer(data=request.query_params)
+        if not params.is_valid():
+            return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+        limit = params.validated_data["limit"]
+        images = image_list(
+            collection=collection,
+            status=params.validated_data.get("status", ""),
+            label=params.validated_data.get("label", ""),
+            after=params.validated_data["after"],
+            limit=limit,
+        )
+        next_url = None
+        if len(images) == limit:
+            query = request.query_params.copy()
+            query["after"] = images[-1].pk
+            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        return Response({"next": next_url, "results": [image_detail_representation(image, request) for image in images]})

@@ -40,3 +40,15 @@ def collection_list_with_stats() -> QuerySet[Collection]:
         pending=Count("images", filter=Q(images__status=Image.Status.PENDING)),
         failed=Count("images", filter=Q(images__status=Image.Status.FAILED)),
     ).order_by("name")
+
+
+def image_list(*, collection: Collection, status: str = "", label: str = "", after: int = 0, limit: int) -> list[Image]:
+    """Up to ``limit`` of the collection's images with an id above ``after``, in id order, narrowed
+    by ``status`` and ``label`` when given. Pages follow the ids (keyset), so page 10,000 of a
+    million images costs what the first does, and an image added meanwhile shifts no page."""
+    images = Image.objects.filter(collection=collection, id__gt=after).select_related("collection").order_by("id")
+    if status:
+        images = images.filter(status=status)
+    if label:
+        images = images.filter(label=label)
+    return list(images[:limit])

@@ -107,3 +107,32 @@ def test_uploads_can_be_closed_to_all_but_staff(client, settings, django_user_mo
 
     assert upload().status_code == 401 and not Image.objects.exists()
     assert upload(**_basic("keeper", "pw")).status_code == 202 and Image.objects.count() == 1
+
+
+def test_collection_images_list_by_status_with_reasons_and_pages_by_id(client, django_assert_num_queries):
+    collection = collection_get_or_create(name="mixed")
+    files = [SimpleUploadedFile(f"{i}.png", image_bytes(pattern=i)) for i in range(5)]
+    files += [SimpleUploadedFile("junk.png", b"not an image"), SimpleUploadedFile("empty.png", b"")]
+    client.post(reverse("api-image-upload"), {"collection": "mixed", "files": files, "label": "x"})
+    url = reverse("api-collection-images", args=[collection.pk])
+    failed = client.get(url, {"status": "failed"}).json()
+    assert [(hit["original_name"], hit["status"]) for hit in failed["results"]] == [("junk.png", "failed"), ("empty.png", "failed")]
+    assert all(hit["error"] for hit in failed["results"]) and failed["next"] is None
+    pages, next_url = [], f"{url}?status=pending&limit=2"
+    while next_url:
+        with django_assert_num_queries(2):  # the collection, one page of images
+            body = client.get(next_url).json()
+        pages.append([hit["original_name"] for hit in body["results"]])
+        next_url = body["next"]
+    assert pages == [["0.png", "1.png"], ["2.png", "3.png"], ["4.png"]]
+    assert client.get(url, {"label": "y"}).json()["results"] == []
+
+
+def test_collection_images_list_refuses_bad_parameters(client):
+    collection = collection_get_or_create(name="empty")
+    url = reverse("api-collection-images", args=[collection.pk])
+    bad = client.get(url, {"status": "lost", "limit": 0, "after": -1})
+    assert bad.status_code == 400 and set(bad.json()["errors"]) == {"status", "limit", "after"}
+    assert client.get(url, {"limit": 501}).status_code == 400
+    missing = client.get(reverse("api-collection-images", args=[999_999]))
+    assert missing.status_code == 404 and "error" in missing.json()

@@ -48,6 +48,7 @@ def assert_matches(schema, path, method, status, body):
 def test_every_endpoint_is_documented(schema):
     assert set(schema["paths"]) >= {
         "/api/images/{image_id}/similar/", "/api/search/", "/api/images/", "/api/collections/", "/api/collections/{collection_id}/",
+        "/api/collections/{collection_id}/images/", "/api/health/",
     }
     similar = schema["paths"]["/api/images/{image_id}/similar/"]["get"]
     assert {p["name"] for p in similar["parameters"]} >= {"k", "offset", "collection", "label", "min_similarity", "exclude"}
@@ -70,6 +71,11 @@ def test_responses_match_the_schema(client, schema, indexed):  # noqa: F811
     assert_matches(schema, "/api/collections/", "get", 200, client.get(reverse("api-collection-list")).json())
     detail = client.get(reverse("api-collection-detail", args=[collection.pk])).json()
     assert_matches(schema, "/api/collections/{collection_id}/", "get", 200, detail)
+    images = client.get(reverse("api-collection-images", args=[collection.pk]), {"limit": 2})
+    assert images.json()["next"] and images.json()["results"][0]["status"]
+    assert_matches(schema, "/api/collections/{collection_id}/images/", "get", 200, images.json())
+    bad_page = client.get(reverse("api-collection-images", args=[collection.pk]), {"status": "lost"})
+    assert_matches(schema, "/api/collections/{collection_id}/images/", "get", 400, bad_page.json())
 
 
 def test_interactive_docs_are_served_without_a_cdn(client):
