@@ -163,10 +163,18 @@ def test_import_wait_returns_when_images_only_wait_for_an_encoder(celery_worker,
     (tmp_path / "a").mkdir()
     for i in range(3):
         (tmp_path / "a" / f"{i}.png").write_bytes(image_bytes(pattern=i))
+    # A header that passes the upload's check over data that only the worker's decoder finds cut,
+    # and a file that the upload already refuses.
+    (tmp_path / "a" / "cut.jpg").write_bytes(image_bytes(size=(200, 200), fmt="JPEG", pattern=9)[:6000])
+    (tmp_path / "a" / "junk.png").write_bytes(b"not an image")
     call_command("import_images", str(tmp_path), "--collection", "no-encoder-yet", "--wait")
     out = capsys.readouterr().out
     assert "3 images are stored and thumbnailed, and wait for an encoder" in out
     assert Image.objects.filter(status=Image.Status.PENDING).exclude(thumbnail="").count() == 3
+    cut = Image.objects.get(original_name="a/cut.jpg")  # names are paths below the imported folder
+    assert cut.status == Image.Status.FAILED
+    late = out.split("1 failed while indexing:")[1]
+    assert f"a/cut.jpg: {cut.error}" in late and "junk.png" not in late  # junk.png was reported at upload
 
 
 def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):

@@ -8,6 +8,9 @@ from gallery.selectors import collection_stats
 from gallery.services import CollectionGone, collection_get_or_create, collection_import
 
 
+LATE_FAILURES_SHOWN = 20
+
+
 class Command(BaseCommand):
     help = "Import a folder tree or a .zip of images into a collection; workers index them in the background."
 
@@ -30,6 +33,7 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name}: {reason}")
         if wait:
             self._wait(target)
+            self._report_late_failures(target, report)
 
     def _wait(self, collection) -> None:
         from gallery.models import Image
@@ -53,3 +57,29 @@ class Command(BaseCommand):
                     )
                     break
                 time.sleep(1)
+
+    def _report_late_failures(self, collection, report) -> None:
+        """The images of this import that a worker found unusable (truncated or corrupt data that
+        the header check could not see), each with its reason, at most ``LATE_FAILURES_SHOWN``."""
+        from gallery.models import Image
+
+        if not report.created:
+            return
+        upload_failures = {entry["id"] for entry in report.results if entry.get("status") == "failed"}
+        created = set(report.created)
+        late = [
+            image
+            for image in Image.objects.filter(
+                collection=collection, status=Image.Status.FAILED, id__gte=min(created), id__lte=max(created)
+            ).order_by("id")
+            if image.id in created and image.id not in upload_failures
+        ]
+        if not late:
+            return
+        self.stdout.write(f"{len(late)} failed while indexing:")
+        for image in late[:LATE_FAILURES_SHOWN]:
+            self.stdout.write(f"  {image.original_name}: {image.error}")
+        if len(late) > LATE_FAILURES_SHOWN:
+            self.stdout.write(
+                f"  ... and {len(late) - LATE_FAILURES_SHOWN} more: GET /api/collections/{collection.pk}/images/?status=failed"
+            )
