@@ -1,3 +1,5 @@
+import itertools
+
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -7,7 +9,15 @@ from django.utils.html import format_html
 from gallery.forms import UploadImagesForm
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
-from gallery.services import CollectionGone, ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
+from gallery.services import (
+    CollectionGone,
+    ImportReport,
+    collection_delete,
+    folder_uploads_to_incoming,
+    images_create,
+    images_delete,
+    uploads_to_incoming,
+)
 
 
 @admin.register(Collection)
@@ -90,11 +100,10 @@ class CollectionAdmin(admin.ModelAdmin):
         form = UploadImagesForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             report = ImportReport()
-            files = uploads_to_incoming(
-                form.cleaned_data["files"],
-                label=form.cleaned_data["label"],
-                labels_from_dirs=form.cleaned_data["labels_from_dirs"],
-                report=report,
+            options = {"label": form.cleaned_data["label"], "labels_from_dirs": form.cleaned_data["labels_from_dirs"], "report": report}
+            files = itertools.chain(
+                uploads_to_incoming(form.cleaned_data["files"], **options),
+                folder_uploads_to_incoming(form.cleaned_data["folder"], form.cleaned_data["folder_paths"], **options),
             )
             try:
                 report.merge(images_create(collection=collection, files=files))

@@ -226,6 +226,31 @@ def uploads_to_incoming(
             yield IncomingFile(name=upload.name, data=upload.read(), label=label)
 
 
+def folder_uploads_to_incoming(
+    uploads, paths: list[str], *, label: str = "", labels_from_dirs: bool = False, report: ImportReport
+) -> Iterator[IncomingFile]:
+    """The files of a folder picked in a browser, as ``import_images`` takes a folder: hidden files
+    and other extensions skipped, .zip archives expanded, the label from the parent folder with
+    ``labels_from_dirs``. Django keeps only a file's base name, so ``paths`` (the browser's
+    relative paths, in the same order) give the folders; a path whose base name differs from its
+    file's is not trusted, and that file goes by its name alone."""
+    for index, upload in enumerate(uploads):
+        path = paths[index] if index < len(paths) else ""
+        relative = PurePosixPath(path if PurePosixPath(path).name == upload.name else upload.name)
+        if _is_hidden(relative):
+            continue
+        suffix = relative.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES:
+            report.skipped.append((str(relative), "not an image file extension"))
+            continue
+        if suffix in ARCHIVE_SUFFIXES:
+            yield from uploads_to_incoming([upload], label=label, labels_from_dirs=labels_from_dirs, report=report)
+            continue
+        upload.seek(0)
+        folder_label = relative.parent.name if labels_from_dirs else ""
+        yield IncomingFile(name=str(relative), data=upload.read(), label=folder_label or label)
+
+
 def image_mark_failed(*, image: Image, reason: str) -> None:
     Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED, error=reason[:2000])
 

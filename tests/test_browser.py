@@ -61,3 +61,37 @@ def test_dropping_or_pasting_an_image_searches_with_it_and_results_lead_to_simil
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_folders(live_server, django_user_model, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from gallery.services import collection_get_or_create
+    from tests.utils import image_bytes
+
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+    collection = collection_get_or_create(name="picked")
+    for folder, pattern in (("red", 1), ("blue", 2)):
+        (tmp_path / "shots" / folder).mkdir(parents=True)
+        (tmp_path / "shots" / folder / f"{folder}.png").write_bytes(image_bytes(pattern=pattern))
+    upload_url = live_server.url + reverse("admin:gallery_collection_upload", args=[collection.pk])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            page.goto(f"{live_server.url}{reverse('admin:login')}?next={upload_url}")
+            page.fill("#id_username", "admin")
+            page.fill("#id_password", "a-long-password")
+            page.click("input[type=submit]")
+            page.wait_for_url(upload_url)
+            page.set_input_files("#id_folder", str(tmp_path / "shots"))
+            page.check("#id_labels_from_dirs")
+            page.click("input[type=submit]")
+            page.wait_for_load_state()
+            message = page.locator(".messagelist").inner_text()
+        finally:
+            browser.close()
+    assert "2 queued for indexing" in message
+    rows = dict(Image.objects.filter(collection=collection).values_list("original_name", "label"))
+    assert rows == {"shots/red/red.png": "red", "shots/blue/blue.png": "blue"}

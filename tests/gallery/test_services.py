@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import threading
 import time
@@ -8,6 +9,7 @@ import zipfile
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.db import connection, transaction
@@ -360,3 +362,33 @@ def test_pruning_removes_only_old_files_that_no_row_names(collection):
     call_command("prune_media", "--older-than", "30")
     assert not default_storage.exists(orphan)
     assert default_storage.exists(fresh) and all(default_storage.exists(name) for name in _files(images))
+
+
+def test_the_admin_takes_a_folder_picked_in_the_browser_with_labels_from_its_folders(admin_client, collection):
+    """The browser sends each file under its base name; the page's script sends the relative
+    paths beside them, in order. Hidden files and other extensions are skipped as import_images
+    skips them, a .zip inside is expanded, and a path that does not end in its file's name is
+    not trusted."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("green/g.png", image_bytes(pattern=5))
+    picked = [
+        ("shots/red/r.png", image_bytes(pattern=1)),
+        ("shots/blue/b.png", image_bytes(pattern=2)),
+        ("shots/blue/.DS_Store", b"finder"),
+        ("shots/notes.txt", b"text"),
+        ("shots/more.zip", archive.getvalue()),
+        ("shots/elsewhere/x.png", image_bytes(pattern=3)),
+    ]
+    files = [SimpleUploadedFile(path.rsplit("/", 1)[1], data) for path, data in picked]
+    paths = [path for path, _ in picked]
+    paths[-1] = "shots/elsewhere/not-x.png"  # does not match its file: the file goes by its name
+    response = admin_client.post(
+        reverse("admin:gallery_collection_upload", args=[collection.pk]),
+        {"folder": files, "folder_paths": json.dumps(paths), "labels_from_dirs": "on"},
+    )
+    assert response.status_code == 302
+    rows = dict(Image.objects.filter(collection=collection).values_list("original_name", "label"))
+    assert rows == {"shots/red/r.png": "red", "shots/blue/b.png": "blue", "green/g.png": "green", "x.png": ""}
+    nothing = admin_client.post(reverse("admin:gallery_collection_upload", args=[collection.pk]), {"label": "x"})
+    assert nothing.status_code == 200 and "Pick images, .zip archives or a folder." in nothing.content.decode()
