@@ -250,9 +250,12 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
     script = (
         "import django; django.setup();"
         "from search.models import EncoderVersion as E; from gallery.models import Collection as C;"
-        # through the product's service, which also removes the last run's files from storage
-        "from gallery.services import collection_delete;"
-        "[collection_delete(collection=c) for c in C.objects.filter(name__startswith='bench-')];"
+        # Through the product's service. It leaves a large collection's files to a worker, but
+        # the queue is purged below, so they are removed here, before the timed run.
+        "from gallery.services import collection_delete, collection_files_delete;"
+        "old = list(C.objects.filter(name__startswith='bench-'));"
+        "[collection_delete(collection=c) for c in old];"
+        "[collection_files_delete(c.pk) for c in old];"
         # Vacuumed now, so that cleaning up the last run's 10,000 rows and their HNSW entries is
         # not autovacuum's work in the middle of the timed run (it doubled PostgreSQL's CPU).
         "from django.db import connection; c = connection.cursor();"
