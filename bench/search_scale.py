@@ -19,7 +19,9 @@ Then, in one run:
 - API latency of GET /api/images/{id}/similar/?k=10 through HTTP (gunicorn, 2 workers), with the
   product's query expansion (the default) and with expand=0;
 - the product's search with query expansion against without it, in alternating rounds
-  (``--expansion-only``: that and the API latencies alone).
+  (``--expansion-only``: that and the API latencies alone);
+- with ``--pages-only``, only the gallery pages and list endpoints on the big collection
+  (medians through Django's test client, in process).
 """
 from __future__ import annotations
 
@@ -259,6 +261,34 @@ def api_latencies(embedding_ids, ef) -> dict:
     }
 
 
+def page_latencies(rounds: int = 7) -> dict:
+    """Median time of the browsing pages and list endpoints on the 990,000-image collection,
+    through Django's test client in this process (no HTTP, no gunicorn): what counting and paging
+    a big collection costs the web process and the database."""
+    from django.test import Client
+
+    from gallery.models import Collection
+
+    big = Collection.objects.get(name="big").pk
+    client = Client()
+    urls = [
+        "/", f"/collections/{big}/", f"/collections/{big}/?page=8000", f"/collections/{big}/?status=failed",
+        "/api/collections/", f"/api/collections/{big}/",
+        f"/api/collections/{big}/images/", f"/api/collections/{big}/images/?status=indexed&after=900000",
+    ]
+    result = {}
+    for url in urls:
+        client.get(url)  # warm-up
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            response = client.get(url)
+            times.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200, (url, response.status_code)
+        result[url.replace(str(big), "{big}")] = round(float(np.median(times)), 1)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=1_000_000)
@@ -267,6 +297,10 @@ def main():
     parser.add_argument(
         "--expansion-only", action="store_true",
         help="only time search with the product's query expansion against without it, at the default ef_search",
+    )
+    parser.add_argument(
+        "--pages-only", action="store_true",
+        help="only time the gallery pages and list endpoints on the big collection (page_latencies)",
     )
     args = parser.parse_args()
     setup_django()
@@ -291,6 +325,10 @@ def main():
         cursor.execute("VACUUM (ANALYZE) search_embedding")
         cursor.execute("VACUUM (ANALYZE) gallery_image")
 
+    if args.pages_only:
+        report["page_ms"] = page_latencies()
+        print(json.dumps(report, indent=2))
+        return
     small_id = Collection.objects.get(name="small-1pct").pk
     # A fixed sample (seeded), so runs compare like with like.
     # Ordered: an unordered scan of a big table may start anywhere (synchronised seq scans).

@@ -57,6 +57,10 @@ class Image(models.Model):
             models.Index(fields=["collection", "status"]),
             models.Index(fields=["collection", "sha256"]),
             models.Index(fields=["status", "queued_at"]),
+            # A collection's labels (one index probe per distinct label) and its recent indexing
+            # rate, without reading the collection's rows (bench/search_scale.py --pages-only).
+            models.Index(fields=["collection", "label"]),
+            models.Index(fields=["collection", "indexed_at"]),
         ]
 
     def __str__(self) -> str:

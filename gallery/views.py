@@ -5,10 +5,12 @@ from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
 
 from gallery.models import Collection, Image
-from gallery.selectors import collection_list_with_stats, collection_stats
+from gallery.selectors import collection_labels, collection_list_with_stats, collection_stats
 from search import selectors as search_selectors
 
 IMAGES_PER_PAGE = 60
+# Label links listed on a collection's page; past them, a label is typed into the filter box.
+LABELS_SHOWN = 300
 
 
 def collection_list(request):
@@ -34,9 +36,7 @@ def collection_detail(request, collection_id: int):
     else:
         status = ""
     page = Paginator(images, IMAGES_PER_PAGE).get_page(request.GET.get("page"))
-    labels = (
-        Image.objects.filter(collection=collection).exclude(label="").values_list("label", flat=True).distinct().order_by("label")
-    )
+    labels = collection_labels(collection=collection, limit=LABELS_SHOWN + 1)
     return render(
         request,
         "gallery/collection_detail.html",
@@ -44,7 +44,8 @@ def collection_detail(request, collection_id: int):
             "collection": collection,
             "page": page,
             "stats": collection_stats(collection=collection),
-            "labels": [(name, _query(label=name, status=status)) for name in labels],
+            "labels": [(name, _query(label=name, status=status)) for name in labels[:LABELS_SHOWN]],
+            "more_labels": len(labels) > LABELS_SHOWN,
             "label": label,
             "status": status,
             # each status link keeps the label, each label link the status, the pager both

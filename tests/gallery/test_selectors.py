@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.selectors import collection_stats
+from gallery.selectors import collection_labels, collection_list_with_stats, collection_stats
 from gallery.services import collection_get_or_create
 
 pytestmark = pytest.mark.django_db
@@ -39,3 +39,30 @@ def test_rate_counts_the_last_minute_or_since_indexing_began():
     idle = collection_get_or_create(name="idle")
     _indexed(idle, seconds_ago=[120, 130])
     assert collection_stats(collection=idle)["indexed_per_second"] == 0
+
+
+def test_counts_by_status_for_one_collection_and_for_all():
+    mixed, empty = collection_get_or_create(name="mixed"), collection_get_or_create(name="empty")
+    Image.objects.bulk_create(
+        Image(collection=mixed, original_name=f"{status}{i}", sha256=f"{status}{i}", status=status)
+        for status, count in (("indexed", 3), ("pending", 2), ("failed", 1))
+        for i in range(count)
+    )
+    expected = {"total": 6, "indexed": 3, "pending": 2, "failed": 1}
+    assert {key: collection_stats(collection=mixed)[key] for key in expected} == expected
+    listed = {c.name: {key: getattr(c, key) for key in expected} for c in collection_list_with_stats()}
+    assert listed == {"empty": {"total": 0, "indexed": 0, "pending": 0, "failed": 0}, "mixed": expected}
+
+
+def test_labels_are_distinct_ordered_non_empty_and_of_this_collection_only():
+    shapes, other = collection_get_or_create(name="shapes"), collection_get_or_create(name="other")
+    names = ["star", "circle", "star", "", "Square", "circle", "ring"]
+    Image.objects.bulk_create(
+        Image(collection=shapes, original_name=f"{i}", sha256=f"s{i}", label=label) for i, label in enumerate(names)
+    )
+    Image.objects.create(collection=other, original_name="x", sha256="x", label="arrow")
+    everything = collection_labels(collection=shapes, limit=100)
+    assert len(everything) == len(set(everything)) and set(everything) == {"star", "circle", "Square", "ring"}
+    assert everything == list(Image.objects.filter(collection=shapes).exclude(label="").order_by("label").values_list("label", flat=True).distinct())
+    assert collection_labels(collection=shapes, limit=2) == everything[:2]
+    assert collection_labels(collection=collection_get_or_create(name="unlabelled"), limit=10) == []

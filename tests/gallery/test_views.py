@@ -83,3 +83,20 @@ def test_search_page_ranks_an_upload(client, indexed):  # noqa: F811
 def test_search_page_explains_a_bad_file(client, indexed):  # noqa: F811
     page = client.post(reverse("search:search-page"), {"image": SimpleUploadedFile("q.png", b"garbage"), "k": 3})
     assert page.status_code == 200 and "cannot be searched with: not an image" in page.content.decode()
+
+
+def test_collection_page_lists_labels_up_to_a_cap_then_offers_a_box(client, monkeypatch):
+    from gallery import views
+    from gallery.services import collection_get_or_create
+
+    collection = collection_get_or_create(name="labelled")
+    Image.objects.bulk_create(
+        Image(collection=collection, original_name=f"{label}.png", sha256=label, label=label) for label in ("a", "b", "c")
+    )
+    url = reverse("gallery:collection-detail", args=[collection.pk])
+    assert "Labels (3)" in client.get(url).content.decode()
+    monkeypatch.setattr(views, "LABELS_SHOWN", 2)
+    page = client.get(url).content.decode()
+    assert "Labels (2+)" in page and 'href="?label=b"' in page and 'href="?label=c"' not in page
+    assert 'name="label"' in page  # the box for the labels not listed
+    assert "c.png" in client.get(url, {"label": "c"}).content.decode()
