@@ -1,10 +1,29 @@
 """Every API error as the same JSON shape: ``error`` for a person, as in the views' own 400s."""
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from rest_framework import status
+from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+# Django refuses these requests while parsing them, before any view sees a field; left to
+# Django, a client would get an HTML page that says only "Bad Request (400)".
+_REFUSED_REQUESTS = {
+    TooManyFilesSent: lambda: (
+        f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files in one request (CBIR_MAX_FILES_PER_UPLOAD): "
+        "send them in several requests, or as one .zip"
+    ),
+    TooManyFieldsSent: lambda: f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} form fields in one request",
+    RequestDataTooBig: lambda: f"the request's form fields exceed {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes",
+}
 
 
 def api_exception_handler(exc, context):
     """DRF's own errors (404 from get_object_or_404, 401/403 from permissions, 405, 415) say
-    ``detail``; renamed to ``error``, what every view of this API answers with."""
+    ``detail``; renamed to ``error``, what every view of this API answers with. Requests that
+    Django refuses while parsing them get a JSON 400 that says why."""
+    for refused, message in _REFUSED_REQUESTS.items():
+        if isinstance(exc, refused):
+            return Response({"error": message()}, status=status.HTTP_400_BAD_REQUEST)
     response = exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
         response.data = {"error": str(response.data["detail"])}

@@ -1,5 +1,6 @@
 import itertools
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -122,6 +123,7 @@ class CollectionAdmin(admin.ModelAdmin):
             "collection": collection,
             "form": form,
             "opts": self.model._meta,
+            "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
         }
         return TemplateResponse(request, "admin/gallery/collection/upload.html", context)
 

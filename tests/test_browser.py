@@ -87,11 +87,19 @@ def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_f
             page.wait_for_url(upload_url)
             page.set_input_files("#id_folder", str(tmp_path / "shots"))
             page.check("#id_labels_from_dirs")
+            # more files than the server takes: the page says so and sends nothing
+            page.evaluate("document.getElementById('upload-form').dataset.maxFiles = '1'")
+            dialogs = []
+            page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.click("input[type=submit]")
+            refusal = dialogs[0]
+            page.evaluate("document.getElementById('upload-form').dataset.maxFiles = '1000'")
             page.click("input[type=submit]")
             page.wait_for_load_state()
             message = page.locator(".messagelist").inner_text()
         finally:
             browser.close()
+    assert refusal.startswith("2 files picked; one upload takes at most 1")
     assert "2 queued for indexing" in message
     rows = dict(Image.objects.filter(collection=collection).values_list("original_name", "label"))
     assert rows == {"shots/red/red.png": "red", "shots/blue/blue.png": "blue"}

@@ -136,3 +136,15 @@ def test_collection_images_list_refuses_bad_parameters(client):
     assert client.get(url, {"limit": 501}).status_code == 400
     missing = client.get(reverse("api-collection-images", args=[999_999]))
     assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_an_upload_of_too_many_files_is_a_json_400_that_says_so(client, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    collection_get_or_create(name="limited")
+    files = [SimpleUploadedFile(f"{i}.png", image_bytes(pattern=i)) for i in range(3)]
+    response = client.post(reverse("api-image-upload"), {"collection": "limited", "files": files})
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "error": "more than 2 files in one request (CBIR_MAX_FILES_PER_UPLOAD): send them in several requests, or as one .zip"
+    }
+    assert not Image.objects.exists()

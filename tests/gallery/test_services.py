@@ -392,3 +392,11 @@ def test_the_admin_takes_a_folder_picked_in_the_browser_with_labels_from_its_fol
     assert rows == {"shots/red/r.png": "red", "shots/blue/b.png": "blue", "green/g.png": "green", "x.png": ""}
     nothing = admin_client.post(reverse("admin:gallery_collection_upload", args=[collection.pk]), {"label": "x"})
     assert nothing.status_code == 200 and "Pick images, .zip archives or a folder." in nothing.content.decode()
+
+
+def test_an_admin_upload_of_too_many_files_gets_a_page_that_says_why(admin_client, collection, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    files = [SimpleUploadedFile(f"{i}.png", image_bytes(pattern=i)) for i in range(3)]
+    response = admin_client.post(reverse("admin:gallery_collection_upload", args=[collection.pk]), {"files": files})
+    assert response.status_code == 400
+    assert "CBIR_MAX_FILES_PER_UPLOAD" in response.content.decode() and not Image.objects.exists()
