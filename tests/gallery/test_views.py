@@ -100,3 +100,9 @@ def test_collection_page_lists_labels_up_to_a_cap_then_offers_a_box(client, monk
     assert "Labels (2+)" in page and 'href="?label=b"' in page and 'href="?label=c"' not in page
     assert 'name="label"' in page  # the box for the labels not listed
     assert "c.png" in client.get(url, {"label": "c"}).content.decode()
+
+
+def test_unknown_pages_get_the_site_404_page(client):
+    response = client.get(reverse("gallery:image-detail", args=[999_999]))
+    assert response.status_code == 404 and "Not found (404)" in response.content.decode()
+    assert reverse("gallery:collection-list") in response.content.decode()
