@@ -91,8 +91,9 @@ def images_enqueue(image_ids: list[int]) -> None:
 
 def task_send_safely(task, *args) -> None:
     """Send ``task(*args)`` to the broker once, without retries; if the broker is down, log it and
-    return. Only for work that is found again later: pending images and quiet backfills by the
-    periodic sweep, files of deleted rows by ``manage.py prune_media``."""
+    return. Only for work that is found again later: pending images, quiet backfills and the
+    files of deleted collections by the periodic sweep, the files of other deleted rows by
+    ``manage.py prune_media``."""
     try:
         task.apply_async(args=args, retry=False)
     except Exception as exc:  # broker down or unreachable: found again later, as above
@@ -373,21 +374,38 @@ def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> lis
     return orphans
 
 
+def _folder_clear(top: str, folder: str, *, cutoff=None) -> int:
+    """Remove the files of ``top/folder`` that no row names (older than ``cutoff``, if given),
+    then the folder if that emptied it. Returns how many files were removed."""
+    orphans = _folder_orphans(top, folder, cutoff=cutoff)
+    stored_files_delete(orphans)
+    try:
+        os.rmdir(default_storage.path(f"{top}/{folder}"))
+    except (NotImplementedError, OSError):  # not a local storage, or files remain
+        pass
+    return len(orphans)
+
+
 def collection_files_delete(collection_id: int) -> int:
     """Remove the files of a deleted collection: everything in its folders that no image row
     names, then the folders themselves once empty. Returns how many files were removed."""
+    return sum(_folder_clear(top, str(collection_id)) for top in IMAGE_FOLDERS if default_storage.exists(f"{top}/{collection_id}"))
+
+
+def deleted_collections_files_delete(*, older_than: timedelta) -> int:
+    """The files that deleted collections left behind because their removal could not be queued
+    (the broker was down): in folders named after no existing collection. Only files older than
+    ``older_than`` go, so a collection still being created in an uncommitted transaction keeps
+    what its import stores meanwhile. The periodic sweep runs this. Returns how many files were
+    removed."""
+    cutoff = timezone.now() - older_than
+    existing = {str(pk) for pk in Collection.objects.values_list("pk", flat=True)}
     removed = 0
     for top in IMAGE_FOLDERS:
-        folder = f"{top}/{collection_id}"
-        if not default_storage.exists(folder):
-            continue
-        orphans = _folder_orphans(top, str(collection_id))
-        stored_files_delete(orphans)
-        removed += len(orphans)
-        try:
-            os.rmdir(default_storage.path(folder))
-        except (NotImplementedError, OSError):  # not a local storage, or files of moved images remain
-            pass
+        if default_storage.exists(top):
+            for folder in default_storage.listdir(top)[0]:
+                if folder.isdigit() and folder not in existing:
+                    removed += _folder_clear(top, folder, cutoff=cutoff)
     return removed
 
 

@@ -38,12 +38,16 @@ def backfill_embeddings(encoder_id: int) -> None:
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3)
 def sweep_pending() -> int:
-    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding."""
+    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding, and
+    remove what deleted collections left in media storage."""
     from django.conf import settings
 
+    from gallery.services import deleted_collections_files_delete
     from workers.services import pending_sweep
 
-    return pending_sweep(older_than=timedelta(seconds=settings.CBIR_SWEEP_AFTER_S))
+    older_than = timedelta(seconds=settings.CBIR_SWEEP_AFTER_S)
+    deleted_collections_files_delete(older_than=older_than)
+    return pending_sweep(older_than=older_than)
 
 
 @shared_task(acks_late=False)

@@ -400,3 +400,25 @@ def test_an_admin_upload_of_too_many_files_gets_a_page_that_says_why(admin_clien
     response = admin_client.post(reverse("admin:gallery_collection_upload", args=[collection.pk]), {"files": files})
     assert response.status_code == 400
     assert "CBIR_MAX_FILES_PER_UPLOAD" in response.content.decode() and not Image.objects.exists()
+
+
+def test_the_sweep_removes_old_files_of_collections_that_no_longer_exist(collection, settings):
+    """What a deleted collection leaves when its file removal could not be queued: the periodic
+    sweep removes the old files of folders named after no collection, and leaves fresh ones (a
+    collection whose creation has not committed yet) and every existing collection's files."""
+    from workers.tasks import sweep_pending
+
+    kept = _rows_with_files(collection, 2)
+    gone = f"images/{collection.pk + 1000}"
+    old = default_storage.save(f"{gone}/old.png", ContentFile(b"left by a deletion"))
+    fresh = default_storage.save(f"{gone}/fresh.png", ContentFile(b"an import not committed yet"))
+    hour_ago = time.time() - 3600
+    for name in [old, *_files(kept)]:
+        os.utime(default_storage.path(name), (hour_ago, hour_ago))
+    settings.CBIR_SWEEP_AFTER_S = 300
+    sweep_pending()
+    assert not default_storage.exists(old) and default_storage.exists(fresh)
+    assert all(default_storage.exists(name) for name in _files(kept))
+    os.utime(default_storage.path(fresh), (hour_ago, hour_ago))
+    sweep_pending()
+    assert not default_storage.exists(gone)  # emptied, then removed
