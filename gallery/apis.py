@@ -26,6 +26,15 @@ class StaffMayDelete:
         return [IsAdminUser()] if self.request.method == "DELETE" else [AllowAny()]
 
 
+def next_page_url(request, **overrides) -> str:
+    """This request's absolute URL with ``overrides`` in its query string: the ``next`` link of a
+    paged answer."""
+    query = request.GET.copy()
+    for key, value in overrides.items():
+        query[key] = value
+    return request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+
+
 class CollectionRefField(serializers.CharField):
     """A collection given by id or by name."""
 
@@ -302,9 +311,5 @@ class CollectionImageListApi(APIView):
             after=params.validated_data["after"],
             limit=limit,
         )
-        next_url = None
-        if len(images) == limit:
-            query = request.query_params.copy()
-            query["after"] = images[-1].pk
-            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        next_url = next_page_url(request, after=images[-1].pk) if len(images) == limit else None
         return Response({"next": next_url, "results": [image_detail_representation(image, request) for image in images]})

@@ -54,7 +54,8 @@ class UploadImagesForm(forms.Form):
             paths = json.loads(self.cleaned_data["folder_paths"] or "[]")
         except ValueError:
             return []
-        return [path for path in paths if isinstance(path, str)] if isinstance(paths, list) else []
+        # Positions pair paths with files: anything but a string stays as "", not dropped.
+        return [path if isinstance(path, str) else "" for path in paths] if isinstance(paths, list) else []
 
     def clean(self):
         cleaned = super().clean()

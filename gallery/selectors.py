@@ -53,7 +53,7 @@ def collection_list_with_stats() -> QuerySet[Collection]:
 
 
 # One index probe per distinct label (a loose index scan over (collection, label)), instead of
-# reading every row of the collection: a million images with 2,000 labels take a few ms.
+# reading every row of the collection.
 _COLLECTION_LABELS_SQL = """
 WITH RECURSIVE labels (label) AS (
     (SELECT label FROM gallery_image WHERE collection_id = %(collection)s AND label > '' ORDER BY label LIMIT 1)

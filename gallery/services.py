@@ -347,6 +347,14 @@ def images_delete(*, images: QuerySet[Image]) -> int:
 IMAGE_FOLDERS = {"images": "file", "thumbnails": "thumbnail"}
 
 
+def _collection_folders() -> Iterator[tuple[str, str]]:
+    """(top, folder) for every collection folder under ``IMAGE_FOLDERS`` in media storage."""
+    for top in IMAGE_FOLDERS:
+        if default_storage.exists(top):
+            for folder in default_storage.listdir(top)[0]:
+                yield top, folder
+
+
 def _folder_orphans(top: str, folder: str, *, cutoff=None) -> list[str]:
     """The files of ``top/folder`` that no image row names (and, with ``cutoff``, older than it).
     By name, not by collection: an image moved to another collection keeps its file here."""
@@ -364,11 +372,7 @@ def media_orphans_delete(*, older_than: timedelta, dry_run: bool = False) -> lis
     before it creates their rows. Walks one collection folder at a time. Returns the names
     removed (or that would be, with ``dry_run``)."""
     cutoff = timezone.now() - older_than
-    orphans = []
-    for top in IMAGE_FOLDERS:
-        if default_storage.exists(top):
-            for folder in default_storage.listdir(top)[0]:
-                orphans += _folder_orphans(top, folder, cutoff=cutoff)
+    orphans = [name for top, folder in _collection_folders() for name in _folder_orphans(top, folder, cutoff=cutoff)]
     if not dry_run:
         stored_files_delete(orphans)
     return orphans
@@ -400,13 +404,9 @@ def deleted_collections_files_delete(*, older_than: timedelta) -> int:
     removed."""
     cutoff = timezone.now() - older_than
     existing = {str(pk) for pk in Collection.objects.values_list("pk", flat=True)}
-    removed = 0
-    for top in IMAGE_FOLDERS:
-        if default_storage.exists(top):
-            for folder in default_storage.listdir(top)[0]:
-                if folder.isdigit() and folder not in existing:
-                    removed += _folder_clear(top, folder, cutoff=cutoff)
-    return removed
+    return sum(
+        _folder_clear(top, folder, cutoff=cutoff) for top, folder in _collection_folders() if folder.isdigit() and folder not in existing
+    )
 
 
 @transaction.atomic

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gallery import imaging
-from gallery.apis import CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation
+from gallery.apis import CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation, next_page_url
 from gallery.models import Image
 from search import selectors
 
@@ -113,10 +113,7 @@ def _ranked(request, hits, params, encoder_id: int, **extra) -> Response:
     data = params.validated_data
     next_url = None
     if len(hits) == data["k"] and data["offset"] + 2 * data["k"] <= MAX_DEPTH:
-        query = request.GET.copy()
-        query["offset"] = data["offset"] + data["k"]
-        query["k"] = data["k"]
-        next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        next_url = next_page_url(request, offset=data["offset"] + data["k"], k=data["k"])
     results = [
         {**image_representation(hit.image, request), "distance": round(hit.distance, 6), "similarity": round(hit.similarity, 6)}
         for hit in hits
