@@ -72,3 +72,24 @@ class Image(models.Model):
         if self.thumbnail:
             return self.thumbnail.url
         return self.file.url if self.file else ""
+
+
+class CollectionCount(models.Model):
+    """How many of a collection's images are in one status, kept by database triggers on the image
+    table (migration ``gallery 0004``): every INSERT, UPDATE and DELETE, from any code path or raw
+    SQL, adds its change here in the same transaction. Progress counts then cost the same at a
+    million images as at ten, instead of counting index entries.
+
+    A status's count is the sum over ``shard``: each database connection writes to its own shard
+    (its backend pid modulo ``COUNT_SHARDS``), so workers and imports updating one collection at
+    once seldom wait on the same row. Never written from Python.
+    """
+
+    collection = models.ForeignKey(Collection, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+")
+    status = models.CharField(max_length=16)
+    shard = models.SmallIntegerField()
+    images = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["collection", "status", "shard"], name="one_count_per_shard")]
+

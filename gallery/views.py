@@ -35,7 +35,11 @@ def collection_detail(request, collection_id: int):
         images = images.filter(status=status)
     else:
         status = ""
-    page = Paginator(images, IMAGES_PER_PAGE).get_page(request.GET.get("page"))
+    stats = collection_stats(collection=collection)
+    paginator = Paginator(images, IMAGES_PER_PAGE)
+    if not label:  # the kept counts say how many there are, instead of a COUNT over the collection's rows
+        paginator.count = stats[status or "total"]
+    page = paginator.get_page(request.GET.get("page"))
     labels = collection_labels(collection=collection, limit=LABELS_SHOWN + 1)
     return render(
         request,
@@ -43,7 +47,7 @@ def collection_detail(request, collection_id: int):
         {
             "collection": collection,
             "page": page,
-            "stats": collection_stats(collection=collection),
+            "stats": stats,
             "labels": [(name, _query(label=name, status=status)) for name in labels[:LABELS_SHOWN]],
             "more_labels": len(labels) > LABELS_SHOWN,
             "label": label,

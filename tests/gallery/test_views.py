@@ -106,3 +106,20 @@ def test_unknown_pages_get_the_site_404_page(client):
     response = client.get(reverse("gallery:image-detail", args=[999_999]))
     assert response.status_code == 404 and "Not found (404)" in response.content.decode()
     assert reverse("gallery:collection-list") in response.content.decode()
+
+
+def test_collection_pages_count_from_the_kept_counts_and_from_the_rows_under_a_label(client):
+    from gallery.services import collection_get_or_create
+
+    big = collection_get_or_create(name="big")
+    Image.objects.bulk_create(
+        Image(collection=big, original_name=f"{i:03d}.png", sha256=str(i), status=status, label="odd" if i % 2 else "")
+        for i, status in enumerate(["pending"] * 125 + ["failed"] * 5)
+    )
+    url = reverse("gallery:collection-detail", args=[big.pk])
+    last = client.get(url, {"page": 3}).content.decode()
+    assert "page 3 of 3" in last and "129.png" in last and "059.png" not in last
+    failed = client.get(url, {"status": "failed"}).content.decode()
+    assert "page 1 of 1" in failed and "125.png" in failed and "124.png" not in failed
+    odd = client.get(url, {"label": "odd", "page": 2}).content.decode()  # 65 odd ones: counted from the rows
+    assert "page 2 of 2" in odd and "129.png" in odd and "128.png" not in odd
