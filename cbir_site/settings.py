@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "cbir_site.apps.CbirSiteConfig",
@@ -48,6 +49,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "cbir_site.access.PrivateSiteMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -116,6 +118,11 @@ SERVE_MEDIA = _env_bool("CBIR_SERVE_MEDIA", True)
 # Whether POST /api/images/ takes uploads from anyone who can reach it (the laptop default) or
 # only from staff users (HTTP Basic or the admin's session): compose.yaml turns it off.
 CBIR_API_OPEN_UPLOADS = _env_bool("CBIR_API_OPEN_UPLOADS", True)
+# Whether every page, API call and media file needs a signed-in user (cbir_site/access.py): off for
+# the laptop demo, on in compose.yaml.
+CBIR_PRIVATE = _env_bool("CBIR_PRIVATE", False)
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
 # Uploads: keep large files on disk rather than in memory while a request is parsed.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024

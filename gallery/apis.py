@@ -2,7 +2,7 @@ from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,9 +12,9 @@ from gallery.selectors import collection_list_with_stats, collection_stats, imag
 from gallery.services import CollectionGone, ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
-# How a staff user proves it where a call needs one: HTTP Basic auth (API clients) or the admin's
-# session (with its CSRF token).
-STAFF_AUTHENTICATION = [BasicAuthentication, SessionAuthentication]
+# How a staff user proves it where a call needs one: an API token or HTTP Basic auth (API clients),
+# or the admin's session (with its CSRF token).
+STAFF_AUTHENTICATION = [TokenAuthentication, BasicAuthentication, SessionAuthentication]
 
 
 class StaffMayDelete:
