@@ -58,8 +58,8 @@ def test_a_private_site_sends_pages_to_sign_in_and_answers_the_api_with_401(clie
 def test_signing_in_opens_the_private_site_and_signing_out_closes_it(client, private, viewer, stored):
     wrong = client.post(reverse("login"), {"username": "viewer", "password": "not it"})
     assert wrong.status_code == 200 and "do not match" in wrong.content.decode()
-    signed_in = client.post(reverse("login"), {"username": "viewer", "password": PASSWORD, "next": "/collections/"})
-    assert signed_in.status_code == 302 and signed_in["Location"] == "/collections/"
+    signed_in = client.post(reverse("login"), {"username": "viewer", "password": PASSWORD, "next": "/search/"})
+    assert signed_in.status_code == 302 and signed_in["Location"] == "/search/"
     page = client.get(reverse("gallery:collection-list")).content.decode()
     assert "private" in page and "Sign out viewer" in page
     assert client.get(reverse("api-collection-list")).json()["results"][0]["name"] == "private"  # the session counts for the API
