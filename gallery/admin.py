@@ -13,6 +13,7 @@ from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import (
     CollectionGone,
     ImportReport,
+    StorageFailed,
     collection_delete,
     folder_uploads_to_incoming,
     images_create,
@@ -111,6 +112,9 @@ class CollectionAdmin(admin.ModelAdmin):
             except CollectionGone as gone:
                 self.message_user(request, str(gone), messages.ERROR)
                 return redirect("admin:gallery_collection_changelist")
+            except StorageFailed as failed:
+                self.message_user(request, str(failed), messages.ERROR)
+                return redirect("admin:gallery_collection_change", collection.pk)
             level = messages.WARNING if report.failed or report.skipped or report.duplicates else messages.SUCCESS
             self.message_user(request, f"{collection.name}: {report.summary()}.", level)
             problems = report.failed + report.skipped + [(name, f"duplicate of image {o}") for name, o in report.duplicates]

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats, image_list
-from gallery.services import CollectionGone, ImportReport, collection_delete, images_create, images_delete, uploads_to_incoming
+from gallery.services import CollectionGone, ImportReport, StorageFailed, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
 # How a staff user proves it where a call needs one: an API token or HTTP Basic auth (API clients),
@@ -204,6 +204,7 @@ class ImageUploadApi(APIView):
             401: OpenApiResponse(ErrorSerializer, description="no credentials, where uploads need a staff user"),
             403: OpenApiResponse(ErrorSerializer, description="not a staff user, where uploads need one"),
             409: OpenApiResponse(ErrorSerializer, description="the collection was deleted during the upload"),
+            503: OpenApiResponse(description="media storage refused a file (e.g. a full disk): what was stored before it stays, listed in results"),
         },
     )
     def post(self, request):
@@ -226,6 +227,8 @@ class ImageUploadApi(APIView):
             report.merge(images_create(collection=collection, files=incoming))
         except CollectionGone as gone:
             return Response({"error": str(gone)}, status=status.HTTP_409_CONFLICT)
+        except StorageFailed as failed:  # what was stored before stays, and is listed
+            return Response({"error": str(failed), "results": failed.report.results}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         results = report.results + [{"name": name, "status": "skipped", "error": reason} for name, reason in report.skipped]
         return Response(
             {

@@ -6,7 +6,7 @@ import logging
 import os
 import stat
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -121,17 +121,46 @@ def _image_build(*, collection: Collection, incoming: IncomingFile, sha256: str)
         image.error = str(exc)
         return image
     image.width, image.height = info.width, info.height
-    image.file.save(PurePosixPath(incoming.name).name or "upload", ContentFile(incoming.data), save=False)
+    image.file.name = file_store(image.file.field.generate_filename(image, PurePosixPath(incoming.name).name or "upload"), incoming.data)
     return image
 
 
-class CollectionGone(Exception):
-    """The collection was deleted while images were being added to it. ``report`` says what had
-    been stored before (and went with the collection)."""
+def file_store(name: str, data: bytes) -> str:
+    """Write ``data`` to media storage as ``name`` (a fresh uuid name) and return the stored name.
+    If the write fails (a full disk, a storage that refuses it), what it had written is removed
+    before the error goes on: no cut-short file is left behind."""
+    try:
+        return default_storage.save(name, ContentFile(data))
+    except BaseException:
+        stored_files_delete([name])
+        raise
+
+
+class ImportStopped(Exception):
+    """An import ended before its last file. ``report`` says what had been stored before."""
+
+    def __init__(self, message: str, report: ImportReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class CollectionGone(ImportStopped):
+    """The collection was deleted while images were being added to it (what had been stored went
+    with it)."""
 
     def __init__(self, collection: Collection, report: ImportReport) -> None:
-        super().__init__(f"collection {collection.name!r} was deleted during the import; nothing more was stored")
-        self.report = report
+        super().__init__(f"collection {collection.name!r} was deleted during the import; nothing more was stored", report)
+
+
+class StorageFailed(ImportStopped):
+    """Media storage refused a file (a full disk, a permission): the images committed before stay;
+    the rows and files of the chunk in progress were undone."""
+
+    def __init__(self, error: OSError, report: ImportReport) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(
+            f"media storage refused a file ({reason}); the import stopped there. Kept before it: {report.summary()}", report
+        )
 
 
 def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> ImportReport:
@@ -149,6 +178,17 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     seen: dict[str, int] = {}  # sha256 -> image id stored by this call
 
     def flush(pool: ThreadPoolExecutor) -> None:
+        built: list[Image] = []  # this chunk's images, whose files are removed if its rows are not committed
+        try:
+            store_chunk(pool, built)
+        except BaseException as exc:
+            stored_files_delete(image.file.name for image in built)
+            if isinstance(exc, OSError):
+                raise StorageFailed(exc, report) from exc
+            raise
+        chunk.clear()
+
+    def store_chunk(pool: ThreadPoolExecutor, built: list[Image]) -> None:
         with transaction.atomic():
             # Locked, so a deletion waits for this chunk, or this chunk learns of the deletion
             # before it stores a file (collection_delete takes the same lock first).
@@ -167,10 +207,14 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                 if digest not in seen and digest not in existing:
                     first_new.setdefault(digest, index)
             def build(index: int) -> Image:
-                return _image_build(collection=collection, incoming=chunk[index], sha256=digests[index])
+                image = _image_build(collection=collection, incoming=chunk[index], sha256=digests[index])
+                built.append(image)  # list.append is atomic under the GIL
+                return image
 
-            indexes = list(first_new.values())
-            builds = dict(zip(indexes, pool.map(build, indexes)))
+            # Every build is waited for, also after one fails, so that ``built`` names every file written.
+            futures = {index: pool.submit(build, index) for index in first_new.values()}
+            wait(futures.values())
+            builds = {index: future.result() for index, future in futures.items()}
             in_chunk: dict[str, Image] = {}
             entries: list[tuple[IncomingFile, Image | None, Image | int | None]] = []
             for index, (incoming, digest) in enumerate(zip(chunk, digests)):
@@ -199,7 +243,6 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                     seen[image.sha256] = image.id
                     queued.append(image.id)
             images_enqueue(queued)
-        chunk.clear()
 
     with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="import") as pool:
         for incoming in files:

@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import torch
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q
@@ -21,7 +20,7 @@ from PIL import Image as PILImage
 
 from gallery import imaging
 from gallery.models import Collection, Image
-from gallery.services import image_mark_failed, images_record_thumbnails, stored_files_delete
+from gallery.services import file_store, image_mark_failed, images_record_thumbnails, stored_files_delete
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
 from workers.autoencoder.artifacts import dictionary_png, loss_curve_png, reconstruction_png
@@ -71,12 +70,20 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
 
 
 def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
-    """Write the thumbnail files, then record them (and the decoded size) in one UPDATE."""
-    for image, decoded in pairs:
-        image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
-        width, height = decoded.picture.info["decoded_size"]
-        image.width, image.height = image.width or width, image.height or height
-    recorded = images_record_thumbnails(images=[image for image, _ in pairs])
+    """Write the thumbnail files, then record them (and the decoded size) in one UPDATE. If either
+    fails (a full disk, the database gone), the files written are removed again and the error goes
+    on: the images stay pending, and the task's retry or the sweep makes their thumbnails later."""
+    written = []
+    try:
+        for image, decoded in pairs:
+            image.thumbnail.name = file_store(image.thumbnail.field.generate_filename(image, "thumb.webp"), decoded.thumbnail)
+            written.append(image.thumbnail.name)
+            width, height = decoded.picture.info["decoded_size"]
+            image.width, image.height = image.width or width, image.height or height
+        recorded = images_record_thumbnails(images=[image for image, _ in pairs])
+    except BaseException:
+        stored_files_delete(written)
+        raise
     # An image deleted while it was being indexed: its new thumbnail would have no row.
     stored_files_delete(image.thumbnail.name for image, _ in pairs if image.id not in recorded)
 

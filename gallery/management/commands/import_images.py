@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery.selectors import collection_stats
-from gallery.services import CollectionGone, collection_get_or_create, collection_import
+from gallery.services import CollectionGone, StorageFailed, collection_get_or_create, collection_import
 
 
 LATE_FAILURES_SHOWN = 20
@@ -28,6 +28,8 @@ class Command(BaseCommand):
             report = collection_import(collection=target, path=path, labels_from_dirs=labels_from_dirs)
         except CollectionGone as gone:
             raise CommandError(f"{gone} ({gone.report.summary()} before it went)") from None
+        except StorageFailed as failed:  # its message says what was kept
+            raise CommandError(str(failed)) from None
         self.stdout.write(f"{target.name}: {report.summary()}")
         for name, reason in report.failed + report.skipped:
             self.stdout.write(f"  {name}: {reason}")
