@@ -1,9 +1,16 @@
 """Every API error as the same JSON shape: ``error`` for a person, as in the views' own 400s."""
+import logging
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
 
 # Django refuses these requests while parsing them, before any view sees a field; left to
 # Django, a client would get an HTML page that says only "Bad Request (400)".
@@ -28,3 +35,29 @@ def api_exception_handler(exc, context):
     if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
         response.data = {"error": str(response.data["detail"])}
     return response
+
+
+# How long a client is told to wait before it tries again while the database does not answer.
+RETRY_AFTER_S = 30
+
+
+class DatabaseUnavailableMiddleware:
+    """A request that fails because the database does not answer (down, restarting, out of
+    connections) gets a 503 that says so, with ``Retry-After``: JSON under /api/, a plain page
+    elsewhere (standalone: rendering the site's layout would need the database). Left to Django,
+    API clients got the HTML 500 page."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        logger.error("database unavailable for %s %s: %s", request.method, request.path, exception)
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        if request.path.startswith("/api/"):
+            return JsonResponse({"error": "the database is unavailable; try again shortly"}, status=503, headers=headers)
+        return HttpResponse(render_to_string("503.html"), status=503, headers=headers)

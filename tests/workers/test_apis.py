@@ -31,3 +31,27 @@ def test_health_is_503_with_the_reason_when_the_broker_does_not_answer(client, s
 def test_health_counts_the_workers_that_answer_a_ping(client, celery_worker):
     body = client.get(reverse("api-health"), {"workers": "true"}).json()
     assert body["ok"] and body["workers"]["ok"] and body["workers"]["count"] >= 1
+
+
+@pytest.fixture
+def database_down():
+    """The default connection pointed at a port where nothing listens: real, refused connections."""
+    from django.db import connection
+
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(HOST="127.0.0.1", PORT="9")
+    yield
+    connection.close()
+    connection.settings_dict.update(saved)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_that_does_not_answer_gives_a_503_that_says_so(client, database_down):
+    api = client.get(reverse("api-collection-list"))
+    assert api.status_code == 503 and api["Retry-After"] == "30"
+    assert api.json() == {"error": "the database is unavailable; try again shortly"}
+    page = client.get(reverse("gallery:collection-list"))
+    assert page.status_code == 503 and "The database does not answer just now" in page.content.decode()
+    health = client.get(reverse("api-health"))
+    assert health.status_code == 503 and not health.json()["database"]["ok"]
