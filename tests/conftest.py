@@ -33,6 +33,20 @@ def media_root(settings, tmp_path):
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture
+def database_down():
+    """The default connection pointed at a port where nothing listens: real, refused connections.
+    For tests with ``django_db(transaction=True)``: no test transaction is open around them."""
+    from django.db import connection
+
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(HOST="127.0.0.1", PORT="9")
+    yield
+    connection.close()
+    connection.settings_dict.update(saved)
+
+
 @pytest.fixture(scope="session")
 def celery_session_worker(django_db_setup, django_db_blocker):
     celery_app.control.purge()  # messages left by an earlier, interrupted run

@@ -1,7 +1,6 @@
-"""Media storage that refuses a file mid-import (a full disk): the import stops with a clear error,
-what was committed before stays, and no file is left without a row."""
+"""Media storage that refuses a file mid-import (a full disk), and a database that does not answer:
+the import stops with a clear error, what was committed before stays, and no file is left without a row."""
 import errno
-import itertools
 import os
 import threading
 
@@ -118,3 +117,10 @@ def test_a_full_disk_while_thumbnailing_leaves_the_images_pending_and_no_files(d
     images_index(image_ids=ids)
     assert set(Image.objects.values_list("status", flat=True)) == {Image.Status.INDEXED}
     assert _files(media_root, "thumbnails") == set(Image.objects.values_list("thumbnail", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_command_says_so_when_the_database_does_not_answer(tmp_path, database_down):
+    (tmp_path / "red.png").write_bytes(image_bytes())
+    with pytest.raises(CommandError, match="the database does not answer .*127.0.0.1.*images committed before stay"):
+        call_command("import_images", str(tmp_path), "--collection", "anywhere")

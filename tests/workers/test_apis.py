@@ -33,19 +33,6 @@ def test_health_counts_the_workers_that_answer_a_ping(client, celery_worker):
     assert body["ok"] and body["workers"]["ok"] and body["workers"]["count"] >= 1
 
 
-@pytest.fixture
-def database_down():
-    """The default connection pointed at a port where nothing listens: real, refused connections."""
-    from django.db import connection
-
-    saved = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(HOST="127.0.0.1", PORT="9")
-    yield
-    connection.close()
-    connection.settings_dict.update(saved)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_database_that_does_not_answer_gives_a_503_that_says_so(client, database_down):
     api = client.get(reverse("api-collection-list"))

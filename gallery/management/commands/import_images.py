@@ -2,6 +2,7 @@ import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from gallery.selectors import collection_stats
@@ -20,9 +21,18 @@ class Command(BaseCommand):
         parser.add_argument("--labels-from-dirs", action="store_true", help="label = the image's parent folder name")
         parser.add_argument("--wait", action="store_true", help="show a progress bar until every image is indexed or failed")
 
-    def handle(self, *args, path: Path, collection: str, labels_from_dirs: bool, wait: bool, **options):
+    def handle(self, *args, path: Path, **options):
         if not path.exists():
             raise CommandError(f"no such file or folder: {path}")
+        try:
+            self._import(path, **options)
+        except (OperationalError, InterfaceError) as exc:  # the chunk in progress was rolled back, its files removed
+            raise CommandError(
+                f"the database does not answer ({' '.join(str(exc).split())}); images committed before stay. "
+                "Run the same import again later: they come back as duplicates"
+            ) from None
+
+    def _import(self, path: Path, *, collection: str, labels_from_dirs: bool, wait: bool, **options) -> None:
         target = collection_get_or_create(name=collection)
         try:
             report = collection_import(collection=target, path=path, labels_from_dirs=labels_from_dirs)
