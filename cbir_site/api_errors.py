@@ -1,4 +1,5 @@
-"""Every API error as the same JSON shape: ``error`` for a person, as in the views' own 400s."""
+"""Every API error as the same JSON shape: ``error`` for a person, as in the views' own 400s; and
+a database that does not answer as a 503, for the API and the pages alike."""
 import logging
 
 from django.conf import settings

@@ -81,8 +81,8 @@ class CollectionCount(models.Model):
     million images as at ten, instead of counting index entries.
 
     A status's count is the sum over ``shard``: each database connection writes to its own shard
-    (its backend pid modulo ``COUNT_SHARDS``), so workers and imports updating one collection at
-    once seldom wait on the same row. Never written from Python.
+    (its backend pid modulo 16, in the triggers' SQL), so workers and imports updating one
+    collection at once seldom wait on the same row. Never written from Python.
     """
 
     collection = models.ForeignKey(Collection, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+")
@@ -92,4 +92,3 @@ class CollectionCount(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["collection", "status", "shard"], name="one_count_per_shard")]
-

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db.models.fields.files import FieldFile
 from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -121,16 +122,18 @@ def _image_build(*, collection: Collection, incoming: IncomingFile, sha256: str)
         image.error = str(exc)
         return image
     image.width, image.height = info.width, info.height
-    image.file.name = file_store(image.file.field.generate_filename(image, PurePosixPath(incoming.name).name or "upload"), incoming.data)
+    file_store(image.file, PurePosixPath(incoming.name).name or "upload", data=incoming.data)
     return image
 
 
-def file_store(name: str, data: bytes) -> str:
-    """Write ``data`` to media storage as ``name`` (a fresh uuid name) and return the stored name.
-    If the write fails (a full disk, a storage that refuses it), what it had written is removed
-    before the error goes on: no cut-short file is left behind."""
+def file_store(field_file: FieldFile, filename: str, *, data: bytes) -> None:
+    """Write ``data`` to media storage under the name its field gives ``filename`` (``upload_to``:
+    a fresh uuid name), and set that name on ``field_file``; the row is not saved. If the write
+    fails (a full disk, a storage that refuses it), what it had written is removed before the
+    error goes on: no cut-short file is left behind."""
+    name = field_file.field.generate_filename(field_file.instance, filename)
     try:
-        return default_storage.save(name, ContentFile(data))
+        field_file.name = field_file.storage.save(name, ContentFile(data))
     except BaseException:
         stored_files_delete([name])
         raise

@@ -76,7 +76,7 @@ def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
     written = []
     try:
         for image, decoded in pairs:
-            image.thumbnail.name = file_store(image.thumbnail.field.generate_filename(image, "thumb.webp"), decoded.thumbnail)
+            file_store(image.thumbnail, "thumb.webp", data=decoded.thumbnail)
             written.append(image.thumbnail.name)
             width, height = decoded.picture.info["decoded_size"]
             image.width, image.height = image.width or width, image.height or height
