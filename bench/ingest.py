@@ -73,10 +73,9 @@ def generate(n: int, processes: int) -> list[Path]:
 def _decode_resize(job: tuple[str, int]) -> int:
     from gallery import imaging
     from workers.autoencoder.preprocessing import Preprocess
-    from workers.services import WORKING_SIDE
 
     path, side = job
-    picture = imaging.decode_rgb(Path(path).read_bytes(), min_side=max(256, WORKING_SIDE))
+    picture = imaging.decode_for_encoder(Path(path).read_bytes())
     return int(Preprocess(side).to_uint8(picture).sum() > 0)
 
 
@@ -118,7 +117,6 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     from gallery import imaging
     from search.models import EncoderVersion
     from workers.autoencoder import inference
-    from workers.services import WORKING_SIDE
 
     datas = [p.read_bytes() for p in paths[:n]]
 
@@ -130,7 +128,7 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     pictures = []
     result = {"images": len(datas)}
     result["decode_draft_ms"] = per_image_ms(
-        lambda: pictures.extend(imaging.decode_rgb(d, min_side=max(256, WORKING_SIDE)) for d in datas)
+        lambda: pictures.extend(imaging.decode_for_encoder(d) for d in datas)
     )
 
     def thumbnail(picture, **save) -> bytes:  # as imaging.thumbnail_webp does it, with other encoder settings

@@ -20,6 +20,19 @@ from PIL import ImageOps, UnidentifiedImageError
 # Pillow's own bomb check would fire at its default limit; ours (CBIR_MAX_IMAGE_PIXELS) runs first
 # from the header. Warnings are turned into errors below so nothing half-decodes silently.
 PILImage.MAX_IMAGE_PIXELS = None
+# Every picture on its way to an encoder is reduced to fit this side first (``fit_within``):
+# the encoders' inputs are at most 128 px, and the steps after it (padding to a square, the
+# resize) then cost the same for any upload, where a 32,576x48 GIF would otherwise be padded
+# to a 32,576-pixel square (3.2 GB).
+WORKING_SIDE = 256
+
+
+# The only decoders that ever see uploaded bytes: the formats cameras, phones and the web produce.
+# Pillow knows some forty more (PSD, EPS, FITS, ICNS...), parsers that see little use and that
+# hostile bytes have no reason to reach: a file in one of them is refused, whatever its name.
+# JPEG includes MPO (phone JPEGs with a second picture); PPM includes PGM and PBM.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM")
+ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, AVIF, BMP, TIFF and PNM"
 
 
 class ImageRejected(ValueError):
@@ -39,10 +52,10 @@ def _open(data: bytes) -> PILImage.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            image = PILImage.open(io.BytesIO(data))
+            image = PILImage.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageRejected("not an image: the file format was not recognised") from None
-    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
+        raise ImageRejected(f"not an image in an accepted format ({ACCEPTED_NAMES})") from None
+    except Exception as exc:  # a damaged header raises OSError, SyntaxError, ValueError, RuntimeError (AVIF)...
         raise ImageRejected(f"unreadable image header: {exc}") from None
     width, height = image.size
     limit = settings.CBIR_MAX_IMAGE_PIXELS
@@ -92,7 +105,7 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
     image = _open(data)
     try:
         image.seek(0)
-        if min_side and image.format == "JPEG":
+        if min_side and image.format in ("JPEG", "MPO"):
             width, height = image.size
             scale = min_side / max(width, height)
             if scale < 1:
@@ -104,6 +117,25 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         raise
     except Exception as exc:  # truncated/corrupt streams raise OSError, SyntaxError, ValueError...
         raise ImageRejected(f"truncated or corrupt image data: {exc}") from None
+
+
+def decode_for_encoder(data: bytes) -> PILImage.Image:
+    """``data`` decoded as every path that embeds a picture decodes it (the workers, training,
+    search queries): JPEGs at the reduced scale that still covers the thumbnail and
+    ``WORKING_SIDE``. With ``fit_within`` (which ``Preprocess`` applies), one file gives one
+    vector whichever path it takes."""
+    return decode_rgb(data, min_side=max(settings.CBIR_THUMBNAIL_SIZE, WORKING_SIDE))
+
+
+def fit_within(image: PILImage.Image, side: int) -> PILImage.Image:
+    """``image`` scaled down (bilinear, aspect kept) so that its longer side is ``side``, or
+    ``image`` itself when it already fits."""
+    width, height = image.size
+    if max(width, height) <= side:
+        return image
+    scale = side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def thumbnail_webp(image: PILImage.Image, *, size: int) -> bytes:

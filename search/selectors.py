@@ -294,7 +294,7 @@ def upload_list_similar(
     if exclude_duplicates:
         filters = replace(filters, exclude_sha256=(*filters.exclude_sha256, hashlib.sha256(data).hexdigest()))
     return picture_list_similar(
-        picture=imaging.decode_rgb(data), k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder,
+        picture=imaging.decode_for_encoder(data), k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder,
         expand=expand,
     )
 

@@ -10,7 +10,7 @@ from search import selectors
 
 
 class SearchForm(forms.Form):
-    image = forms.FileField(help_text="JPEG, PNG, WebP, GIF, BMP or TIFF", widget=forms.FileInput(attrs={"accept": "image/*"}))
+    image = forms.FileField(help_text=imaging.ACCEPTED_NAMES, widget=forms.FileInput(attrs={"accept": "image/*"}))
     collection = forms.ModelChoiceField(Collection.objects.all(), required=False, empty_label="All collections")
     k = forms.IntegerField(min_value=1, max_value=settings.CBIR_SEARCH_MAX_K, initial=settings.CBIR_SEARCH_DEFAULT_K)
 
@@ -24,7 +24,7 @@ def search_page(request):
         try:
             if len(data) > settings.CBIR_MAX_UPLOAD_BYTES:
                 raise imaging.ImageRejected(f"file larger than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes")
-            picture = imaging.decode_rgb(data)
+            picture = imaging.decode_for_encoder(data)
             hits = selectors.picture_list_similar(
                 picture=picture, k=form.cleaned_data["k"], collection_ids=[collection.pk] if collection else None
             )

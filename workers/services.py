@@ -35,9 +35,6 @@ logger = logging.getLogger(__name__)
 # At most this many images are re-queued by one sweep; the next sweep takes the rest.
 SWEEP_MAX_IMAGES = 10_000
 
-# Decoded pictures are shrunk to this side right after the thumbnail is cut, so a batch of
-# large photos costs megabytes, not gigabytes, while it waits for the encoder.
-WORKING_SIDE = 256
 # Threads decoding the next images while the encoder runs on the current batch (Pillow's
 # decoders release the GIL). More than the cores only adds memory.
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -57,14 +54,16 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
     try:
         with default_storage.open(name, "rb") as handle:
             data = handle.read()
-        picture = imaging.decode_rgb(data, min_side=max(settings.CBIR_THUMBNAIL_SIZE, WORKING_SIDE))
+        picture = imaging.decode_for_encoder(data)
     except imaging.ImageRejected as exc:
         return _Decoded(error=str(exc))
     except FileNotFoundError:
         return _Decoded(error="stored file is missing from media storage")
     size = picture.size
     thumbnail = imaging.thumbnail_webp(picture, size=settings.CBIR_THUMBNAIL_SIZE) if make_thumbnail else None
-    picture.thumbnail((WORKING_SIDE, WORKING_SIDE), PILImage.Resampling.BILINEAR)
+    # shrunk right after the thumbnail is cut: a batch of large photos waiting for the encoder
+    # costs megabytes, not gigabytes
+    picture = imaging.fit_within(picture, imaging.WORKING_SIDE)
     picture.info["decoded_size"] = size
     return _Decoded(picture=picture, thumbnail=thumbnail)
 
@@ -208,7 +207,7 @@ def collection_load_pixels(*, collection: Collection, image_size: int) -> Collec
     ids, labels, arrays = [], [], []
     for image in Image.objects.filter(collection=collection).exclude(status=Image.Status.FAILED).order_by("id"):
         try:
-            picture = imaging.decode_rgb(_read(image))
+            picture = imaging.decode_for_encoder(_read(image))
         except (imaging.ImageRejected, FileNotFoundError, ValueError):
             continue  # the indexing path records the reason; training just leaves it out
         ids.append(image.id)

@@ -114,3 +114,37 @@ def test_thumbnail_is_webp_within_size():
     data = imaging.thumbnail_webp(imaging.decode_rgb(image_bytes(size=(1000, 500))), size=256)
     thumb = PILImage.open(io.BytesIO(data))
     assert thumb.format == "WEBP" and thumb.size == (256, 128)
+
+
+def test_avif_decodes_like_the_other_accepted_formats():
+    data = image_bytes(color=(10, 200, 30), size=(40, 30), fmt="AVIF", quality=100)
+    assert imaging.inspect(data).format == "AVIF"
+    picture = imaging.decode_rgb(data)
+    assert picture.size == (40, 30)
+    assert all(abs(a - b) <= 8 for a, b in zip(picture.getpixel((20, 15)), (10, 200, 30)))
+
+
+def test_an_avif_naming_an_image_it_does_not_hold_is_rejected_not_raised():
+    """libavif reports this damage as a RuntimeError, which once went past the header check."""
+    data = bytearray(image_bytes(size=(40, 30), fmt="AVIF"))
+    primary = data.find(b"pitm")
+    data[primary + 9] = 7  # the primary item's id: no item 7 exists
+    with pytest.raises(imaging.ImageRejected, match="unreadable image header"):
+        imaging.inspect(bytes(data))
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "SGI", "TGA", "QOI", "DDS", "JPEG2000", "EPS", "XBM"])
+def test_formats_outside_the_accepted_ones_are_refused_whatever_the_name(fmt):
+    """Pillow could read these, but its parsers for them never see uploaded bytes."""
+    data = image_bytes(size=(40, 30), fmt=fmt, mode="1" if fmt == "XBM" else "RGB")
+    assert PILImage.open(io.BytesIO(data)).format == fmt  # a real file of that format
+    for read in (imaging.inspect, imaging.decode_rgb):
+        with pytest.raises(imaging.ImageRejected, match=r"not an image in an accepted format \(JPEG, PNG, GIF, WebP, AVIF"):
+            read(data)
+
+
+def test_fit_within_keeps_the_aspect_and_leaves_small_pictures_alone():
+    small = PILImage.new("RGB", (200, 100))
+    assert imaging.fit_within(small, 256) is small
+    assert imaging.fit_within(PILImage.new("RGB", (1200, 900)), 256).size == (256, 192)
+    assert imaging.fit_within(PILImage.new("RGB", (32576, 48)), 256).size == (256, 1)

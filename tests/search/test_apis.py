@@ -1,9 +1,12 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from PIL import Image as PILImage
 
+from gallery import imaging
 from gallery.models import Image
 from gallery.services import IncomingFile, collection_get_or_create, images_create
+from search.selectors import upload_list_similar
 from tests.utils import image_bytes, make_encoder
 from workers.services import images_index
 
@@ -142,3 +145,42 @@ def test_collection_api_counts(client, indexed):
     assert body["images"] == {"total": 7, "indexed": 6, "pending": 0, "failed": 1}
     listing = client.get(reverse("api-collection-list")).json()["results"]
     assert [(c["name"], c["images"]["indexed"]) for c in listing] == [("colours", 6)]
+
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_large_photo_searched_with_gets_the_vector_its_stored_copy_got(client, indexed, fmt):
+    """The workers decode a stored photo at JPEG draft scale and reduce it before the encoder; a
+    search upload of the same file goes through the same steps, so the same file has one vector
+    (when search decoded at full size, this 1200x900 photo came back at 2e-6 from itself)."""
+    collection, _ = indexed
+    photo = image_bytes(size=(1200, 900), pattern=7, fmt=fmt)
+    images_create(collection=collection, files=[IncomingFile(name="photo", data=photo)])
+    stored = Image.objects.get(original_name="photo")
+    images_index(image_ids=[stored.id])
+
+    [hit] = upload_list_similar(data=photo, k=1)
+    assert hit.image.id == stored.id
+    assert hit.distance < 1e-9
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q", photo), "k": 1})
+    assert response.status_code == 200, response.content
+    assert response.json()["results"][0]["id"] == stored.id
+
+
+def test_a_panorama_is_searched_with_without_a_full_size_square(client, indexed, monkeypatch):
+    """An upload of extreme aspect ratio is reduced before the encoder pads it to a square: the
+    largest picture made on the way is the working side's square, not 12,000 pixels' square."""
+    made = []
+    new = PILImage.new
+
+    def recording_new(mode, size, *args, **kwargs):
+        made.append(size)
+        return new(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "new", recording_new)
+    panorama = image_bytes(size=(12000, 8), pattern=3)
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("wide.png", panorama), "k": 2})
+    assert response.status_code == 200, response.content
+    assert len(response.json()["results"]) == 2
+    squares = [width for width, height in made if width == height]
+    assert squares and max(squares) <= imaging.WORKING_SIDE

@@ -4,18 +4,23 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from gallery.imaging import WORKING_SIDE, fit_within
+
 
 class Preprocess:
     """RGB PIL image -> float tensor (3, S, S) in [0, 1], used by training and inference alike.
 
-    The image is padded to a square on white (the same background that alpha is composited
-    on) before resizing, so shapes keep their aspect ratio.
+    The image is first reduced to fit ``WORKING_SIDE`` (or the input side, if larger), as the
+    workers reduce every picture they decode, so the steps after it cost the same for any
+    upload. It is then padded to a square on white (the same background that alpha is
+    composited on) and resized, so shapes keep their aspect ratio.
     """
 
     def __init__(self, image_size: int) -> None:
         self.image_size = image_size
 
     def to_uint8(self, image: PILImage.Image) -> np.ndarray:
+        image = fit_within(image if image.mode in ("RGB", "L") else image.convert("RGB"), max(WORKING_SIDE, self.image_size))
         image = image.convert("RGB")
         width, height = image.size
         side = max(width, height)
