@@ -511,9 +511,11 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
     ``../`` names cannot escape). Symlinks, nested archives and members that inflate past
     ``CBIR_MAX_UPLOAD_BYTES`` (zip bombs) are skipped with a reason."""
     limit = settings.CBIR_MAX_UPLOAD_BYTES
+    # A damaged archive raises whatever the zip reader or the decompressor trips on (BadZipFile,
+    # zlib.error, LZMAError, EOFError, ValueError, NotImplementedError...): each becomes a reason.
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:
         report.skipped.append((str(getattr(source, "name", source)), f"not a readable zip archive: {exc}"))
         return
     with archive:
@@ -540,8 +542,8 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
             try:
                 with archive.open(member) as handle:
                     data = handle.read(limit + 1)
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-                report.skipped.append((str(name), f"unreadable archive member: {exc}"))
+            except Exception as exc:
+                report.skipped.append((str(name), f"unreadable archive member: {exc or type(exc).__name__}"))
                 continue
             if len(data) > limit:
                 report.skipped.append((str(name), "member inflates past CBIR_MAX_UPLOAD_BYTES (zip bomb?)"))

@@ -151,6 +151,51 @@ def test_hostile_zip_is_read_safely(collection, tmp_path, settings):
     assert not (tmp_path.parent / "escape").exists()
 
 
+
+def _damaged(archive: bytes, member: str, offset: int, value: int) -> bytes:
+    """``archive`` with the byte at ``offset`` into ``member``'s compressed data set to ``value``."""
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(member)
+    local = archive[info.header_offset : info.header_offset + 30]
+    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    data = bytearray(archive)
+    data[start + offset] = value
+    return bytes(data)
+
+
+def test_damaged_zip_members_are_skipped_with_a_reason_and_the_rest_is_imported(collection, tmp_path):
+    """Found by fuzzing: a broken deflate or LZMA stream raised zlib.error or LZMAError out of the
+    import instead of skipping the member."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ok.png", image_bytes(pattern=1), compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("deflate.png", image_bytes(pattern=2), compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("lzma.png", image_bytes(pattern=3), compress_type=zipfile.ZIP_LZMA)
+    damaged = _damaged(buffer.getvalue(), "deflate.png", 0, 0x07)  # a final block of the reserved type
+    damaged = _damaged(damaged, "lzma.png", 12, 0xFF)
+    upload = tmp_path / "damaged.zip"
+    upload.write_bytes(damaged)
+
+    report = collection_import(collection=collection, path=upload)
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["ok.png"]
+    reasons = dict(report.skipped)
+    assert set(reasons) == {"deflate.png", "lzma.png"}
+    assert all(reason.startswith("unreadable archive member: ") for reason in reasons.values())
+
+
+def test_a_zip_the_reader_cannot_take_is_refused_with_a_reason(collection, tmp_path):
+    """Found by fuzzing: an archive naming a zip version past what Python reads raised
+    NotImplementedError out of the import."""
+    archive = bytearray(_zip([("a.png", image_bytes(pattern=1))]))
+    entry = archive.find(b"PK\x01\x02")
+    archive[entry + 6] = 0xFF  # "version needed to extract": 25.5
+    upload = tmp_path / "broken.zip"
+    upload.write_bytes(bytes(archive))
+
+    report = collection_import(collection=collection, path=upload)
+    assert not Image.objects.exists()
+    [(name, reason)] = report.skipped
+    assert name.endswith("broken.zip") and reason.startswith("not a readable zip archive: ")
+
 def test_same_file_twice_in_one_upload_is_stored_once(collection):
     data = image_bytes(pattern=9)
     report = images_create(
