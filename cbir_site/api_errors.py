@@ -1,5 +1,6 @@
-"""Every API error as the same JSON shape: ``error`` for a person, as in the views' own 400s; and
-a database that does not answer as a 503, for the API and the pages alike."""
+"""Every API error as the same JSON shape: ``error`` for a person, as in the views' own 400s; a
+NUL character in a query string as a 400; and a database that does not answer as a 503, for the
+API and the pages alike."""
 import logging
 
 from django.conf import settings
@@ -36,6 +37,25 @@ def api_exception_handler(exc, context):
     if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
         response.data = {"error": str(response.data["detail"])}
     return response
+
+
+class NulCharacterMiddleware:
+    """A query string holding a NUL character gets a 400 that names the parameter: JSON under
+    /api/, plain text elsewhere. PostgreSQL cannot hold a NUL in a string, so a filter made from
+    such a parameter (a label, a collection's name, the admin's list filters) failed with a 500."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        names = sorted({name for name, values in request.GET.lists() if "\x00" in "".join([name, *values])})
+        if not names:
+            return self.get_response(request)
+        message = "the query string may not contain NUL characters"
+        if request.path.startswith("/api/"):
+            errors = {name.replace("\x00", "\\x00"): ["may not contain NUL characters"] for name in names}
+            return JsonResponse({"error": message, "errors": errors}, status=400)
+        return HttpResponse(f"Bad request: {message} ({', '.join(repr(name) for name in names)}).", status=400, content_type="text/plain")
 
 
 # How long a client is told to wait before it tries again while the database does not answer.

@@ -40,7 +40,12 @@ class CollectionRefField(serializers.CharField):
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        lookup = {"pk": int(value)} if value.isdigit() else {"name": value}
+        # CharField's own validators (NUL characters among them) run only after this lookup, and
+        # PostgreSQL cannot take a NUL in a string: checked here, or the query would fail with a 500.
+        if "\x00" in value:
+            raise serializers.ValidationError("may not contain NUL characters")
+        # "²" is a digit to str.isdigit() but not to int()
+        lookup = {"pk": int(value)} if value.isascii() and value.isdigit() else {"name": value}
         collection = Collection.objects.filter(**lookup).first()
         if collection is None:
             raise serializers.ValidationError(f"no collection {value!r}")

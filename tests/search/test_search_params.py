@@ -99,3 +99,29 @@ def test_invalid_parameters_are_named(client, two_collections, params, name):
     query = Image.objects.get(original_name="a1")
     response = client.get(reverse("api-image-similar", args=[query.pk]), params)
     assert response.status_code == 400 and name in response.json()["errors"], response.json()
+
+
+@pytest.mark.parametrize("reference", ["a\x00", "\u00b2", "9" * 40])
+def test_a_collection_reference_that_names_none_is_a_400_also_in_a_form_field(client, two_collections, reference):
+    """Found by fuzzing: a NUL reached PostgreSQL (which cannot take one in a string) and "²"
+    passed str.isdigit() but not int(), each a 500."""
+    a, _ = two_collections
+    response = client.post(
+        reverse("api-search"), {"image": SimpleUploadedFile("q.png", image_bytes(pattern=1)), "collection": reference}
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["collection"]
+
+
+def test_a_nul_in_any_query_string_is_a_400_naming_the_parameter(client, admin_client, two_collections):
+    a, _ = two_collections
+    image = Image.objects.filter(collection=a).first()
+    api = client.get(reverse("api-image-similar", args=[image.pk]), {"collection": "a", "label": "x\x00"})
+    assert api.status_code == 400
+    assert api.json() == {"error": "the query string may not contain NUL characters", "errors": {"label": ["may not contain NUL characters"]}}
+    page = client.get(reverse("gallery:collection-detail", args=[a.pk]), {"label": "\x00"})
+    assert page.status_code == 400 and "'label'" in page.content.decode()
+    # Django's own admin list filters would hand it to PostgreSQL too
+    admin = admin_client.get("/admin/gallery/image/", {"status__exact": "\x00"})
+    assert admin.status_code == 400
+    assert admin_client.get("/admin/gallery/image/", {"status__exact": "indexed"}).status_code == 200
