@@ -11,7 +11,8 @@ from search.models import EncoderVersion
 
 DEMO_FOLDER = Path(settings.BASE_DIR) / "demo" / "openmoji"
 DEMO_COLLECTION = "demo"
-# Enough for the seed autoencoder to give sensible neighbours on 334 emoji, about a minute on 2 cores.
+# Passes of the default encoder's k-means over the demo's 334 emoji (seconds on 2 cores); also
+# enough epochs for the seed autoencoder, if it is chosen, to give sensible neighbours (about a minute).
 DEMO_EPOCHS = 20
 
 
