@@ -38,12 +38,10 @@ def next_page_url(request, **overrides) -> str:
 class CollectionRefField(serializers.CharField):
     """A collection given by id or by name."""
 
-    def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        # CharField's own validators (NUL characters among them) run only after this lookup, and
-        # PostgreSQL cannot take a NUL in a string: checked here, or the query would fail with a 500.
-        if "\x00" in value:
-            raise serializers.ValidationError("may not contain NUL characters")
+    def run_validation(self, data=serializers.empty):
+        # After CharField's own checks, not in to_internal_value, which runs before its validators:
+        # one of them refuses NUL characters, which PostgreSQL cannot take in a query.
+        value = super().run_validation(data)
         # "²" is a digit to str.isdigit() but not to int()
         lookup = {"pk": int(value)} if value.isascii() and value.isdigit() else {"name": value}
         collection = Collection.objects.filter(**lookup).first()

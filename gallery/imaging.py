@@ -26,7 +26,6 @@ PILImage.MAX_IMAGE_PIXELS = None
 # to a 32,576-pixel square (3.2 GB).
 WORKING_SIDE = 256
 
-
 # The only decoders that ever see uploaded bytes: the formats cameras, phones and the web produce.
 # Pillow knows some forty more (PSD, EPS, FITS, ICNS...), parsers that see little use and that
 # hostile bytes have no reason to reach: a file in one of them is refused, whatever its name.

@@ -152,7 +152,7 @@ def test_collection_api_counts(client, indexed):
 def test_a_large_photo_searched_with_gets_the_vector_its_stored_copy_got(client, indexed, fmt):
     """The workers decode a stored photo at JPEG draft scale and reduce it before the encoder; a
     search upload of the same file goes through the same steps, so the same file has one vector
-    (when search decoded at full size, this 1200x900 photo came back at 2e-6 from itself)."""
+    (when search decoded at full size, this 1200x900 photo did not come back at zero distance)."""
     collection, _ = indexed
     photo = image_bytes(size=(1200, 900), pattern=7, fmt=fmt)
     images_create(collection=collection, files=[IncomingFile(name="photo", data=photo)])

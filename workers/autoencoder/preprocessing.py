@@ -20,8 +20,9 @@ class Preprocess:
         self.image_size = image_size
 
     def to_uint8(self, image: PILImage.Image) -> np.ndarray:
-        image = fit_within(image if image.mode in ("RGB", "L") else image.convert("RGB"), max(WORKING_SIDE, self.image_size))
-        image = image.convert("RGB")
+        if image.mode not in ("RGB", "L"):  # bilinear resizing needs one of these
+            image = image.convert("RGB")
+        image = fit_within(image, max(WORKING_SIDE, self.image_size)).convert("RGB")
         width, height = image.size
         side = max(width, height)
         if width != height:
