@@ -9,13 +9,14 @@ on white, EXIF orientation applied, first frame of an animation.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
+from PIL import ExifTags, ImageOps, UnidentifiedImageError
 
 # Pillow's own bomb check would fire at its default limit; ours (CBIR_MAX_IMAGE_PIXELS) runs first
 # from the header. Warnings are turned into errors below so nothing half-decodes silently.
@@ -32,6 +33,20 @@ WORKING_SIDE = 256
 # JPEG includes MPO (phone JPEGs with a second picture); PPM includes PGM and PBM.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM")
 ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, AVIF, BMP, TIFF and PNM"
+# A picture decoded at more than twice the side its caller needs is shrunk by a whole factor
+# (a box filter) before any conversion, a strip of about this many pixels at a time. Converted at
+# full size, a 564 KB 16-bit PNG of 8000x8000 took 1.7 GB of peak memory and an RGBA one 1.5 GB;
+# shrunk first, 156 MB and 268 MB (`bench/decode_memory.py`, docs/benchmarks.md).
+STRIP_PIXELS = 1 << 20
+_TRANSPOSE = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
 
 
 class ImageRejected(ValueError):
@@ -79,10 +94,18 @@ def inspect(data: bytes) -> ImageInfo:
     return info
 
 
-def _to_rgb(image: PILImage.Image) -> PILImage.Image:
+def _peak(image: PILImage.Image) -> float:
+    """The value that maps to white in a 16-bit, integer or float picture (from its extrema, which
+    allocate nothing)."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    return 65535.0 if image.getextrema()[1] > 255 else 255.0
+
+
+def _to_rgb(image: PILImage.Image, *, peak: float | None = None) -> PILImage.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        peak = _peak(image) if peak is None else peak
         array = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
         return PILImage.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P":
@@ -94,12 +117,29 @@ def _to_rgb(image: PILImage.Image) -> PILImage.Image:
     return image.convert("RGB")
 
 
+def _shrunk_rgb(image: PILImage.Image, factor: int) -> PILImage.Image:
+    """``image`` as 8-bit RGB, each ``factor`` x ``factor`` box averaged (``Image.reduce``'s box,
+    partial at the right and bottom edges), converted a strip of rows at a time so that no
+    full-size converted copy exists. Compositing on white and averaging are both linear, so the
+    order does not change the result beyond rounding."""
+    width, height = image.size
+    peak = _peak(image) if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") else None
+    rows = factor * max(1, STRIP_PIXELS // (width * factor))
+    shrunk = PILImage.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    for top in range(0, height, rows):
+        strip = _to_rgb(image.crop((0, top, width, min(height, top + rows))), peak=peak)
+        shrunk.paste(strip.reduce(factor), (0, top // factor))
+    return shrunk
+
+
 def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
     """Fully decode ``data`` into an 8-bit RGB image (first frame, EXIF-rotated, alpha on white).
 
     With ``min_side``, JPEGs are decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4, 1/8)
     as long as the longer side stays at least ``min_side``: several times faster for photos
-    that only feed a thumbnail and the encoder.
+    that only feed a thumbnail and the encoder. Other formats, decoded at full size, are then
+    shrunk by the whole factor that keeps the longer side at least ``2 * min_side`` (the factor
+    Pillow's own resizing with ``reducing_gap=2`` applies first), before they are converted.
     """
     image = _open(data)
     try:
@@ -110,8 +150,12 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
             if scale < 1:
                 image.draft("RGB", (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))))
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        factor = max(image.size) // (2 * min_side) if min_side else 0
+        if factor < 2:
+            return _to_rgb(ImageOps.exif_transpose(image))
+        shrunk = _shrunk_rgb(image, factor)
+        transpose = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+        return shrunk.transpose(transpose) if transpose is not None else shrunk
     except ImageRejected:
         raise
     except Exception as exc:  # truncated/corrupt streams raise OSError, SyntaxError, ValueError...

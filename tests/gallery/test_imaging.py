@@ -2,8 +2,10 @@ import io
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image as PILImage
+from PIL import ImageChops
 
 from gallery import imaging
 from tests.utils import image_bytes
@@ -148,3 +150,72 @@ def test_fit_within_keeps_the_aspect_and_leaves_small_pictures_alone():
     assert imaging.fit_within(small, 256) is small
     assert imaging.fit_within(PILImage.new("RGB", (1200, 900)), 256).size == (256, 192)
     assert imaging.fit_within(PILImage.new("RGB", (32576, 48)), 256).size == (256, 1)
+
+
+def _encoded(picture: PILImage.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def _largest_difference(a: PILImage.Image, b: PILImage.Image) -> int:
+    assert a.size == b.size
+    return max(high for _, high in ImageChops.difference(a, b).getextrema())
+
+
+def _half_transparent_rgba(size: tuple[int, int]) -> PILImage.Image:
+    """Opaque red on the left, a half-transparent blue band, fully transparent on the right."""
+    width, height = size
+    picture = PILImage.new("RGBA", size, (0, 0, 0, 0))
+    picture.paste((200, 20, 20, 255), (0, 0, width // 3, height))
+    picture.paste((20, 20, 200, 128), (width // 3, 0, 2 * width // 3, height))
+    return picture
+
+
+def test_a_large_picture_is_shrunk_before_it_is_converted(monkeypatch):
+    """A 2,400 x 1,800 RGBA PNG feeds a 256 px encoder and thumbnail: it is averaged 4 x 4 into
+    600 x 450 (still at least twice the side needed) and never converted at full size; the
+    result is the full-size conversion, box-averaged."""
+    original = _half_transparent_rgba((2400, 1800))
+    converted = []
+    to_rgb = imaging._to_rgb
+    monkeypatch.setattr(imaging, "_to_rgb", lambda image, **kw: converted.append(image.size) or to_rgb(image, **kw))
+    picture = imaging.decode_for_encoder(_encoded(original, "PNG"))
+    assert picture.mode == "RGB" and picture.size == (600, 450)
+    assert max(width * height for width, height in converted) <= 2 * imaging.STRIP_PIXELS
+    assert _largest_difference(picture, to_rgb(original).reduce(4)) <= 1
+    assert picture.getpixel((590, 200)) == (255, 255, 255)  # transparent: white
+
+
+def test_a_shrunk_picture_keeps_one_white_point_for_all_its_strips():
+    """A 32-bit integer TIFF is scaled by its brightest value over the whole picture, not strip
+    by strip: the dark top must not come out as bright as if it were the whole picture."""
+    values = np.full((2400, 1200), 200, dtype=np.int32)
+    values[1200:] = 50000
+    picture = imaging.decode_for_encoder(_encoded(PILImage.fromarray(values, mode="I"), "TIFF"))
+    assert picture.size == (300, 600)
+    assert picture.getpixel((150, 10)) == (1, 1, 1)  # 200 / 65535 of white
+    assert picture.getpixel((150, 590)) == (195, 195, 195)
+
+
+def test_a_shrunk_picture_still_follows_its_exif_orientation():
+    original = _half_transparent_rgba((2400, 1200))
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    picture = imaging.decode_for_encoder(_encoded(original, "PNG", exif=exif.tobytes()))
+    assert picture.size == (300, 600)
+    reference = imaging._to_rgb(original.transpose(PILImage.Transpose.ROTATE_270)).reduce(4)
+    assert _largest_difference(picture, reference) <= 1
+
+
+def test_shrinking_first_gives_the_encoder_the_same_pixels_when_the_side_divides():
+    """Pillow's own resize (``reducing_gap=2``) box-averages by the same factor first, so for a
+    side that the factor divides the encoder's input is unchanged to the pixel: vectors stored
+    before shrinking was added still match a query with the same file."""
+    noise = np.random.default_rng(0).integers(0, 256, (1536, 2048, 3), dtype=np.uint8)
+    data = _encoded(PILImage.fromarray(noise, "RGB"), "PNG", compress_level=1)
+    full_size = imaging._to_rgb(PILImage.open(io.BytesIO(data)))
+    picture = imaging.decode_for_encoder(data)
+    assert picture.size == (512, 384)
+    expected = imaging.fit_within(full_size, imaging.WORKING_SIDE)
+    assert _largest_difference(imaging.fit_within(picture, imaging.WORKING_SIDE), expected) == 0
