@@ -70,8 +70,8 @@ class SearchParamsSerializer(serializers.Serializer):
 
 class HitOutputSerializer(ImageOutputSerializer):
     distance = serializers.FloatField(
-        help_text="cosine distance to the query, 0 = same direction, 2 = opposite (with query expansion the results "
-        "are ordered by the expanded query, so distances may be slightly out of order)"
+        help_text="cosine distance to the query, 0 = same direction, 2 = opposite; results come nearest first "
+        "(with query expansion the expanded query picks which images make the page)"
     )
     similarity = serializers.FloatField(help_text="1 - distance (cosine similarity)")
 

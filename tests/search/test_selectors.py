@@ -98,19 +98,22 @@ def test_query_expansion_ranks_by_the_query_and_its_nearest_images(fan):
     exact = selectors.SearchFilters(exact=True)
     plain = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=0, filters=exact)
     assert [hit.image.original_name for hit in plain] == ["near", "aside", "beyond"]
+    assert [hit.image.original_name for hit in plain[:2]] == ["near", "aside"]
     # Expanded with "near" (weight 0.95 ** 3), the query leans toward axis 1: "beyond" (0.94 to the
-    # expanded query) now ranks before "aside" (0.89).
+    # expanded query) now ranks before "aside" (0.89), so the two nearest are "near" and "beyond".
+    expanded = selectors.vector_list_similar(vector=query, encoder=encoder, k=2, expand=1, filters=exact)
+    assert [hit.image.original_name for hit in expanded] == ["near", "beyond"]
+    # Distances stay those to the query itself, and a page lists its hits by them: "aside" (0.10)
+    # comes before "beyond" (0.12) once both make the page.
     expanded = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1, filters=exact)
-    assert [hit.image.original_name for hit in expanded] == ["near", "beyond", "aside"]
-    # Distances stay those to the query itself, whatever the order.
-    assert {hit.image.original_name: hit.distance for hit in expanded} == pytest.approx(
-        {"near": 0.05, "beyond": 0.12, "aside": 0.10}, abs=1e-4
-    )
+    assert [(hit.image.original_name, round(hit.distance, 4)) for hit in expanded] == [
+        ("near", 0.05), ("aside", 0.10), ("beyond", 0.12)
+    ]
     # ... and so does min_similarity: "beyond" is 0.88 similar to the query, below 0.89.
     filters = selectors.SearchFilters(min_similarity=0.89, exact=True)
     kept = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=1, filters=filters)
     assert [hit.image.original_name for hit in kept] == ["near", "aside"]
-    # Pages follow each other under the same expanded query.
+    # Pages follow each other under the same expanded ranking: one hit a page, in its order.
     pages = [selectors.vector_list_similar(vector=query, encoder=encoder, k=1, offset=i, expand=1, filters=exact)[0] for i in range(3)]
     assert [hit.image.original_name for hit in pages] == ["near", "beyond", "aside"]
 
