@@ -7,7 +7,14 @@ for staff) and static files stay open.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import threading
+import time
+from collections import OrderedDict
+
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework.authentication import BasicAuthentication, TokenAuthentication
@@ -15,8 +22,51 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 OPEN_PATHS = ("/accounts/", "/admin/", "/static/", "/api/health/")
+# How long, and for how many credentials, a process remembers HTTP Basic credentials it verified.
+BASIC_AUTH_MEMORY_SECONDS = 300
+BASIC_AUTH_MEMORY_SIZE = 1024
+
+
+class RememberingBasicAuthentication(BasicAuthentication):
+    """HTTP Basic that remembers credentials it has verified, for ``BASIC_AUTH_MEMORY_SECONDS``.
+
+    Checking a password costs a deliberately slow hash (Django's PBKDF2), and HTTP Basic sends the
+    password with every call: an API client paid that hash on each request, twice on a private
+    site's staff calls (the middleware, then the view). A remembered pair costs one primary-key
+    lookup instead (`bench/basic_auth.py`). Only credentials that passed are remembered, keyed by
+    an HMAC of them under SECRET_KEY (never the password). The entry holds the user's stored
+    password hash, so a password change, a rename or a deactivation ends it at once. A wrong
+    password still costs the full check every time."""
+
+    _verified: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
+    _lock = threading.Lock()
+
+    @staticmethod
+    def _key(userid: str, password: str) -> str:
+        return hmac.new(settings.SECRET_KEY.encode(), f"{userid}\x00{password}".encode(), hashlib.sha256).hexdigest()
+
+    def authenticate_credentials(self, userid, password, request=None):
+        key = self._key(userid, password)
+        with self._lock:
+            entry = self._verified.get(key)
+        if entry is not None and entry[2] > time.monotonic():
+            user = get_user_model()._default_manager.filter(pk=entry[0]).first()
+            if (
+                user is not None and user.is_active and user.get_username() == userid
+                and hmac.compare_digest(user.password, entry[1])
+            ):
+                return user, None
+        user, auth = super().authenticate_credentials(userid, password, request)
+        with self._lock:
+            self._verified[key] = (user.pk, user.password, time.monotonic() + BASIC_AUTH_MEMORY_SECONDS)
+            self._verified.move_to_end(key)
+            while len(self._verified) > BASIC_AUTH_MEMORY_SIZE:
+                self._verified.popitem(last=False)
+        return user, auth
+
+
 # The API's own ways to read credentials from the Authorization header (gallery.apis takes the same).
-API_AUTHENTICATORS = (TokenAuthentication(), BasicAuthentication())
+API_AUTHENTICATORS = (TokenAuthentication(), RememberingBasicAuthentication())
 
 
 def request_signed_in(request: HttpRequest) -> bool:

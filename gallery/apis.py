@@ -2,11 +2,12 @@ from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cbir_site.access import RememberingBasicAuthentication
 from gallery.models import Collection, Image
 from gallery.selectors import collection_list_with_stats, collection_stats, image_list
 from gallery.services import CollectionGone, ImportReport, StorageFailed, collection_delete, images_create, images_delete, uploads_to_incoming
@@ -14,7 +15,7 @@ from gallery.services import CollectionGone, ImportReport, StorageFailed, collec
 
 # How a staff user proves it where a call needs one: an API token or HTTP Basic auth (API clients),
 # or the admin's session (with its CSRF token).
-STAFF_AUTHENTICATION = [TokenAuthentication, BasicAuthentication, SessionAuthentication]
+STAFF_AUTHENTICATION = [TokenAuthentication, RememberingBasicAuthentication, SessionAuthentication]
 
 
 class StaffMayDelete:

@@ -6,6 +6,8 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
+from cbir_site import access
+from cbir_site.access import RememberingBasicAuthentication
 from gallery.models import Image
 from gallery.services import IncomingFile, collection_get_or_create, images_create
 from tests.utils import image_bytes
@@ -93,3 +95,48 @@ def test_a_staff_token_may_delete_and_a_viewer_token_may_not(client, viewer, sto
     assert client.delete(url, HTTP_AUTHORIZATION=f"Token {viewer_token.key}").status_code == 403
     assert client.delete(url, HTTP_AUTHORIZATION=f"Token {staff_token.key}").status_code == 204
     assert not Image.objects.filter(pk=stored.pk).exists()
+
+
+@pytest.fixture
+def password_checks(monkeypatch):
+    """The passwords checked (each one Django's slow hash), from a clean memory of credentials."""
+    RememberingBasicAuthentication._verified.clear()
+    checks, check = [], User.check_password
+    monkeypatch.setattr(User, "check_password", lambda user, raw: checks.append(raw) or check(user, raw))
+    yield checks
+    RememberingBasicAuthentication._verified.clear()
+
+
+def test_http_basic_checks_a_password_once_until_it_changes(client, private, viewer, stored, password_checks):
+    url = reverse("api-collection-list")
+    for _ in range(3):
+        assert client.get(url, HTTP_AUTHORIZATION=_basic("viewer", PASSWORD)).status_code == 200
+    assert password_checks == [PASSWORD]
+    for _ in range(2):  # a wrong password is checked every time, and never remembered
+        assert client.get(url, HTTP_AUTHORIZATION=_basic("viewer", "not it")).status_code == 401
+    assert password_checks == [PASSWORD, "not it", "not it"]
+    viewer.set_password("a new long passphrase")
+    viewer.save()
+    assert client.get(url, HTTP_AUTHORIZATION=_basic("viewer", PASSWORD)).status_code == 401  # at once
+    assert client.get(url, HTTP_AUTHORIZATION=_basic("viewer", "a new long passphrase")).status_code == 200
+    viewer.is_active = False
+    viewer.save()
+    assert client.get(url, HTTP_AUTHORIZATION=_basic("viewer", "a new long passphrase")).status_code == 401
+    viewer.is_active, viewer.username = True, "renamed"
+    viewer.save()
+    assert client.get(url, HTTP_AUTHORIZATION=_basic("viewer", "a new long passphrase")).status_code == 401
+
+
+def test_remembered_credentials_expire(client, private, viewer, stored, password_checks, monkeypatch):
+    monkeypatch.setattr(access, "BASIC_AUTH_MEMORY_SECONDS", -1)
+    for _ in range(2):
+        assert client.get(reverse("api-collection-list"), HTTP_AUTHORIZATION=_basic("viewer", PASSWORD)).status_code == 200
+    assert password_checks == [PASSWORD, PASSWORD]
+
+
+def test_a_staff_call_on_a_private_site_checks_its_password_once(client, private, stored, password_checks):
+    """The middleware and the view both authenticate a staff DELETE."""
+    User.objects.create_user("admin2", password=PASSWORD, is_staff=True)
+    answer = client.delete(reverse("api-image-detail", args=[stored.pk]), HTTP_AUTHORIZATION=_basic("admin2", PASSWORD))
+    assert answer.status_code == 204 and not Image.objects.filter(pk=stored.pk).exists()
+    assert password_checks == [PASSWORD]
