@@ -33,11 +33,14 @@ WORKING_SIDE = 256
 # JPEG includes MPO (phone JPEGs with a second picture); PPM includes PGM and PBM.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM")
 ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, AVIF, BMP, TIFF and PNM"
-# A picture decoded at more than twice the side its caller needs is shrunk by a whole factor
-# (a box filter) before any conversion, a strip of about this many pixels at a time. Converted at
-# full size, a 564 KB 16-bit PNG of 8000x8000 took 1.7 GB of peak memory and an RGBA one 1.5 GB;
-# shrunk first, 156 MB and 268 MB (`bench/decode_memory.py`, docs/benchmarks.md).
+# A picture decoded at four or more times the side its caller needs is shrunk by the whole factor
+# that leaves at least twice that side (a box filter), before any conversion and a strip of about
+# this many pixels at a time. Converted at full size, a 564 KB 16-bit PNG of 8000x8000 took 1.7 GB
+# of peak memory and an RGBA one 1.5 GB; shrunk first, 156 MB and 268 MB (`bench/decode_memory.py`,
+# docs/benchmarks.md).
 STRIP_PIXELS = 1 << 20
+# Modes whose values are scaled to 8 bits by the picture's white point (``_peak``).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _TRANSPOSE = {
     2: PILImage.Transpose.FLIP_LEFT_RIGHT,
     3: PILImage.Transpose.ROTATE_180,
@@ -103,7 +106,7 @@ def _peak(image: PILImage.Image) -> float:
 
 
 def _to_rgb(image: PILImage.Image, *, peak: float | None = None) -> PILImage.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode in _WIDE_MODES:
         array = np.asarray(image, dtype=np.float64)
         peak = _peak(image) if peak is None else peak
         array = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
@@ -123,7 +126,7 @@ def _shrunk_rgb(image: PILImage.Image, factor: int) -> PILImage.Image:
     full-size converted copy exists. Compositing on white and averaging are both linear, so the
     order does not change the result beyond rounding."""
     width, height = image.size
-    peak = _peak(image) if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") else None
+    peak = _peak(image) if image.mode in _WIDE_MODES else None
     rows = factor * max(1, STRIP_PIXELS // (width * factor))
     shrunk = PILImage.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
     for top in range(0, height, rows):
