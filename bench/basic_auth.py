@@ -22,19 +22,15 @@ import sys
 import time
 from pathlib import Path
 
+import project
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench-auth"
 PASSWORD = "a long enough passphrase for the bench"
 
 
 def setup_django() -> None:
-    VAR.mkdir(parents=True, exist_ok=True)
-    os.environ["CBIR_VAR_DIR"] = str(VAR)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    project.setup_django(VAR)
 
 
 def main() -> None:

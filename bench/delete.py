@@ -28,18 +28,14 @@ import time
 import uuid
 from pathlib import Path
 
+import project
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench-delete"
 
 
 def setup_django() -> None:
-    VAR.mkdir(parents=True, exist_ok=True)
-    os.environ["CBIR_VAR_DIR"] = str(VAR)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    project.setup_django(VAR)
 
 
 def load(n: int) -> list[int]:

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+import project
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench-search"
 EF_SEARCH = [10, 20, 40, 80, 160]
@@ -47,16 +49,8 @@ def pct(values, q):
     return round(float(np.percentile(values, q)), 2)
 
 
-def setup_django():
-    VAR.mkdir(parents=True, exist_ok=True)
-    os.environ["CBIR_VAR_DIR"] = str(VAR)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
-    os.environ.setdefault("DJANGO_DEBUG", "0")
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+def setup_django() -> None:
+    project.setup_django(VAR, DJANGO_DEBUG="0", DJANGO_SECRET_KEY="bench-only")
 
 
 def load(n: int, dim: int, rng) -> tuple[int, int, np.ndarray]:
