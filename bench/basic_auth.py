@@ -20,11 +20,10 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import project
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = project.ROOT
 VAR = ROOT / "var" / "bench-auth"
 PASSWORD = "a long enough passphrase for the bench"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import project
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = project.ROOT
 VAR = ROOT / "var" / "bench-delete"
 
 

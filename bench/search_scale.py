@@ -33,13 +33,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 
 import project
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = project.ROOT
 VAR = ROOT / "var" / "bench-search"
 EF_SEARCH = [10, 20, 40, 80, 160]
 MAINTENANCE_WORK_MEM = "4GB"

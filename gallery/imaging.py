@@ -41,6 +41,8 @@ ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, AVIF, BMP, TIFF and PNM"
 STRIP_PIXELS = 1 << 20
 # Modes whose values are scaled to 8 bits by the picture's white point (``_peak``).
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# EXIF orientation -> the transpose that displays it upright: ImageOps.exif_transpose's table, which
+# only transposes the very image it reads the tag from, here the full-size one.
 _TRANSPOSE = {
     2: PILImage.Transpose.FLIP_LEFT_RIGHT,
     3: PILImage.Transpose.ROTATE_180,

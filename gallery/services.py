@@ -15,9 +15,9 @@ from typing import Iterable, Iterator
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db.models.fields.files import FieldFile
 from django.db import connection, transaction
 from django.db.models import QuerySet
+from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from gallery import imaging

@@ -147,7 +147,6 @@ def test_collection_api_counts(client, indexed):
     assert [(c["name"], c["images"]["indexed"]) for c in listing] == [("colours", 6)]
 
 
-
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_a_large_photo_searched_with_gets_the_vector_its_stored_copy_got(client, indexed, fmt):
     """The workers decode a stored photo at JPEG draft scale and reduce it before the encoder; a
