@@ -543,7 +543,7 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
                 with archive.open(member) as handle:
                     data = handle.read(limit + 1)
             except Exception as exc:
-                report.skipped.append((str(name), f"unreadable archive member: {exc or type(exc).__name__}"))
+                report.skipped.append((str(name), f"unreadable archive member: {str(exc) or type(exc).__name__}"))
                 continue
             if len(data) > limit:
                 report.skipped.append((str(name), "member inflates past CBIR_MAX_UPLOAD_BYTES (zip bomb?)"))

@@ -182,6 +182,23 @@ def test_damaged_zip_members_are_skipped_with_a_reason_and_the_rest_is_imported(
     assert all(reason.startswith("unreadable archive member: ") for reason in reasons.values())
 
 
+
+def test_a_member_error_without_a_message_is_named_by_its_type(collection, tmp_path, monkeypatch):
+    """Some readers raise bare exceptions (``EOFError()``); the reason then names the type rather
+    than ending in an empty string."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("cut.png", image_bytes(pattern=1))
+    upload = tmp_path / "cut.zip"
+    upload.write_bytes(buffer.getvalue())
+
+    def bare_eof(*args, **kwargs):
+        raise EOFError()
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", bare_eof)
+    report = collection_import(collection=collection, path=upload)
+    assert dict(report.skipped) == {"cut.png": "unreadable archive member: EOFError"}
+
 def test_a_zip_the_reader_cannot_take_is_refused_with_a_reason(collection, tmp_path):
     """Found by fuzzing: an archive naming a zip version past what Python reads raised
     NotImplementedError out of the import."""
