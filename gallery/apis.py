@@ -250,8 +250,8 @@ class ImageUploadApi(APIView):
 class ImageDetailOutputSerializer(ImageOutputSerializer):
     status = serializers.ChoiceField(choices=Image.Status.choices)
     error = serializers.CharField(allow_blank=True, help_text="why indexing failed (status failed)")
-    width = serializers.IntegerField(allow_null=True)
-    height = serializers.IntegerField(allow_null=True)
+    width = serializers.IntegerField(allow_null=True, help_text="the original's width as shown (after its EXIF orientation)")
+    height = serializers.IntegerField(allow_null=True, help_text="the original's height as shown (after its EXIF orientation)")
 
 
 def image_detail_representation(image: Image, request) -> dict:

@@ -88,10 +88,35 @@ def _open(data: bytes) -> PILImage.Image:
     return image
 
 
+def _orientation(image: PILImage.Image) -> int:
+    """The EXIF orientation (1-8) among what Pillow has read of ``image`` so far, 1 if none. A
+    PNG's eXIf chunk after the pixels is only read with them, so an unloaded PNG without one in
+    its header says 1 here; the workers record the size they decode (``decode_rgb``)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a damaged EXIF block: the decoder has the last word on the file
+        return 1
+    return orientation if orientation in _TRANSPOSE else 1
+
+
+def _displayed_size(image: PILImage.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` (of the stored pixels) as shown: orientations 5 to 8 turn the picture a quarter, so
+    they swap its sides. Pillow already gives a TIFF's size as shown (and turns its pixels as it
+    loads them)."""
+    if image.format == "TIFF" or _orientation(image) < 5:
+        return size
+    return size[1], size[0]
+
+
 def inspect(data: bytes) -> ImageInfo:
-    """Cheap check from the header (and PIL's structural verify), without decoding pixels."""
+    """Cheap check from the header (and PIL's structural verify), without decoding pixels. The
+    width and height are the picture's as shown, after its EXIF orientation, as the thumbnail
+    and a browser show it."""
     image = _open(data)
-    info = ImageInfo(width=image.size[0], height=image.size[1], format=image.format or "")
+    width, height = _displayed_size(image, image.size)
+    info = ImageInfo(width=width, height=height, format=image.format or "")
     try:
         image.verify()
     except Exception as exc:  # verify() raises many types for damaged files
@@ -145,10 +170,13 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
     that only feed a thumbnail and the encoder. Other formats, decoded at full size, are then
     shrunk by the whole factor that keeps the longer side at least ``2 * min_side`` (the factor
     Pillow's own resizing with ``reducing_gap=2`` applies first), before they are converted.
+    The picture's full size as shown (before any reduction, after the EXIF orientation) is in
+    the result's ``info["full_size"]``.
     """
     image = _open(data)
     try:
         image.seek(0)
+        header_size = image.size  # the stored pixels' size, before the JPEG draft reduces it
         if min_side and image.format in ("JPEG", "MPO"):
             width, height = image.size
             scale = min_side / max(width, height)
@@ -157,10 +185,13 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         image.load()
         factor = max(image.size) // (2 * min_side) if min_side else 0
         if factor < 2:
-            return _to_rgb(ImageOps.exif_transpose(image))
-        shrunk = _shrunk_rgb(image, factor)
-        transpose = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-        return shrunk.transpose(transpose) if transpose is not None else shrunk
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+        else:
+            rgb = _shrunk_rgb(image, factor)
+            transpose = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+            rgb = rgb.transpose(transpose) if transpose is not None else rgb
+        rgb.info["full_size"] = _displayed_size(image, header_size)
+        return rgb
     except ImageRejected:
         raise
     except Exception as exc:  # truncated/corrupt streams raise OSError, SyntaxError, ValueError...

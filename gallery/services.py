@@ -304,12 +304,11 @@ def image_mark_failed(*, image: Image, reason: str) -> None:
 
 # One statement for a whole batch, the rows as arrays. Django's bulk_update builds a CASE per
 # row and column in Python, which cost a worker ~0.5 ms of CPU per image, about a twentieth of
-# its time (bench/ingest.py --stages). A size already known (from the upload) is kept.
+# its time (bench/ingest.py --stages). The size decoded replaces the one read from the header at
+# upload: the decoder has seen the whole file (a PNG's eXIf chunk can follow its pixels).
 _RECORD_THUMBNAILS_SQL = """
 UPDATE gallery_image AS image
-SET thumbnail = batch.thumbnail,
-    width = COALESCE(NULLIF(image.width, 0), batch.width),
-    height = COALESCE(NULLIF(image.height, 0), batch.height)
+SET thumbnail = batch.thumbnail, width = batch.width, height = batch.height
 FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::integer[]) AS batch (id, thumbnail, width, height)
 WHERE image.id = batch.id
 RETURNING image.id
@@ -318,7 +317,7 @@ RETURNING image.id
 
 def images_record_thumbnails(*, images: list[Image]) -> set[int]:
     """Record each image's thumbnail (already saved to storage, its name set on the instance)
-    and its decoded width and height where the row has none yet, in one UPDATE. Returns the ids
+    and its width and height as decoded (full size, as shown), in one UPDATE. Returns the ids
     of the rows updated: an image deleted meanwhile is not among them."""
     if not images:
         return set()

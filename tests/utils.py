@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image as PILImage
@@ -21,6 +23,22 @@ def image_bytes(*, color=(200, 30, 30), size=(64, 48), mode="RGB", fmt="PNG", pa
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def orientation_exif(orientation: int) -> bytes:
+    """An EXIF block holding only an orientation (1-8), for ``image_bytes(..., exif=...)``."""
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def png_with_orientation_after_the_pixels(*, size=(60, 40), orientation: int = 6) -> bytes:
+    """A PNG whose eXIf chunk (EXIF orientation ``orientation``) follows its pixels, as the spec
+    allows (Pillow writes it before them): the header alone cannot tell how the picture turns."""
+    payload = orientation_exif(orientation)[6:]  # the chunk holds the TIFF structure without the b"Exif\0\0" prefix
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    data = image_bytes(size=size)
+    return data[:-12] + chunk + data[-12:]  # before the IEND chunk (12 bytes)
 
 
 def vector(*hot: tuple[int, float], dim: int = 256) -> list[float]:

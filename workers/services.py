@@ -59,17 +59,17 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
         return _Decoded(error=str(exc))
     except FileNotFoundError:
         return _Decoded(error="stored file is missing from media storage")
-    size = picture.size
     thumbnail = imaging.thumbnail_webp(picture, size=settings.CBIR_THUMBNAIL_SIZE) if make_thumbnail else None
     # shrunk right after the thumbnail is cut: a batch of large photos waiting for the encoder
     # costs megabytes, not gigabytes
+    full_size = picture.info["full_size"]
     picture = imaging.fit_within(picture, imaging.WORKING_SIDE)
-    picture.info["decoded_size"] = size
+    picture.info["full_size"] = full_size
     return _Decoded(picture=picture, thumbnail=thumbnail)
 
 
 def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
-    """Write the thumbnail files, then record them (and the decoded size) in one UPDATE. If either
+    """Write the thumbnail files, then record them (and each picture's size as decoded) in one UPDATE. If either
     fails (a full disk, the database gone), the files written are removed again and the error goes
     on: the images stay pending, and the task's retry or the sweep makes their thumbnails later."""
     written = []
@@ -77,8 +77,7 @@ def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
         for image, decoded in pairs:
             file_store(image.thumbnail, "thumb.webp", data=decoded.thumbnail)
             written.append(image.thumbnail.name)
-            width, height = decoded.picture.info["decoded_size"]
-            image.width, image.height = image.width or width, image.height or height
+            image.width, image.height = decoded.picture.info["full_size"]
         recorded = images_record_thumbnails(images=[image for image, _ in pairs])
     except BaseException:
         stored_files_delete(written)

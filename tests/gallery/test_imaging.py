@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 from PIL import ImageChops
 
 from gallery import imaging
-from tests.utils import image_bytes
+from tests.utils import image_bytes, orientation_exif, png_with_orientation_after_the_pixels
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -104,12 +104,36 @@ def test_animated_gif_uses_first_frame():
 
 
 def test_exif_orientation_is_applied():
-    image = PILImage.new("RGB", (40, 20), (0, 0, 0))
-    exif = PILImage.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif.tobytes())
-    assert imaging.decode_rgb(buffer.getvalue()).size == (20, 40)
+    data = image_bytes(size=(40, 20), fmt="JPEG", exif=orientation_exif(6))  # "rotate 90 CW to display"
+    assert imaging.decode_rgb(data).size == (20, 40)
+
+
+def _with_orientation(image: PILImage.Image, fmt: str, orientation: int, **save) -> bytes:
+    return _encoded(image, fmt, exif=orientation_exif(orientation), **save)
+
+
+@pytest.mark.parametrize("orientation, shown", [(1, (60, 40)), (3, (60, 40)), (6, (40, 60)), (8, (40, 60)), (5, (40, 60))])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_the_size_is_the_picture_as_shown_after_its_exif_orientation(fmt, orientation, shown):
+    data = _with_orientation(PILImage.new("RGB", (60, 40), (200, 30, 30)), fmt, orientation)
+    assert (imaging.inspect(data).width, imaging.inspect(data).height) == shown
+    picture = imaging.decode_rgb(data)
+    assert picture.size == shown and picture.info["full_size"] == shown
+
+
+def test_the_full_size_is_the_stored_pictures_when_decoding_reduces_it():
+    photo = PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8), "RGB")
+    jpeg = imaging.decode_for_encoder(_with_orientation(photo, "JPEG", 6))  # drafted at 1/4
+    assert jpeg.size == (300, 400) and jpeg.info["full_size"] == (1200, 1600)
+    png = imaging.decode_for_encoder(_with_orientation(photo, "PNG", 8, compress_level=1))  # shrunk by 3
+    assert png.size == (400, 534) and png.info["full_size"] == (1200, 1600)
+
+
+def test_a_png_orientation_after_its_pixels_is_seen_by_the_decoder():
+    data = png_with_orientation_after_the_pixels(size=(60, 40), orientation=6)
+    assert (imaging.inspect(data).width, imaging.inspect(data).height) == (60, 40)  # the header cannot tell
+    picture = imaging.decode_rgb(data)
+    assert picture.size == (40, 60) and picture.info["full_size"] == (40, 60)
 
 
 def test_thumbnail_is_webp_within_size():
@@ -200,9 +224,7 @@ def test_a_shrunk_picture_keeps_one_white_point_for_all_its_strips():
 
 def test_a_shrunk_picture_still_follows_its_exif_orientation():
     original = _half_transparent_rgba((2400, 1200))
-    exif = PILImage.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    picture = imaging.decode_for_encoder(_encoded(original, "PNG", exif=exif.tobytes()))
+    picture = imaging.decode_for_encoder(_with_orientation(original, "PNG", 6))  # rotate 90 degrees clockwise to display
     assert picture.size == (300, 600)
     reference = imaging._to_rgb(original.transpose(PILImage.Transpose.ROTATE_270)).reduce(4)
     assert _largest_difference(picture, reference) <= 1

@@ -64,17 +64,19 @@ def test_batch_with_bad_files_keeps_going_and_records_reasons(collection):
     assert {name for name, _ in report.failed} >= {"empty.png", "notes.png"}
 
 
-def test_thumbnails_are_recorded_per_row_and_a_known_size_is_kept(collection):
-    known, unknown, untouched = (
+def test_thumbnails_are_recorded_per_row_with_the_size_decoded(collection):
+    """The decoder's size replaces the header's: it has seen the whole file (an orientation after
+    a PNG's pixels turns the picture a quarter)."""
+    from_header, without, untouched = (
         Image.objects.create(collection=collection, original_name=name, sha256=name, width=width, height=height)
-        for name, width, height in (("known", 640, 480), ("unknown", None, None), ("untouched", None, None))
+        for name, width, height in (("from_header", 60, 40), ("without", None, None), ("untouched", None, None))
     )
-    known.thumbnail.name, known.width, known.height = "thumbnails/a.webp", 320, 240
-    unknown.thumbnail.name, unknown.width, unknown.height = "thumbnails/b.webp", 1024, 768
-    assert images_record_thumbnails(images=[known, unknown]) == {known.id, unknown.id}
+    from_header.thumbnail.name, from_header.width, from_header.height = "thumbnails/a.webp", 40, 60
+    without.thumbnail.name, without.width, without.height = "thumbnails/b.webp", 1024, 768
+    assert images_record_thumbnails(images=[from_header, without]) == {from_header.id, without.id}
     rows = {image.original_name: image for image in Image.objects.filter(collection=collection)}
-    assert (rows["known"].thumbnail.name, rows["known"].width, rows["known"].height) == ("thumbnails/a.webp", 640, 480)
-    assert (rows["unknown"].thumbnail.name, rows["unknown"].width, rows["unknown"].height) == ("thumbnails/b.webp", 1024, 768)
+    assert (rows["from_header"].thumbnail.name, rows["from_header"].width, rows["from_header"].height) == ("thumbnails/a.webp", 40, 60)
+    assert (rows["without"].thumbnail.name, rows["without"].width, rows["without"].height) == ("thumbnails/b.webp", 1024, 768)
     assert not rows["untouched"].thumbnail and rows["untouched"].width is None
     assert images_record_thumbnails(images=[]) == set()
 

@@ -11,7 +11,7 @@ from gallery.services import IncomingFile, collection_get_or_create, images_crea
 from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import image_bytes, make_encoder
+from tests.utils import image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels
 from workers.services import images_index, pending_sweep
 from workers.tasks import sweep_pending
 
@@ -29,6 +29,27 @@ def test_indexing_twice_writes_each_vector_once():
     assert dict(Image.objects.values_list("id", "thumbnail")) == thumbnails
     assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
     assert all(Image.objects.values_list("indexed_at", flat=True))
+
+
+def _sizes() -> dict[str, tuple[int, int]]:
+    return {name: (width, height) for name, width, height in Image.objects.values_list("original_name", "width", "height")}
+
+
+@pytest.mark.django_db
+def test_indexing_records_each_pictures_full_size_as_shown():
+    """The size a browser shows: after the EXIF orientation, and the stored picture's, not the
+    reduced one the workers decode a large JPEG at."""
+    make_encoder()
+    collection = collection_get_or_create(name="sizes")
+    photo = image_bytes(size=(1600, 1200), fmt="JPEG", pattern=0, exif=orientation_exif(6))
+    images_create(collection=collection, files=[
+        IncomingFile(name="photo.jpg", data=photo),
+        IncomingFile(name="late.png", data=png_with_orientation_after_the_pixels(size=(60, 40), orientation=6)),
+    ])
+    assert _sizes() == {"photo.jpg": (1200, 1600), "late.png": (60, 40)}  # the PNG's header cannot tell
+    images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
+    assert _sizes() == {"photo.jpg": (1200, 1600), "late.png": (40, 60)}
+    assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
 
 
 @pytest.mark.django_db(transaction=True)  # committed for real, so the foreign key is checked
