@@ -41,6 +41,24 @@ def png_with_orientation_after_the_pixels(*, size=(60, 40), orientation: int = 6
     return data[:-12] + chunk + data[-12:]  # before the IEND chunk (12 bytes)
 
 
+def swapped_primaries_profile() -> bytes:
+    """An ICC profile of an RGB space whose red and green primaries are sRGB's green and red
+    (sRGB's own profile, as Pillow builds it, with the two tags' places exchanged and a name of
+    its own): a picture tagged with it and stored as pure red shows pure green."""
+    from PIL import ImageCms
+
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = {}
+    for entry in range(struct.unpack_from(">I", profile, 128)[0]):
+        signature, offset, size = struct.unpack_from(">4sII", profile, 132 + 12 * entry)
+        tags[signature] = (132 + 12 * entry, offset, size)
+    (red_at, *red), (green_at, *green) = tags[b"rXYZ"], tags[b"gXYZ"]
+    struct.pack_into(">4sII", profile, red_at, b"rXYZ", *green)
+    struct.pack_into(">4sII", profile, green_at, b"gXYZ", *red)
+    name = "sRGB built-in".encode("utf-16-be")
+    return bytes(profile).replace(name, "Swapped R & G".encode("utf-16-be"))
+
+
 def vector(*hot: tuple[int, float], dim: int = 256) -> list[float]:
     """A hand-made vector: zeros except at the given (index, value) pairs."""
     values = [0.0] * dim

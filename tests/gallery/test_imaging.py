@@ -8,7 +8,8 @@ from PIL import Image as PILImage
 from PIL import ImageChops
 
 from gallery import imaging
-from tests.utils import image_bytes, orientation_exif, png_with_orientation_after_the_pixels
+from tests.utils import image_bytes, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
+from workers.autoencoder.preprocessing import Preprocess
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -241,3 +242,41 @@ def test_shrinking_first_gives_the_encoder_the_same_pixels_when_the_side_divides
     assert picture.size == (512, 384)
     expected = imaging.fit_within(full_size, imaging.WORKING_SIDE)
     assert _largest_difference(imaging.fit_within(picture, imaging.WORKING_SIDE), expected) == 0
+
+
+def test_a_picture_with_a_colour_profile_is_shown_and_embedded_in_srgb():
+    """A browser shows the original through its profile; the thumbnail (no profile) and the
+    encoder's input must hold the same colours in sRGB."""
+    data = image_bytes(color=(255, 0, 0), size=(600, 400), fmt="JPEG", quality=95, icc_profile=swapped_primaries_profile())
+    picture = imaging.decode_for_encoder(data)
+    assert picture.info["icc_profile"] == swapped_primaries_profile()  # kept until the picture is small
+    thumbnail = PILImage.open(io.BytesIO(imaging.thumbnail_webp(picture, size=256)))
+    assert "icc_profile" not in thumbnail.info
+    red, green, blue = thumbnail.convert("RGB").getpixel((128, 85))
+    assert green > 220 and red < 40 and blue < 40
+    pixels = Preprocess(32).to_uint8(imaging.fit_within(picture, imaging.WORKING_SIDE))
+    red, green, blue = pixels[:, 16, 16]
+    assert green > 220 and red < 40 and blue < 40
+    oversized = swapped_primaries_profile() + bytes(imaging.MAX_PROFILE_BYTES)
+    assert imaging.to_srgb(picture, oversized) is picture  # not read: taken as sRGB
+
+
+@pytest.mark.parametrize("profile", [b"", b"not a profile" * 40, "srgb"], ids=["empty", "damaged", "srgb"])
+def test_a_picture_without_a_usable_profile_keeps_its_values(profile):
+    if profile == "srgb":
+        from PIL import ImageCms
+
+        profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = image_bytes(color=(200, 30, 30), size=(60, 40), fmt="PNG", icc_profile=profile)
+    picture = imaging.decode_rgb(data)
+    assert picture.getpixel((30, 20)) == (200, 30, 30)
+    assert imaging.to_srgb(picture, picture.info.get("icc_profile")) is picture
+    assert tuple(Preprocess(32).to_uint8(picture)[:, 16, 16]) == (200, 30, 30)
+
+
+def test_a_grey_or_cmyk_picture_does_not_pass_its_profile_on():
+    """Their profiles do not describe the RGB values the decoder makes of them."""
+    profile = swapped_primaries_profile()
+    for mode, fmt in (("L", "PNG"), ("CMYK", "JPEG")):
+        picture = imaging.decode_rgb(image_bytes(size=(60, 40), mode=mode, fmt=fmt, icc_profile=profile))
+        assert "icc_profile" not in picture.info

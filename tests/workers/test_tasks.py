@@ -11,7 +11,7 @@ from gallery.services import IncomingFile, collection_get_or_create, images_crea
 from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels
+from tests.utils import image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
 from workers.services import images_index, pending_sweep
 from workers.tasks import sweep_pending
 
@@ -50,6 +50,23 @@ def test_indexing_records_each_pictures_full_size_as_shown():
     images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
     assert _sizes() == {"photo.jpg": (1200, 1600), "late.png": (40, 60)}
     assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
+
+
+@pytest.mark.django_db
+def test_indexing_makes_the_thumbnail_of_a_picture_with_a_colour_profile_in_srgb():
+    from PIL import Image as PILImage
+
+    make_encoder()
+    collection = collection_get_or_create(name="profiles")
+    tagged = image_bytes(color=(255, 0, 0), size=(600, 400), fmt="JPEG", quality=95, icc_profile=swapped_primaries_profile())
+    images_create(collection=collection, files=[IncomingFile(name="tagged.jpg", data=tagged)])
+    image = Image.objects.get()
+    images_index(image_ids=[image.id])
+    image.refresh_from_db()
+    assert image.status == "indexed"
+    with image.thumbnail.open("rb") as handle:
+        red, green, blue = PILImage.open(handle).convert("RGB").getpixel((128, 85))
+    assert green > 220 and red < 40 and blue < 40  # pure green as a browser shows the original
 
 
 @pytest.mark.django_db(transaction=True)  # committed for real, so the foreign key is checked

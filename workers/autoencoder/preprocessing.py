@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from gallery.imaging import WORKING_SIDE, fit_within
+from gallery.imaging import WORKING_SIDE, fit_within, to_srgb
 
 
 class Preprocess:
@@ -20,6 +20,7 @@ class Preprocess:
         self.image_size = image_size
 
     def to_uint8(self, image: PILImage.Image) -> np.ndarray:
+        icc = image.info.get("icc_profile")
         if image.mode not in ("RGB", "L"):  # bilinear resizing needs one of these
             image = image.convert("RGB")
         image = fit_within(image, max(WORKING_SIDE, self.image_size)).convert("RGB")
@@ -31,6 +32,7 @@ class Preprocess:
             image = square
         if side != self.image_size:
             image = image.resize((self.image_size, self.image_size), PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+        image = to_srgb(image, icc)
         return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()  # (3, S, S)
 
     def __call__(self, image: PILImage.Image) -> torch.Tensor:
