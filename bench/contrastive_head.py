@@ -44,7 +44,8 @@ from workers.autoencoder.model import EncoderConfig  # noqa: E402
 from workers.autoencoder.patch_dictionary import colour_histograms, gradient_histograms  # noqa: E402
 from workers.autoencoder.training import TrainingConfig, pick_device, train_encoder_model  # noqa: E402
 
-CONFIG = EncoderConfig(arch="patch_kmeans")  # the product's default, max-pooled block included
+# the product's default when this ran: the max-pooled block, not yet the gradient pyramid
+CONFIG = EncoderConfig(arch="patch_kmeans", hog_pyramid=())
 BATCH = 256
 TEMPERATURE = 0.2
 HEAD_WEIGHTS = (0.5, 1.0, 1.5)

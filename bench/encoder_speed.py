@@ -9,9 +9,10 @@ method is usually stated: unfold every 5x5 patch, normalise it, multiply by the 
 ``torch.cdist`` to the atoms and the triangle code on its result. The same weights feed both
 (the reference differs only in how it computes the dictionary codes), the outputs are checked
 to agree, and the ratio of medians is reported (each round times both, so machine noise hits
-both alike). In the same rounds it times the encoder fitted without its max-pooled block
-(``max_pooled_codes=False``, the encoder before that block was added): ``max_pool_cost`` is the
-product's time over that one's.
+both alike). In the same rounds it times the encoder fitted without its gradient pyramid
+(``hog_pyramid=()``): ``hog_pyramid_cost`` is the product's time over that one's; and the encoder
+without the pyramid and the max-pooled block (``max_pooled_codes=False``, the encoder before
+that block was added): ``max_pool_cost`` is the time without the pyramid over that one's.
 """
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ def main() -> None:
     reference = ReferenceEncoder(config)
     reference.load_state_dict(model.state_dict())
     reference.eval()
+    train = TrainingConfig(epochs=15, seed=0, device="cpu")
+    without_pyramid, _ = train_encoder_model(pixels, model_config=replace(config, hog_pyramid=()), train_config=train, show_progress=False)
     without_max_pool, _ = train_encoder_model(
-        pixels, model_config=replace(config, max_pooled_codes=False), train_config=TrainingConfig(epochs=15, seed=0, device="cpu"), show_progress=False
+        pixels, model_config=replace(config, hog_pyramid=(), max_pooled_codes=False), train_config=train, show_progress=False
     )
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__}
     with torch.inference_mode():
@@ -76,20 +79,24 @@ def main() -> None:
                 assert torch.allclose(got, expected, atol=1e-4), f"the encoders disagree by {(got - expected).abs().max():.2e}"
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                timings = {"product": [], "reference": [], "without_max_pool": []}
-                encoders = (("product", model.encode), ("reference", reference.encode), ("without_max_pool", without_max_pool.encode))
+                encoders = (
+                    ("product", model.encode), ("reference", reference.encode),
+                    ("without_pyramid", without_pyramid.encode), ("without_max_pool", without_max_pool.encode),
+                )
+                timings = {name: [] for name, _ in encoders}
                 for _ in range(args.rounds):
                     for name, encode in encoders:
                         started = time.perf_counter()
                         for x in batches:
                             encode(x)
                         timings[name].append((time.perf_counter() - started) / images * 1000)
-                product_ms, reference_ms, plain_ms = (statistics.median(timings[name]) for name, _ in encoders)
+                product_ms, reference_ms, no_pyramid_ms, plain_ms = (statistics.median(timings[name]) for name, _ in encoders)
                 key = f"batch{batch}_{threads}thread"
                 result[key] = {
                     "images": images, "product_ms_per_image": round(product_ms, 3),
                     "reference_ms_per_image": round(reference_ms, 3), "speedup": round(reference_ms / product_ms, 2),
-                    "without_max_pool_ms_per_image": round(plain_ms, 3), "max_pool_cost": round(product_ms / plain_ms, 3),
+                    "without_pyramid_ms_per_image": round(no_pyramid_ms, 3), "hog_pyramid_cost": round(product_ms / no_pyramid_ms, 3),
+                    "without_max_pool_ms_per_image": round(plain_ms, 3), "max_pool_cost": round(no_pyramid_ms / plain_ms, 3),
                 }
                 print(key, result[key], flush=True)
     print(json.dumps(result, indent=2))

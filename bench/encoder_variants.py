@@ -1,13 +1,13 @@
 """The variants weighed against the default encoder and search, scored on the shared sets: the
 figures behind the "tried and not adopted" lists of docs/benchmarks.md ("Query expansion",
-"Max-pooled dictionary codes").
+"Max-pooled dictionary codes", "A pyramid of gradient histograms").
 
-    .venv/bin/python bench/encoder_variants.py [--sets fashion-mnist openmoji digits] [--parts pooling expansion sizes]
+    .venv/bin/python bench/encoder_variants.py [--sets fashion-mnist openmoji digits] [--parts pooling expansion sizes pyramid]
                                                [--size-sets openmoji]
 
 Each set is loaded as `bench/heldout.py` loads it (deduplicated, the encoder's input size) and
 ``patch_kmeans`` is fitted with the product's ``train_encoder_model`` (15 passes, seed 0), without
-the max-pooled block. Then, scored with exact cosine kNN and the product's metric code
+the max-pooled block and the gradient pyramid (and with the block, for ``pyramid``). Then, scored with exact cosine kNN and the product's metric code
 (``quality.exact_knn_scores``), each embedding plain and with the product's query expansion
 (3 neighbours, similarity cubed, ``search.selectors.expanded_query``'s formula on exact kNN):
 - ``pooling``: the dictionary codes pooled in other ways (max on a 1x1 = the product's block, 2x2
@@ -18,6 +18,9 @@ the max-pooled block. Then, scored with exact cosine kNN and the product's metri
 - ``expansion``: on the encoder without and with the block, alpha-QE with 2, 3, 5, 10
   neighbours and alpha 3, 5; database-side augmentation (DBA) with the same settings; and on
   sets of at most 5,000 images, k-reciprocal re-ranking (Zhong et al. 2017).
+- ``pyramid``: on the encoder with the block, gradient histograms on 4x4 and 2x2 cells beside
+  its 8x8 ones: each level alone, both as blocks of their own (the product's ``hog_pyramid``),
+  both as one block, and the three levels as one block in place of the 8x8 one.
 - ``sizes`` (on ``--size-sets``): the encoder fitted at 32, 48 and 64 px, without and with the block;
   with ``pooling`` too, the pooling variants again at 64 px (the larger input and the VLAD block
   together: the best that the variants here reach on OpenMoji).
@@ -49,6 +52,7 @@ from workers.autoencoder.patch_dictionary import (  # noqa: E402
     _kmeans_step,
     _partial_whitening,
     colour_histograms,
+    gradient_histogram_levels,
     gradient_histograms,
     neighbour_whitening,
 )
@@ -56,7 +60,8 @@ from workers.autoencoder.training import TrainingConfig, train_encoder_model  # 
 
 SEED = 0
 SIZES = (32, 48, 64)
-BASELINE = EncoderConfig(arch="patch_kmeans", max_pooled_codes=False)
+# the encoder before the max-pooled block and the gradient pyramid, which the variants started from
+BASELINE = EncoderConfig(arch="patch_kmeans", max_pooled_codes=False, hog_pyramid=())
 
 
 def nearest(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +158,32 @@ def pooling_variants(model, pixels: torch.Tensor, labels) -> dict:
     return results
 
 
+@torch.inference_mode()
+def pyramid_variants(model, pixels: torch.Tensor, labels) -> dict:
+    """Gradient histograms on coarser grids of cells beside the encoder's own (8x8 cells at 32 px),
+    on the encoder with the max-pooled block: each level a block of its own (4x4, 2x2, both: the
+    product's ``hog_pyramid``), or the levels as one block."""
+    config = model.config
+    raw = torch.cat([model.raw_blocks(pixels[i : i + 128].float() / 255) for i in range(0, len(pixels), 128)])
+    blocks = [block**2 for block in raw.split(config.block_widths, dim=1)]  # project() roots them again
+    weights = list(config.block_weights)
+    x = pixels.float() / 255
+    levels = [torch.cat(parts) for parts in zip(*(
+        gradient_histogram_levels(x[i : i + 256], levels=(8, 4, 2)) for i in range(0, len(x), 256)
+    ))]
+    hog8, hog4, hog2 = levels
+    codes, tail = blocks[:2], blocks[3:]  # the product's blocks around its gradient histograms
+    variants = {
+        "without (the encoder before the pyramid)": (blocks, weights),
+        "+ 4x4 cells": (blocks + [hog4], weights + [1.0]),
+        "+ 2x2 cells": (blocks + [hog2], weights + [1.0]),
+        "+ 4x4 and 2x2 cells, a block each (the product)": (blocks + [hog4, hog2], weights + [1.0, 1.0]),
+        "+ 4x4 and 2x2 cells as one block": (blocks + [torch.cat([hog4, hog2], 1)], weights + [1.0]),
+        "8x8, 4x4 and 2x2 cells as one block, in place of the 8x8": (codes + [torch.cat([hog8, hog4, hog2], 1)] + tail, weights),
+    }
+    return {name: plain_and_expanded(project(parts, w, [True] * len(parts)), labels) for name, (parts, w) in variants.items()}
+
+
 def k_reciprocal(x: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
     """Zhong et al. 2017's re-ranked distances (Jaccard of k-reciprocal neighbour sets, mixed
     with the original distance by ``lam``): a dense (N, N) matrix."""
@@ -223,7 +254,7 @@ def expansion_variants(x: np.ndarray, labels) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "openmoji", "digits"])
-    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes"], choices=["pooling", "expansion", "sizes"])
+    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid"])
     parser.add_argument("--size-sets", nargs="+", default=["openmoji"], help="sets the input sizes are tried on")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -243,6 +274,8 @@ def main() -> None:
                     result[f"{size} px, {which} the max-pooled block"] = plain_and_expanded(x, labels)
                 if size == BASELINE.image_size and "expansion" in args.parts:
                     result[f"expansion, {which} the max-pooled block"] = expansion_variants(x, labels)
+                if "pyramid" in args.parts and block and size == BASELINE.image_size:
+                    result["pyramid"] = pyramid_variants(model, pixels, labels)
                 if "pooling" in args.parts and not block and size in (BASELINE.image_size, max(SIZES)):
                     key = "pooling" if size == BASELINE.image_size else f"pooling at {size} px"
                     result[key] = pooling_variants(model, pixels, labels)

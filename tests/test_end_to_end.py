@@ -17,13 +17,15 @@ COLORS = [(230, 30, 30), (30, 200, 40), (40, 60, 220), (240, 220, 30), (30, 210,
 
 
 def _red_and_blue_collection(per_label: int) -> Collection:
-    """Two labels that differ in colour: any encoder separates them, so P@1 is well above chance."""
+    """Two labels that differ in colour only: any encoder separates them, so P@1 is well above
+    chance. Every picture has a texture of its own: a red and a blue one with the same texture
+    would be the same shape in two colours, which the default encoder rightly ranks first."""
     from gallery.services import IncomingFile, images_create
 
     collection = Collection.objects.create(name="e2e")
     files = [
-        IncomingFile(name=f"{label[0]}{i}.png", data=image_bytes(color=color, pattern=i), label=label)
-        for label, color in (("red", (230, 20, 20)), ("blue", (20, 20, 230)))
+        IncomingFile(name=f"{label[0]}{i}.png", data=image_bytes(color=color, pattern=offset + i), label=label)
+        for label, color, offset in (("red", (230, 20, 20), 0), ("blue", (20, 20, 230), 1000))
         for i in range(per_label)
     ]
     images_create(collection=collection, files=files)

@@ -126,9 +126,10 @@ def test_checkpoint_and_embedder_rebuild_the_same_encoder(fitted, tmp_path):
 
 @pytest.fixture(scope="module")
 def fitted_without_max_pool():
-    """The encoder as it was before the max-pooled block (``max_pooled_codes=False``)."""
+    """The encoder as it was before the max-pooled block and the gradient pyramid
+    (``max_pooled_codes=False``, ``hog_pyramid=()``)."""
     images, _ = _collection()
-    config = replace(CONFIG, max_pooled_codes=False)
+    config = replace(CONFIG, max_pooled_codes=False, hog_pyramid=())
     model, _ = train_encoder_model(images, model_config=config, train_config=TRAIN, show_progress=False)
     return model, config, images
 
@@ -146,18 +147,34 @@ def test_max_pooled_block_is_each_atoms_strongest_response(fitted, fitted_withou
     assert torch.allclose(maximum, codes.max(1).values.sqrt(), atol=1e-6)
     assert not torch.allclose(maximum, codes.mean(1).sqrt(), atol=1e-3)
     model, plain, _ = fitted_without_max_pool
-    assert plain.feature_width == CONFIG.feature_width - CONFIG.dictionary_size
+    assert plain.feature_width == CONFIG.feature_width - CONFIG.dictionary_size - 36 * (3**2 + 1**2)
     with torch.inference_mode():
         z = model.encode(x)
     assert z.shape == (4, 16) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
 
 
+def test_hog_pyramid_levels_are_blocks_of_their_own(fitted):
+    """After the gradient histograms on ``hog_cells`` cells come the same histograms on each
+    coarser ``hog_pyramid`` grid (4x4 and 2x2 cells), square-rooted like every block; the colour
+    block stays last."""
+    model, _, images, _ = fitted
+    x = images[:4].float() / 255
+    with torch.inference_mode():
+        blocks = model.raw_blocks(x).split(CONFIG.block_widths, dim=1)
+    assert CONFIG.hog_pyramid == (4, 2) and CONFIG.block_widths[2:] == (36 * 7**2, 36 * 3**2, 36 * 1**2, 64)
+    for block, cells in zip(blocks[2:5], (8, 4, 2)):
+        assert torch.allclose(block, gradient_histograms(x, cells=cells).sqrt(), atol=1e-6)
+    assert torch.allclose(blocks[5], colour_histograms(x, grid=CONFIG.colour_grid).sqrt(), atol=1e-6)
+    with pytest.raises(ValueError, match="hog_pyramid level 3"):
+        EncoderConfig(arch="patch_kmeans", hog_pyramid=(3,))
+
+
 def test_checkpoints_from_before_the_max_pooled_block_still_load(fitted_without_max_pool, tmp_path):
-    """A checkpoint written before ``max_pooled_codes`` existed has no such key and buffers
-    fitted without the block: it loads as the encoder it is and encodes as before."""
+    """A checkpoint written before ``max_pooled_codes`` and ``hog_pyramid`` existed has neither key
+    and buffers fitted without those blocks: it loads as the encoder it is and encodes as before."""
     model, older, images = fitted_without_max_pool
     payload_config = older.to_dict()
-    del payload_config["max_pooled_codes"]
+    del payload_config["max_pooled_codes"], payload_config["hog_pyramid"]
     path = tmp_path / "older.pt"
     torch.save({"config": payload_config, "state_dict": model.state_dict(), "extra": {}}, path)
     loaded, config = load_checkpoint(path)

@@ -45,6 +45,11 @@ class EncoderConfig:
     # patch_kmeans: also keep each atom's strongest response anywhere in the image (global max
     # pooling): whether a pattern occurs at all, wherever it is
     max_pooled_codes: bool = True
+    # patch_kmeans: gradient histograms again on these coarser grids of cells, each level a block
+    # of its own (a pyramid of HOG, as PHOG: Bosch, Zisserman & Munoz, "Representing shape with a
+    # spatial pyramid kernel", 2007): the outline at the scale of the whole object, which cells of
+    # a few pixels cut up
+    hog_pyramid: tuple[int, ...] = (4, 2)
     # patch_kmeans: then refine the projection with a whitening learned from pairs of mutual
     # nearest neighbours among this many (0: keep the PCA projection)
     neighbour_pairs: int = 10
@@ -55,6 +60,7 @@ class EncoderConfig:
         if self.image_size is None:
             self.image_size = DEFAULT_IMAGE_SIZE[self.arch]
         self.widths = tuple(self.widths)
+        self.hog_pyramid = tuple(self.hog_pyramid)
         if self.dim < 1:
             raise ValueError("dim must be at least 1")
         if self.arch == "conv_ae":
@@ -67,16 +73,21 @@ class EncoderConfig:
                     f"image_size {self.image_size} must be at least {2 * self.patch_size} and a multiple of "
                     f"hog_cells ({self.hog_cells})"
                 )
+            for cells in self.hog_pyramid:
+                if cells < 2 or self.image_size % cells:
+                    raise ValueError(f"hog_pyramid level {cells} must be at least 2 and divide image_size {self.image_size}")
             if self.dim > self.feature_width:
                 raise ValueError(f"dim {self.dim} exceeds the {self.feature_width} pooled features it projects")
 
     @property
     def block_widths(self) -> tuple[int, ...]:
         """patch_kmeans, in order: dictionary codes averaged on the pooling grid, their maximum over
-        the image (with ``max_pooled_codes``), gradient histograms (36 per 2x2 block of cells),
-        colour histograms (64 bins per cell)."""
+        the image (with ``max_pooled_codes``), gradient histograms (36 per 2x2 block of cells) on
+        ``hog_cells`` cells and then on each ``hog_pyramid`` level, colour histograms (64 bins per
+        cell)."""
         maximum = (self.dictionary_size,) if self.max_pooled_codes else ()
-        return self.dictionary_size * self.pool_grid**2, *maximum, 36 * (self.hog_cells - 1) ** 2, 64 * self.colour_grid**2
+        gradients = tuple(36 * (cells - 1) ** 2 for cells in (self.hog_cells, *self.hog_pyramid))
+        return self.dictionary_size * self.pool_grid**2, *maximum, *gradients, 64 * self.colour_grid**2
 
     @property
     def block_weights(self) -> tuple[float, ...]:
@@ -152,7 +163,7 @@ def save_checkpoint(path, *, model: nn.Module, config: EncoderConfig, extra: dic
 
 # Config fields added after checkpoints were first written, with the value that rebuilds the
 # encoder those older checkpoints hold (their buffers were fitted without the newer block).
-CHECKPOINT_DEFAULTS = {"max_pooled_codes": False}
+CHECKPOINT_DEFAULTS = {"max_pooled_codes": False, "hog_pyramid": ()}
 
 
 def load_checkpoint(path, *, map_location="cpu") -> tuple[nn.Module, EncoderConfig]:

@@ -14,9 +14,10 @@ retrieval fingerprint:
    when the pattern is small; Boureau et al., "A Theoretical Analysis of Feature Pooling in
    Visual Recognition", 2010, show max pooling suits sparse codes like these);
 4. histograms of oriented gradients (block-normalised, colour: the channel with the strongest
-   gradient) add shape at the same scale, and a joint RGB histogram adds colour, which the
-   contrast-normalised patches and the gradients do not see (weighted 0.3: a red shirt should find
-   shirts before it finds red things);
+   gradient) add shape at the same scale and, on coarser grids (``hog_pyramid``), at the scale of
+   the whole object; a joint RGB histogram adds colour, which the contrast-normalised patches
+   and the gradients do not see (weighted 0.3: a red shirt should find shirts before it finds
+   red things);
 5. the blocks are square-rooted (Hellinger: bursty responses stop dominating), centred and
    L2-normalised, then projected by a PCA fitted on the collection, each component divided by its
    eigenvalue to the power ``whitening_power`` (partial whitening: rare directions count more,
@@ -84,6 +85,11 @@ def colour_histograms(x: torch.Tensor, *, grid: int) -> torch.Tensor:
 def gradient_histograms(x: torch.Tensor, *, cells: int) -> torch.Tensor:
     """HOG of (B, C, S, S) images in [0, 1]: ``cells`` x ``cells`` cells of 9 unsigned orientations,
     2x2 blocks L2-normalised and clipped at 0.2 (Dalal & Triggs). Returns (B, 36 * (cells - 1) ** 2)."""
+    return gradient_histogram_levels(x, levels=(cells,))[0]
+
+
+def gradient_histogram_levels(x: torch.Tensor, *, levels: tuple[int, ...]) -> list[torch.Tensor]:
+    """``gradient_histograms`` for each cell count in ``levels``, the gradients computed once."""
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     gx = padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]
     gy = padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]
@@ -96,10 +102,12 @@ def gradient_histograms(x: torch.Tensor, *, cells: int) -> torch.Tensor:
     histogram = torch.zeros(x.shape[0], HOG_BINS, *x.shape[2:], dtype=x.dtype, device=x.device)
     histogram.scatter_add_(1, lower, magnitude * (1 - upper_weight))
     histogram.scatter_add_(1, (lower + 1) % HOG_BINS, magnitude * upper_weight)
-    histogram = F.avg_pool2d(histogram, x.shape[-1] // cells)  # (B, 9, cells, cells)
-    blocks = F.unfold(histogram, 2).transpose(1, 2)  # (B, (cells-1)^2, 36)
-    blocks = F.normalize(F.normalize(blocks, dim=2).clamp(max=0.2), dim=2)
-    return blocks.flatten(1)
+    result = []
+    for cells in levels:
+        pooled = F.avg_pool2d(histogram, x.shape[-1] // cells)  # (B, 9, cells, cells)
+        blocks = F.unfold(pooled, 2).transpose(1, 2)  # (B, (cells-1)^2, 36)
+        result.append(F.normalize(F.normalize(blocks, dim=2).clamp(max=0.2), dim=2).flatten(1))
+    return result
 
 
 def triangle_codes(z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
@@ -168,7 +176,8 @@ class PatchDictionaryEncoder(nn.Module):
         blocks = [F.adaptive_avg_pool2d(codes, config.pool_grid).flatten(1)]
         if config.max_pooled_codes:
             blocks.append(codes.amax(dim=(2, 3)))  # (B, K)
-        blocks += [gradient_histograms(x, cells=config.hog_cells), colour_histograms(x, grid=config.colour_grid)]
+        blocks += gradient_histogram_levels(x, levels=(config.hog_cells, *config.hog_pyramid))
+        blocks.append(colour_histograms(x, grid=config.colour_grid))
         return torch.cat(blocks, dim=1).sqrt()
 
     def features(self, raw: torch.Tensor) -> torch.Tensor:
