@@ -9,7 +9,8 @@
 set -euo pipefail
 target=${1:-.devcarry/whl}
 list=$(mktemp)
-grep -vE '^(#|$|torch|torchvision|numpy|pillow)' requirements.txt > "$list"
+# the exact pins only: pillow-heif is needed there too
+grep -vE '^(#|$|torch==|torchvision==|numpy==|pillow==)' requirements.txt > "$list"
 python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$target" -r "$list"

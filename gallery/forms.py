@@ -10,7 +10,7 @@ class MultipleFileInput(forms.ClearableFileInput):
 
 class MultipleFileField(forms.FileField):
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("widget", MultipleFileInput(attrs={"multiple": True, "accept": "image/*,.zip"}))
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"multiple": True, "accept": "image/*,.heic,.heif,.zip"}))
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from django.conf import settings
 from PIL import Image as PILImage
 from PIL import ExifTags, ImageCms, ImageOps, UnidentifiedImageError
@@ -33,9 +34,12 @@ WORKING_SIDE = 256
 # The only decoders that ever see uploaded bytes: the formats cameras, phones and the web produce.
 # Pillow knows some forty more (PSD, EPS, FITS, ICNS...), parsers that see little use and that
 # hostile bytes have no reason to reach: a file in one of them is refused, whatever its name.
-# JPEG includes MPO (phone JPEGs with a second picture); PPM includes PGM and PBM.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM")
-ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, AVIF, BMP, TIFF and PNM"
+# JPEG includes MPO (phone JPEGs with a second picture); PPM includes PGM and PBM. HEIF is an
+# iPhone's photo format (HEIC), read by libheif through pillow-heif, which turns the picture
+# upright itself (its EXIF orientation then reads 1) and gives 10-bit pictures as 8-bit.
+pillow_heif.register_heif_opener()
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "HEIF", "BMP", "TIFF", "PPM")
+ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, AVIF, HEIC, BMP, TIFF and PNM"
 # A picture decoded at four or more times the side its caller needs is shrunk by the whole factor
 # that leaves at least twice that side (a box filter), before any conversion and a strip of about
 # this many pixels at a time. Converted at full size, a 564 KB 16-bit PNG of 8000x8000 took 1.7 GB

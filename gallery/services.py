@@ -25,7 +25,9 @@ from gallery.models import Collection, Image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".jfif", ".pbm", ".pgm", ".ppm", ".pnm"}
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".jfif", ".pbm", ".pgm", ".ppm", ".pnm",
+}
 ARCHIVE_SUFFIXES = {".zip"}
 # Rows are created (one INSERT) and handed to the workers in chunks of this many images.
 ENQUEUE_CHUNK_SIZE = 64

@@ -10,7 +10,7 @@ from search import selectors
 
 
 class SearchForm(forms.Form):
-    image = forms.FileField(help_text=imaging.ACCEPTED_NAMES, widget=forms.FileInput(attrs={"accept": "image/*"}))
+    image = forms.FileField(help_text=imaging.ACCEPTED_NAMES, widget=forms.FileInput(attrs={"accept": "image/*,.heic,.heif"}))
     collection = forms.ModelChoiceField(Collection.objects.all(), required=False, empty_label="All collections")
     k = forms.IntegerField(min_value=1, max_value=settings.CBIR_SEARCH_MAX_K, initial=settings.CBIR_SEARCH_DEFAULT_K)
 

@@ -114,7 +114,7 @@ def _with_orientation(image: PILImage.Image, fmt: str, orientation: int, **save)
 
 
 @pytest.mark.parametrize("orientation, shown", [(1, (60, 40)), (3, (60, 40)), (6, (40, 60)), (8, (40, 60)), (5, (40, 60))])
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "HEIF"])
 def test_the_size_is_the_picture_as_shown_after_its_exif_orientation(fmt, orientation, shown):
     data = _with_orientation(PILImage.new("RGB", (60, 40), (200, 30, 30)), fmt, orientation)
     assert (imaging.inspect(data).width, imaging.inspect(data).height) == shown
@@ -149,6 +149,29 @@ def test_avif_decodes_like_the_other_accepted_formats():
     picture = imaging.decode_rgb(data)
     assert picture.size == (40, 30)
     assert all(abs(a - b) <= 8 for a, b in zip(picture.getpixel((20, 15)), (10, 200, 30)))
+
+
+def test_heic_decodes_like_the_other_accepted_formats():
+    data = image_bytes(color=(10, 200, 30), size=(40, 30), fmt="HEIF", quality=95)
+    assert imaging.inspect(data).format == "HEIF"
+    picture = imaging.decode_for_encoder(data)
+    assert picture.size == (40, 30) and picture.info["full_size"] == (40, 30)
+    assert all(abs(a - b) <= 12 for a, b in zip(picture.getpixel((20, 15)), (10, 200, 30)))
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_truncated_heic_is_rejected_with_a_reason(cut):
+    data = image_bytes(size=(64, 48), fmt="HEIF", pattern=1)
+    truncated = data[: int(len(data) * cut)]
+    with pytest.raises(imaging.ImageRejected, match="unreadable image header|truncated or corrupt|corrupt image data"):
+        imaging.inspect(truncated)  # at upload
+        imaging.decode_rgb(truncated)  # in the worker, had the header looked whole
+
+
+def test_a_heic_over_the_pixel_limit_is_refused_before_decoding(settings):
+    settings.CBIR_MAX_IMAGE_PIXELS = 100
+    with pytest.raises(imaging.ImageRejected, match="exceeds the limit of 100"):
+        imaging.inspect(image_bytes(size=(20, 20), fmt="HEIF"))
 
 
 def test_an_avif_naming_an_image_it_does_not_hold_is_rejected_not_raised():

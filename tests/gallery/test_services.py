@@ -104,12 +104,14 @@ def test_folder_import_with_labels_from_dirs(collection, tmp_path):
     (tmp_path / "cats" / "a.png").write_bytes(image_bytes(pattern=1))
     (tmp_path / "dogs" / "small" / "b.jpg").write_bytes(image_bytes(fmt="JPEG", pattern=2))
     (tmp_path / "root.png").write_bytes(image_bytes(pattern=3))
+    (tmp_path / "dogs" / "IMG_0001.HEIC").write_bytes(image_bytes(fmt="HEIF", pattern=4))  # an iPhone's photo
     (tmp_path / "README.txt").write_text("not a picture")
     (tmp_path / ".hidden.png").write_bytes(image_bytes())
     (tmp_path / "link.png").symlink_to(tmp_path / "root.png")
     report = collection_import(collection=collection, path=tmp_path, labels_from_dirs=True)
     labels = dict(Image.objects.values_list("original_name", "label"))
-    assert labels == {"cats/a.png": "cats", "dogs/small/b.jpg": "small", "root.png": ""}
+    assert labels == {"cats/a.png": "cats", "dogs/small/b.jpg": "small", "root.png": "", "dogs/IMG_0001.HEIC": "dogs"}
+    assert Image.objects.get(original_name="dogs/IMG_0001.HEIC").status == Image.Status.PENDING
     assert ("README.txt", "not an image file extension") in report.skipped
     assert ("link.png", "symbolic link not followed") in report.skipped
 

@@ -68,7 +68,7 @@ def test_search_page_ranks_an_upload(client, indexed):  # noqa: F811
     _, pictures = indexed
     empty = client.get(reverse("search:search-page")).content.decode()
     # the form takes a dropped or pasted image too (search.js, driven in Chromium by hand)
-    assert 'accept="image/*"' in empty and "data-image-search" in empty and "cbir/search.js" in empty
+    assert 'accept="image/*,.heic,.heif"' in empty and "data-image-search" in empty and "cbir/search.js" in empty
     page = client.post(
         reverse("search:search-page"), {"image": SimpleUploadedFile("q.png", pictures["c4.png"]), "k": 3}
     ).content.decode()
