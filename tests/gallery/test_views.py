@@ -62,6 +62,9 @@ def test_image_page_shows_similar_images_with_similarity(client, indexed):  # no
     others = Image.objects.filter(status=Image.Status.INDEXED).exclude(pk=image.pk)
     assert all(reverse("gallery:image-detail", args=[other.pk]) in page for other in others)
     assert page.count("sim ") == 5
+    # the page shows the thumbnail and links to the original, which no page shows
+    assert f'<a href="{image.file.url}" title="the original"><img src="{image.thumbnail.url}"' in page
+    assert f'src="{image.file.url}"' not in page
 
 
 def test_search_page_ranks_an_upload(client, indexed):  # noqa: F811
