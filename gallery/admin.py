@@ -156,6 +156,6 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="")
     def preview(self, obj):
-        if not obj.file:
+        if not obj.display_url:
             return "—"
         return format_html('<img src="{}" style="height:64px;width:64px;object-fit:contain">', obj.display_url)

@@ -71,7 +71,7 @@ class ImageOutputSerializer(serializers.Serializer):
     label = serializers.CharField(allow_blank=True)
     original_name = serializers.CharField()
     image_url = serializers.URLField(allow_null=True)
-    thumbnail_url = serializers.URLField(allow_null=True, help_text="256 px WebP once a worker made it, else the original")
+    thumbnail_url = serializers.URLField(allow_null=True, help_text="256 px WebP once a worker made it, else null (results never send originals)")
 
 
 def image_representation(image, request) -> dict:
@@ -81,7 +81,7 @@ def image_representation(image, request) -> dict:
         "label": image.label,
         "original_name": image.original_name,
         "image_url": request.build_absolute_uri(image.file.url) if image.file else None,
-        "thumbnail_url": request.build_absolute_uri(image.display_url) if image.file else None,
+        "thumbnail_url": request.build_absolute_uri(image.display_url) if image.display_url else None,
     }
 
 

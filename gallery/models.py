@@ -68,10 +68,9 @@ class Image(models.Model):
 
     @property
     def display_url(self) -> str:
-        """The thumbnail once a worker made it, else the original."""
-        if self.thumbnail:
-            return self.thumbnail.url
-        return self.file.url if self.file else ""
+        """The thumbnail once a worker made it, else "": pages and API results never show an
+        original (it can weigh 40 MB, or be a HEIC or TIFF that a browser cannot show)."""
+        return self.thumbnail.url if self.thumbnail else ""
 
 
 class CollectionCount(models.Model):

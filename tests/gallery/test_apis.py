@@ -69,6 +69,7 @@ def test_image_detail_tells_status_and_reason(client, uploaded):
     _, (image, _) = uploaded
     body = client.get(reverse("api-image-detail", args=[image.pk])).json()
     assert (body["id"], body["status"], body["error"], body["width"], body["height"]) == (image.pk, "pending", "", 64, 48)
+    assert body["thumbnail_url"] is None and body["image_url"].endswith(image.file.url)  # no original for a thumbnail
     assert body["collection"] == {"id": image.collection_id, "name": "to-delete"}
     missing = client.get(reverse("api-image-detail", args=[999_999]))
     assert missing.status_code == 404 and "error" in missing.json()

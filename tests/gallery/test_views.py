@@ -32,6 +32,7 @@ def test_collection_page_narrows_to_a_status_and_shows_why_images_failed(client,
     url = reverse("gallery:collection-detail", args=[collection.pk])
     failed = client.get(url, {"status": "failed"}).content.decode()
     assert cut.error in failed and "not an image" in failed  # each failed image with its reason
+    assert cut.file.url not in failed  # in place of a thumbnail, the reason: never the original
     assert not any(image.thumbnail.url in failed for image in Image.objects.filter(status=Image.Status.INDEXED))
     narrowed = client.get(url, {"status": "failed", "label": "L0"}).content.decode()
     assert cut.error in narrowed and "not an image" not in narrowed  # bad.png has no label
@@ -46,10 +47,12 @@ def test_collection_page_follows_progress_only_while_images_are_pending(client, 
     api = reverse("api-collection-detail", args=[collection.pk])
     settled = client.get(url).content.decode()
     assert f'data-url="{api}"' in settled and '<b data-count="indexed">6</b>' in settled
+    assert "no thumbnail yet" not in settled
     assert "<script>" not in settled  # nothing pending: no polling
-    Image.objects.filter(original_name="c1.png").update(status=Image.Status.PENDING)
+    Image.objects.filter(original_name="c1.png").update(status=Image.Status.PENDING, thumbnail="")  # as uploaded
     busy = client.get(url).content.decode()
     assert '<b data-count="pending">1</b>' in busy and '<b data-count="indexed">5</b>' in busy
+    assert "no thumbnail yet" in busy and Image.objects.get(original_name="c1.png").file.url not in busy  # not the original
     assert "<script>" in busy and "1 image still being processed" in busy
     # what the script reads: the counts under the same names
     assert client.get(api).json()["images"] == {"total": 7, "indexed": 5, "pending": 1, "failed": 1}
