@@ -32,7 +32,7 @@ PASTE = """([data, name]) => {
 }"""
 
 
-def test_dropping_or_pasting_an_image_searches_with_it_and_results_lead_to_similar_images(live_server, indexed):  # noqa: F811
+def test_choosing_dropping_or_pasting_an_image_searches_with_it_and_results_lead_to_similar_images(live_server, indexed, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
     _, pictures = indexed
@@ -55,8 +55,14 @@ def test_dropping_or_pasting_an_image_searches_with_it_and_results_lead_to_simil
                 assert tiles.count() == 6, how  # the six indexed images, the same picture first
                 assert tiles.first.get_attribute("href") == detail[name], how
                 assert "sim 1.000" in tiles.first.inner_text(), how
+            (tmp_path / "c5.png").write_bytes(pictures["c5.png"])
+            page.goto(page_url)
+            with page.expect_navigation():  # chosen with the button: no second click on Search
+                page.set_input_files("input[type=file]", str(tmp_path / "c5.png"))
+            assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
+            tiles = page.locator("#results a.tile")
             tiles.first.click()
-            page.wait_for_url(live_server.url + detail["c1.png"])
+            page.wait_for_url(live_server.url + detail["c5.png"])
             assert page.locator("#results a.tile").count() == 5  # its similar images, never itself
             assert errors == []
         finally:

@@ -1,5 +1,5 @@
-// Search by dropping an image anywhere on the page, or by pasting one (Ctrl+V): the file goes
-// into the form's file input and the form is sent, as if it had been chosen with the button.
+// Search as soon as an image is chosen with the button, dropped anywhere on the page or pasted
+// (Ctrl+V): a dropped or pasted file goes into the form's file input, and the form is sent.
 (function () {
   const form = document.querySelector("form[data-image-search]");
   if (!form) return;
@@ -14,6 +14,9 @@
     form.requestSubmit();
   }
 
+  input.addEventListener("change", () => {
+    if (input.files.length) form.requestSubmit();
+  });
   document.addEventListener("dragover", (event) => {
     if (!carriesFiles(event)) return;
     event.preventDefault();
