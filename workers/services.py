@@ -68,7 +68,7 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
     return _Decoded(picture=picture, thumbnail=thumbnail)
 
 
-def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
+def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> set[int]:
     """Write the thumbnail files, then record them (and each picture's size as decoded) in one UPDATE. If either
     fails (a full disk, the database gone), the files written are removed again and the error goes
     on: the images stay pending, and the task's retry or the sweep makes their thumbnails later."""
@@ -84,6 +84,7 @@ def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> None:
         raise
     # An image deleted while it was being indexed: its new thumbnail would have no row.
     stored_files_delete(image.thumbnail.name for image, _ in pairs if image.id not in recorded)
+    return recorded
 
 
 def live_encoders() -> list[EncoderVersion]:
@@ -132,6 +133,24 @@ def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None 
                 _store_thumbnails(thumbnails)
             if batch:
                 _embed_batch(batch, encoders)
+
+
+def images_rebuild_thumbnails(*, image_ids: list[int]) -> tuple[int, list[tuple[int, str]]]:
+    """Make the thumbnails of these images again, and record their sizes again, as indexing makes
+    them now: for images indexed before a change to either (sizes as shown, colour profiles
+    converted to sRGB). The vectors are left as they are. The old thumbnail files are removed once
+    the new ones are recorded. Returns how many were rebuilt, and (id, reason) for each image whose
+    file no longer decodes: it keeps its thumbnail and status (its vector still holds)."""
+    # indexed images only: a pending one gets its thumbnail from the worker that indexes it
+    images = list(Image.objects.filter(id__in=image_ids, status=Image.Status.INDEXED).exclude(file="").order_by("id"))
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:
+        decoded = list(pool.map(lambda image: _decode_job(image.file.name, make_thumbnail=True), images))
+    pairs = [(image, job) for image, job in zip(images, decoded) if not job.error]
+    unreadable = [(image.id, job.error) for image, job in zip(images, decoded) if job.error]
+    old_names = {image.id: image.thumbnail.name for image, _ in pairs}
+    recorded = _store_thumbnails(pairs) if pairs else set()
+    stored_files_delete(old_names[image_id] for image_id in recorded)
+    return len(recorded), unreadable
 
 
 def encoder_embed_collection(*, encoder: EncoderVersion, collection: Collection) -> int:

@@ -4,6 +4,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from celery import Celery
+from django.core.files.base import ContentFile
+from django.core.management import CommandError
 from django.utils import timezone
 
 from gallery.models import Image
@@ -69,6 +71,50 @@ def test_indexing_makes_the_thumbnail_of_a_picture_with_a_colour_profile_in_srgb
     assert green > 220 and red < 40 and blue < 40  # pure green as a browser shows the original
 
 
+@pytest.mark.django_db
+def test_rebuilding_thumbnails_brings_images_indexed_before_up_to_date(capsys):
+    """As if indexed before sizes were recorded as shown and profiles converted: a dull (red)
+    thumbnail and the header's landscape size. The command makes both as indexing does now,
+    removes the old file, leaves the vectors and other collections alone."""
+    from django.core.files.storage import default_storage
+    from django.core.management import call_command
+    from PIL import Image as PILImage
+
+    make_encoder()
+    collection, other = collection_get_or_create(name="old"), collection_get_or_create(name="other")
+    tagged = image_bytes(color=(255, 0, 0), size=(600, 400), fmt="JPEG", exif=orientation_exif(6), icc_profile=swapped_primaries_profile())
+    images_create(collection=collection, files=[
+        IncomingFile(name="tagged.jpg", data=tagged), IncomingFile(name="gone.png", data=image_bytes(pattern=1)),
+    ])
+    images_create(collection=other, files=[IncomingFile(name="elsewhere.png", data=image_bytes(pattern=2))])
+    images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
+    tagged_row, gone, elsewhere = (Image.objects.get(original_name=name) for name in ("tagged.jpg", "gone.png", "elsewhere.png"))
+    old_name, untouched_name = tagged_row.thumbnail.name, elsewhere.thumbnail.name
+    default_storage.delete(old_name)
+    default_storage.save(old_name, ContentFile(image_bytes(color=(255, 0, 0), size=(256, 171), fmt="WEBP")))
+    Image.objects.filter(pk=tagged_row.pk).update(width=600, height=400)
+    default_storage.delete(gone.file.name)  # its original lost: it keeps its thumbnail
+    vectors = dict(Embedding.objects.values_list("image_id", "vector"))
+
+    call_command("rebuild_thumbnails", "--collection", "old")
+    out, err = capsys.readouterr()
+    assert "1 thumbnails rebuilt, 1 images could not be read" in out and f"image {gone.pk}: stored file is missing" in err
+    tagged_row.refresh_from_db()
+    assert (tagged_row.width, tagged_row.height) == (400, 600) and tagged_row.thumbnail.name != old_name
+    assert not default_storage.exists(old_name)
+    with tagged_row.thumbnail.open("rb") as handle:
+        thumbnail = PILImage.open(handle).convert("RGB")
+    assert thumbnail.size == (171, 256)  # upright
+    red, green, blue = thumbnail.getpixel((85, 128))
+    assert green > 220 and red < 40  # converted from its profile
+    assert Image.objects.get(pk=gone.pk).thumbnail and Image.objects.get(pk=elsewhere.pk).thumbnail.name == untouched_name
+    assert {key: list(value) for key, value in Embedding.objects.values_list("image_id", "vector")} == {
+        key: list(value) for key, value in vectors.items()
+    }
+    with pytest.raises(CommandError, match="no collection 'nope'"):
+        call_command("rebuild_thumbnails", "--collection", "nope")
+
+
 @pytest.mark.django_db(transaction=True)  # committed for real, so the foreign key is checked
 def test_an_image_deleted_while_it_is_embedded_does_not_fail_the_others():
     encoder = make_encoder()
@@ -89,8 +135,6 @@ def test_sweep_requeues_images_whose_message_was_lost(celery_worker):
         for i in range(3)
     ]
     for image, i in zip(images, range(3)):
-        from django.core.files.base import ContentFile
-
         image.file.save(f"{i}.png", ContentFile(image_bytes(pattern=i)), save=False)
     Image.objects.bulk_create(images)
     fresh = Image.objects.create(collection=collection, original_name="fresh.png", sha256="f", queued_at=timezone.now())
