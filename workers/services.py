@@ -61,10 +61,8 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
         return _Decoded(error="stored file is missing from media storage")
     thumbnail = imaging.thumbnail_webp(picture, size=settings.CBIR_THUMBNAIL_SIZE) if make_thumbnail else None
     # shrunk right after the thumbnail is cut: a batch of large photos waiting for the encoder
-    # costs megabytes, not gigabytes
-    full_size = picture.info["full_size"]
+    # costs megabytes, not gigabytes (the resize keeps ``info``: the full size and the profile)
     picture = imaging.fit_within(picture, imaging.WORKING_SIDE)
-    picture.info["full_size"] = full_size
     return _Decoded(picture=picture, thumbnail=thumbnail)
 
 
@@ -148,7 +146,7 @@ def images_rebuild_thumbnails(*, image_ids: list[int]) -> tuple[int, list[tuple[
     pairs = [(image, job) for image, job in zip(images, decoded) if not job.error]
     unreadable = [(image.id, job.error) for image, job in zip(images, decoded) if job.error]
     old_names = {image.id: image.thumbnail.name for image, _ in pairs}
-    recorded = _store_thumbnails(pairs) if pairs else set()
+    recorded = _store_thumbnails(pairs)
     stored_files_delete(old_names[image_id] for image_id in recorded)
     return len(recorded), unreadable
 
