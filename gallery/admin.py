@@ -18,6 +18,7 @@ from gallery.services import (
     folder_uploads_to_incoming,
     images_create,
     images_delete,
+    images_index_again,
     uploads_to_incoming,
 )
 
@@ -141,12 +142,24 @@ class ImageAdmin(admin.ModelAdmin):
     # command), which checks, deduplicates and queues them; here they can be relabelled or
     # deleted. Not moved: their vectors carry their collection, and their files its folder.
     readonly_fields = [
-        "preview", "collection", "file", "sha256", "width", "height", "status", "error", "thumbnail", "created_at", "updated_at",
+        "preview", "collection", "file", "sha256", "width", "height", "status", "error", "attempts", "thumbnail", "created_at",
+        "updated_at",
     ]
     list_select_related = ["collection"]
+    actions = ["index_again"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Index selected failed images again")
+    def index_again(self, request, queryset):
+        queued = images_index_again(images=queryset)
+        self.message_user(
+            request,
+            f"{queued} failed image(s) queued for indexing again; "
+            "images that are not failed, or whose file was refused at upload, were left as they are.",
+            messages.SUCCESS if queued else messages.WARNING,
+        )
 
     def delete_model(self, request, obj):
         images_delete(images=Image.objects.filter(pk=obj.pk))

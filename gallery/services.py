@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
@@ -302,6 +302,27 @@ def folder_uploads_to_incoming(
 
 def image_mark_failed(*, image: Image, reason: str) -> None:
     Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED, error=reason[:2000])
+
+
+def images_index_again(*, images: QuerySet[Image]) -> int:
+    """Put failed images back to pending, their reason and attempts cleared, and queue them: for
+    failures whose cause is gone (a worker that ran out of memory, storage that was unreachable,
+    a decoder since upgraded). Left as they are: images whose file was never stored (refused at
+    upload), and those whose file the collection holds again in a live image (uploaded again
+    after it failed), which would otherwise be kept twice. Returns how many were queued."""
+    held_again = Image.objects.filter(collection=OuterRef("collection"), sha256=OuterRef("sha256")).exclude(
+        status=Image.Status.FAILED
+    )
+    with transaction.atomic():
+        ids = list(
+            images.filter(status=Image.Status.FAILED)
+            .exclude(file="")
+            .exclude(Exists(held_again))
+            .values_list("id", flat=True)
+        )
+        Image.objects.filter(id__in=ids).update(status=Image.Status.PENDING, error="", attempts=0)
+        images_enqueue(ids)
+    return len(ids)
 
 
 # One statement for a whole batch, the rows as arrays. Django's bulk_update builds a CASE per

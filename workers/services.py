@@ -14,7 +14,8 @@ import torch
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, CharField, F, Q, TextField, Value, When
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -29,6 +30,7 @@ from workers.autoencoder.model import DEFAULT_ARCH, EncoderConfig, save_checkpoi
 from workers.autoencoder.patch_dictionary import learn_projection_with_labels
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import TrainingConfig, labelled_split, pick_device, train_encoder_model
+from workers.tasks import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,82 @@ def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None 
                 _store_thumbnails(thumbnails)
             if batch:
                 _embed_batch(batch, encoders)
+
+
+# A pending image whose indexing was started this many times without finishing is marked failed
+# instead of being tried again. A file that kills the worker process (a decoder crash, memory
+# running out) comes back at once with its request (a killed worker's message is delivered again:
+# CELERY_TASK_REJECT_ON_WORKER_LOST), and one that raises comes back with each sweep; without a
+# limit either would be tried for ever, and would hold up every image queued with it.
+MAX_INDEX_ATTEMPTS = 3
+GIVEN_UP_REASON = (
+    f"indexing was started {MAX_INDEX_ATTEMPTS} times and never finished (the worker crashed, ran out of memory "
+    "or hit an error on this file), so it is left out"
+)
+
+
+def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
+    """Index the images of one request (a queued message), as an attempt on each pending one.
+
+    An image that a worker started before and never finished (still pending with ``attempts``
+    above 0) may be what stopped it, so, in a request for several images, it is split off and
+    queued on its own: the others are not held up by it, and a file that stops every worker is
+    soon tried alone. One started ``MAX_INDEX_ATTEMPTS`` times is marked failed, with the last
+    error recorded if there was one. ``counted`` is False for the task's retries after a transient
+    database error, which are not new attempts. Any other error is recorded on the images still
+    pending (their reason until they are indexed), those are queued again one by one when the
+    request held several, and the error goes on to the task, which logs it."""
+    if counted:
+        image_ids = _images_start_attempt(image_ids)
+    try:
+        images_index(image_ids=image_ids)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        _images_record_stopped_attempt(image_ids, exc)
+        raise
+
+
+def _images_start_attempt(image_ids: list[int]) -> list[int]:
+    """Give up on the pending images already tried ``MAX_INDEX_ATTEMPTS`` times, queue those tried
+    before alone, and count an attempt on the rest, committed before any work starts (so that a
+    killed worker leaves it counted). Returns the ids this request goes on with."""
+    pending = Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING)
+    pending.filter(attempts__gte=MAX_INDEX_ATTEMPTS).update(
+        status=Image.Status.FAILED,
+        error=Case(
+            When(error="", then=Value(GIVEN_UP_REASON)),
+            default=Concat(Value(GIVEN_UP_REASON + "; "), F("error")),
+            output_field=TextField(),
+        ),
+    )
+    if len(image_ids) > 1:
+        tried = set(pending.filter(attempts__gt=0).values_list("id", flat=True))
+        if tried:
+            from gallery.services import images_enqueue
+
+            for image_id in sorted(tried):
+                images_enqueue([image_id])
+            image_ids = [image_id for image_id in image_ids if image_id not in tried]
+    Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING).update(attempts=F("attempts") + 1)
+    return image_ids
+
+
+def _images_record_stopped_attempt(image_ids: list[int], exc: Exception) -> None:
+    """Record why an attempt stopped on the images it left pending, and queue them again one by
+    one if there were several (which of them raised is not known). Best effort: the error itself
+    may be the database's."""
+    from gallery.services import images_enqueue
+
+    reason = f" stopped: {type(exc).__name__}: {exc}"[:1500]
+    try:
+        still = Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING)
+        still.update(error=Concat(Value("attempt "), Cast("attempts", CharField()), Value(reason)))
+        if len(image_ids) > 1:
+            for image_id in sorted(still.values_list("id", flat=True)):
+                images_enqueue([image_id])
+    except Exception:
+        logger.exception("could not record the error that stopped indexing images %s", image_ids[:10])
 
 
 def images_rebuild_thumbnails(*, image_ids: list[int]) -> tuple[int, list[tuple[int, str]]]:

@@ -5,6 +5,8 @@ from celery import shared_task
 from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
 
+# Errors after which the same request is simply tried again (autoretry): the database went away
+# for a moment. They say nothing about the images, so they never count as an attempt on them.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
@@ -19,11 +21,13 @@ def _share_cores_between_pool_processes(**kwargs):
     torch.set_num_threads(settings.CBIR_TORCH_THREADS or max(1, (os.cpu_count() or 1) // settings.CELERY_WORKER_CONCURRENCY))
 
 
-@shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
-def index_images(image_ids: list[int]) -> None:
-    from workers.services import images_index
+@shared_task(bind=True, acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
+def index_images(self, image_ids: list[int]) -> None:
+    """A retry after a transient database error is not a new attempt on the images; a delivery
+    again after a killed worker is (its ``retries`` is that of the message it repeats)."""
+    from workers.services import images_index_request
 
-    images_index(image_ids=image_ids)
+    images_index_request(image_ids=image_ids, counted=not self.request.retries)
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)

@@ -1,4 +1,6 @@
-"""Crash safety: idempotent indexing, the sweep for lost requests, a broker that is down."""
+"""Crash safety: idempotent indexing, the sweep for lost requests, a broker that is down, files that
+stop every attempt."""
+import os
 from datetime import timedelta
 
 import numpy as np
@@ -6,16 +8,17 @@ import pytest
 from celery import Celery
 from django.core.files.base import ContentFile
 from django.core.management import CommandError
+from django.urls import reverse
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.services import IncomingFile, collection_get_or_create, images_create, task_send_safely
+from gallery.services import IncomingFile, collection_get_or_create, images_create, images_index_again, task_send_safely
 from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
 from tests.utils import image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
-from workers.services import images_index, pending_sweep
-from workers.tasks import sweep_pending
+from workers.services import GIVEN_UP_REASON, MAX_INDEX_ATTEMPTS, images_index, images_index_request, pending_sweep
+from workers.tasks import index_images, sweep_pending
 
 
 @pytest.mark.django_db
@@ -168,3 +171,99 @@ def test_send_survives_a_broker_that_is_down(caplog):
 
     task_send_safely(index, [1, 2])
     assert "the sweep will retry" in caplog.text
+
+
+def _pending_rows(collection, files: dict[str, bytes | None], **fields) -> list[Image]:
+    """Pending rows as the importer leaves them, each with its stored file; where the bytes are
+    None the stored name is a directory instead: storage that fails on reading with an error
+    (IsADirectoryError) that no decoder check catches, on every attempt."""
+    images = []
+    for name, data in files.items():
+        image = Image(collection=collection, original_name=name, sha256=name, queued_at=timezone.now(), **fields)
+        image.file.save(name, ContentFile(data if data is not None else b"placeholder"), save=False)
+        if data is None:
+            path = image.file.path
+            image.file.storage.delete(image.file.name)
+            os.mkdir(path)
+        images.append(image)
+    return Image.objects.bulk_create(images)
+
+
+def _image(pk: int) -> Image:
+    return Image.objects.get(pk=pk)
+
+
+def test_a_file_that_stops_every_attempt_is_tried_alone_then_given_up_and_the_others_go_on(celery_worker, admin_client):
+    make_encoder()
+    collection = collection_get_or_create(name="poison")
+    good = {f"{i}.png": image_bytes(pattern=i) for i in range(3)}
+    images = _pending_rows(collection, {"0.png": good["0.png"], "bad.png": None, "1.png": good["1.png"], "2.png": good["2.png"]})
+    bad = images[1]
+    others = [image.pk for image in images if image.pk != bad.pk]
+
+    index_images.delay([image.pk for image in images])  # one request: its first attempt stops on the bad file
+    # the request's images are queued again one by one, so the others are indexed at once
+    wait_for(lambda: Image.objects.filter(pk__in=others, status=Image.Status.INDEXED).count() == 3, message="the others indexed")
+    wait_for(lambda: _image(bad.pk).attempts == 2, message="the bad file's second attempt, alone")
+    assert [(image.attempts, image.error) for image in Image.objects.filter(pk__in=others)] == [(2, "")] * 3
+    assert _image(bad.pk).status == Image.Status.PENDING
+    assert _image(bad.pk).error.startswith("attempt 2 stopped: IsADirectoryError")
+
+    index_images.delay([bad.pk])  # as the sweep queues it again
+    wait_for(lambda: _image(bad.pk).attempts == MAX_INDEX_ATTEMPTS, message="the third attempt")
+    index_images.delay([bad.pk])
+    wait_for(lambda: _image(bad.pk).status == Image.Status.FAILED, message="given up")
+    failed = _image(bad.pk)
+    assert failed.error.startswith(f"{GIVEN_UP_REASON}; attempt 3 stopped: IsADirectoryError")
+    assert failed.attempts == MAX_INDEX_ATTEMPTS
+    assert Embedding.objects.filter(image_id__in=others).count() == 3 and not Embedding.objects.filter(image_id=bad.pk).exists()
+
+    # Storage repaired, the admin indexes it again.
+    path = failed.file.path
+    os.rmdir(path)
+    with open(path, "wb") as handle:
+        handle.write(image_bytes(pattern=7))
+    response = admin_client.post(
+        reverse("admin:gallery_image_changelist"), {"action": "index_again", "_selected_action": [bad.pk, others[0]]}
+    )
+    assert response.status_code == 302
+    wait_for(lambda: _image(bad.pk).status == Image.Status.INDEXED, message="indexed again")
+    assert (_image(bad.pk).attempts, _image(bad.pk).error) == (1, "")
+
+
+def test_a_request_delivered_again_after_a_killed_worker_gives_up_only_on_the_image_killed_each_time(celery_worker):
+    """What a worker killed mid-batch leaves (its attempt counted, committed before the work) and
+    what happens when the broker delivers the request again (CELERY_TASK_REJECT_ON_WORKER_LOST)."""
+    make_encoder()
+    collection = collection_get_or_create(name="killed")
+    images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)}, attempts=1)
+    Image.objects.filter(pk=images[0].pk).update(attempts=MAX_INDEX_ATTEMPTS)  # in every batch that was killed
+
+    index_images.delay([image.pk for image in images])
+    wait_for(lambda: Image.objects.filter(status=Image.Status.INDEXED).count() == 2, message="the others indexed")
+    wait_for(lambda: _image(images[0].pk).status == Image.Status.FAILED, message="given up")
+    assert _image(images[0].pk).error == GIVEN_UP_REASON
+    assert sorted(Image.objects.filter(status=Image.Status.INDEXED).values_list("attempts", flat=True)) == [2, 2]
+
+
+@pytest.mark.django_db
+def test_a_retry_after_a_transient_error_is_not_a_new_attempt():
+    make_encoder()
+    collection = collection_get_or_create(name="retried")
+    first, second = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(2)})
+    images_index_request(image_ids=[first.pk], counted=False)
+    images_index_request(image_ids=[second.pk])
+    assert [(image.status, image.attempts) for image in Image.objects.order_by("id")] == [("indexed", 0), ("indexed", 1)]
+
+
+@pytest.mark.django_db
+def test_indexing_again_leaves_refused_files_and_files_uploaded_again():
+    collection = collection_get_or_create(name="again")
+    images_create(collection=collection, files=[IncomingFile(name="junk.png", data=b"not an image")])
+    failed_twice, lost = _pending_rows(collection, {"a.png": image_bytes(pattern=1), "b.png": image_bytes(pattern=2)})
+    Image.objects.filter(pk__in=[failed_twice.pk, lost.pk]).update(status=Image.Status.FAILED, error="x", attempts=3)
+    Image.objects.create(collection=collection, original_name="a again.png", sha256=failed_twice.sha256)  # uploaded again
+    assert images_index_again(images=Image.objects.all()) == 1
+    states = dict(Image.objects.values_list("original_name", "status"))
+    assert states == {"junk.png": "failed", "a.png": "failed", "b.png": "pending", "a again.png": "pending"}
+    assert (_image(lost.pk).error, _image(lost.pk).attempts) == ("", 0)
