@@ -231,19 +231,81 @@ def test_a_file_that_stops_every_attempt_is_tried_alone_then_given_up_and_the_ot
     assert (_image(bad.pk).attempts, _image(bad.pk).error) == (1, "")
 
 
-def test_a_request_delivered_again_after_a_killed_worker_gives_up_only_on_the_image_killed_each_time(celery_worker):
-    """What a worker killed mid-batch leaves (its attempt counted, committed before the work) and
-    what happens when the broker delivers the request again (CELERY_TASK_REJECT_ON_WORKER_LOST)."""
+def _pool_children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+@pytest.fixture
+def prefork_worker(transactional_db, media_root):
+    """A real Celery worker in its own process with one prefork child, as `make run` and compose
+    start them, on its own Redis database (so the in-process test worker never takes its
+    messages), on the test database and media. Yields its pid and a Celery app that sends to it."""
+    import signal
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.db import connection
+
+    params = connection.settings_dict
+    host = params["HOST"] or params["OPTIONS"].get("host", "")
+    broker = settings.CELERY_BROKER_URL.rsplit("/", 1)[0] + "/9"
+    sender = Celery("sender", broker=broker)
+    sender.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    sender.control.purge()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{params['USER']}:{params['PASSWORD']}@/{params['NAME']}?host={host}",
+        "REDIS_URL": broker,
+        "CBIR_MEDIA_ROOT": str(media_root),
+        "CBIR_VAR_DIR": str(settings.VAR_DIR),
+        "CBIR_WORKER_CONCURRENCY": "1",
+        "DJANGO_SETTINGS_MODULE": "cbir_site.settings",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork", "--loglevel", "WARNING",
+               "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)
+    try:
+        yield worker.pid, sender
+    finally:
+        for child in _pool_children(worker.pid):
+            os.kill(child, signal.SIGKILL)  # a child blocked on a read would hold up a warm shutdown
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        sender.control.purge()
+
+
+def test_a_file_that_hangs_its_worker_until_it_is_killed_is_given_up_after_three_kills(prefork_worker):
+    """A worker process killed mid-batch (here on a stored file whose read never returns, as on a
+    hung network mount) has its request delivered again (CELERY_TASK_REJECT_ON_WORKER_LOST):
+    the images of the killed attempt are then tried one by one, the others are indexed, and the
+    one that was being read each time is given up after the third kill."""
+    import signal
+
+    pid, sender = prefork_worker
     make_encoder()
     collection = collection_get_or_create(name="killed")
-    images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)}, attempts=1)
-    Image.objects.filter(pk=images[0].pk).update(attempts=MAX_INDEX_ATTEMPTS)  # in every batch that was killed
+    images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    hung = images[0]
+    os.unlink(hung.file.path)
+    os.mkfifo(hung.file.path)  # opening it for reading waits for a writer that never comes
+    others = [image.pk for image in images[1:]]
 
-    index_images.delay([image.pk for image in images])
-    wait_for(lambda: Image.objects.filter(status=Image.Status.INDEXED).count() == 2, message="the others indexed")
-    wait_for(lambda: _image(images[0].pk).status == Image.Status.FAILED, message="given up")
-    assert _image(images[0].pk).error == GIVEN_UP_REASON
-    assert sorted(Image.objects.filter(status=Image.Status.INDEXED).values_list("attempts", flat=True)) == [2, 2]
+    sender.send_task("workers.tasks.index_images", args=[[image.pk for image in images]])
+    for attempt in range(1, MAX_INDEX_ATTEMPTS + 1):
+        wait_for(lambda: _image(hung.pk).attempts == attempt, message=f"attempt {attempt} on the hung file")
+        wait_for(lambda: _pool_children(pid), message="a pool child")
+        for child in _pool_children(pid):
+            os.kill(child, signal.SIGKILL)
+    wait_for(lambda: _image(hung.pk).status == Image.Status.FAILED, message="given up")
+    wait_for(lambda: Image.objects.filter(pk__in=others, status=Image.Status.INDEXED).count() == 2, message="the others")
+    assert _image(hung.pk).error == GIVEN_UP_REASON
+    assert Embedding.objects.filter(image_id__in=others).count() == 2
 
 
 @pytest.mark.django_db
