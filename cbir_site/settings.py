@@ -157,6 +157,11 @@ CBIR_DEVICE = os.environ.get("CBIR_DEVICE", "auto")
 CBIR_TORCH_THREADS = _env_int("CBIR_TORCH_THREADS", 0)
 # A pending image whose indexing request is older than this is queued again by the sweep.
 CBIR_SWEEP_AFTER_S = _env_int("CBIR_SWEEP_AFTER_S", 300)
+# A worker process still on one indexing request (at most 64 images) after this long is killed by
+# Celery and replaced: a read that never returns (a hung network mount) or a decoder stuck on a
+# file would otherwise hold it for ever. Its images stay pending, with the attempt counted, for
+# the sweep (workers.services.MAX_INDEX_ATTEMPTS). Only prefork workers enforce it.
+CBIR_INDEX_TIME_LIMIT_S = _env_int("CBIR_INDEX_TIME_LIMIT_S", 600)
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

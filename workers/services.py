@@ -143,7 +143,7 @@ def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None 
 MAX_INDEX_ATTEMPTS = 3
 GIVEN_UP_REASON = (
     f"indexing was started {MAX_INDEX_ATTEMPTS} times and never finished (the worker crashed, ran out of memory "
-    "or hit an error on this file), so it is left out"
+    "or time, or hit an error on this file), so it is left out"
 )
 
 

@@ -3,6 +3,7 @@ from datetime import timedelta
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 # Errors after which the same request is simply tried again (autoretry): the database went away
@@ -21,7 +22,10 @@ def _share_cores_between_pool_processes(**kwargs):
     torch.set_num_threads(settings.CBIR_TORCH_THREADS or max(1, (os.cpu_count() or 1) // settings.CELERY_WORKER_CONCURRENCY))
 
 
-@shared_task(bind=True, acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8,
+    time_limit=settings.CBIR_INDEX_TIME_LIMIT_S,
+)
 def index_images(self, image_ids: list[int]) -> None:
     """A retry after a transient database error is not a new attempt on the images; a delivery
     again after a killed worker is (its ``retries`` is that of the message it repeats)."""
@@ -30,7 +34,10 @@ def index_images(self, image_ids: list[int]) -> None:
     images_index_request(image_ids=image_ids, counted=not self.request.retries)
 
 
-@shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
+@shared_task(
+    acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8,
+    time_limit=settings.CBIR_INDEX_TIME_LIMIT_S,
+)
 def backfill_embeddings(encoder_id: int) -> None:
     """One batch of re-embedding per run, then re-enqueue: long backfills never hold a worker for hours
     and survive restarts."""

@@ -1,6 +1,7 @@
 """Crash safety: idempotent indexing, the sweep for lost requests, a broker that is down, files that
 stop every attempt."""
 import os
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -173,6 +174,15 @@ def test_send_survives_a_broker_that_is_down(caplog):
     assert "the sweep will retry" in caplog.text
 
 
+def _pending_rows_one_hung(collection) -> tuple[Image, list[int]]:
+    """Three pending rows; the first one's stored file is a FIFO: opening it for reading waits for
+    a writer that never comes, as a read from a hung network mount does."""
+    images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    os.unlink(images[0].file.path)
+    os.mkfifo(images[0].file.path)
+    return images[0], [image.pk for image in images[1:]]
+
+
 def _pending_rows(collection, files: dict[str, bytes | None], **fields) -> list[Image]:
     """Pending rows as the importer leaves them, each with its stored file; where the bytes are
     None the stored name is a directory instead: storage that fails on reading with an error
@@ -238,9 +248,10 @@ def _pool_children(pid: int) -> list[int]:
 
 @pytest.fixture
 def prefork_worker(transactional_db, media_root):
-    """A real Celery worker in its own process with one prefork child, as `make run` and compose
-    start them, on its own Redis database (so the in-process test worker never takes its
-    messages), on the test database and media. Yields its pid and a Celery app that sends to it."""
+    """Starts a real Celery worker in its own process with one prefork child, as `make run` and
+    compose start them, on its own Redis database (so the in-process test worker never takes its
+    messages), on the test database and media, with these settings (environment variables).
+    Returns its pid and a Celery app that sends to it."""
     import signal
     import subprocess
     import sys
@@ -265,10 +276,14 @@ def prefork_worker(transactional_db, media_root):
     }
     command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork", "--loglevel", "WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    worker = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)
-    try:
-        yield worker.pid, sender
-    finally:
+    started = []
+
+    def start(**overrides: str) -> tuple[int, Celery]:
+        started.append(subprocess.Popen(command, env={**env, **overrides}, cwd=settings.BASE_DIR))
+        return started[-1].pid, sender
+
+    yield start
+    for worker in started:
         for child in _pool_children(worker.pid):
             os.kill(child, signal.SIGKILL)  # a child blocked on a read would hold up a warm shutdown
         worker.terminate()
@@ -277,7 +292,7 @@ def prefork_worker(transactional_db, media_root):
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        sender.control.purge()
+    sender.control.purge()
 
 
 def test_a_file_that_hangs_its_worker_until_it_is_killed_is_given_up_after_three_kills(prefork_worker):
@@ -287,16 +302,12 @@ def test_a_file_that_hangs_its_worker_until_it_is_killed_is_given_up_after_three
     one that was being read each time is given up after the third kill."""
     import signal
 
-    pid, sender = prefork_worker
+    pid, sender = prefork_worker()
     make_encoder()
     collection = collection_get_or_create(name="killed")
-    images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
-    hung = images[0]
-    os.unlink(hung.file.path)
-    os.mkfifo(hung.file.path)  # opening it for reading waits for a writer that never comes
-    others = [image.pk for image in images[1:]]
+    hung, others = _pending_rows_one_hung(collection)
 
-    sender.send_task("workers.tasks.index_images", args=[[image.pk for image in images]])
+    sender.send_task("workers.tasks.index_images", args=[[hung.pk, *others]])
     for attempt in range(1, MAX_INDEX_ATTEMPTS + 1):
         wait_for(lambda: _image(hung.pk).attempts == attempt, message=f"attempt {attempt} on the hung file")
         wait_for(lambda: _pool_children(pid), message="a pool child")
@@ -306,6 +317,27 @@ def test_a_file_that_hangs_its_worker_until_it_is_killed_is_given_up_after_three
     wait_for(lambda: Image.objects.filter(pk__in=others, status=Image.Status.INDEXED).count() == 2, message="the others")
     assert _image(hung.pk).error == GIVEN_UP_REASON
     assert Embedding.objects.filter(image_id__in=others).count() == 2
+
+
+def test_a_file_whose_read_never_returns_is_given_up_after_three_time_limits(prefork_worker):
+    """Nobody kills anything here: Celery's time limit ends each attempt, and the sweep, as beat
+    runs it, queues the images again."""
+    pid, sender = prefork_worker(CBIR_INDEX_TIME_LIMIT_S="3", CBIR_SWEEP_AFTER_S="1")
+    make_encoder()
+    hung, others = _pending_rows_one_hung(collection_get_or_create(name="hung"))
+
+    sender.send_task("workers.tasks.index_images", args=[[hung.pk, *others]])
+
+    def swept_until_given_up():
+        if _image(hung.pk).status == Image.Status.FAILED:
+            return True
+        sender.send_task("workers.tasks.sweep_pending")
+        time.sleep(2)
+        return False
+
+    wait_for(swept_until_given_up, message="given up")
+    assert _image(hung.pk).error == GIVEN_UP_REASON
+    wait_for(lambda: Image.objects.filter(pk__in=others, status=Image.Status.INDEXED).count() == 2, message="the others")
 
 
 @pytest.mark.django_db
