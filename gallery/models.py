@@ -50,9 +50,10 @@ class Image(models.Model):
     indexed_at = models.DateTimeField(null=True, blank=True)
     # When a worker was last asked to index it; the sweep re-queues pending images whose request is old.
     queued_at = models.DateTimeField(null=True, blank=True)
-    # How many times a worker started indexing it while it was pending: one that is killed, runs
-    # out of memory or raises on a file leaves it pending, and the count tells the next delivery
-    # to try it alone, then to give up on it (workers.services.MAX_INDEX_ATTEMPTS).
+    # How many times a worker started indexing or re-embedding it without finishing (0 once done):
+    # one that is killed, runs out of memory or time, or raises on a file leaves it counted, and
+    # the count tells the next try to take it alone, then to give up on it
+    # (workers.services.MAX_INDEX_ATTEMPTS).
     attempts = models.PositiveSmallIntegerField(default=0, db_default=0)  # db_default: raw INSERTs and COPY too
 
     class Meta:

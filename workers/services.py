@@ -14,8 +14,8 @@ import torch
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Case, CharField, F, Q, TextField, Value, When
-from django.db.models.functions import Cast, Concat
+from django.db.models import Case, F, Q, TextField, Value, When
+from django.db.models.functions import Concat
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -105,6 +105,7 @@ def _embed_batch(batch: list[tuple[Image, PILImage.Image]], encoders: list[Encod
         vectors = embedder.embed([picture for _, picture in todo])
         embeddings_store(encoder=encoder, images=[image for image, _ in todo], vectors=vectors)
     images_mark_indexed(image_ids=ids)
+    Image.objects.filter(id__in=ids, attempts__gt=0).update(attempts=0)  # these attempts finished
 
 
 def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None = None) -> None:
@@ -135,11 +136,12 @@ def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None 
                 _embed_batch(batch, encoders)
 
 
-# A pending image whose indexing was started this many times without finishing is marked failed
-# instead of being tried again. A file that kills the worker process (a decoder crash, memory
-# running out) comes back at once with its request (a killed worker's message is delivered again:
-# CELERY_TASK_REJECT_ON_WORKER_LOST), and one that raises comes back with each sweep; without a
-# limit either would be tried for ever, and would hold up every image queued with it.
+# An image whose indexing was started this many times without finishing is marked failed instead
+# of being tried again. A file that kills the worker process (a decoder crash, memory running out,
+# the task's time limit) comes back at once with its request (a killed worker's message is
+# delivered again: CELERY_TASK_REJECT_ON_WORKER_LOST) or with the next sweep, and one that raises
+# comes back with each sweep; without a limit either would be tried for ever, holding up every image
+# queued with it, or an encoder's activation for good.
 MAX_INDEX_ATTEMPTS = 3
 GIVEN_UP_REASON = (
     f"indexing was started {MAX_INDEX_ATTEMPTS} times and never finished (the worker crashed, ran out of memory "
@@ -148,18 +150,25 @@ GIVEN_UP_REASON = (
 
 
 def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
-    """Index the images of one request (a queued message), as an attempt on each pending one.
+    """Index the images of one request (a queued message), as an attempt on each of them.
 
-    An image that a worker started before and never finished (still pending with ``attempts``
-    above 0) may be what stopped it, so, in a request for several images, it is split off and
-    queued on its own: the others are not held up by it, and a file that stops every worker is
-    soon tried alone. One started ``MAX_INDEX_ATTEMPTS`` times is marked failed, with the last
-    error recorded if there was one. ``counted`` is False for the task's retries after a transient
-    database error, which are not new attempts. Any other error is recorded on the images still
-    pending (their reason until they are indexed), those are queued again one by one when the
-    request held several, and the error goes on to the task, which logs it."""
+    An image that a worker started before and never finished (``attempts`` above 0) may be what
+    stopped it, so, in a request for several images, it is split off and queued on its own: the
+    others are not held up by it, and a file that stops every worker is soon tried alone. One
+    started ``MAX_INDEX_ATTEMPTS`` times is marked failed, with the last error if there was one.
+    ``counted`` is False for the task's retries after a transient database error, which are not
+    new attempts. Any other error is recorded on the images still pending (their reason until
+    they are indexed), those are queued again one by one when the request held several, and the
+    error goes on to the task, which logs it."""
     if counted:
-        image_ids = _images_start_attempt(image_ids)
+        tried = _images_give_up_on_tried(image_ids)
+        if len(image_ids) > 1 and tried:
+            from gallery.services import images_enqueue
+
+            for image_id in tried:
+                images_enqueue([image_id])
+            image_ids = [image_id for image_id in image_ids if image_id not in set(tried)]
+        _images_count_attempt(image_ids)
     try:
         images_index(image_ids=image_ids)
     except TRANSIENT_ERRORS:
@@ -169,12 +178,11 @@ def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
         raise
 
 
-def _images_start_attempt(image_ids: list[int]) -> list[int]:
-    """Give up on the pending images already tried ``MAX_INDEX_ATTEMPTS`` times, queue those tried
-    before alone, and count an attempt on the rest, committed before any work starts (so that a
-    killed worker leaves it counted). Returns the ids this request goes on with."""
-    pending = Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING)
-    pending.filter(attempts__gte=MAX_INDEX_ATTEMPTS).update(
+def _images_give_up_on_tried(image_ids: list[int]) -> list[int]:
+    """Mark failed the images among ``image_ids`` started ``MAX_INDEX_ATTEMPTS`` times without
+    finishing; return the other unfinished ones (started before, not finished), in id order."""
+    live = Image.objects.filter(id__in=image_ids).exclude(status=Image.Status.FAILED)
+    live.filter(attempts__gte=MAX_INDEX_ATTEMPTS).update(
         status=Image.Status.FAILED,
         error=Case(
             When(error="", then=Value(GIVEN_UP_REASON)),
@@ -182,16 +190,13 @@ def _images_start_attempt(image_ids: list[int]) -> list[int]:
             output_field=TextField(),
         ),
     )
-    if len(image_ids) > 1:
-        tried = set(pending.filter(attempts__gt=0).values_list("id", flat=True))
-        if tried:
-            from gallery.services import images_enqueue
+    return sorted(live.filter(attempts__gt=0).values_list("id", flat=True))
 
-            for image_id in sorted(tried):
-                images_enqueue([image_id])
-            image_ids = [image_id for image_id in image_ids if image_id not in tried]
-    Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING).update(attempts=F("attempts") + 1)
-    return image_ids
+
+def _images_count_attempt(image_ids: list[int]) -> None:
+    """Count an attempt on these images, committed before any work on them starts, so that a
+    killed worker leaves it counted. ``_embed_batch`` sets it back to 0 once they are done."""
+    Image.objects.filter(id__in=image_ids).exclude(status=Image.Status.FAILED).update(attempts=F("attempts") + 1)
 
 
 def _images_record_stopped_attempt(image_ids: list[int], exc: Exception) -> None:
@@ -200,10 +205,9 @@ def _images_record_stopped_attempt(image_ids: list[int], exc: Exception) -> None
     may be the database's."""
     from gallery.services import images_enqueue
 
-    reason = f" stopped: {type(exc).__name__}: {exc}"[:1500]
     try:
         still = Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING)
-        still.update(error=Concat(Value("attempt "), Cast("attempts", CharField()), Value(reason)))
+        still.update(error=f"the last attempt stopped: {type(exc).__name__}: {exc}"[:2000])
         if len(image_ids) > 1:
             for image_id in sorted(still.values_list("id", flat=True)):
                 images_enqueue([image_id])
@@ -278,6 +282,12 @@ def encoder_backfill_step(*, encoder_id: int) -> bool:
     EncoderVersion.objects.filter(pk=encoder_id).update(progress_at=timezone.now())
     batch = list(images_missing_embedding(encoder=encoder).values_list("id", flat=True)[:EMBEDDING_BATCH_SIZE])
     if batch:
+        # A step that never finished (a killed worker, the time limit) left its images' attempts
+        # counted, and the chain, restarted by the sweep, gets the same batch: its images are then
+        # taken one per step, and one that stops every step is given up on.
+        tried = _images_give_up_on_tried(batch)
+        batch = tried[:1] or batch
+        _images_count_attempt(batch)
         images_index(image_ids=batch)
         return False
     return encoder_promote(encoder=encoder) or not images_missing_embedding(encoder=encoder).exists()

@@ -215,16 +215,16 @@ def test_a_file_that_stops_every_attempt_is_tried_alone_then_given_up_and_the_ot
     # the request's images are queued again one by one, so the others are indexed at once
     wait_for(lambda: Image.objects.filter(pk__in=others, status=Image.Status.INDEXED).count() == 3, message="the others indexed")
     wait_for(lambda: _image(bad.pk).attempts == 2, message="the bad file's second attempt, alone")
-    assert [(image.attempts, image.error) for image in Image.objects.filter(pk__in=others)] == [(2, "")] * 3
+    assert [(image.attempts, image.error) for image in Image.objects.filter(pk__in=others)] == [(0, "")] * 3  # done
     assert _image(bad.pk).status == Image.Status.PENDING
-    assert _image(bad.pk).error.startswith("attempt 2 stopped: IsADirectoryError")
+    assert _image(bad.pk).error.startswith("the last attempt stopped: IsADirectoryError")
 
     index_images.delay([bad.pk])  # as the sweep queues it again
     wait_for(lambda: _image(bad.pk).attempts == MAX_INDEX_ATTEMPTS, message="the third attempt")
     index_images.delay([bad.pk])
     wait_for(lambda: _image(bad.pk).status == Image.Status.FAILED, message="given up")
     failed = _image(bad.pk)
-    assert failed.error.startswith(f"{GIVEN_UP_REASON}; attempt 3 stopped: IsADirectoryError")
+    assert failed.error.startswith(f"{GIVEN_UP_REASON}; the last attempt stopped: IsADirectoryError")
     assert failed.attempts == MAX_INDEX_ATTEMPTS
     assert Embedding.objects.filter(image_id__in=others).count() == 3 and not Embedding.objects.filter(image_id=bad.pk).exists()
 
@@ -238,7 +238,7 @@ def test_a_file_that_stops_every_attempt_is_tried_alone_then_given_up_and_the_ot
     )
     assert response.status_code == 302
     wait_for(lambda: _image(bad.pk).status == Image.Status.INDEXED, message="indexed again")
-    assert (_image(bad.pk).attempts, _image(bad.pk).error) == (1, "")
+    assert (_image(bad.pk).attempts, _image(bad.pk).error) == (0, "")
 
 
 def _pool_children(pid: int) -> list[int]:
@@ -343,11 +343,45 @@ def test_a_file_whose_read_never_returns_is_given_up_after_three_time_limits(pre
 @pytest.mark.django_db
 def test_a_retry_after_a_transient_error_is_not_a_new_attempt():
     make_encoder()
-    collection = collection_get_or_create(name="retried")
-    first, second = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(2)})
-    images_index_request(image_ids=[first.pk], counted=False)
-    images_index_request(image_ids=[second.pk])
-    assert [(image.status, image.attempts) for image in Image.objects.order_by("id")] == [("indexed", 0), ("indexed", 1)]
+    bad = _pending_rows(collection_get_or_create(name="retried"), {"bad.png": None})[0]
+    with pytest.raises(IsADirectoryError):
+        images_index_request(image_ids=[bad.pk], counted=False)
+    assert _image(bad.pk).attempts == 0
+    with pytest.raises(IsADirectoryError):
+        images_index_request(image_ids=[bad.pk])
+    assert _image(bad.pk).attempts == 1
+    assert _image(bad.pk).error.startswith("the last attempt stopped: IsADirectoryError")
+
+
+def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step(prefork_worker):
+    """The re-embedding chain of an activating encoder, killed by the time limit on a stored file
+    whose read never returns and restarted by the sweep each time, takes that step's images one by
+    one, gives up on the file, and the encoder becomes the active one."""
+    from search.models import EncoderVersion
+
+    pid, sender = prefork_worker(CBIR_INDEX_TIME_LIMIT_S="3", CBIR_SWEEP_AFTER_S="1")
+    make_encoder()
+    collection = collection_get_or_create(name="activating")
+    images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    images_index(image_ids=[image.pk for image in images])
+    hung, others = images[1], [images[0].pk, images[2].pk]
+    os.unlink(hung.file.path)
+    os.mkfifo(hung.file.path)
+    new = make_encoder(status="activating", seed=1)
+
+    sender.send_task("workers.tasks.backfill_embeddings", args=[new.pk])
+
+    def swept_until_active():
+        if EncoderVersion.objects.get(pk=new.pk).status == EncoderVersion.Status.ACTIVE:
+            return True
+        sender.send_task("workers.tasks.sweep_pending")
+        time.sleep(2)
+        return False
+
+    wait_for(swept_until_active, message="the new encoder active")
+    assert (_image(hung.pk).status, _image(hung.pk).error) == (Image.Status.FAILED, GIVEN_UP_REASON)
+    assert set(Embedding.objects.values_list("image_id", "encoder_id")) == {(pk, new.pk) for pk in others}
+    assert [(image.status, image.attempts) for image in Image.objects.filter(pk__in=others)] == [("indexed", 0)] * 2
 
 
 @pytest.mark.django_db
