@@ -35,7 +35,7 @@ def images_mark_indexed(*, image_ids: list[int]) -> int:
             id__in=image_ids,
             status=Image.Status.PENDING,
             embeddings__encoder__status=EncoderVersion.Status.ACTIVE,
-        ).update(status=Image.Status.INDEXED, error="", indexed_at=timezone.now())
+        ).update(status=Image.Status.INDEXED, error="", indexed_at=timezone.now(), attempts=0)
     )
 
 

@@ -104,8 +104,10 @@ def _embed_batch(batch: list[tuple[Image, PILImage.Image]], encoders: list[Encod
         embedder = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE)
         vectors = embedder.embed([picture for _, picture in todo])
         embeddings_store(encoder=encoder, images=[image for image, _ in todo], vectors=vectors)
+    # These attempts finished: the indexed ones' counts went back to 0 in the same UPDATE; this one
+    # finds those re-embedded while indexed or still waiting for an active encoder.
     images_mark_indexed(image_ids=ids)
-    Image.objects.filter(id__in=ids, attempts__gt=0).update(attempts=0)  # these attempts finished
+    Image.objects.filter(id__in=ids, attempts__gt=0).update(attempts=0)
 
 
 def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None = None) -> None:
