@@ -3,12 +3,16 @@ path does it (``imaging.decode_for_encoder``, the WebP thumbnail, ``fit_within(W
 ``Preprocess`` to the default encoder's 32 px), once untagged and once tagged with a wide-gamut
 RGB profile that the thumbnail and the encoder's input are converted from (``imaging.to_srgb``).
 
-    .venv/bin/python bench/colour_profiles.py [--images 200] [--rounds 5]
+    .venv/bin/python bench/colour_profiles.py [--images 200] [--rounds 5] [--cmyk]
 
 The photos are written by the script: 1024x768 JPEGs (quality 90) of smooth random gradients with
 noise, each saved twice, without a profile and with one whose primaries differ from sRGB's
 (``tests.utils.swapped_primaries_profile``: a matrix-and-curves profile, the kind Display P3 and
-Adobe RGB are, so it converts at the same cost). One process, one torch thread as a worker's
+Adobe RGB are, so it converts at the same cost). With ``--cmyk`` the photos are CMYK JPEGs
+(Pillow's conversion of the same pictures), untagged and tagged with a CMYK press profile
+(``tests.utils.ink_swapping_cmyk_profile``, a lookup table; LittleCMS turns any profile pair into
+one precalculated table for 8-bit pixels, so a press's 33-point profile converts at about the same
+cost per pixel), which ``decode_rgb`` applies as it converts the decoded picture. One process, one torch thread as a worker's
 decode threads run; the two sets alternate, and the medians of the rounds are reported, with
 their ratio.
 """
@@ -31,7 +35,7 @@ import project
 VAR = project.ROOT / "var" / "bench"
 
 
-def photos(count: int, profile: bytes) -> tuple[list[bytes], list[bytes]]:
+def photos(count: int, profile: bytes, *, mode: str = "RGB") -> tuple[list[bytes], list[bytes]]:
     rng = np.random.default_rng(0)
     plain, tagged = [], []
     y, x = np.mgrid[0:768, 0:1024] / 1024.0
@@ -39,7 +43,7 @@ def photos(count: int, profile: bytes) -> tuple[list[bytes], list[bytes]]:
         a, b, c = rng.uniform(-1, 1, (3, 3))
         array = np.stack([a[i] * x + b[i] * y + c[i] for i in range(3)], axis=2)
         array = (array - array.min()) / (np.ptp(array) + 1e-9) * 200 + rng.normal(0, 12, (768, 1024, 3))
-        picture = PILImage.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
+        picture = PILImage.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB").convert(mode)
         for out, params in ((plain, {}), (tagged, {"icc_profile": profile})):
             buffer = io.BytesIO()
             picture.save(buffer, format="JPEG", quality=90, **params)
@@ -51,18 +55,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cmyk", action="store_true", help="CMYK JPEGs and a CMYK profile")
     args = parser.parse_args()
     project.setup_django(VAR)
     import torch
     from django.conf import settings
 
     from gallery import imaging
-    from tests.utils import swapped_primaries_profile
+    from tests.utils import ink_swapping_cmyk_profile, swapped_primaries_profile
     from workers.autoencoder.preprocessing import Preprocess
 
     torch.set_num_threads(1)
     preprocess = Preprocess(32)
-    plain, tagged = photos(args.images, swapped_primaries_profile())
+    if args.cmyk:
+        plain, tagged = photos(args.images, ink_swapping_cmyk_profile(), mode="CMYK")
+    else:
+        plain, tagged = photos(args.images, swapped_primaries_profile())
 
     def per_image_ms(datas: list[bytes]) -> float:
         started = time.perf_counter()
@@ -80,7 +88,7 @@ def main() -> None:
     medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv), "images": args.images, "rounds": args.rounds,
+        "command": " ".join(sys.argv), "images": args.images, "rounds": args.rounds, "mode": "CMYK" if args.cmyk else "RGB",
         "ms_per_image": medians, "all_rounds_ms": {name: [round(v, 3) for v in values] for name, values in times.items()},
         "ratio_tagged_to_untagged": round(medians["tagged"] / medians["untagged"], 3),
     }, indent=2))

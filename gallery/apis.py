@@ -249,7 +249,9 @@ class ImageUploadApi(APIView):
 
 class ImageDetailOutputSerializer(ImageOutputSerializer):
     status = serializers.ChoiceField(choices=Image.Status.choices)
-    error = serializers.CharField(allow_blank=True, help_text="why indexing failed (status failed)")
+    error = serializers.CharField(
+        allow_blank=True, help_text="why indexing failed (status failed), or why the last try stopped (pending: tried again)"
+    )
     width = serializers.IntegerField(allow_null=True, help_text="the original's width as shown (after its EXIF orientation)")
     height = serializers.IntegerField(allow_null=True, help_text="the original's height as shown (after its EXIF orientation)")
 

@@ -139,7 +139,13 @@ def _peak(image: PILImage.Image) -> float:
     return 65535.0 if image.getextrema()[1] > 255 else 255.0
 
 
-def _to_rgb(image: PILImage.Image, *, peak: float | None = None) -> PILImage.Image:
+def _to_rgb(
+    image: PILImage.Image, *, peak: float | None = None, cmyk: ImageCms.ImageCmsTransform | None = None
+) -> PILImage.Image:
+    """``image`` as 8-bit RGB; a CMYK one through ``cmyk`` (its own profile's transform to sRGB)
+    when it has one, else by Pillow's formula (255 minus ink), which shows inks too bright."""
+    if image.mode == "CMYK" and cmyk is not None:
+        return ImageCms.applyTransform(image, cmyk)
     if image.mode in _WIDE_MODES:
         array = np.asarray(image, dtype=np.float64)
         peak = _peak(image) if peak is None else peak
@@ -154,7 +160,7 @@ def _to_rgb(image: PILImage.Image, *, peak: float | None = None) -> PILImage.Ima
     return image.convert("RGB")
 
 
-def _shrunk_rgb(image: PILImage.Image, factor: int) -> PILImage.Image:
+def _shrunk_rgb(image: PILImage.Image, factor: int, *, cmyk: ImageCms.ImageCmsTransform | None = None) -> PILImage.Image:
     """``image`` as 8-bit RGB, each ``factor`` x ``factor`` box averaged (``Image.reduce``'s box,
     partial at the right and bottom edges), converted a strip of rows at a time so that no
     full-size converted copy exists. Compositing on white and averaging are both linear, so the
@@ -164,7 +170,7 @@ def _shrunk_rgb(image: PILImage.Image, factor: int) -> PILImage.Image:
     rows = factor * max(1, STRIP_PIXELS // (width * factor))
     shrunk = PILImage.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
     for top in range(0, height, rows):
-        strip = _to_rgb(image.crop((0, top, width, min(height, top + rows))), peak=peak)
+        strip = _to_rgb(image.crop((0, top, width, min(height, top + rows))), peak=peak, cmyk=cmyk)
         shrunk.paste(strip.reduce(factor), (0, top // factor))
     return shrunk
 
@@ -190,17 +196,20 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
             if scale < 1:
                 image.draft("RGB", (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))))
         image.load()
+        # A CMYK picture's values mean nothing without its profile (the press and paper it was
+        # separated for): converted through it, its colours come out as a browser shows them.
+        icc = image.info.get("icc_profile")
+        cmyk = _srgb_transform(icc, mode="CMYK") if icc and image.mode == "CMYK" else None
         factor = max(image.size) // (2 * min_side) if min_side else 0
         if factor < 2:
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            rgb = _to_rgb(ImageOps.exif_transpose(image), cmyk=cmyk)
         else:
-            rgb = _shrunk_rgb(image, factor)
+            rgb = _shrunk_rgb(image, factor, cmyk=cmyk)
             transpose = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
             rgb = rgb.transpose(transpose) if transpose is not None else rgb
         rgb.info["full_size"] = _displayed_size(image, header_size)
         # an RGB profile describes the values of an RGB, palette or alpha picture as converted;
-        # a CMYK or grey one does not (and ``to_srgb`` would refuse it)
-        icc = image.info.get("icc_profile")
+        # a CMYK one was applied above, and a grey one does not (``to_srgb`` would refuse both)
         if icc and image.mode not in ("CMYK", "L", "LA", *_WIDE_MODES):
             rgb.info["icc_profile"] = icc
         else:
@@ -213,9 +222,11 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
 
 
 _SRGB = ImageCms.createProfile("sRGB")
-# Real RGB profiles take 0.5-60 KB (Display P3 536 bytes, sRGB 3 KB); a JPEG can carry one of up
-# to 16 MB, which no camera writes. A larger one is not read, and the values are taken as sRGB.
-MAX_PROFILE_BYTES = 1 << 20
+# Real RGB profiles take 0.5-60 KB (Display P3 536 bytes, sRGB 3 KB), the press profiles of CMYK
+# files up to about 2 MB (SWOP 557 KB, ISO Coated v2 1.9 MB, their lookup tables); a JPEG can
+# carry one of up to 16 MB. A larger one is not read: RGB values are then taken as sRGB, and CMYK
+# ones go through Pillow's formula.
+MAX_PROFILE_BYTES = 4 << 20
 # A collection's photos share a few profiles (one per camera or phone model): the transforms
 # built for the most recent ones are kept, by a digest of the profile.
 _TRANSFORMS: dict[bytes, ImageCms.ImageCmsTransform | None] = {}
@@ -223,28 +234,29 @@ _TRANSFORMS_KEPT = 16
 _TRANSFORMS_LOCK = threading.Lock()
 
 
-def _build_srgb_transform(icc: bytes) -> ImageCms.ImageCmsTransform | None:
+def _build_srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
+        if mode == "RGB" and "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
             return None
         # shared by a worker's decode threads: LittleCMS's one-pixel cache is not thread-safe
-        return ImageCms.buildTransform(source, _SRGB, "RGB", "RGB", flags=ImageCms.Flags.NOCACHE)
+        return ImageCms.buildTransform(source, _SRGB, mode, "RGB", flags=ImageCms.Flags.NOCACHE)
     except Exception:  # ImageCms.PyCMSError, OSError: a damaged, hostile or non-RGB profile
         return None
 
 
-def _srgb_transform(icc: bytes) -> ImageCms.ImageCmsTransform | None:
-    """The transform from an RGB picture in the colour space ``icc`` describes to sRGB, or None
-    when there is nothing to do: a profile that names itself sRGB, one that is not an RGB space,
-    or one too large or unreadable (then the values are taken as sRGB, as a browser takes them)."""
+def _srgb_transform(icc: bytes, *, mode: str = "RGB") -> ImageCms.ImageCmsTransform | None:
+    """The transform from a ``mode`` (RGB or CMYK) picture in the colour space ``icc`` describes
+    to sRGB, or None when there is nothing to do or nothing sound to do: an RGB profile that names
+    itself sRGB, a profile of another kind of space, or one too large or unreadable. Then RGB
+    values are taken as sRGB, as a browser takes them, and CMYK ones go through Pillow's formula."""
     if len(icc) > MAX_PROFILE_BYTES:
         return None
-    key = hashlib.blake2b(icc, digest_size=16).digest()
+    key = hashlib.blake2b(icc, digest_size=16, person=mode.encode()).digest()
     with _TRANSFORMS_LOCK:
         if key in _TRANSFORMS:
             return _TRANSFORMS[key]
-    transform = _build_srgb_transform(icc)
+    transform = _build_srgb_transform(icc, mode)
     with _TRANSFORMS_LOCK:
         if len(_TRANSFORMS) >= _TRANSFORMS_KEPT:
             del _TRANSFORMS[next(iter(_TRANSFORMS))]  # the oldest

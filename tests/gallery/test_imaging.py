@@ -8,7 +8,9 @@ from PIL import Image as PILImage
 from PIL import ImageChops
 
 from gallery import imaging
-from tests.utils import image_bytes, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
+from tests.utils import (
+    image_bytes, ink_swapping_cmyk_profile, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile,
+)
 from workers.autoencoder.preprocessing import Preprocess
 
 
@@ -295,6 +297,32 @@ def test_a_picture_without_a_usable_profile_keeps_its_values(profile):
     assert picture.getpixel((30, 20)) == (200, 30, 30)
     assert imaging.to_srgb(picture, picture.info.get("icc_profile")) is picture
     assert tuple(Preprocess(32).to_uint8(picture)[:, 16, 16]) == (200, 30, 30)
+
+
+@pytest.mark.parametrize(
+    "fmt, size, min_side",
+    [("JPEG", (60, 40), None), ("JPEG", (1600, 1200), 256), ("TIFF", (1100, 800), 256)],
+    ids=["whole", "jpeg-draft", "tiff-shrunk-in-strips"],
+)
+def test_a_cmyk_picture_is_converted_through_its_own_profile(fmt, size, min_side):
+    """Pure cyan ink (sRGB cyan converted by Pillow) of a press whose cyan prints as magenta (the
+    test profile) shows magenta, as a browser shows it; Pillow's formula alone gives cyan back."""
+    tagged = image_bytes(color=(0, 255, 255), size=size, mode="CMYK", fmt=fmt, icc_profile=ink_swapping_cmyk_profile())
+    picture = imaging.decode_rgb(tagged, min_side=min_side)
+    red, green, blue = picture.getpixel((picture.width // 2, picture.height // 2))
+    assert red > 220 and green < 40 and blue > 220
+    assert "icc_profile" not in picture.info  # applied: the values are sRGB now
+    untagged = imaging.decode_rgb(image_bytes(color=(0, 255, 255), size=size, mode="CMYK", fmt=fmt), min_side=min_side)
+    red, green, blue = untagged.getpixel((untagged.width // 2, untagged.height // 2))
+    assert red < 40 and green > 220 and blue > 220
+
+
+@pytest.mark.parametrize("profile", [b"not a profile" * 40, "rgb"], ids=["damaged", "an-rgb-profile"])
+def test_a_cmyk_picture_with_a_profile_that_does_not_fit_goes_through_the_formula(profile):
+    profile = swapped_primaries_profile() if profile == "rgb" else profile
+    picture = imaging.decode_rgb(image_bytes(color=(0, 255, 255), size=(60, 40), mode="CMYK", fmt="JPEG", icc_profile=profile))
+    red, green, blue = picture.getpixel((30, 20))
+    assert red < 40 and green > 220 and blue > 220
 
 
 def test_a_grey_or_cmyk_picture_does_not_pass_its_profile_on():
