@@ -322,7 +322,7 @@ def test_a_file_that_hangs_its_worker_until_it_is_killed_is_given_up_after_three
 def test_a_file_whose_read_never_returns_is_given_up_after_three_time_limits(prefork_worker):
     """Nobody kills anything here: Celery's time limit ends each attempt, and the sweep, as beat
     runs it, queues the images again."""
-    pid, sender = prefork_worker(CBIR_INDEX_TIME_LIMIT_S="3", CBIR_SWEEP_AFTER_S="1")
+    pid, sender = prefork_worker(CBIR_INDEX_TIME_LIMIT_S="6", CBIR_SWEEP_AFTER_S="1")
     make_encoder()
     hung, others = _pending_rows_one_hung(collection_get_or_create(name="hung"))
 
@@ -359,7 +359,7 @@ def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step
     one, gives up on the file, and the encoder becomes the active one."""
     from search.models import EncoderVersion
 
-    pid, sender = prefork_worker(CBIR_INDEX_TIME_LIMIT_S="3", CBIR_SWEEP_AFTER_S="1")
+    pid, sender = prefork_worker(CBIR_INDEX_TIME_LIMIT_S="6", CBIR_SWEEP_AFTER_S="1")
     make_encoder()
     collection = collection_get_or_create(name="activating")
     images = _pending_rows(collection, {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
