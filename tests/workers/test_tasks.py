@@ -162,7 +162,7 @@ def test_sweep_leaves_images_that_only_wait_for_a_first_encoder():
 
 
 def test_send_survives_a_broker_that_is_down(caplog):
-    unreachable = Celery("down", broker="redis://127.0.0.1:1/0")
+    unreachable = Celery("down", broker="redis://127.0.0.1:1/0", set_as_current=False)
     unreachable.conf.broker_connection_retry = False
     unreachable.conf.broker_transport_options = {"max_retries": 0}
 
@@ -262,7 +262,7 @@ def prefork_worker(transactional_db, media_root):
     params = connection.settings_dict
     host = params["HOST"] or params["OPTIONS"].get("host", "")
     broker = settings.CELERY_BROKER_URL.rsplit("/", 1)[0] + "/9"
-    sender = Celery("sender", broker=broker)
+    sender = Celery("sender", broker=broker, set_as_current=False)  # the product's tasks keep their own app
     sender.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
     sender.control.purge()
     env = {
