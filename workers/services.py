@@ -161,7 +161,12 @@ def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
     ``counted`` is False for the task's retries after a transient database error, which are not
     new attempts. Any other error is recorded on the images still pending (their reason until
     they are indexed), those are queued again one by one when the request held several, and the
-    error goes on to the task, which logs it."""
+    error goes on to the task, which logs it.
+
+    Only the request's pending images are worked on: the others were indexed (or failed) since it
+    was queued, as when the sweep queued an image again while its first request waited in a long
+    queue, or when a request is delivered again after a killed worker. They cost one query."""
+    image_ids = list(Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING).order_by("id").values_list("id", flat=True))
     if counted:
         tried = _images_give_up_on_tried(image_ids)
         if len(image_ids) > 1 and tried:

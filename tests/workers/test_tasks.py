@@ -385,6 +385,19 @@ def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step
 
 
 @pytest.mark.django_db
+def test_a_request_for_images_indexed_since_it_was_queued_does_no_work():
+    """As when the sweep queued an image again while its first request waited in a long queue."""
+    make_encoder()
+    image = _pending_rows(collection_get_or_create(name="done"), {"0.png": image_bytes(pattern=0)})[0]
+    images_index_request(image_ids=[image.pk])
+    path = _image(image.pk).file.path
+    os.unlink(path)
+    os.mkdir(path)  # reading it again would raise
+    images_index_request(image_ids=[image.pk])
+    assert (_image(image.pk).status, _image(image.pk).attempts, _image(image.pk).error) == ("indexed", 0, "")
+
+
+@pytest.mark.django_db
 def test_indexing_again_leaves_refused_files_and_files_uploaded_again():
     collection = collection_get_or_create(name="again")
     images_create(collection=collection, files=[IncomingFile(name="junk.png", data=b"not an image")])
