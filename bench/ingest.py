@@ -2,7 +2,7 @@
 upper bound of decode + resize (to the encoder's input side) alone with the same library
 (Pillow, same JPEG draft decoding) on the same cores, measured before and after the run.
 
-    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2]
+    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2] [--sweep-after S]
 
 Photos: 1024x768 JPEGs (quality 90) made from the shared OpenMoji set: each emoji enlarged onto
 a random gradient background with sensor-like noise, so files are photo-sized (~150-250 KB).
@@ -241,7 +241,11 @@ def _servers(name: str) -> list[psutil.Process]:
     return [proc for proc in psutil.process_iter(["name"]) if (proc.info["name"] or "").startswith(name)]
 
 
-def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> dict:
+# With --sweep-after, how often the bench sends the sweep during the import (beat: every 60 s).
+SWEEP_EVERY_S = 10
+
+
+def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, sweep_after: int | None = None) -> dict:
     from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
 
     _manage("migrate", "--noinput", env=env)
@@ -262,9 +266,10 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
     )
     active = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, text=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "purge", "-f"], cwd=ROOT, env=env, check=True, capture_output=True)
+    worker_env = env if sweep_after is None else {**env, "CBIR_SWEEP_AFTER_S": str(sweep_after)}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "WARNING", "--concurrency", str(workers)],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=worker_env,
     )
     try:
         from workers.autoencoder.model import EncoderConfig
@@ -291,10 +296,16 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str) -> 
             "worker": [monitor, *monitor.children(recursive=True)], "importer": [importer_process],
             "postgres": _servers("postgres"), "redis": _servers("redis"),
         })
+        swept = started
         while importer.poll() is None:
             peak = max(peak, _tree_rss(monitor))
             meter.sample()
             time.sleep(0.5)
+            if sweep_after is not None and time.perf_counter() - swept >= SWEEP_EVERY_S:
+                from workers.tasks import sweep_pending
+
+                sweep_pending.delay()  # as beat sends it, here more often (see --sweep-after)
+                swept = time.perf_counter()
         elapsed = time.perf_counter() - started
         busy = _busy_since(cpu)
         if importer.returncode:
@@ -314,6 +325,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes, and processes for the bound")
     parser.add_argument("--arch", default="patch_kmeans", help="the active encoder's architecture (trained first unless one with today's defaults is active)")
     parser.add_argument("--stages", action="store_true", help="only measure the per-image cost of each stage (needs an encoder)")
+    parser.add_argument(
+        "--sweep-after", type=int, metavar="S",
+        help="run the pending sweep during the import, every 10 s, with CBIR_SWEEP_AFTER_S=S: an import longer than the "
+        "sweep's age (300 s in production, where beat sends it every minute), scaled down to this run's length",
+    )
     args = parser.parse_args()
 
     BENCH_VAR.mkdir(parents=True, exist_ok=True)
@@ -343,7 +359,7 @@ def main() -> None:
     side = DEFAULT_IMAGE_SIZE[args.arch]
     before, busy_before = bound(paths, args.workers, side)
     print(f"bound (decode + resize to {side}px, {args.workers} processes): {before:.1f} images/s", flush=True)
-    result = end_to_end(photo_root, args.images, args.workers, env, args.arch)
+    result = end_to_end(photo_root, args.images, args.workers, env, args.arch, args.sweep_after)
     after, busy_after = bound(paths, args.workers, side)
     print(f"bound again: {after:.1f} images/s", flush=True)
     bounds = [before, after]
@@ -354,6 +370,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "images": args.images,
         "workers": args.workers,
+        "sweep_after_s": args.sweep_after,
         "bound_images_per_second": round(upper, 1),
         "bound_before_after": [round(b, 1) for b in bounds],
         "end_to_end_images_per_second": round(result["images_per_second"], 1),
