@@ -3,7 +3,7 @@ path does it (``imaging.decode_for_encoder``, the WebP thumbnail, ``fit_within(W
 ``Preprocess`` to the default encoder's 32 px), once untagged and once tagged with a wide-gamut
 RGB profile that the thumbnail and the encoder's input are converted from (``imaging.to_srgb``).
 
-    .venv/bin/python bench/colour_profiles.py [--images 200] [--rounds 5] [--cmyk]
+    .venv/bin/python bench/colour_profiles.py [--images 200] [--rounds 5] [--cmyk | --grey]
 
 The photos are written by the script: 1024x768 JPEGs (quality 90) of smooth random gradients with
 noise, each saved twice, without a profile and with one whose primaries differ from sRGB's
@@ -12,7 +12,9 @@ Adobe RGB are, so it converts at the same cost). With ``--cmyk`` the photos are 
 (Pillow's conversion of the same pictures), untagged and tagged with a CMYK press profile
 (``tests.utils.ink_swapping_cmyk_profile``, a lookup table; LittleCMS turns any profile pair into
 one precalculated table for 8-bit pixels, so a press's 33-point profile converts at about the same
-cost per pixel), which ``decode_rgb`` applies as it converts the decoded picture. One process, one torch thread as a worker's
+cost per pixel), which ``decode_rgb`` applies as it converts the decoded picture; with ``--grey``,
+grey JPEGs, untagged and tagged with a grey profile (``tests.utils.linear_grey_profile``, a
+curve). One process, one torch thread as a worker's
 decode threads run; the two sets alternate, and the medians of the rounds are reported, with
 their ratio.
 """
@@ -55,20 +57,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cmyk", action="store_true", help="CMYK JPEGs and a CMYK profile")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--cmyk", action="store_true", help="CMYK JPEGs and a CMYK profile")
+    kind.add_argument("--grey", action="store_true", help="grey JPEGs and a grey profile")
     args = parser.parse_args()
     project.setup_django(VAR)
     import torch
     from django.conf import settings
 
     from gallery import imaging
-    from tests.utils import ink_swapping_cmyk_profile, swapped_primaries_profile
+    from tests.utils import ink_swapping_cmyk_profile, linear_grey_profile, swapped_primaries_profile
     from workers.autoencoder.preprocessing import Preprocess
 
     torch.set_num_threads(1)
     preprocess = Preprocess(32)
     if args.cmyk:
         plain, tagged = photos(args.images, ink_swapping_cmyk_profile(), mode="CMYK")
+    elif args.grey:
+        plain, tagged = photos(args.images, linear_grey_profile(), mode="L")
     else:
         plain, tagged = photos(args.images, swapped_primaries_profile())
 
@@ -88,7 +94,7 @@ def main() -> None:
     medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv), "images": args.images, "rounds": args.rounds, "mode": "CMYK" if args.cmyk else "RGB",
+        "command": " ".join(sys.argv), "images": args.images, "rounds": args.rounds, "mode": "CMYK" if args.cmyk else "L" if args.grey else "RGB",
         "ms_per_image": medians, "all_rounds_ms": {name: [round(v, 3) for v in values] for name, values in times.items()},
         "ratio_tagged_to_untagged": round(medians["tagged"] / medians["untagged"], 3),
     }, indent=2))

@@ -139,13 +139,18 @@ def _peak(image: PILImage.Image) -> float:
     return 65535.0 if image.getextrema()[1] > 255 else 255.0
 
 
+# Modes whose own colour profile ``decode_rgb`` applies as it converts them to RGB.
+_PROFILED_MODES = ("CMYK", "L")
+
+
 def _to_rgb(
-    image: PILImage.Image, *, peak: float | None = None, cmyk: ImageCms.ImageCmsTransform | None = None
+    image: PILImage.Image, *, peak: float | None = None, profile: ImageCms.ImageCmsTransform | None = None
 ) -> PILImage.Image:
-    """``image`` as 8-bit RGB; a CMYK one through ``cmyk`` (its own profile's transform to sRGB)
-    when it has one, else by Pillow's formula (255 minus ink), which shows inks too bright."""
-    if image.mode == "CMYK" and cmyk is not None:
-        return ImageCms.applyTransform(image, cmyk)
+    """``image`` as 8-bit RGB. A CMYK or grey one goes through ``profile`` (its own profile's
+    transform to sRGB) when it has one, else through Pillow's formulas: 255 minus the ink, which
+    shows inks too bright, and grey values taken as sRGB's."""
+    if profile is not None and image.mode in _PROFILED_MODES:
+        return ImageCms.applyTransform(image, profile)
     if image.mode in _WIDE_MODES:
         array = np.asarray(image, dtype=np.float64)
         peak = _peak(image) if peak is None else peak
@@ -160,7 +165,7 @@ def _to_rgb(
     return image.convert("RGB")
 
 
-def _shrunk_rgb(image: PILImage.Image, factor: int, *, cmyk: ImageCms.ImageCmsTransform | None = None) -> PILImage.Image:
+def _shrunk_rgb(image: PILImage.Image, factor: int, *, profile: ImageCms.ImageCmsTransform | None = None) -> PILImage.Image:
     """``image`` as 8-bit RGB, each ``factor`` x ``factor`` box averaged (``Image.reduce``'s box,
     partial at the right and bottom edges), converted a strip of rows at a time so that no
     full-size converted copy exists. Compositing on white and averaging are both linear, so the
@@ -170,7 +175,7 @@ def _shrunk_rgb(image: PILImage.Image, factor: int, *, cmyk: ImageCms.ImageCmsTr
     rows = factor * max(1, STRIP_PIXELS // (width * factor))
     shrunk = PILImage.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
     for top in range(0, height, rows):
-        strip = _to_rgb(image.crop((0, top, width, min(height, top + rows))), peak=peak, cmyk=cmyk)
+        strip = _to_rgb(image.crop((0, top, width, min(height, top + rows))), peak=peak, profile=profile)
         shrunk.paste(strip.reduce(factor), (0, top // factor))
     return shrunk
 
@@ -196,20 +201,21 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
             if scale < 1:
                 image.draft("RGB", (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))))
         image.load()
-        # A CMYK picture's values mean nothing without its profile (the press and paper it was
-        # separated for): converted through it, its colours come out as a browser shows them.
+        # A CMYK picture's values mean little without its profile (the press and paper it was
+        # separated for), and a grey one's profile says how light each value prints (Photoshop's
+        # "Dot Gain 20%"): converted through it, the colours come out as a browser shows them.
         icc = image.info.get("icc_profile")
-        cmyk = _srgb_transform(icc, mode="CMYK") if icc and image.mode == "CMYK" else None
+        profile = _srgb_transform(icc, mode=image.mode) if icc and image.mode in _PROFILED_MODES else None
         factor = max(image.size) // (2 * min_side) if min_side else 0
         if factor < 2:
-            rgb = _to_rgb(ImageOps.exif_transpose(image), cmyk=cmyk)
+            rgb = _to_rgb(ImageOps.exif_transpose(image), profile=profile)
         else:
-            rgb = _shrunk_rgb(image, factor, cmyk=cmyk)
+            rgb = _shrunk_rgb(image, factor, profile=profile)
             transpose = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
             rgb = rgb.transpose(transpose) if transpose is not None else rgb
         rgb.info["full_size"] = _displayed_size(image, header_size)
         # an RGB profile describes the values of an RGB, palette or alpha picture as converted;
-        # a CMYK one was applied above, and a grey one does not (``to_srgb`` would refuse both)
+        # a CMYK or grey one was applied above, or does not fit (``to_srgb`` would refuse both)
         if icc and image.mode not in ("CMYK", "L", "LA", *_WIDE_MODES):
             rgb.info["icc_profile"] = icc
         else:
@@ -246,10 +252,11 @@ def _build_srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform |
 
 
 def _srgb_transform(icc: bytes, *, mode: str = "RGB") -> ImageCms.ImageCmsTransform | None:
-    """The transform from a ``mode`` (RGB or CMYK) picture in the colour space ``icc`` describes
-    to sRGB, or None when there is nothing to do or nothing sound to do: an RGB profile that names
-    itself sRGB, a profile of another kind of space, or one too large or unreadable. Then RGB
-    values are taken as sRGB, as a browser takes them, and CMYK ones go through Pillow's formula."""
+    """The transform from a ``mode`` (RGB, CMYK or L) picture in the colour space ``icc``
+    describes to sRGB, or None when there is nothing to do or nothing sound to do: an RGB profile
+    that names itself sRGB, a profile of another kind of space, or one too large or unreadable.
+    Then RGB and grey values are taken as sRGB's, as a browser takes them, and CMYK ones go
+    through Pillow's formula."""
     if len(icc) > MAX_PROFILE_BYTES:
         return None
     key = hashlib.blake2b(icc, digest_size=16, person=mode.encode()).digest()

@@ -59,30 +59,19 @@ def swapped_primaries_profile() -> bytes:
     return bytes(profile).replace(name, "Swapped R & G".encode("utf-16-be"))
 
 
-def ink_swapping_cmyk_profile() -> bytes:
-    """An ICC v2 CMYK profile (a 2-point lookup table per ink, CMYK to XYZ) whose cyan ink prints
-    as sRGB's magenta and whose magenta ink prints as cyan: a picture tagged with it and stored as
-    pure cyan shows magenta, where Pillow's formula without it gives cyan."""
-    import itertools
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
 
-    def s15(value: float) -> bytes:
-        return struct.pack(">i", round(value * 65536))
 
-    srgb_to_xyz_d50 = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169], [0.0139322, 0.0971045, 0.7141733]])
-    table = bytearray()
-    for cyan, magenta, yellow, black in itertools.product((0, 1), repeat=4):  # the first ink varies slowest
-        rgb = np.array([1 - magenta, 1 - cyan, 1 - yellow], dtype=float) * (1 - black)  # sRGB, linear at 0 and 1
-        for value in srgb_to_xyz_d50 @ rgb:
-            table += struct.pack(">H", round(value / 2 * 65535))  # lut16's XYZ: 0..2 over 0..65535
-    identity = struct.pack(">HH", 0, 65535)
-    a2b0 = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
-            + struct.pack(">HH", 2, 2) + identity * 4 + bytes(table) + identity * 3)
-    name = b"Swapped C & M\0"
+def _icc_profile(device_class: bytes, space: bytes, name: str, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 profile (PCS XYZ, D50) of ``space`` with a description, a white point, a
+    copyright and ``tags``."""
+    text = name.encode() + b"\0"
     tags = [
-        (b"desc", b"desc" + bytes(4) + struct.pack(">I", len(name)) + name + bytes(4 + 4 + 2 + 1 + 67)),
-        (b"wtpt", b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)),
+        (b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)),
+        (b"wtpt", b"XYZ " + bytes(4) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)),
         (b"cprt", b"text" + bytes(4) + b"none\0"),
-        (b"A2B0", a2b0),
+        *tags,
     ]
     directory, data = b"", b""
     start = 128 + 4 + 12 * len(tags)
@@ -91,9 +80,33 @@ def ink_swapping_cmyk_profile() -> bytes:
         directory += signature + struct.pack(">II", start + len(data), len(body))
         data += body
     body = struct.pack(">I", len(tags)) + directory + data
-    header = (struct.pack(">I", 128 + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"prtrCMYKXYZ " + bytes(12)
-              + b"acspAPPL" + bytes(28) + s15(0.9642) + s15(1.0) + s15(0.8249))
+    header = (struct.pack(">I", 128 + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + device_class + space + b"XYZ "
+              + bytes(12) + b"acspAPPL" + bytes(28) + _s15(0.9642) + _s15(1.0) + _s15(0.8249))
     return header + bytes(128 - len(header)) + body
+
+
+def ink_swapping_cmyk_profile() -> bytes:
+    """An ICC v2 CMYK profile (a 2-point lookup table per ink, CMYK to XYZ) whose cyan ink prints
+    as sRGB's magenta and whose magenta ink prints as cyan: a picture tagged with it and stored as
+    pure cyan shows magenta, where Pillow's formula without it gives cyan."""
+    import itertools
+
+    srgb_to_xyz_d50 = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169], [0.0139322, 0.0971045, 0.7141733]])
+    table = bytearray()
+    for cyan, magenta, yellow, black in itertools.product((0, 1), repeat=4):  # the first ink varies slowest
+        rgb = np.array([1 - magenta, 1 - cyan, 1 - yellow], dtype=float) * (1 - black)  # sRGB, linear at 0 and 1
+        for value in srgb_to_xyz_d50 @ rgb:
+            table += struct.pack(">H", round(value / 2 * 65535))  # lut16's XYZ: 0..2 over 0..65535
+    identity = struct.pack(">HH", 0, 65535)
+    a2b0 = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+            + struct.pack(">HH", 2, 2) + identity * 4 + bytes(table) + identity * 3)
+    return _icc_profile(b"prtr", b"CMYK", "Swapped C & M", [(b"A2B0", a2b0)])
+
+
+def linear_grey_profile() -> bytes:
+    """An ICC v2 grey profile whose values are linear in light (gamma 1.0): a mid grey of 128
+    tagged with it is as light as sRGB's 188."""
+    return _icc_profile(b"mntr", b"GRAY", "Linear grey", [(b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, 256))])
 
 
 def vector(*hot: tuple[int, float], dim: int = 256) -> list[float]:

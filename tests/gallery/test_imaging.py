@@ -9,7 +9,7 @@ from PIL import ImageChops
 
 from gallery import imaging
 from tests.utils import (
-    image_bytes, ink_swapping_cmyk_profile, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile,
+    image_bytes, ink_swapping_cmyk_profile, linear_grey_profile, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile,
 )
 from workers.autoencoder.preprocessing import Preprocess
 
@@ -323,6 +323,21 @@ def test_a_cmyk_picture_with_a_profile_that_does_not_fit_goes_through_the_formul
     picture = imaging.decode_rgb(image_bytes(color=(0, 255, 255), size=(60, 40), mode="CMYK", fmt="JPEG", icc_profile=profile))
     red, green, blue = picture.getpixel((30, 20))
     assert red < 40 and green > 220 and blue > 220
+
+
+@pytest.mark.parametrize(
+    "fmt, size, min_side",
+    [("PNG", (60, 40), None), ("JPEG", (1600, 1200), 256), ("PNG", (1100, 800), 256)],
+    ids=["whole", "jpeg-draft", "png-shrunk-in-strips"],
+)
+def test_a_grey_picture_is_converted_through_its_own_profile(fmt, size, min_side):
+    """Mid grey in a linear-light grey space is lighter in sRGB, as a browser shows it."""
+    tagged = image_bytes(color=(128, 128, 128), size=size, mode="L", fmt=fmt, icc_profile=linear_grey_profile())
+    picture = imaging.decode_rgb(tagged, min_side=min_side)
+    assert picture.mode == "RGB" and "icc_profile" not in picture.info
+    assert all(abs(channel - 188) <= 3 for channel in picture.getpixel((picture.width // 2, picture.height // 2)))
+    untagged = imaging.decode_rgb(image_bytes(color=(128, 128, 128), size=size, mode="L", fmt=fmt), min_side=min_side)
+    assert all(abs(channel - 128) <= 3 for channel in untagged.getpixel((untagged.width // 2, untagged.height // 2)))
 
 
 def test_a_grey_or_cmyk_picture_does_not_pass_its_profile_on():
