@@ -5,7 +5,8 @@ the pixel count is checked from the header before any pixel is allocated, decodi
 (truncation, corruption) become an ``ImageRejected`` with a reason a person can read, and
 every mode PIL knows (CMYK, 16-bit, palette, alpha) comes out as 8-bit RGB, alpha composited
 on white, EXIF orientation applied, first frame of an animation. A picture's embedded colour
-profile travels with it (``info["icc_profile"]``) until it is small, then ``to_srgb`` converts it.
+profile travels with it (``info["icc_profile"]``) until it is small, then ``to_srgb`` converts it;
+a CMYK or grey picture's profile is applied as the picture is converted to RGB.
 """
 from __future__ import annotations
 
@@ -230,8 +231,8 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
 _SRGB = ImageCms.createProfile("sRGB")
 # Real RGB profiles take 0.5-60 KB (Display P3 536 bytes, sRGB 3 KB), the press profiles of CMYK
 # files up to about 2 MB (SWOP 557 KB, ISO Coated v2 1.9 MB, their lookup tables); a JPEG can
-# carry one of up to 16 MB. A larger one is not read: RGB values are then taken as sRGB, and CMYK
-# ones go through Pillow's formula.
+# carry one of up to 16 MB. A larger one is not read: RGB and grey values are then taken as
+# sRGB's, and CMYK ones go through Pillow's formula.
 MAX_PROFILE_BYTES = 4 << 20
 # A collection's photos share a few profiles (one per camera or phone model): the transforms
 # built for the most recent ones are kept, by a digest of the profile.

@@ -174,7 +174,8 @@ def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
 
             for image_id in tried:
                 images_enqueue([image_id])
-            image_ids = [image_id for image_id in image_ids if image_id not in set(tried)]
+            alone = set(tried)
+            image_ids = [image_id for image_id in image_ids if image_id not in alone]
         _images_count_attempt(image_ids)
     try:
         images_index(image_ids=image_ids)
