@@ -308,8 +308,9 @@ def images_index_again(*, images: QuerySet[Image]) -> int:
     """Put failed images back to pending, their reason and attempts cleared, and queue them: for
     failures whose cause is gone (a worker that ran out of memory, storage that was unreachable,
     a decoder since upgraded). Left as they are: images whose file was never stored (refused at
-    upload), and those whose file the collection holds again in a live image (uploaded again
-    after it failed), which would otherwise be kept twice. Returns how many were queued."""
+    upload), those whose file the collection holds again in a live image (uploaded again after it
+    failed), and all but the first of failed copies of one file, which would otherwise be kept
+    twice. Returns how many were queued."""
     held_again = Image.objects.filter(collection=OuterRef("collection"), sha256=OuterRef("sha256")).exclude(
         status=Image.Status.FAILED
     )
@@ -318,6 +319,8 @@ def images_index_again(*, images: QuerySet[Image]) -> int:
             images.filter(status=Image.Status.FAILED)
             .exclude(file="")
             .exclude(Exists(held_again))
+            .order_by("collection_id", "sha256", "id")
+            .distinct("collection_id", "sha256")
             .values_list("id", flat=True)
         )
         Image.objects.filter(id__in=ids).update(status=Image.Status.PENDING, error="", attempts=0)

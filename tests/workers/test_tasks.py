@@ -404,7 +404,9 @@ def test_indexing_again_leaves_refused_files_and_files_uploaded_again():
     failed_twice, lost = _pending_rows(collection, {"a.png": image_bytes(pattern=1), "b.png": image_bytes(pattern=2)})
     Image.objects.filter(pk__in=[failed_twice.pk, lost.pk]).update(status=Image.Status.FAILED, error="x", attempts=3)
     Image.objects.create(collection=collection, original_name="a again.png", sha256=failed_twice.sha256)  # uploaded again
+    copy = Image.objects.create(collection=collection, original_name="b copy.png", sha256=lost.sha256, file=lost.file.name)
+    Image.objects.filter(pk=copy.pk).update(status=Image.Status.FAILED, error="x")  # uploaded twice, both failed
     assert images_index_again(images=Image.objects.all()) == 1
     states = dict(Image.objects.values_list("original_name", "status"))
-    assert states == {"junk.png": "failed", "a.png": "failed", "b.png": "pending", "a again.png": "pending"}
+    assert states == {"junk.png": "failed", "a.png": "failed", "b.png": "pending", "a again.png": "pending", "b copy.png": "failed"}
     assert (_image(lost.pk).error, _image(lost.pk).attempts) == ("", 0)
