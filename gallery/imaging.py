@@ -217,7 +217,7 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         rgb.info["full_size"] = _displayed_size(image, header_size)
         # an RGB profile describes the values of an RGB, palette or alpha picture as converted;
         # a CMYK or grey one was applied above, or does not fit (``to_srgb`` would refuse both)
-        if icc and image.mode not in ("CMYK", "L", "LA", *_WIDE_MODES):
+        if icc and image.mode not in (*_PROFILED_MODES, "LA", *_WIDE_MODES):
             rgb.info["icc_profile"] = icc
         else:
             rgb.info.pop("icc_profile", None)

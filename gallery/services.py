@@ -77,8 +77,9 @@ def collection_get_or_create(*, name: str, description: str = "") -> Collection:
     return collection
 
 
-def images_enqueue(image_ids: list[int]) -> None:
-    """Ask the workers to index ``image_ids`` once the current transaction commits.
+def images_enqueue(image_ids: list[int], *, per_request: int = ENQUEUE_CHUNK_SIZE) -> None:
+    """Ask the workers to index ``image_ids``, ``per_request`` images a request (1: each on its
+    own), once the current transaction commits.
 
     ``queued_at`` is stamped now, so the sweep (``workers.tasks.sweep_pending``) can tell a lost
     request from a recent one. A broker that is down does not fail the caller: the rows are
@@ -87,8 +88,8 @@ def images_enqueue(image_ids: list[int]) -> None:
     from workers.tasks import index_images
 
     Image.objects.filter(id__in=image_ids).update(queued_at=timezone.now())
-    for start in range(0, len(image_ids), ENQUEUE_CHUNK_SIZE):
-        chunk = image_ids[start : start + ENQUEUE_CHUNK_SIZE]
+    for start in range(0, len(image_ids), per_request):
+        chunk = image_ids[start : start + per_request]
         transaction.on_commit(lambda chunk=chunk: task_send_safely(index_images, chunk))
 
 

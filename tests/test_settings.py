@@ -9,15 +9,15 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests.utils import database_url
+
 
 @pytest.mark.django_db
 def test_external_urls_start_no_embedded_server(tmp_path):
     params = connection.settings_dict
-    host = params['HOST'] or params['OPTIONS'].get('host', '')  # the embedded server is on a unix socket
-    database_url = f"postgres://{params['USER']}:{params['PASSWORD']}@/{params['NAME']}?host={host}"
     env = {
         **os.environ,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": database_url(),
         "REDIS_URL": settings.CELERY_BROKER_URL,
         "CBIR_VAR_DIR": str(tmp_path / "var"),
         "DJANGO_SETTINGS_MODULE": "cbir_site.settings",

@@ -59,6 +59,16 @@ def swapped_primaries_profile() -> bytes:
     return bytes(profile).replace(name, "Swapped R & G".encode("utf-16-be"))
 
 
+def database_url() -> str:
+    """DATABASE_URL for the test database (the embedded server listens on a unix socket), for
+    processes the tests start."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    host = params["HOST"] or params["OPTIONS"].get("host", "")
+    return f"postgres://{params['USER']}:{params['PASSWORD']}@/{params['NAME']}?host={host}"
+
+
 def _s15(value: float) -> bytes:
     return struct.pack(">i", round(value * 65536))
 

@@ -172,8 +172,7 @@ def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
         if len(image_ids) > 1 and tried:
             from gallery.services import images_enqueue
 
-            for image_id in tried:
-                images_enqueue([image_id])
+            images_enqueue(tried, per_request=1)
             alone = set(tried)
             image_ids = [image_id for image_id in image_ids if image_id not in alone]
         _images_count_attempt(image_ids)
@@ -217,8 +216,7 @@ def _images_record_stopped_attempt(image_ids: list[int], exc: Exception) -> None
         still = Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING)
         still.update(error=f"the last attempt stopped: {type(exc).__name__}: {exc}"[:2000])
         if len(image_ids) > 1:
-            for image_id in sorted(still.values_list("id", flat=True)):
-                images_enqueue([image_id])
+            images_enqueue(sorted(still.values_list("id", flat=True)), per_request=1)
     except Exception:
         logger.exception("could not record the error that stopped indexing images %s", image_ids[:10])
 

@@ -17,7 +17,7 @@ from gallery.services import IncomingFile, collection_get_or_create, images_crea
 from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
+from tests.utils import database_url, image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
 from workers.services import GIVEN_UP_REASON, MAX_INDEX_ATTEMPTS, images_index, images_index_request, pending_sweep
 from workers.tasks import index_images, sweep_pending
 
@@ -261,17 +261,14 @@ def prefork_worker(transactional_db, media_root):
     import sys
 
     from django.conf import settings
-    from django.db import connection
 
-    params = connection.settings_dict
-    host = params["HOST"] or params["OPTIONS"].get("host", "")
     broker = settings.CELERY_BROKER_URL.rsplit("/", 1)[0] + "/9"
     sender = Celery("sender", broker=broker, set_as_current=False)  # the product's tasks keep their own app
     sender.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
     sender.control.purge()
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{params['USER']}:{params['PASSWORD']}@/{params['NAME']}?host={host}",
+        "DATABASE_URL": database_url(),
         "REDIS_URL": broker,
         "CBIR_MEDIA_ROOT": str(media_root),
         "CBIR_VAR_DIR": str(settings.VAR_DIR),
