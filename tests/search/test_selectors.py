@@ -98,7 +98,6 @@ def test_query_expansion_ranks_by_the_query_and_its_nearest_images(fan):
     exact = selectors.SearchFilters(exact=True)
     plain = selectors.vector_list_similar(vector=query, encoder=encoder, k=3, expand=0, filters=exact)
     assert [hit.image.original_name for hit in plain] == ["near", "aside", "beyond"]
-    assert [hit.image.original_name for hit in plain[:2]] == ["near", "aside"]
     # Expanded with "near" (weight 0.95 ** 3), the query leans toward axis 1: "beyond" (0.94 to the
     # expanded query) now ranks before "aside" (0.89), so the two nearest are "near" and "beyond".
     expanded = selectors.vector_list_similar(vector=query, encoder=encoder, k=2, expand=1, filters=exact)
