@@ -140,8 +140,21 @@ def _peak(image: PILImage.Image) -> float:
     return 65535.0 if image.getextrema()[1] > 255 else 255.0
 
 
-# Modes whose own colour profile ``decode_rgb`` applies as it converts them to RGB.
-_PROFILED_MODES = ("CMYK", "L")
+# Modes whose own colour profile ``decode_rgb`` applies as it converts them to RGB, and the mode
+# of the profile that fits each: a grey picture with alpha, or of 16 bits, is first made 8-bit
+# grey (composited on white, or scaled), then goes through its grey profile.
+_PROFILE_MODE = {"CMYK": "CMYK", "L": "L", "LA": "L", "La": "L", **{mode: "L" for mode in _WIDE_MODES}}
+_PROFILED_MODES = tuple(_PROFILE_MODE)
+
+
+def _grey(image: PILImage.Image, *, peak: float | None = None) -> PILImage.Image:
+    """A 16-bit, integer, float or alpha grey picture as 8-bit grey (alpha composited on white)."""
+    if image.mode in ("LA", "La"):
+        grey, alpha = image.convert("LA").split()
+        return PILImage.composite(grey, PILImage.new("L", image.size, 255), alpha)
+    array = np.asarray(image, dtype=np.float64)
+    peak = _peak(image) if peak is None else peak
+    return PILImage.fromarray(np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def _to_rgb(
@@ -151,12 +164,11 @@ def _to_rgb(
     transform to sRGB) when it has one, else through Pillow's formulas: 255 minus the ink, which
     shows inks too bright, and grey values taken as sRGB's."""
     if profile is not None and image.mode in _PROFILED_MODES:
+        if image.mode not in ("CMYK", "L"):
+            image = _grey(image, peak=peak)
         return ImageCms.applyTransform(image, profile)
     if image.mode in _WIDE_MODES:
-        array = np.asarray(image, dtype=np.float64)
-        peak = _peak(image) if peak is None else peak
-        array = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
-        return PILImage.fromarray(array, mode="L").convert("RGB")
+        return _grey(image, peak=peak).convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -206,7 +218,7 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         # separated for), and a grey one's profile says how light each value prints (Photoshop's
         # "Dot Gain 20%"): converted through it, the colours come out as a browser shows them.
         icc = image.info.get("icc_profile")
-        profile = _srgb_transform(icc, mode=image.mode) if icc and image.mode in _PROFILED_MODES else None
+        profile = _srgb_transform(icc, mode=_PROFILE_MODE[image.mode]) if icc and image.mode in _PROFILED_MODES else None
         factor = max(image.size) // (2 * min_side) if min_side else 0
         if factor < 2:
             rgb = _to_rgb(ImageOps.exif_transpose(image), profile=profile)
@@ -217,7 +229,7 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         rgb.info["full_size"] = _displayed_size(image, header_size)
         # an RGB profile describes the values of an RGB, palette or alpha picture as converted;
         # a CMYK or grey one was applied above, or does not fit (``to_srgb`` would refuse both)
-        if icc and image.mode not in (*_PROFILED_MODES, "LA", *_WIDE_MODES):
+        if icc and image.mode not in _PROFILED_MODES:
             rgb.info["icc_profile"] = icc
         else:
             rgb.info.pop("icc_profile", None)

@@ -340,9 +340,39 @@ def test_a_grey_picture_is_converted_through_its_own_profile(fmt, size, min_side
     assert all(abs(channel - 128) <= 3 for channel in untagged.getpixel((untagged.width // 2, untagged.height // 2)))
 
 
+def _grey_png(mode: str, size: tuple[int, int], **save) -> bytes:
+    """Mid grey as a 16-bit grey PNG, or as grey with alpha whose left half is transparent."""
+    width, height = size
+    if mode == "I;16":
+        image = PILImage.fromarray(np.full((height, width), 128 * 257, dtype=np.uint16))
+    else:
+        alpha = np.full((height, width), 255, dtype=np.uint8)
+        alpha[:, : width // 2] = 0
+        image = PILImage.merge("LA", (PILImage.new("L", size, 128), PILImage.fromarray(alpha)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("min_side", [None, 256], ids=["whole", "shrunk-in-strips"])
+@pytest.mark.parametrize("mode", ["LA", "I;16"])
+def test_a_grey_picture_with_alpha_or_16_bits_is_converted_through_its_own_profile(mode, min_side):
+    """As an 8-bit grey one: mid grey in a linear-light grey space shows lighter in sRGB, and
+    transparent pixels stay white."""
+    size = (1100, 800) if min_side else (60, 40)
+    tagged = imaging.decode_rgb(_grey_png(mode, size, icc_profile=linear_grey_profile()), min_side=min_side)
+    untagged = imaging.decode_rgb(_grey_png(mode, size), min_side=min_side)
+    assert tagged.mode == "RGB" and "icc_profile" not in tagged.info
+    right = (tagged.width * 3 // 4, tagged.height // 2)
+    assert all(abs(channel - 188) <= 3 for channel in tagged.getpixel(right))
+    assert all(abs(channel - 128) <= 3 for channel in untagged.getpixel(right))
+    if mode == "LA":
+        assert tagged.getpixel((tagged.width // 4, tagged.height // 2)) == (255, 255, 255)
+
+
 def test_a_grey_or_cmyk_picture_does_not_pass_its_profile_on():
     """Their profiles do not describe the RGB values the decoder makes of them."""
     profile = swapped_primaries_profile()
-    for mode, fmt in (("L", "PNG"), ("CMYK", "JPEG")):
+    for mode, fmt in (("L", "PNG"), ("LA", "PNG"), ("CMYK", "JPEG")):
         picture = imaging.decode_rgb(image_bytes(size=(60, 40), mode=mode, fmt=fmt, icc_profile=profile))
         assert "icc_profile" not in picture.info
