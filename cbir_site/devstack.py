@@ -23,6 +23,17 @@ def _manage(*args: str, env: dict) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
 
 
+def web_process(*, env: dict, host: str = HOST, port: str = PORT) -> subprocess.Popen:
+    """Django's development server, started as `make run` starts it. It serves each request on a
+    thread of its own, so it keeps no database connection between requests
+    (CBIR_DB_CONN_MAX_AGE=0)."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+        cwd=BASE_DIR,
+        env={**env, "CBIR_DB_CONN_MAX_AGE": "0"},
+    )
+
+
 def main() -> int:
     from cbir_site import embedded
 
@@ -55,11 +66,7 @@ def main() -> int:
                 env=env,
             )
         )
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "manage.py", "runserver", f"{HOST}:{PORT}", "--noreload"], cwd=BASE_DIR, env=env
-            )
-        )
+        children.append(web_process(env=env))
         password_file = embedded.var_dir() / "admin-password.txt"
         login = f"user 'admin', password in {password_file}" if password_file.exists() else "your existing superuser"
         print(

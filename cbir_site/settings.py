@@ -74,12 +74,17 @@ TEMPLATES = [
     },
 ]
 
+# Seconds a process keeps its database connection between requests (0: one per request). Worth it
+# where a process or thread serves many requests (gunicorn, Celery); `make run`'s development
+# server starts a thread per request, so it runs with 0: kept connections there outlive their
+# threads until collected, and browsing filled PostgreSQL's 100 connection slots in seconds.
+CBIR_DB_CONN_MAX_AGE = _env_int("CBIR_DB_CONN_MAX_AGE", 60)
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=CBIR_DB_CONN_MAX_AGE)}
 else:
     from cbir_site import embedded
 
-    DATABASES = {"default": dj_database_url.parse(embedded.postgres_url(), conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(embedded.postgres_url(), conn_max_age=CBIR_DB_CONN_MAX_AGE)}
 
 # pgvector's search settings for every connection, so a query needs no SET of its own (a custom
 # "hnsw.*" option given before the extension loads is kept as a placeholder and applied when it loads).
