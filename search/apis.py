@@ -6,6 +6,7 @@ from django.http import QueryDict
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -49,7 +50,12 @@ class SearchParamsSerializer(serializers.Serializer):
 
     def to_internal_value(self, data):
         if hasattr(data, "getlist"):  # QueryDict: collection may repeat and may hold commas
-            collections = [part for value in data.getlist("collection") for part in value.split(",") if part.strip()]
+            collections = []
+            for value in data.getlist("collection"):
+                if isinstance(value, str):
+                    collections.extend(part for part in value.split(",") if part.strip())
+                else:  # a file posted under the name: kept whole, for the field to refuse
+                    collections.append(value)
             data = {key: data.get(key) for key in data} | {"collection": collections}
         return super().to_internal_value(data)
 
@@ -170,6 +176,8 @@ class SearchUploadInputSerializer(SearchParamsSerializer):
 
 class SearchApi(APIView):
     InputSerializer = SearchUploadInputSerializer
+    # the query is a file: a JSON body cannot carry one, and gets a 415 that says so
+    parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
         operation_id="search_by_upload",

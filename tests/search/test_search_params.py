@@ -113,6 +113,22 @@ def test_a_collection_reference_that_names_none_is_a_400_also_in_a_form_field(cl
     assert list(response.json()["errors"]) == ["collection"]
 
 
+def test_a_file_posted_as_the_collection_is_a_400(client, two_collections):
+    """Found by fuzzing: a file under a text field's name reached the comma splitting, a 500."""
+    upload = {"image": SimpleUploadedFile("q.png", image_bytes(pattern=1)), "collection": SimpleUploadedFile("c.txt", b"a")}
+    response = client.post(reverse("api-search"), upload)
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["collection"]
+
+
+@pytest.mark.parametrize("body", [{"collection": ["a", "b"], "k": 3}, [1, 2, 3], "text"], ids=["object", "list", "string"])
+def test_a_json_body_to_the_upload_search_is_a_415_that_says_so(client, two_collections, body):
+    """Found by fuzzing: each of these was a 500. A JSON body cannot carry the query picture."""
+    response = client.post(reverse("api-search"), body, content_type="application/json")
+    assert response.status_code == 415, response.content
+    assert "application/json" in response.json()["error"]
+
+
 def test_a_nul_in_any_query_string_is_a_400_naming_the_parameter(client, admin_client, two_collections):
     a, _ = two_collections
     image = Image.objects.filter(collection=a).first()
