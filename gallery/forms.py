@@ -52,7 +52,7 @@ class UploadImagesForm(forms.Form):
     def clean_folder_paths(self) -> list[str]:
         try:
             paths = json.loads(self.cleaned_data["folder_paths"] or "[]")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             return []
         # Positions pair paths with files: anything but a string stays as "", not dropped.
         return [path if isinstance(path, str) else "" for path in paths] if isinstance(paths, list) else []

@@ -460,6 +460,19 @@ def test_the_admin_takes_a_folder_picked_in_the_browser_with_labels_from_its_fol
     assert nothing.status_code == 200 and "Pick images, .zip archives or a folder." in nothing.content.decode()
 
 
+@pytest.mark.parametrize("paths", ["not json", "[" * 5000, '{"a": 1}', "[1, null]"], ids=["text", "nested-too-deep", "object", "not-strings"])
+def test_folder_paths_that_are_not_a_list_of_paths_leave_the_files_under_their_names(admin_client, collection, paths):
+    """The paths come from the page's script, so anything can arrive; deep nesting (found by
+    fuzzing) made the JSON parser raise RecursionError, a 500."""
+    files = [SimpleUploadedFile("r.png", image_bytes(pattern=1)), SimpleUploadedFile("b.png", image_bytes(pattern=2))]
+    response = admin_client.post(
+        reverse("admin:gallery_collection_upload", args=[collection.pk]),
+        {"folder": files, "folder_paths": paths, "labels_from_dirs": "on"},
+    )
+    assert response.status_code == 302
+    assert dict(Image.objects.filter(collection=collection).values_list("original_name", "label")) == {"r.png": "", "b.png": ""}
+
+
 def test_an_admin_upload_of_too_many_files_gets_a_page_that_says_why(admin_client, collection, settings):
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
     files = [SimpleUploadedFile(f"{i}.png", image_bytes(pattern=i)) for i in range(3)]
