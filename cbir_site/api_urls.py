@@ -7,7 +7,8 @@ from workers.apis import HealthApi
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # a page for browsers: its HTML renderer has no template for OPTIONS' metadata (a 500), so 405
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema", http_method_names=["get", "head"]), name="api-docs"),
     path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
     path("collections/<int:collection_id>/images/", CollectionImageListApi.as_view(), name="api-collection-images"),

@@ -81,3 +81,18 @@ def test_responses_match_the_schema(client, schema, indexed):  # noqa: F811
 def test_interactive_docs_are_served_without_a_cdn(client):
     page = client.get(reverse("api-docs")).content.decode()
     assert "swagger-ui" in page and "cdn.jsdelivr" not in page and "unpkg.com" not in page
+
+
+def test_every_api_route_answers_options_and_other_methods_without_a_server_error(admin_client):
+    """Found by fuzzing every route with every method: OPTIONS on the docs page was a 500 (its
+    HTML renderer has no template for the metadata DRF answers OPTIONS with)."""
+    from cbir_site.api_urls import urlpatterns
+
+    answers = {}
+    for route in urlpatterns:
+        path = "/api/" + str(route.pattern).replace("<int:collection_id>", "1").replace("<int:image_id>", "1")
+        for method in ("options", "head", "put", "patch", "delete"):
+            answers[method.upper(), path] = getattr(admin_client, method)(path).status_code
+    assert len(answers) == 5 * 10
+    assert {key: code for key, code in answers.items() if code >= 500} == {}
+    assert answers["OPTIONS", "/api/docs/"] == 405 and answers["HEAD", "/api/docs/"] == 200
