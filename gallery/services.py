@@ -73,6 +73,9 @@ def collection_get_or_create(*, name: str, description: str = "") -> Collection:
     name = name.strip()
     if not name:
         raise ValueError("a collection needs a name")
+    longest = Collection._meta.get_field("name").max_length
+    if len(name) > longest or "\x00" in name:
+        raise ValueError(f"a collection's name has at most {longest} characters and no NUL character")
     collection, _ = Collection.objects.get_or_create(name=name, defaults={"description": description})
     return collection
 
@@ -525,11 +528,23 @@ def iter_folder(root: Path, *, labels_from_dirs: bool, report: ImportReport) -> 
         if suffix not in IMAGE_SUFFIXES:
             report.skipped.append((str(relative), "not an image file extension"))
             continue
+        data = _read_file(path, name=str(relative), report=report)
+        if data is not None:
+            yield IncomingFile(name=str(relative), data=data, label=relative.parent.name if labels_from_dirs else "")
+
+
+def _read_file(path: Path, *, name: str, report: ImportReport) -> bytes | None:
+    """The bytes of the file at ``path``, or None with the reason in ``report.skipped``: larger
+    than CBIR_MAX_UPLOAD_BYTES (not read), or unreadable (no permission, an I/O error of a disk
+    or network share, gone since it was listed). The import goes on without it."""
+    try:
         if path.stat().st_size > settings.CBIR_MAX_UPLOAD_BYTES:
-            report.skipped.append((str(relative), "file larger than CBIR_MAX_UPLOAD_BYTES"))
-            continue
-        label = relative.parent.name if labels_from_dirs else ""
-        yield IncomingFile(name=str(relative), data=path.read_bytes(), label=label)
+            report.skipped.append((name, "file larger than CBIR_MAX_UPLOAD_BYTES"))
+            return None
+        return path.read_bytes()
+    except OSError as exc:
+        report.skipped.append((name, f"unreadable file: {exc.strerror or exc}"))
+        return None
 
 
 def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterator[IncomingFile]:
@@ -589,8 +604,11 @@ def collection_import(
     elif path.is_file() and zipfile.is_zipfile(path):
         files = iter_zip(path, labels_from_dirs=labels_from_dirs, report=report)
     elif path.is_file():
+        data = _read_file(path, name=path.name, report=report)
         label = path.parent.name if labels_from_dirs else ""
-        files = [IncomingFile(name=path.name, data=path.read_bytes(), label=label)]
+        files = [] if data is None else [IncomingFile(name=path.name, data=data, label=label)]
+    elif path.exists():  # a device, a FIFO, a socket: reading one may never end
+        raise FileNotFoundError(f"not a folder, a .zip archive or a regular file: {path}")
     else:
         raise FileNotFoundError(f"no such file or folder: {path}")
     report.merge(images_create(collection=collection, files=files))

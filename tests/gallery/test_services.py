@@ -11,7 +11,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.files.storage import default_storage
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.urls import reverse
 
@@ -269,6 +269,54 @@ def test_import_images_command_creates_collection(tmp_path, capsys):
     assert "2 queued for indexing, 0 failed, 0 duplicates, 0 skipped" in capsys.readouterr().out
     collection = Collection.objects.get(name="fresh")
     assert sorted(collection.images.values_list("label", flat=True)) == ["red", "red"]
+
+
+def test_an_import_goes_on_past_files_it_cannot_read(tmp_path, monkeypatch, capsys):
+    """A file that cannot be read (no permission, an I/O error of a disk or network share) is
+    reported as skipped with the reason; it used to stop the import with a traceback."""
+    from pathlib import Path
+
+    for index, name in enumerate(("a.png", "b.png", "c.png")):
+        (tmp_path / name).write_bytes(image_bytes(pattern=index))
+    real_read = Path.read_bytes
+
+    def read_bytes(path):  # the tests run as root, whom no permission stops
+        if path.name == "b.png":
+            raise PermissionError(13, "Permission denied")
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    call_command("import_images", str(tmp_path), "--collection", "partly-readable")
+    out = capsys.readouterr().out
+    assert "2 queued for indexing, 0 failed, 0 duplicates, 1 skipped" in out and "b.png: unreadable file: Permission denied" in out
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["a.png", "c.png"]
+
+
+@pytest.mark.parametrize(
+    "path, collection, message",
+    [
+        ("/dev/null", "devices", "not a folder, a .zip archive or a regular file: /dev/null"),
+        (None, "  ", "a collection needs a name"),
+        (None, "c" * 201, "a collection's name has at most 200 characters"),
+    ],
+    ids=["a-device", "a-blank-name", "a-name-too-long"],
+)
+def test_import_images_refuses_what_it_cannot_take_with_a_command_error(tmp_path, path, collection, message):
+    """Each was a traceback (FileNotFoundError, ValueError, the database's DataError)."""
+    (tmp_path / "a.png").write_bytes(image_bytes(pattern=1))
+    with pytest.raises(CommandError, match=message):
+        call_command("import_images", path or str(tmp_path), "--collection", collection)
+    assert not Collection.objects.exists() and not Image.objects.exists()
+
+
+def test_a_single_file_larger_than_the_upload_limit_is_skipped_without_being_read(tmp_path, settings, capsys):
+    settings.CBIR_MAX_UPLOAD_BYTES = 1000
+    big = tmp_path / "big.png"
+    big.write_bytes(image_bytes(size=(300, 300), pattern=3))
+    assert big.stat().st_size > 1000
+    call_command("import_images", str(big), "--collection", "one-file")
+    assert "0 queued for indexing, 0 failed, 0 duplicates, 1 skipped" in capsys.readouterr().out
+    assert not Image.objects.exists()
 
 
 def _stored(collection, count: int) -> list[Image]:

@@ -24,8 +24,12 @@ class Command(BaseCommand):
     def handle(self, *args, path: Path, **options):
         if not path.exists():
             raise CommandError(f"no such file or folder: {path}")
+        if not (path.is_dir() or path.is_file()):  # a device, a FIFO: checked before a collection is made
+            raise CommandError(f"not a folder, a .zip archive or a regular file: {path}")
         try:
             self._import(path, **options)
+        except FileNotFoundError as exc:  # gone, or replaced by a device, since the check above
+            raise CommandError(str(exc)) from None
         except (OperationalError, InterfaceError) as exc:  # the chunk in progress was rolled back, its files removed
             raise CommandError(
                 f"the database does not answer ({' '.join(str(exc).split())}); images committed before stay. "
@@ -33,7 +37,10 @@ class Command(BaseCommand):
             ) from None
 
     def _import(self, path: Path, *, collection: str, labels_from_dirs: bool, wait: bool, **options) -> None:
-        target = collection_get_or_create(name=collection)
+        try:
+            target = collection_get_or_create(name=collection)
+        except ValueError as exc:  # no name, or one the column cannot hold
+            raise CommandError(str(exc)) from None
         try:
             report = collection_import(collection=target, path=path, labels_from_dirs=labels_from_dirs)
         except CollectionGone as gone:
