@@ -358,6 +358,15 @@ def encoder_plan(
         raise ValueError("--use-labels trains the projection of patch_kmeans; use --arch patch_kmeans")
     if not 0 < train_config.held_out < 1:
         raise ValueError("--held-out must be between 0 and 1")
+    if train_config.epochs < 1 or train_config.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be at least 1")
+    if not train_config.learning_rate > 0 or not (train_config.max_minutes is None or train_config.max_minutes > 0):
+        raise ValueError("--lr and --max-minutes must be above 0")
+    if train_config.device != "auto":
+        try:
+            torch.device(train_config.device)
+        except RuntimeError:
+            raise ValueError(f"--device {train_config.device!r} names no device: auto, cpu, cuda, cuda:1 ...") from None
     from search.selectors import vector_column_dim
 
     if model_config.dim != settings.CBIR_EMBEDDING_DIM:

@@ -37,6 +37,13 @@ class Command(BaseCommand):
         ks = sorted(set(k))
         if expand is not None and not 0 <= expand <= MAX_QUERY_EXPANSION:
             raise CommandError(f"--expand must be between 0 and {MAX_QUERY_EXPANSION}")
+        # found out before the evaluation, not after it
+        if plot and (plot.suffix.lower() != ".png" or plot.is_dir()):
+            raise CommandError(f"--plot: name a .png file to write ({plot} is not one)")
+        if plot and not plot.resolve().parent.is_dir():
+            raise CommandError(f"--plot: no folder {plot.resolve().parent} to write {plot.name} in")
+        if plot and plot_queries < 1:
+            raise CommandError("--plot-queries must be at least 1")
         if compare:
             self._compare(target, ks=ks, encoder_ids=compare, as_json=as_json, expand=expand)
             return
@@ -79,7 +86,10 @@ class Command(BaseCommand):
             if len(queries) == count:
                 break
         rows = [(q, image_list_similar(image=q, k=depth, collection_ids=[collection.pk], expand=expand)) for q in queries]
-        result_grid_png(path, rows)
+        try:
+            result_grid_png(path, rows)
+        except OSError as exc:  # no permission, a full disk: the metrics above are recorded already
+            raise CommandError(f"--plot: could not write {path}: {exc.strerror or exc}") from None
         self.stderr.write(f"result grid written to {path}")
 
     def _compare(self, collection, *, ks: list[int], encoder_ids: list[int], as_json: bool, expand: int | None) -> None:

@@ -1,3 +1,4 @@
+import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -45,6 +46,9 @@ class Command(BaseCommand):
             raise CommandError(f"no collection named {o['collection']!r}")
         if o["epochs"] < 1:
             raise CommandError("--epochs must be at least 1")
+        if o["device"].startswith("cuda") and not torch.cuda.is_available():
+            # trained here, in this process (the admin's training runs on a worker, which checks its own)
+            raise CommandError(f"--device {o['device']}: this machine has no CUDA device (use --device auto or cpu)")
         try:
             model_config = EncoderConfig(arch=o["arch"], image_size=o["image_size"], dim=o["dim"])
             planned = encoder_plan(
