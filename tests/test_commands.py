@@ -49,3 +49,11 @@ def test_evaluate_refuses_a_plot_it_could_not_write_before_evaluating(arguments,
     collection_get_or_create(name="c")  # nothing to evaluate: the arguments are refused first
     with pytest.raises(CommandError, match=message):
         call_command("evaluate", "--collection", "c", *arguments)
+
+
+@pytest.mark.parametrize("minutes", ["-5", "nan", "1e308"])
+def test_prune_media_refuses_an_age_that_is_not_a_number_of_minutes(minutes):
+    """NaN passed the check for negative values, and both NaN and 1e308 then raised a traceback
+    (ValueError, OverflowError) building the age: a command that deletes files says what it takes."""
+    with pytest.raises(CommandError, match="--older-than takes minutes from 0 to"):
+        call_command("prune_media", "--older-than", minutes, "--dry-run")

@@ -4,6 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gallery.services import media_orphans_delete
 
+MAX_MINUTES = 10**9  # about 1,900 years; a timedelta holds up to about 2.7 million
+
 
 class Command(BaseCommand):
     help = (
@@ -16,8 +18,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     def handle(self, *args, older_than: float, dry_run: bool, **options):
-        if older_than < 0:
-            raise CommandError("--older-than must not be negative")
+        if not 0 <= older_than <= MAX_MINUTES:  # NaN fails this too
+            raise CommandError(f"--older-than takes minutes from 0 to {MAX_MINUTES:,}")
         orphans = media_orphans_delete(older_than=timedelta(minutes=older_than), dry_run=dry_run)
         for name in orphans[:20]:
             self.stdout.write(f"  {name}")
