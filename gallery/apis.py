@@ -237,7 +237,7 @@ class ImageUploadApi(APIView):
         return Response(
             {
                 "collection": {"id": collection.pk, "name": collection.name},
-                "stored": len(report.created) - len(report.failed),
+                "stored": report.queued,
                 "failed": len(report.failed),
                 "duplicates": len(report.duplicates),
                 "skipped": len(report.skipped),

@@ -50,6 +50,9 @@ class IncomingFile:
 class ImportReport:
     created: list[int] = field(default_factory=list)  # ids of every row stored, failed ones included
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    # of those failures, the ones refused again for the reason an image of the collection with the
+    # same bytes was refused: no new row, (name, that image's id)
+    refused_again: list[tuple[str, int]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     duplicates: list[tuple[str, int | str]] = field(default_factory=list)  # (name, id or name it duplicates)
     results: list[dict] = field(default_factory=list)  # one entry per file, in upload order (for the API)
@@ -57,14 +60,19 @@ class ImportReport:
     def merge(self, other: "ImportReport") -> None:
         self.created += other.created
         self.failed += other.failed
+        self.refused_again += other.refused_again
         self.skipped += other.skipped
         self.duplicates += other.duplicates
         self.results += other.results
 
+    @property
+    def queued(self) -> int:
+        """How many files were stored and queued for indexing."""
+        return len(self.created) - (len(self.failed) - len(self.refused_again))
+
     def summary(self) -> str:
-        queued = len(self.created) - len(self.failed)
         return (
-            f"{queued} queued for indexing, {len(self.failed)} failed, "
+            f"{self.queued} queued for indexing, {len(self.failed)} failed, "
             f"{len(self.duplicates)} duplicates, {len(self.skipped)} skipped"
         )
 
@@ -176,7 +184,9 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     """Store each file as an Image of ``collection`` and queue the good ones for indexing.
 
     A file that is not a usable image still gets a row, ``failed`` with the reason, so the
-    admin sees what happened to every file; it never stops the rest of the batch. A file whose
+    admin sees what happened to every file; it never stops the rest of the batch. Refused again
+    for the same reason as an earlier file of the collection with the same bytes (importing the
+    same folder twice), it is reported failed with that image's id and gets no second row. A file whose
     SHA-256 is already in the collection (and not failed), or earlier in the same upload, is
     reported as a duplicate and not stored again. Rows are committed in chunks, each under a
     lock on the collection row so that concurrent uploads cannot both store the same file, and
@@ -185,6 +195,7 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     report = ImportReport()
     chunk: list[IncomingFile] = []
     seen: dict[str, int] = {}  # sha256 -> image id stored by this call
+    refused: dict[tuple[str, str], int | Image] = {}  # (sha256, reason) -> image refused by this call
 
     def flush(pool: ThreadPoolExecutor) -> None:
         built: list[Image] = []  # this chunk's images, whose files are removed if its rows are not committed
@@ -209,6 +220,15 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                 .exclude(status=Image.Status.FAILED)
                 .values_list("sha256", "id")
             )
+            # images with these bytes refused at upload (no file stored), the first for each reason
+            refused_before = {
+                (digest, reason): image_id
+                for digest, reason, image_id in Image.objects.filter(
+                    collection=collection, sha256__in=set(digests), status=Image.Status.FAILED, file=""
+                )
+                .order_by("-id")
+                .values_list("sha256", "error", "id")
+            }
             # The first copy of each new file is checked and stored side by side; then, in order,
             # every file is either a duplicate of what is already kept or one of those builds.
             first_new: dict[str, int] = {}
@@ -225,24 +245,36 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
             wait(futures.values())
             builds = {index: future.result() for index, future in futures.items()}
             in_chunk: dict[str, Image] = {}
-            entries: list[tuple[IncomingFile, Image | None, Image | int | None]] = []
+            # (file, its new row or None, the image it repeats, the reason when it repeats a refusal)
+            entries: list[tuple[IncomingFile, Image | None, Image | int | None, str | None]] = []
             for index, (incoming, digest) in enumerate(zip(chunk, digests)):
                 original = seen.get(digest) or existing.get(digest) or in_chunk.get(digest)
                 if original is not None:
-                    entries.append((incoming, None, original))
+                    entries.append((incoming, None, original, None))
                     continue
                 # A later copy of a file whose first copy failed its checks is checked on its own.
                 image = builds[index] if index in builds else build(index)
                 if image.status != Image.Status.FAILED:
                     in_chunk[digest] = image
-                entries.append((incoming, image, None))
-            Image.objects.bulk_create([image for _, image, _ in entries if image is not None])
+                elif not image.file:  # refused at upload: by its bytes, unless the limits changed since
+                    key = (digest, image.error)
+                    if (earlier := refused.get(key) or refused_before.get(key)) is not None:
+                        entries.append((incoming, None, earlier, image.error))
+                        continue
+                    refused[key] = image
+                entries.append((incoming, image, None, None))
+            Image.objects.bulk_create([image for _, image, _, _ in entries if image is not None])
             queued = []
-            for incoming, image, original in entries:
+            for incoming, image, original, reason in entries:
                 if image is None:
                     original_id = original.pk if isinstance(original, Image) else original
-                    report.duplicates.append((incoming.name, original_id))
-                    report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": original_id})
+                    if reason is not None:  # refused again: failed, and named by the image refused before
+                        report.failed.append((incoming.name, reason))
+                        report.refused_again.append((incoming.name, original_id))
+                        report.results.append({"name": incoming.name, "id": original_id, "status": "failed", "error": reason})
+                    else:
+                        report.duplicates.append((incoming.name, original_id))
+                        report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": original_id})
                     continue
                 report.created.append(image.id)
                 report.results.append({"name": incoming.name, "id": image.id, "status": image.status, "error": image.error})

@@ -241,10 +241,46 @@ def test_duplicates_across_chunks_keep_the_first_copy_in_order(collection, monke
     kept = {image.original_name: image.pk for image in Image.objects.exclude(status=Image.Status.FAILED)}
     assert sorted(kept) == ["a1", "b1", "c1"]
     assert report.duplicates == [("a2", kept["a1"]), ("b2", kept["b1"]), ("a3", kept["a1"])]
-    # A bad file is recorded each time it comes: a failed row is nothing to be a duplicate of.
-    assert sorted(Image.objects.filter(status=Image.Status.FAILED).values_list("original_name", flat=True)) == ["bad1", "bad2"]
+    # A bad file is reported failed each time it comes, recorded by one row (in the next chunk here).
+    refused = Image.objects.get(status=Image.Status.FAILED)
+    assert refused.original_name == "bad1" and report.refused_again == [("bad2", refused.pk)]
+    assert [name for name, _ in report.failed] == ["bad1", "bad2"] and report.queued == 3
     assert [r["name"] for r in report.results] == [n for n, _ in names_and_data]
     assert len({Image.objects.get(pk=pk).file.name for pk in kept.values()}) == 3
+
+
+def test_importing_a_folder_again_adds_no_second_row_for_its_refused_files(collection, settings, tmp_path):
+    """Each refused file is reported failed again, with the id of the row that recorded its
+    refusal; the collection's failed count stays the number of bad files. Refused for another
+    reason (the limits changed), or accepted now, a file is checked and recorded anew."""
+    folder = tmp_path / "photos"  # beside the test's media folder, not above it
+    folder.mkdir()
+    (folder / "good.png").write_bytes(image_bytes(pattern=1))
+    (folder / "notes.png").write_bytes(b"not a picture at all")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "big.png").write_bytes(image_bytes(size=(300, 300), pattern=2))
+    settings.CBIR_MAX_UPLOAD_BYTES = (folder / "big.png").stat().st_size - 1
+    first = collection_import(collection=collection, path=folder)
+    assert (first.queued, len(first.failed), first.refused_again) == (1, 2, []) and len(first.skipped) == 1
+    assert sorted(name for name, _ in first.skipped) == ["big.png"]  # too large to read from the folder
+    images_create(collection=collection, files=[IncomingFile(name="big.png", data=(folder / "big.png").read_bytes())])
+    rows = {image.original_name: image.pk for image in Image.objects.filter(status=Image.Status.FAILED)}
+    assert sorted(rows) == ["big.png", "empty.png", "notes.png"]
+
+    again = collection_import(collection=collection, path=folder)
+    assert (again.queued, len(again.duplicates)) == (0, 1)
+    assert sorted(again.refused_again) == [("empty.png", rows["empty.png"]), ("notes.png", rows["notes.png"])]
+    results = {entry["name"]: entry for entry in again.results}
+    assert results["notes.png"]["status"] == "failed" and results["notes.png"]["id"] == rows["notes.png"]
+    assert "not an image" in results["notes.png"]["error"]
+    assert Image.objects.filter(status=Image.Status.FAILED).count() == 3
+
+    settings.CBIR_MAX_UPLOAD_BYTES = 50 << 20  # raised: the large file is taken now
+    taken = images_create(collection=collection, files=[IncomingFile(name="big.png", data=(folder / "big.png").read_bytes())])
+    assert taken.queued == 1 and taken.refused_again == []
+    settings.CBIR_MAX_UPLOAD_BYTES = 10  # lowered: refused for another reason, so recorded anew
+    other_reason = images_create(collection=collection, files=[IncomingFile(name="notes.png", data=b"not a picture at all")])
+    assert other_reason.refused_again == [] and len(other_reason.created) == 1 and "file too large" in other_reason.failed[0][1]
 
 
 def test_duplicates_are_per_collection_and_ignore_failed_rows(collection):
