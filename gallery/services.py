@@ -49,6 +49,8 @@ class IncomingFile:
 @dataclass
 class ImportReport:
     created: list[int] = field(default_factory=list)  # ids of every row stored, failed ones included
+    # files whose bytes a worker had failed on: that image queued again instead of a new row (name, id)
+    retried: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     # of those failures, the ones refused again for the reason an image of the collection with the
     # same bytes was refused: no new row, (name, that image's id)
@@ -59,6 +61,7 @@ class ImportReport:
 
     def merge(self, other: "ImportReport") -> None:
         self.created += other.created
+        self.retried += other.retried
         self.failed += other.failed
         self.refused_again += other.refused_again
         self.skipped += other.skipped
@@ -68,7 +71,7 @@ class ImportReport:
     @property
     def queued(self) -> int:
         """How many files were stored and queued for indexing."""
-        return len(self.created) - (len(self.failed) - len(self.refused_again))
+        return len(self.created) + len(self.retried) - (len(self.failed) - len(self.refused_again))
 
     def summary(self) -> str:
         return (
@@ -186,7 +189,9 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     A file that is not a usable image still gets a row, ``failed`` with the reason, so the
     admin sees what happened to every file; it never stops the rest of the batch. Refused again
     for the same reason as an earlier file of the collection with the same bytes (importing the
-    same folder twice), it is reported failed with that image's id and gets no second row. A file whose
+    same folder twice), it is reported failed with that image's id and gets no second row; a file
+    whose stored copy a worker failed on is queued again as that image, its earlier reason
+    cleared (the import is the retry), rather than stored twice. A file whose
     SHA-256 is already in the collection (and not failed), or earlier in the same upload, is
     reported as a duplicate and not stored again. Rows are committed in chunks, each under a
     lock on the collection row so that concurrent uploads cannot both store the same file, and
@@ -220,6 +225,13 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                 .exclude(status=Image.Status.FAILED)
                 .values_list("sha256", "id")
             )
+            # images with these bytes that a worker failed on (their file is stored), the first of each
+            failed_stored = dict(
+                Image.objects.filter(collection=collection, sha256__in=set(digests), status=Image.Status.FAILED)
+                .exclude(file="")
+                .order_by("-id")
+                .values_list("sha256", "id")
+            )
             # images with these bytes refused at upload (no file stored), the first for each reason
             refused_before = {
                 (digest, reason): image_id
@@ -233,7 +245,7 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
             # every file is either a duplicate of what is already kept or one of those builds.
             first_new: dict[str, int] = {}
             for index, digest in enumerate(digests):
-                if digest not in seen and digest not in existing:
+                if digest not in seen and digest not in existing and digest not in failed_stored:
                     first_new.setdefault(digest, index)
             def build(index: int) -> Image:
                 image = _image_build(collection=collection, incoming=chunk[index], sha256=digests[index])
@@ -245,12 +257,18 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
             wait(futures.values())
             builds = {index: future.result() for index, future in futures.items()}
             in_chunk: dict[str, Image] = {}
-            # (file, its new row or None, the image it repeats, the reason when it repeats a refusal)
-            entries: list[tuple[IncomingFile, Image | None, Image | int | None, str | None]] = []
+            # In upload order, what became of each file: ("new", its row), ("duplicate", the image it
+            # repeats), ("retried", the failed image queued again) or ("refused", the image refused
+            # alike, with the reason).
+            entries: list[tuple[IncomingFile, str, Image | int, str]] = []
             for index, (incoming, digest) in enumerate(zip(chunk, digests)):
                 original = seen.get(digest) or existing.get(digest) or in_chunk.get(digest)
                 if original is not None:
-                    entries.append((incoming, None, original, None))
+                    entries.append((incoming, "duplicate", original, ""))
+                    continue
+                if digest in failed_stored:  # its later copies are duplicates of it
+                    seen[digest] = failed_stored[digest]
+                    entries.append((incoming, "retried", failed_stored[digest], ""))
                     continue
                 # A later copy of a file whose first copy failed its checks is checked on its own.
                 image = builds[index] if index in builds else build(index)
@@ -259,31 +277,35 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                 elif not image.file:  # refused at upload: by its bytes, unless the limits changed since
                     key = (digest, image.error)
                     if (earlier := refused.get(key) or refused_before.get(key)) is not None:
-                        entries.append((incoming, None, earlier, image.error))
+                        entries.append((incoming, "refused", earlier, image.error))
                         continue
                     refused[key] = image
-                entries.append((incoming, image, None, None))
-            Image.objects.bulk_create([image for _, image, _, _ in entries if image is not None])
+                entries.append((incoming, "new", image, ""))
+            Image.objects.bulk_create([image for _, kind, image, _ in entries if kind == "new"])
+            retried = [image_id for _, kind, image_id, _ in entries if kind == "retried"]
+            Image.objects.filter(id__in=retried).update(status=Image.Status.PENDING, error="", attempts=0)
             queued = []
-            for incoming, image, original, reason in entries:
-                if image is None:
-                    original_id = original.pk if isinstance(original, Image) else original
-                    if reason is not None:  # refused again: failed, and named by the image refused before
-                        report.failed.append((incoming.name, reason))
-                        report.refused_again.append((incoming.name, original_id))
-                        report.results.append({"name": incoming.name, "id": original_id, "status": "failed", "error": reason})
-                    else:
-                        report.duplicates.append((incoming.name, original_id))
-                        report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": original_id})
-                    continue
-                report.created.append(image.id)
-                report.results.append({"name": incoming.name, "id": image.id, "status": image.status, "error": image.error})
-                if image.status == Image.Status.FAILED:
-                    report.failed.append((image.original_name, image.error))
+            for incoming, kind, image, reason in entries:
+                image_id = image.pk if isinstance(image, Image) else image
+                if kind == "duplicate":
+                    report.duplicates.append((incoming.name, image_id))
+                    report.results.append({"name": incoming.name, "status": "duplicate", "duplicate_of": image_id})
+                elif kind == "retried":
+                    report.retried.append((incoming.name, image_id))
+                    report.results.append({"name": incoming.name, "id": image_id, "status": Image.Status.PENDING, "error": ""})
+                elif kind == "refused":  # failed, and named by the image refused before
+                    report.failed.append((incoming.name, reason))
+                    report.refused_again.append((incoming.name, image_id))
+                    report.results.append({"name": incoming.name, "id": image_id, "status": Image.Status.FAILED, "error": reason})
                 else:
-                    seen[image.sha256] = image.id
-                    queued.append(image.id)
-            images_enqueue(queued)
+                    report.created.append(image_id)
+                    report.results.append({"name": incoming.name, "id": image_id, "status": image.status, "error": image.error})
+                    if image.status == Image.Status.FAILED:
+                        report.failed.append((image.original_name, image.error))
+                    else:
+                        seen[image.sha256] = image_id
+                        queued.append(image_id)
+            images_enqueue(retried + queued)
 
     with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="import") as pool:
         for incoming in files:

@@ -162,14 +162,15 @@ def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_wor
 
 
 def test_import_wait_returns_when_images_only_wait_for_an_encoder(celery_worker, tmp_path, capsys):
-    (tmp_path / "a").mkdir()
+    root = tmp_path / "photos"  # beside the test's media folder, which a second import must not see
+    (root / "a").mkdir(parents=True)
     for i in range(3):
-        (tmp_path / "a" / f"{i}.png").write_bytes(image_bytes(pattern=i))
+        (root / "a" / f"{i}.png").write_bytes(image_bytes(pattern=i))
     # A header that passes the upload's check over data that only the worker's decoder finds cut,
     # and a file that the upload already refuses.
-    (tmp_path / "a" / "cut.jpg").write_bytes(image_bytes(size=(200, 200), fmt="JPEG", pattern=9)[:6000])
-    (tmp_path / "a" / "junk.png").write_bytes(b"not an image")
-    call_command("import_images", str(tmp_path), "--collection", "no-encoder-yet", "--wait")
+    (root / "a" / "cut.jpg").write_bytes(image_bytes(size=(200, 200), fmt="JPEG", pattern=9)[:6000])
+    (root / "a" / "junk.png").write_bytes(b"not an image")
+    call_command("import_images", str(root), "--collection", "no-encoder-yet", "--wait")
     out = capsys.readouterr().out
     assert "3 images are stored and thumbnailed, and wait for an encoder" in out
     assert Image.objects.filter(status=Image.Status.PENDING).exclude(thumbnail="").count() == 3
@@ -177,6 +178,16 @@ def test_import_wait_returns_when_images_only_wait_for_an_encoder(celery_worker,
     assert cut.status == Image.Status.FAILED
     late = out.split("1 failed while indexing:")[1]
     assert f"a/cut.jpg: {cut.error}" in late and "junk.png" not in late  # junk.png was reported at upload
+
+    # The same folder again: the cut file is retried as the same image and fails again in the
+    # worker, the junk is refused again without a second row, the rest are duplicates.
+    call_command("import_images", str(root), "--collection", "no-encoder-yet", "--wait")
+    out = capsys.readouterr().out
+    assert "1 queued for indexing, 1 failed, 3 duplicates, 0 skipped" in out
+    assert f"a/cut.jpg: {cut.error}" in out.split("1 failed while indexing:")[1]
+    assert Image.objects.count() == 5 and Image.objects.get(original_name="a/cut.jpg").status == Image.Status.FAILED
+    originals = [path for path in (tmp_path / "media").rglob("*") if path.suffix in (".png", ".jpg")]
+    assert len(originals) == 4  # the cut file was not stored a second time
 
 
 def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):

@@ -292,9 +292,15 @@ def test_duplicates_are_per_collection_and_ignore_failed_rows(collection):
     other = collection_get_or_create(name="other")
     assert images_create(collection=other, files=[IncomingFile(name="x.png", data=data)]).duplicates == []
 
-    Image.objects.filter(original_name="first.png").update(status=Image.Status.FAILED)
-    retry = images_create(collection=collection, files=[IncomingFile(name="retry.png", data=data)])
-    assert retry.duplicates == [] and len(retry.created) == 1
+    # A worker failed on it (a crash, memory running out): the same bytes again are a retry of that image.
+    first = Image.objects.get(original_name="first.png")
+    Image.objects.filter(pk=first.pk).update(status=Image.Status.FAILED, error="the worker ran out of memory", attempts=3)
+    retry = images_create(collection=collection, files=[IncomingFile(name="retry.png", data=data), IncomingFile(name="copy.png", data=data)])
+    assert retry.duplicates == [("copy.png", first.pk)] and retry.created == [] and retry.retried == [("retry.png", first.pk)]
+    assert retry.queued == 1 and retry.results[0] == {"name": "retry.png", "id": first.pk, "status": "pending", "error": ""}
+    first.refresh_from_db()
+    assert (first.status, first.error, first.attempts, first.original_name) == (Image.Status.PENDING, "", 0, "first.png")
+    assert Image.objects.filter(collection=collection).count() == 1 and first.queued_at is not None
 
 
 def test_import_images_command_creates_collection(tmp_path, capsys):

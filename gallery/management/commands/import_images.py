@@ -82,10 +82,10 @@ class Command(BaseCommand):
         the header check could not see), each with its reason, at most ``LATE_FAILURES_SHOWN``."""
         from gallery.models import Image
 
-        if not report.created:
+        created = set(report.created) | {image_id for _, image_id in report.retried}  # retried: queued again
+        if not created:
             return
         upload_failures = {entry["id"] for entry in report.results if entry.get("status") == "failed"}
-        created = set(report.created)
         late = [
             image
             for image in Image.objects.filter(
