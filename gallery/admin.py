@@ -37,6 +37,10 @@ class CollectionAdmin(admin.ModelAdmin):
         for collection in queryset:
             encoder = encoder_queue_training(collection=collection)
             link = reverse("admin:search_encoderversion_change", args=[encoder.pk])
+            encoder.refresh_from_db()  # sent once committed: here, in autocommit, already
+            if encoder.status == encoder.Status.FAILED:
+                self.message_user(request, format_html('<a href="{}">{}</a>: {}', link, encoder, encoder.error), messages.ERROR)
+                continue
             self.message_user(
                 request,
                 format_html('Training <a href="{}">{}</a> queued; its progress shows on its page.', link, encoder),

@@ -6,6 +6,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from gallery.models import Image
+from gallery.services import task_send_safely
 from search.models import EncoderVersion, Embedding
 
 
@@ -56,7 +57,8 @@ def encoder_activate(*, encoder: EncoderVersion) -> None:
     )
     encoder.status = EncoderVersion.Status.ACTIVATING
     encoder.save(update_fields=["status"])
-    transaction.on_commit(lambda: backfill_embeddings.delay(encoder.pk))
+    # a broker that is down leaves it activating with no progress: the sweep starts it again
+    transaction.on_commit(lambda: task_send_safely(backfill_embeddings, encoder.pk))
 
 
 def images_missing_embedding(*, encoder: EncoderVersion):

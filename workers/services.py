@@ -454,5 +454,16 @@ def encoder_queue_training(
         model_config=model_config,
         train_config=TrainingConfig(epochs=epochs, device=settings.CBIR_DEVICE),
     )
-    transaction.on_commit(lambda: train_encoder.delay(encoder.pk, activate=activate))
+
+    def send() -> None:
+        try:
+            train_encoder.apply_async(args=(encoder.pk,), kwargs={"activate": activate}, retry=False)
+        except Exception as exc:  # the broker is down: no sweep starts a training, so it is failed with the reason
+            logger.warning("could not queue the training of encoder %s (%s)", encoder.pk, exc)
+            EncoderVersion.objects.filter(pk=encoder.pk, status=EncoderVersion.Status.TRAINING).update(
+                status=EncoderVersion.Status.FAILED,
+                error=f"the training could not be queued, as the task broker (Redis) did not answer ({exc}); start it again",
+            )
+
+    transaction.on_commit(send)
     return encoder

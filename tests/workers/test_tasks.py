@@ -174,6 +174,69 @@ def test_send_survives_a_broker_that_is_down(caplog):
     assert "the sweep will retry" in caplog.text
 
 
+@pytest.fixture
+def broker_refuses(monkeypatch):
+    """Every message to these tasks is refused as Redis refuses a connection when it is down."""
+    from kombu.exceptions import OperationalError
+
+    from workers import tasks
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    for task in (tasks.train_encoder, tasks.backfill_embeddings):
+        monkeypatch.setattr(task, "apply_async", refuse)
+
+
+@pytest.mark.django_db
+def test_a_training_that_cannot_be_queued_is_failed_with_the_reason(broker_refuses, django_capture_on_commit_callbacks, caplog):
+    """It raised out of the admin's action, a 500, and left a version in "training" for good: no
+    sweep starts a training."""
+    from search.models import EncoderVersion
+    from workers.services import encoder_queue_training
+
+    collection = collection_get_or_create(name="c")
+    with django_capture_on_commit_callbacks(execute=True):
+        encoder = encoder_queue_training(collection=collection)
+    encoder.refresh_from_db()
+    assert encoder.status == EncoderVersion.Status.FAILED
+    assert "could not be queued" in encoder.error and "Connection refused" in encoder.error
+    assert "could not queue the training" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)  # the admin runs in autocommit, so the message is sent before it answers
+def test_the_admin_says_when_a_training_could_not_be_queued(broker_refuses, admin_client):
+    from search.models import EncoderVersion
+
+    collection = collection_get_or_create(name="c")
+    page = admin_client.post(
+        reverse("admin:gallery_collection_changelist"), {"action": "train_encoder", "_selected_action": [collection.pk]}, follow=True
+    )
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "the training could not be queued" in text and "queued; its progress" not in text
+    assert EncoderVersion.objects.get().status == EncoderVersion.Status.FAILED
+
+
+@pytest.mark.django_db
+def test_an_activation_that_cannot_be_queued_is_left_to_the_sweep(broker_refuses, django_capture_on_commit_callbacks, monkeypatch):
+    """It raised out of the admin's action, a 500, though the encoder was already activating; the
+    sweep starts quiet activations again, once the broker answers."""
+    from search.models import EncoderVersion
+    from search.services import encoder_activate
+    from workers import tasks
+
+    encoder = make_encoder(status="trained")
+    with django_capture_on_commit_callbacks(execute=True):
+        encoder_activate(encoder=encoder)
+    encoder.refresh_from_db()
+    assert encoder.status == EncoderVersion.Status.ACTIVATING
+    sent = []
+    monkeypatch.setattr(tasks.backfill_embeddings, "apply_async", lambda args, **kwargs: sent.append(args))
+    pending_sweep(older_than=timedelta(minutes=5))
+    assert sent == [(encoder.pk,)]
+
+
 def _pending_rows_one_hung(collection) -> tuple[Image, list[int]]:
     """Three pending rows; the first one's stored file is a FIFO: opening it for reading waits for
     a writer that never comes, as a read from a hung network mount does."""
