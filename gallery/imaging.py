@@ -164,7 +164,7 @@ def _to_rgb(
     transform to sRGB) when it has one, else through Pillow's formulas: 255 minus the ink, which
     shows inks too bright, and grey values taken as sRGB's."""
     if profile is not None and image.mode in _PROFILED_MODES:
-        if image.mode not in ("CMYK", "L"):
+        if image.mode != _PROFILE_MODE[image.mode]:  # grey with alpha, or of 16 bits
             image = _grey(image, peak=peak)
         return ImageCms.applyTransform(image, profile)
     if image.mode in _WIDE_MODES:

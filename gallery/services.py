@@ -200,7 +200,7 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     report = ImportReport()
     chunk: list[IncomingFile] = []
     seen: dict[str, int] = {}  # sha256 -> image id stored by this call
-    refused: dict[tuple[str, str], int | Image] = {}  # (sha256, reason) -> image refused by this call
+    refused: dict[tuple[str, str], Image] = {}  # (sha256, reason) -> image refused by this call
 
     def flush(pool: ThreadPoolExecutor) -> None:
         built: list[Image] = []  # this chunk's images, whose files are removed if its rows are not committed
@@ -220,27 +220,23 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
             if not Collection.objects.select_for_update().filter(pk=collection.pk).exists():
                 raise CollectionGone(collection, report)
             digests = list(pool.map(lambda incoming: hashlib.sha256(incoming.data).hexdigest(), chunk))
-            existing = dict(
+            # The collection's images with these bytes, the first of each kind kept (newest first, so
+            # the oldest is written last): kept ones, ones a worker failed on (their file is stored),
+            # and ones refused at upload (no file), by reason.
+            existing: dict[str, int] = {}
+            failed_stored: dict[str, int] = {}
+            refused_before: dict[tuple[str, str], int] = {}
+            for digest, status, stored, reason, image_id in (
                 Image.objects.filter(collection=collection, sha256__in=set(digests))
-                .exclude(status=Image.Status.FAILED)
-                .values_list("sha256", "id")
-            )
-            # images with these bytes that a worker failed on (their file is stored), the first of each
-            failed_stored = dict(
-                Image.objects.filter(collection=collection, sha256__in=set(digests), status=Image.Status.FAILED)
-                .exclude(file="")
                 .order_by("-id")
-                .values_list("sha256", "id")
-            )
-            # images with these bytes refused at upload (no file stored), the first for each reason
-            refused_before = {
-                (digest, reason): image_id
-                for digest, reason, image_id in Image.objects.filter(
-                    collection=collection, sha256__in=set(digests), status=Image.Status.FAILED, file=""
-                )
-                .order_by("-id")
-                .values_list("sha256", "error", "id")
-            }
+                .values_list("sha256", "status", "file", "error", "id")
+            ):
+                if status != Image.Status.FAILED:
+                    existing[digest] = image_id
+                elif stored:
+                    failed_stored[digest] = image_id
+                else:
+                    refused_before[digest, reason] = image_id
             # The first copy of each new file is checked and stored side by side; then, in order,
             # every file is either a duplicate of what is already kept or one of those builds.
             first_new: dict[str, int] = {}
@@ -283,7 +279,7 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
                 entries.append((incoming, "new", image, ""))
             Image.objects.bulk_create([image for _, kind, image, _ in entries if kind == "new"])
             retried = [image_id for _, kind, image_id, _ in entries if kind == "retried"]
-            Image.objects.filter(id__in=retried).update(status=Image.Status.PENDING, error="", attempts=0)
+            _images_back_to_pending(retried)
             queued = []
             for incoming, kind, image, reason in entries:
                 image_id = image.pk if isinstance(image, Image) else image
@@ -381,9 +377,14 @@ def images_index_again(*, images: QuerySet[Image]) -> int:
             .distinct("collection_id", "sha256")
             .values_list("id", flat=True)
         )
-        Image.objects.filter(id__in=ids).update(status=Image.Status.PENDING, error="", attempts=0)
+        _images_back_to_pending(ids)
         images_enqueue(ids)
     return len(ids)
+
+
+def _images_back_to_pending(image_ids: list[int]) -> None:
+    """Failed images made pending again, as new: their reason and attempts cleared (queue them)."""
+    Image.objects.filter(id__in=image_ids).update(status=Image.Status.PENDING, error="", attempts=0)
 
 
 # One statement for a whole batch, the rows as arrays. Django's bulk_update builds a CASE per
@@ -647,23 +648,29 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
             yield IncomingFile(name=str(name), data=data, label=label)
 
 
+def import_path_check(path: Path) -> None:
+    """Raise FileNotFoundError, with a reason a person can read, unless ``path`` is a folder or a
+    regular file (a .zip or an image): a device, a FIFO or a socket may never end when read."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if not (path.is_dir() or path.is_file()):
+        raise FileNotFoundError(f"not a folder, a .zip archive or a regular file: {path}")
+
+
 def collection_import(
     *, collection: Collection, path: Path, labels_from_dirs: bool = False
 ) -> ImportReport:
     """Import a folder tree or a .zip file into ``collection``."""
     report = ImportReport()
     path = Path(path)
+    import_path_check(path)
     if path.is_dir():
         files = iter_folder(path, labels_from_dirs=labels_from_dirs, report=report)
     elif path.is_file() and zipfile.is_zipfile(path):
         files = iter_zip(path, labels_from_dirs=labels_from_dirs, report=report)
-    elif path.is_file():
+    else:
         data = _read_file(path, name=path.name, report=report)
         label = path.parent.name if labels_from_dirs else ""
         files = [] if data is None else [IncomingFile(name=path.name, data=data, label=label)]
-    elif path.exists():  # a device, a FIFO, a socket: reading one may never end
-        raise FileNotFoundError(f"not a folder, a .zip archive or a regular file: {path}")
-    else:
-        raise FileNotFoundError(f"no such file or folder: {path}")
     report.merge(images_create(collection=collection, files=files))
     return report

@@ -6,7 +6,7 @@ from django.db import InterfaceError, OperationalError
 from tqdm import tqdm
 
 from gallery.selectors import collection_stats
-from gallery.services import CollectionGone, StorageFailed, collection_get_or_create, collection_import
+from gallery.services import CollectionGone, StorageFailed, collection_get_or_create, collection_import, import_path_check
 
 
 LATE_FAILURES_SHOWN = 20
@@ -22,13 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="show a progress bar until every image is indexed or failed")
 
     def handle(self, *args, path: Path, **options):
-        if not path.exists():
-            raise CommandError(f"no such file or folder: {path}")
-        if not (path.is_dir() or path.is_file()):  # a device, a FIFO: checked before a collection is made
-            raise CommandError(f"not a folder, a .zip archive or a regular file: {path}")
         try:
+            import_path_check(path)  # before a collection is made
             self._import(path, **options)
-        except FileNotFoundError as exc:  # gone, or replaced by a device, since the check above
+        except FileNotFoundError as exc:  # no such path, a device or a FIFO (or one since the check)
             raise CommandError(str(exc)) from None
         except (OperationalError, InterfaceError) as exc:  # the chunk in progress was rolled back, its files removed
             raise CommandError(
