@@ -2,18 +2,19 @@ from django.contrib import admin, messages
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 
 from search.models import EncoderVersion
+from search.selectors import encoder_reembedding_progress
 from search.services import encoder_activate
 
 
 @admin.register(EncoderVersion)
 class EncoderVersionAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "arch", "dim", "status", "trained_on", "created_at", "activated_at", "summary", "quality"]
+    list_display = ["id", "name", "arch", "dim", "status", "trained_on", "created_at", "activated_at", "summary", "progress", "quality"]
     list_filter = ["status", "arch"]
     readonly_fields = [
-        "arch", "dim", "config", "checkpoint", "trained_on", "status", "summary", "quality", "pictures",
+        "arch", "dim", "config", "checkpoint", "trained_on", "status", "summary", "progress", "quality", "pictures",
         "metrics", "error", "created_at", "activated_at",
     ]
     actions = ["activate"]
@@ -27,6 +28,17 @@ class EncoderVersionAdmin(admin.ModelAdmin):
         text = f"epoch {history['epochs_run']}/{planned}, loss {history['train_loss'][-1]:.4f}"
         if "seconds" in history:
             text += f", {history['seconds']} s on {history.get('device')}"
+        return text
+
+    @admin.display(description="re-embedding")
+    def progress(self, obj):
+        """How far an activation has got, and what stopped it or a training, if anything did."""
+        text = "—"
+        if obj.status == EncoderVersion.Status.ACTIVATING:
+            done, total = encoder_reembedding_progress(encoder=obj)
+            text = f"{min(done, total):,} of {total:,} images"
+        if obj.error and obj.status in (EncoderVersion.Status.ACTIVATING, EncoderVersion.Status.FAILED):
+            return format_html('{}<br><span style="color:#ba2121">{}</span>', text, obj.error[:300])
         return text
 
     @admin.display(description="evaluation (P@10 / mAP@10)")

@@ -37,6 +37,18 @@ class Hit:
         return 1.0 - self.distance
 
 
+def encoder_reembedding_progress(*, encoder: EncoderVersion) -> tuple[int, int]:
+    """(images with a vector from ``encoder``, images that need one: every image not failed), as
+    an activation's re-embedding moves on. The total comes from the counts the database keeps."""
+    from django.db.models import Sum
+
+    from gallery.models import CollectionCount
+
+    total = CollectionCount.objects.exclude(status=Image.Status.FAILED).aggregate(n=Sum("images"))["n"] or 0
+    done = Embedding.objects.filter(encoder=encoder).exclude(image__status=Image.Status.FAILED).count()
+    return done, total
+
+
 def encoder_active() -> EncoderVersion:
     encoder = EncoderVersion.objects.filter(status=EncoderVersion.Status.ACTIVE).first()
     if encoder is None:

@@ -86,7 +86,8 @@ def encoder_promote(*, encoder: EncoderVersion) -> bool:
     EncoderVersion.objects.filter(status=EncoderVersion.Status.ACTIVE).update(status=EncoderVersion.Status.RETIRED)
     encoder.status = EncoderVersion.Status.ACTIVE
     encoder.activated_at = timezone.now()
-    encoder.save(update_fields=["status", "activated_at"])
+    encoder.error = ""  # what stopped its re-embedding on the way, if anything, is behind it
+    encoder.save(update_fields=["status", "activated_at", "error"])
     Embedding.objects.filter(encoder__status=EncoderVersion.Status.RETIRED).delete()
     Image.objects.filter(status=Image.Status.PENDING, embeddings__encoder=encoder).update(
         status=Image.Status.INDEXED, error="", indexed_at=timezone.now()

@@ -94,6 +94,22 @@ def live_encoders() -> list[EncoderVersion]:
     )
 
 
+def _encoder_load(encoder: EncoderVersion):
+    """The embedder of ``encoder``; if its checkpoint cannot be loaded here (deleted, corrupt, or on
+    a volume this worker lacks), that is recorded as the encoder's error and the error goes on."""
+    try:
+        return load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE)
+    except Exception as exc:
+        _encoder_record_error(encoder, f"could not load its checkpoint: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _encoder_record_error(encoder: EncoderVersion, reason: str) -> None:
+    """Shown in the admin beside the encoder until it is promoted."""
+    logger.error("encoder %s: %s", encoder.pk, reason)
+    EncoderVersion.objects.filter(pk=encoder.pk).update(error=reason[:2000])
+
+
 def _embed_batch(batch: list[tuple[Image, PILImage.Image]], encoders: list[EncoderVersion]) -> None:
     ids = [image.id for image, _ in batch]
     for encoder in encoders:
@@ -101,7 +117,14 @@ def _embed_batch(batch: list[tuple[Image, PILImage.Image]], encoders: list[Encod
         todo = [(image, picture) for image, picture in batch if image.id not in done]
         if not todo:
             continue
-        embedder = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE)
+        try:
+            embedder = _encoder_load(encoder)
+        except Exception:
+            # The images are not the cause. Those waiting for the active encoder keep waiting
+            # (the error goes on); an activating encoder's re-embedding gives them its vectors later.
+            if encoder.status == EncoderVersion.Status.ACTIVATING:
+                continue
+            raise
         vectors = embedder.embed([picture for _, picture in todo])
         embeddings_store(encoder=encoder, images=[image for image, _ in todo], vectors=vectors)
     # These attempts finished: the indexed ones' counts went back to 0 in the same UPDATE; this one
@@ -288,13 +311,23 @@ def encoder_backfill_step(*, encoder_id: int) -> bool:
     EncoderVersion.objects.filter(pk=encoder_id).update(progress_at=timezone.now())
     batch = list(images_missing_embedding(encoder=encoder).values_list("id", flat=True)[:EMBEDDING_BATCH_SIZE])
     if batch:
+        # An encoder that cannot be loaded stops here, before any attempt is counted on the images:
+        # they are not the cause, and giving up on them would fail images that search finds now.
+        _encoder_load(encoder)
         # A step that never finished (a killed worker, the time limit) left its images' attempts
         # counted, and the chain, restarted by the sweep, gets the same batch: its images are then
         # taken one per step, and one that stops every step is given up on.
         tried = _images_give_up_on_tried(batch)
         batch = tried[:1] or batch
         _images_count_attempt(batch)
-        images_index(image_ids=batch)
+        try:
+            images_index(image_ids=batch)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            shown = ", ".join(map(str, batch[:10])) + (", ..." if len(batch) > 10 else "")
+            _encoder_record_error(encoder, f"re-embedding stopped on images {shown}: {type(exc).__name__}: {exc}")
+            raise
         return False
     return encoder_promote(encoder=encoder) or not images_missing_embedding(encoder=encoder).exists()
 

@@ -448,6 +448,96 @@ def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step
     assert [(image.status, image.attempts) for image in Image.objects.filter(pk__in=others)] == [("indexed", 0)] * 2
 
 
+def _encoder_without_its_checkpoint(**fields):
+    """An encoder whose checkpoint file this worker cannot read: deleted, or on a volume that a
+    worker on another machine lacks."""
+    encoder = make_encoder(**fields)
+    os.unlink(encoder.checkpoint.path)
+    return encoder
+
+
+@pytest.mark.django_db
+def test_an_activating_encoder_that_cannot_be_loaded_does_not_hold_up_uploads():
+    """The active encoder indexes them; the activating one's error is recorded on it, and its
+    re-embedding gives them their vectors once it can be loaded."""
+    active = make_encoder()
+    broken = _encoder_without_its_checkpoint(status="activating", seed=1)
+    images = _pending_rows(collection_get_or_create(name="uploads"), {f"{i}.png": image_bytes(pattern=i) for i in range(2)})
+
+    images_index_request(image_ids=[image.pk for image in images])
+
+    assert [(image.status, image.attempts, image.error) for image in Image.objects.order_by("id")] == [("indexed", 0, "")] * 2
+    assert set(Embedding.objects.values_list("encoder_id", flat=True)) == {active.pk}
+    broken.refresh_from_db()
+    assert broken.status == "activating"
+    assert broken.error.startswith("could not load its checkpoint: FileNotFoundError")
+
+
+@pytest.mark.django_db
+def test_an_encoder_that_cannot_be_loaded_leaves_the_indexed_images_as_they_are():
+    """Its re-embedding stops with the reason on the encoder, however often the sweep restarts
+    it: the images are not the cause, so no attempt is counted on them and none is given up on."""
+    from workers.services import encoder_backfill_step
+
+    make_encoder()
+    images = _pending_rows(collection_get_or_create(name="kept"), {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    images_index(image_ids=[image.pk for image in images])
+    broken = _encoder_without_its_checkpoint(status="activating", seed=1)
+
+    for _ in range(MAX_INDEX_ATTEMPTS + 1):
+        with pytest.raises(FileNotFoundError):
+            encoder_backfill_step(encoder_id=broken.pk)
+
+    assert [(image.status, image.attempts) for image in Image.objects.order_by("id")] == [("indexed", 0)] * 3
+    broken.refresh_from_db()
+    assert (broken.status, broken.error.split(":")[0]) == ("activating", "could not load its checkpoint")
+    assert not Embedding.objects.filter(encoder=broken).exists()
+
+
+@pytest.mark.django_db
+def test_an_error_that_stops_a_reembedding_step_is_recorded_on_the_encoder_until_it_is_promoted():
+    from search.models import EncoderVersion
+    from workers.services import encoder_backfill_step
+
+    make_encoder()
+    images = _pending_rows(collection_get_or_create(name="stopped"), {f"{i}.png": image_bytes(pattern=i) for i in range(2)})
+    images_index(image_ids=[image.pk for image in images])
+    new = make_encoder(status="activating", seed=1)
+    path = images[1].file.path
+    os.rename(path, path + ".away")
+    os.mkdir(path)  # reading it raises IsADirectoryError, which no decoder check catches
+
+    with pytest.raises(IsADirectoryError):
+        encoder_backfill_step(encoder_id=new.pk)
+    new.refresh_from_db()
+    assert new.error.startswith(f"re-embedding stopped on images {images[0].pk}, {images[1].pk}: IsADirectoryError")
+
+    os.rmdir(path)
+    os.rename(path + ".away", path)
+    while not encoder_backfill_step(encoder_id=new.pk):
+        pass
+    new.refresh_from_db()
+    assert (new.status, new.error) == (EncoderVersion.Status.ACTIVE, "")
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_how_far_a_reembedding_got_and_what_stopped_it(admin_client):
+    from workers.services import encoder_backfill_step
+
+    make_encoder()
+    images = _pending_rows(collection_get_or_create(name="shown"), {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    images_index(image_ids=[image.pk for image in images])
+    new = _encoder_without_its_checkpoint(status="activating", seed=1)
+    embeddings_store(encoder=new, images=images[:1], vectors=np.ones((1, new.dim), dtype=np.float32))  # one done so far
+    with pytest.raises(FileNotFoundError):
+        encoder_backfill_step(encoder_id=new.pk)
+
+    page = admin_client.get(reverse("admin:search_encoderversion_changelist")).content.decode()
+
+    assert "1 of 3 images" in page
+    assert "could not load its checkpoint: FileNotFoundError" in page
+
+
 @pytest.mark.django_db
 def test_a_request_for_images_indexed_since_it_was_queued_does_no_work():
     """As when the sweep queued an image again while its first request waited in a long queue."""
