@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -325,7 +326,13 @@ def picture_list_similar(
     from workers.autoencoder.inference import load_embedder
 
     encoder = encoder or encoder_active()
-    vector = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE).embed([picture])[0]
+    try:
+        embedder = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE)
+    except Exception as exc:  # deleted, corrupt, or on a volume this process lacks: the service's fault, said so
+        reason = f"the checkpoint of encoder #{encoder.pk} could not be loaded ({type(exc).__name__})"
+        logging.getLogger(__name__).error("%s: %s", reason, exc)  # the details (a server path) stay in the log
+        raise SearchUnavailable(f"{reason}; the server's log says why") from exc
+    vector = embedder.embed([picture])[0]
     return vector_list_similar(
         vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids, expand=expand
     )

@@ -139,6 +139,24 @@ def test_no_active_encoder_is_503(client):
     assert collection.pk
 
 
+def test_an_active_encoder_whose_checkpoint_cannot_be_loaded_is_503_not_a_crash(client):
+    """Its file deleted, corrupt, or on a volume this web server lacks: search says so and the
+    page still renders, instead of answering 500."""
+    import os
+
+    collection_get_or_create(name="lost")
+    encoder = make_encoder()
+    os.unlink(encoder.checkpoint.path)
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", image_bytes())})
+    assert response.status_code == 503
+    assert response.json()["error"] == (
+        f"the checkpoint of encoder #{encoder.pk} could not be loaded (FileNotFoundError); the server's log says why"
+    )
+    page = client.post(reverse("search:search-page"), {"image": SimpleUploadedFile("q.png", image_bytes()), "k": 5})
+    assert page.status_code == 200 and "could not be loaded (FileNotFoundError)" in page.content.decode()
+    assert encoder.checkpoint.path not in page.content.decode()  # no server path shown
+
+
 def test_collection_api_counts(client, indexed):
     collection, _ = indexed
     body = client.get(reverse("api-collection-detail", args=[collection.pk])).json()
