@@ -11,7 +11,9 @@ from search.services import encoder_activate
 
 @admin.register(EncoderVersion)
 class EncoderVersionAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "arch", "dim", "status", "trained_on", "created_at", "activated_at", "summary", "progress", "quality"]
+    # arch (in the default name, and a filter), dim and created_at are on each version's page:
+    # the list has to fit a laptop's screen
+    list_display = ["id", "name", "status", "trained_on", "activated_at", "summary", "progress", "quality"]
     list_filter = ["status", "arch"]
     readonly_fields = [
         "arch", "dim", "config", "checkpoint", "trained_on", "status", "summary", "progress", "quality", "pictures",
@@ -19,8 +21,15 @@ class EncoderVersionAdmin(admin.ModelAdmin):
     ]
     actions = ["activate"]
 
+    def has_add_permission(self, request):
+        """Versions come from training (Collections → Train an encoder, or ``train_encoder``): a
+        row added by hand would have no weights, width or architecture."""
+        return False
+
     @admin.display(description="training")
     def summary(self, obj):
+        if obj.status == EncoderVersion.Status.FAILED and obj.error:
+            return format_html('<span style="color:#ba2121">{}</span>', obj.error[:300])
         history = (obj.metrics or {}).get("training") or {}
         if not history.get("train_loss"):
             return "waiting to start" if obj.status == EncoderVersion.Status.TRAINING else "—"
@@ -32,12 +41,12 @@ class EncoderVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="re-embedding")
     def progress(self, obj):
-        """How far an activation has got, and what stopped it or a training, if anything did."""
-        text = "—"
-        if obj.status == EncoderVersion.Status.ACTIVATING:
-            done, total = encoder_reembedding_progress(encoder=obj)
-            text = f"{min(done, total):,} of {total:,} images"
-        if obj.error and obj.status in (EncoderVersion.Status.ACTIVATING, EncoderVersion.Status.FAILED):
+        """How far an activation has got, and what stopped it, if anything did."""
+        if obj.status != EncoderVersion.Status.ACTIVATING:
+            return "—"
+        done, total = encoder_reembedding_progress(encoder=obj)
+        text = f"{min(done, total):,} of {total:,} images"
+        if obj.error:
             return format_html('{}<br><span style="color:#ba2121">{}</span>', text, obj.error[:300])
         return text
 

@@ -539,6 +539,17 @@ def test_the_admin_shows_how_far_a_reembedding_got_and_what_stopped_it(admin_cli
 
 
 @pytest.mark.django_db
+def test_encoder_versions_come_from_training_not_from_the_admins_add_form(admin_client):
+    """A row added by hand had no width: saving it was a 500 (the column is NOT NULL)."""
+    from search.models import EncoderVersion
+
+    response = admin_client.post(reverse("admin:search_encoderversion_add"), {"name": "by hand"})
+    assert response.status_code == 403
+    assert not EncoderVersion.objects.exists()
+    assert reverse("admin:search_encoderversion_add") not in admin_client.get(reverse("admin:search_encoderversion_changelist")).content.decode()
+
+
+@pytest.mark.django_db
 def test_a_request_for_images_indexed_since_it_was_queued_does_no_work():
     """As when the sweep queued an image again while its first request waited in a long queue."""
     make_encoder()
