@@ -21,7 +21,7 @@ from rest_framework.authentication import BasicAuthentication, TokenAuthenticati
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
-OPEN_PATHS = ("/accounts/", "/admin/", "/static/", "/api/health/")
+OPEN_PATHS = ("/accounts/", "/admin/", "/static/", "/api/health/", "/favicon.ico")
 # How long, and for how many credentials, a process remembers HTTP Basic credentials it verified.
 BASIC_AUTH_MEMORY_SECONDS = 300
 BASIC_AUTH_MEMORY_SIZE = 1024

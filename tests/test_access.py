@@ -55,6 +55,19 @@ def test_a_private_site_sends_pages_to_sign_in_and_answers_the_api_with_401(clie
     assert client.post(reverse("api-search"), {"image": image_bytes()}).status_code == 401
     assert client.get(reverse("api-health")).status_code in (200, 503)  # the health check stays open
     assert client.get(reverse("login")).status_code == 200
+    assert client.get("/favicon.ico").status_code == 301  # to the icon, as on an open site
+
+
+def test_pages_name_their_icon_and_favicon_ico_leads_to_it(client):
+    """Browsers ask for /favicon.ico on pages that name no icon (the admin's): a 404 on every visit."""
+    from django.contrib.staticfiles import finders
+    from django.templatetags.static import static
+
+    icon = static("cbir/favicon.svg")
+    assert f'<link rel="icon" href="{icon}"' in client.get(reverse("login")).content.decode()
+    answer = client.get("/favicon.ico")
+    assert (answer.status_code, answer["Location"]) == (301, icon)
+    assert finders.find("cbir/favicon.svg")
 
 
 def test_signing_in_opens_the_private_site_and_signing_out_closes_it(client, private, viewer, stored):
