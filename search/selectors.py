@@ -323,19 +323,25 @@ def picture_list_similar(
 ) -> list[Hit]:
     """The ``k`` images most similar to a decoded RGB picture, embedded here with ``encoder``
     (default: the active one); ``expand`` as for ``vector_list_similar``."""
+    encoder = encoder or encoder_active()
+    return vector_list_similar(
+        vector=picture_embed(picture=picture, encoder=encoder), encoder=encoder, k=k, offset=offset, filters=filters,
+        collection_ids=collection_ids, expand=expand,
+    )
+
+
+def picture_embed(*, picture, encoder: EncoderVersion) -> np.ndarray:
+    """A decoded RGB picture's vector under ``encoder`` (unit length, float32). Raises
+    ``SearchUnavailable`` when the encoder's checkpoint cannot be loaded here."""
     from workers.autoencoder.inference import load_embedder
 
-    encoder = encoder or encoder_active()
     try:
         embedder = load_embedder(encoder.checkpoint.path, device=settings.CBIR_DEVICE)
     except Exception as exc:  # deleted, corrupt, or on a volume this process lacks: the service's fault, said so
         reason = f"the checkpoint of encoder #{encoder.pk} could not be loaded ({type(exc).__name__})"
         logging.getLogger(__name__).error("%s: %s", reason, exc)  # the details (a server path) stay in the log
         raise SearchUnavailable(f"{reason}; the server's log says why") from exc
-    vector = embedder.embed([picture])[0]
-    return vector_list_similar(
-        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids, expand=expand
-    )
+    return np.asarray(embedder.embed([picture])[0], dtype=np.float32)
 
 
 def collection_evaluate(

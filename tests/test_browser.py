@@ -8,6 +8,7 @@ import pytest
 from django.urls import reverse
 
 from gallery.models import Image
+from gallery.services import collection_get_or_create
 from tests.search.test_apis import indexed  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium")
@@ -36,6 +37,7 @@ def test_choosing_dropping_or_pasting_an_image_searches_with_it_and_results_lead
     from playwright.sync_api import sync_playwright
 
     _, pictures = indexed
+    collection_get_or_create(name="elsewhere")
     # Everything the database says is read first: Django refuses ORM calls while Playwright's
     # event loop runs in this thread.
     detail = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
@@ -60,7 +62,19 @@ def test_choosing_dropping_or_pasting_an_image_searches_with_it_and_results_lead
             with page.expect_navigation():  # chosen with the button: no second click on Search
                 page.set_input_files("input[type=file]", str(tmp_path / "c5.png"))
             assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
+            # the same image again, for fewer results (the browser no longer holds the file)
+            page.fill("input[name=k]", "2")
+            with page.expect_navigation():
+                page.click("button[type=submit]")
+            assert page.locator("#results a.tile").count() == 2
+            assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
+            with page.expect_navigation():  # another collection searches at once
+                page.select_option("select[name=collection]", label="elsewhere")
+            assert page.locator("#results a.tile").count() == 0
+            with page.expect_navigation():
+                page.select_option("select[name=collection]", label="All collections")
             tiles = page.locator("#results a.tile")
+            assert tiles.count() == 2
             tiles.first.click()
             page.wait_for_url(live_server.url + detail["c5.png"])
             assert page.locator("#results a.tile").count() == 5  # its similar images, never itself

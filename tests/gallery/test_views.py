@@ -3,7 +3,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from gallery.models import Image
-from gallery.services import IncomingFile, images_create
+from gallery.services import IncomingFile, collection_get_or_create, images_create
 from tests.utils import image_bytes
 from workers.services import images_index
 from tests.search.test_apis import indexed  # noqa: F401  (fixture)
@@ -84,6 +84,58 @@ def test_search_page_ranks_an_upload(client, indexed):  # noqa: F811
         if other.thumbnail.url in page
     )
     assert "sim 1.000" in page
+
+
+def _carried_query(page: str) -> str:
+    import re
+
+    return re.search(r'<input type="hidden" name="query" value="([^"]*)">', page).group(1)
+
+
+def _tiles(page: str) -> list[str]:
+    import re
+
+    return re.findall(r'<a class="tile[^"]*" href="([^"]+)"', page)
+
+
+def test_search_page_searches_again_with_the_same_image_for_another_k_or_collection(client, indexed):  # noqa: F811
+    """A browser cannot keep the chosen file across the page load: the page carries the query."""
+    collection, pictures = indexed
+    url = reverse("search:search-page")
+    first = client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c4.png"]), "k": 3}).content.decode()
+    carried = _carried_query(first)
+    assert carried and len(_tiles(first)) == 3
+
+    again = client.post(url, {"query": carried, "k": 5}).content.decode()
+    assert _tiles(again)[:3] == _tiles(first) and len(_tiles(again)) == 5
+    assert "data:image/webp;base64," in again and _carried_query(again)
+
+    other = collection_get_or_create(name="elsewhere")
+    narrowed = client.post(url, {"query": carried, "k": 5, "collection": other.pk}).content.decode()
+    assert _tiles(narrowed) == [] and "0 most similar" in narrowed
+
+    bad_k = client.post(url, {"query": carried, "k": 0}).content.decode()
+    assert _tiles(bad_k) == [] and _carried_query(bad_k) == carried  # kept for the next try
+
+
+def test_search_page_refuses_a_missing_altered_or_outdated_query(client, indexed):  # noqa: F811
+    from search.services import encoder_activate, encoder_promote
+    from tests.utils import make_encoder
+
+    _, pictures = indexed
+    url = reverse("search:search-page")
+    assert "Choose an image to search with." in client.post(url, {"k": 3}).content.decode()
+    carried = _carried_query(client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c1.png"]), "k": 3}).content.decode())
+    altered = carried[:-3] + ("AAA" if carried[-3:] != "AAA" else "BBB")
+    page = client.post(url, {"query": altered, "k": 3}).content.decode()
+    assert "was altered; choose the image again" in page and _tiles(page) == []
+
+    newer = make_encoder(status="trained", seed=1)
+    encoder_activate(encoder=newer)
+    images_index(image_ids=list(Image.objects.values_list("id", flat=True)), encoders=[newer])
+    assert encoder_promote(encoder=newer)
+    page = client.post(url, {"query": carried, "k": 3}).content.decode()
+    assert "The search engine was updated since that search" in page and _tiles(page) == []
 
 
 def test_search_page_explains_a_bad_file(client, indexed):  # noqa: F811

@@ -17,6 +17,15 @@
   input.addEventListener("change", () => {
     if (input.files.length) form.requestSubmit();
   });
+  // After a search the form carries its image (the hidden "query"): another collection searches
+  // again at once; a new number of results, with Enter or the button.
+  const carried = form.querySelector("input[name=query]");
+  const collection = form.querySelector("select[name=collection]");
+  if (collection) {
+    collection.addEventListener("change", () => {
+      if (carried && carried.value) form.requestSubmit();
+    });
+  }
   document.addEventListener("dragover", (event) => {
     if (!carriesFiles(event)) return;
     event.preventDefault();
