@@ -1,11 +1,21 @@
+import unicodedata
 import uuid
 from pathlib import PurePath
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
+def validate_one_line_name(value: str) -> None:
+    """A name shown in lists, links and a terminal: no control characters (NUL, tab, line breaks,
+    escapes), which would be invisible or break its line. Emoji joiners and other format characters
+    stay allowed."""
+    if any(unicodedata.category(character) == "Cc" for character in value):
+        raise ValidationError("a name cannot hold control characters (NUL, tabs, line breaks, escapes)")
+
+
 class Collection(models.Model):
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_one_line_name])
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
@@ -21,7 +22,7 @@ from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from gallery import imaging
-from gallery.models import Collection, Image
+from gallery.models import Collection, Image, validate_one_line_name
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,12 @@ def collection_get_or_create(*, name: str, description: str = "") -> Collection:
     if not name:
         raise ValueError("a collection needs a name")
     longest = Collection._meta.get_field("name").max_length
-    if len(name) > longest or "\x00" in name:
-        raise ValueError(f"a collection's name has at most {longest} characters and no NUL character")
+    if len(name) > longest:
+        raise ValueError(f"a collection's name has at most {longest} characters")
+    try:
+        validate_one_line_name(name)
+    except ValidationError as exc:
+        raise ValueError(exc.messages[0]) from exc
     collection, _ = Collection.objects.get_or_create(name=name, defaults={"description": description})
     return collection
 

@@ -340,8 +340,10 @@ def test_an_import_goes_on_past_files_it_cannot_read(tmp_path, monkeypatch, caps
         ("/dev/null", "devices", "not a folder, a .zip archive or a regular file: /dev/null"),
         (None, "  ", "a collection needs a name"),
         (None, "c" * 201, "a collection's name has at most 200 characters"),
+        (None, "a\x01b", "a name cannot hold control characters"),
+        (None, "two\nlines", "a name cannot hold control characters"),
     ],
-    ids=["a-device", "a-blank-name", "a-name-too-long"],
+    ids=["a-device", "a-blank-name", "a-name-too-long", "a-control-character", "a-line-break"],
 )
 def test_import_images_refuses_what_it_cannot_take_with_a_command_error(tmp_path, path, collection, message):
     """Each was a traceback (FileNotFoundError, ValueError, the database's DataError)."""
@@ -349,6 +351,17 @@ def test_import_images_refuses_what_it_cannot_take_with_a_command_error(tmp_path
     with pytest.raises(CommandError, match=message):
         call_command("import_images", path or str(tmp_path), "--collection", collection)
     assert not Collection.objects.exists() and not Image.objects.exists()
+
+
+def test_the_admin_refuses_a_collection_name_with_control_characters_and_keeps_emoji_sequences(admin_client):
+    from django.urls import reverse
+
+    add = reverse("admin:gallery_collection_add")
+    page = admin_client.post(add, {"name": "bell\x07", "description": ""})
+    assert page.status_code == 200 and "a name cannot hold control characters" in page.content.decode()
+    family = "family \U0001F468\u200D\U0001F469\u200D\U0001F467"  # joined by zero-width joiners (format characters)
+    assert admin_client.post(add, {"name": family, "description": ""}).status_code == 302
+    assert list(Collection.objects.values_list("name", flat=True)) == [family]
 
 
 def test_a_single_file_larger_than_the_upload_limit_is_skipped_without_being_read(tmp_path, settings, capsys):
