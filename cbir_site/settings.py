@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # counts with thousands separators on the pages
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",

@@ -21,6 +21,22 @@ def test_gallery_lists_collections_and_thumbnails(client, indexed):  # noqa: F81
     assert "not an image" in detail  # the failed upload shows its reason
 
 
+def test_counts_read_as_english_one_image_and_thousands_separated(client):
+    one = collection_get_or_create(name="one")
+    Image.objects.create(collection=one, original_name="a.png", sha256="a")
+    many = collection_get_or_create(name="many")
+    Image.objects.bulk_create(Image(collection=many, original_name=f"{i}.png", sha256=str(i)) for i in range(1234))
+
+    listing = client.get(reverse("gallery:collection-list")).content.decode()
+    assert "<span>1 image</span>" in listing and "<span>1,234 images</span>" in listing
+    assert '<b data-count="total">1</b> <span data-plural="total">image</span>' in client.get(
+        reverse("gallery:collection-detail", args=[one.pk])
+    ).content.decode()
+    detail = client.get(reverse("gallery:collection-detail", args=[many.pk])).content.decode()
+    assert '<b data-count="total">1,234</b> <span data-plural="total">images</span>' in detail
+    assert "1,234 images still being processed" in detail
+
+
 def test_collection_page_narrows_to_a_status_and_shows_why_images_failed(client, indexed):  # noqa: F811
     collection, _ = indexed
     truncated = image_bytes(size=(200, 200), fmt="JPEG", pattern=9)[:6000]  # a header that passes, data that does not
