@@ -65,10 +65,15 @@ def image_detail(request, image_id: int):
     k = settings.CBIR_SEARCH_DEFAULT_K * 2
     within = request.GET.get("scope", "collection") == "collection"
     hits, problem = [], ""
-    try:
-        hits = search_selectors.image_list_similar(image=image, k=k, collection_ids=[image.collection_id] if within else None)
-    except (search_selectors.SearchUnavailable, search_selectors.ImageNotIndexed) as exc:
-        problem = str(exc)
+    if image.status == Image.Status.FAILED:
+        problem = "This file could not be indexed (the reason is above), so it has no similar images."
+    elif image.status == Image.Status.PENDING:
+        problem = "This image is still being indexed; its similar images show here once it is."
+    else:
+        try:
+            hits = search_selectors.image_list_similar(image=image, k=k, collection_ids=[image.collection_id] if within else None)
+        except (search_selectors.SearchUnavailable, search_selectors.ImageNotIndexed) as exc:
+            problem = str(exc)
     return render(
         request,
         "gallery/image_detail.html",

@@ -86,6 +86,19 @@ def test_image_page_shows_similar_images_with_similarity(client, indexed):  # no
     assert f'src="{image.file.url}"' not in page
 
 
+def test_the_page_of_a_failed_or_pending_image_says_why_it_has_no_similar_images(client, indexed):  # noqa: F811
+    collection, _ = indexed
+    failed = Image.objects.get(status="failed")
+    page = client.get(reverse("gallery:image-detail", args=[failed.pk])).content.decode()
+    assert page.count(failed.error) == 1  # once, beside its status
+    assert "could not be indexed (the reason is above)" in page
+    assert "None" not in page and "Similar images in" not in page  # no size was ever read; no scope to pick
+
+    pending = Image.objects.create(collection=collection, original_name="new.png", sha256="new", width=30, height=20)
+    page = client.get(reverse("gallery:image-detail", args=[pending.pk])).content.decode()
+    assert "30×20 · pending" in page and "still being indexed" in page and "Similar images in" not in page
+
+
 def test_search_page_ranks_an_upload(client, indexed):  # noqa: F811
     _, pictures = indexed
     empty = client.get(reverse("search:search-page")).content.decode()
