@@ -286,7 +286,11 @@ def image_list_similar(
     encoder = encoder or encoder_active()
     embedding = Embedding.objects.filter(image=image, encoder=encoder).only("vector").first()
     if embedding is None:
-        raise ImageNotIndexed(f"image {image.pk} is {image.status}" + (f": {image.error}" if image.error else ""))
+        state = {
+            Image.Status.FAILED: "it could not be indexed",
+            Image.Status.PENDING: "it is still being indexed",
+        }.get(image.status, "it has no vector from the active encoder yet")
+        raise ImageNotIndexed(f"image {image.pk} has no similar images: {state}" + (f" ({image.error})" if image.error else ""))
     filters = replace(
         filters,
         exclude_image_ids=(*filters.exclude_image_ids, image.pk),

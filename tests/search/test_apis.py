@@ -130,6 +130,7 @@ def test_unknown_image_is_404_and_failed_image_is_409(client, indexed):
     failed = Image.objects.get(original_name="bad.png")
     response = client.get(reverse("api-image-similar", args=[failed.pk]))
     assert response.status_code == 409 and response.json()["status"] == "failed"
+    assert response.json()["error"] == f"image {failed.pk} has no similar images: it could not be indexed ({failed.error})"
 
 
 def test_no_active_encoder_is_503(client):
