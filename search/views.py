@@ -29,12 +29,14 @@ class CarriedQuery:
         return signing.dumps(payload, salt=CARRIED_QUERY_SALT, compress=True)
 
     @classmethod
-    def loads(cls, token: str) -> "CarriedQuery":
-        """Raises ``signing.BadSignature`` (``SignatureExpired`` among them) for anything but a token
-        this site made in the last day."""
-        payload = signing.loads(token, salt=CARRIED_QUERY_SALT, max_age=CARRIED_QUERY_MAX_AGE_S)
-        vector = np.frombuffer(base64.b64decode(payload["vector"]), dtype="<f4").astype(np.float32)
-        return cls(encoder_id=int(payload["encoder"]), vector=vector, preview=str(payload["preview"]))
+    def loads(cls, token: str) -> "CarriedQuery | None":
+        """The query of a token this site made in the last day; None for anything else."""
+        try:
+            payload = signing.loads(token, salt=CARRIED_QUERY_SALT, max_age=CARRIED_QUERY_MAX_AGE_S)
+            vector = np.frombuffer(base64.b64decode(payload["vector"]), dtype="<f4").astype(np.float32)
+            return cls(encoder_id=int(payload["encoder"]), vector=vector, preview=str(payload["preview"]))
+        except (signing.BadSignature, ValueError, KeyError, TypeError):  # SignatureExpired is a BadSignature
+            return None
 
 
 class SearchForm(forms.Form):
@@ -53,9 +55,8 @@ class SearchForm(forms.Form):
         if not cleaned.get("query"):
             self.add_error("image", "Choose an image to search with.")
             return cleaned
-        try:
-            cleaned["carried"] = CarriedQuery.loads(cleaned["query"])
-        except (signing.BadSignature, ValueError, KeyError, TypeError):
+        cleaned["carried"] = CarriedQuery.loads(cleaned["query"])
+        if cleaned["carried"] is None:
             self.add_error("image", "That search is over a day old or was altered; choose the image again.")
         return cleaned
 
@@ -90,12 +91,9 @@ def search_page(request):
             form.add_error("image", f"This file cannot be searched with: {exc}")
         except selectors.SearchUnavailable as exc:
             problem = str(exc)
-    elif request.method == "POST" and request.POST.get("query"):
-        try:  # a bad number of results, say: the image stays carried for the next try
-            query = CarriedQuery.loads(request.POST["query"])
-            query_preview, carry = "data:image/webp;base64," + query.preview, request.POST["query"]
-        except (signing.BadSignature, ValueError, KeyError, TypeError):
-            pass
+    elif request.method == "POST" and (query := CarriedQuery.loads(request.POST.get("query", ""))):
+        # a bad number of results, say: the image stays carried for the next try
+        query_preview, carry = "data:image/webp;base64," + query.preview, request.POST["query"]
     return render(
         request,
         "search/search.html",
