@@ -144,7 +144,6 @@ def _peak(image: PILImage.Image) -> float:
 # of the profile that fits each: a grey picture with alpha, or of 16 bits, is first made 8-bit
 # grey (composited on white, or scaled), then goes through its grey profile.
 _PROFILE_MODE = {"CMYK": "CMYK", "L": "L", "LA": "L", "La": "L", **{mode: "L" for mode in _WIDE_MODES}}
-_PROFILED_MODES = tuple(_PROFILE_MODE)
 
 
 def _grey(image: PILImage.Image, *, peak: float | None = None) -> PILImage.Image:
@@ -163,7 +162,7 @@ def _to_rgb(
     """``image`` as 8-bit RGB. A CMYK or grey one goes through ``profile`` (its own profile's
     transform to sRGB) when it has one, else through Pillow's formulas: 255 minus the ink, which
     shows inks too bright, and grey values taken as sRGB's."""
-    if profile is not None and image.mode in _PROFILED_MODES:
+    if profile is not None and image.mode in _PROFILE_MODE:
         if image.mode != _PROFILE_MODE[image.mode]:  # grey with alpha, or of 16 bits
             image = _grey(image, peak=peak)
         return ImageCms.applyTransform(image, profile)
@@ -218,7 +217,7 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         # separated for), and a grey one's profile says how light each value prints (Photoshop's
         # "Dot Gain 20%"): converted through it, the colours come out as a browser shows them.
         icc = image.info.get("icc_profile")
-        profile = _srgb_transform(icc, mode=_PROFILE_MODE[image.mode]) if icc and image.mode in _PROFILED_MODES else None
+        profile = _srgb_transform(icc, mode=_PROFILE_MODE[image.mode]) if icc and image.mode in _PROFILE_MODE else None
         factor = max(image.size) // (2 * min_side) if min_side else 0
         if factor < 2:
             rgb = _to_rgb(ImageOps.exif_transpose(image), profile=profile)
@@ -229,7 +228,7 @@ def decode_rgb(data: bytes, *, min_side: int | None = None) -> PILImage.Image:
         rgb.info["full_size"] = _displayed_size(image, header_size)
         # an RGB profile describes the values of an RGB, palette or alpha picture as converted;
         # a CMYK or grey one was applied above, or does not fit (``to_srgb`` would refuse both)
-        if icc and image.mode not in _PROFILED_MODES:
+        if icc and image.mode not in _PROFILE_MODE:
             rgb.info["icc_profile"] = icc
         else:
             rgb.info.pop("icc_profile", None)

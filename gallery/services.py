@@ -22,7 +22,7 @@ from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from gallery import imaging
-from gallery.models import Collection, Image, validate_one_line_name
+from gallery.models import Collection, Image
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,11 @@ def collection_get_or_create(*, name: str, description: str = "") -> Collection:
     name = name.strip()
     if not name:
         raise ValueError("a collection needs a name")
-    longest = Collection._meta.get_field("name").max_length
-    if len(name) > longest:
-        raise ValueError(f"a collection's name has at most {longest} characters")
+    field = Collection._meta.get_field("name")
+    if len(name) > field.max_length:
+        raise ValueError(f"a collection's name has at most {field.max_length} characters")
     try:
-        validate_one_line_name(name)
+        field.run_validators(name)  # the model's, as the admin's form runs them
     except ValidationError as exc:
         raise ValueError(exc.messages[0]) from exc
     collection, _ = Collection.objects.get_or_create(name=name, defaults={"description": description})

@@ -9,6 +9,11 @@ from search.selectors import encoder_reembedding_progress
 from search.services import encoder_activate
 
 
+def _error_html(encoder: EncoderVersion) -> str:
+    """What stopped its training or its re-embedding, in the admin's red."""
+    return format_html('<span style="color:#ba2121">{}</span>', encoder.error[:300])
+
+
 @admin.register(EncoderVersion)
 class EncoderVersionAdmin(admin.ModelAdmin):
     # arch (in the default name, and a filter), dim and created_at are on each version's page:
@@ -29,7 +34,7 @@ class EncoderVersionAdmin(admin.ModelAdmin):
     @admin.display(description="training")
     def summary(self, obj):
         if obj.status == EncoderVersion.Status.FAILED and obj.error:
-            return format_html('<span style="color:#ba2121">{}</span>', obj.error[:300])
+            return _error_html(obj)
         history = (obj.metrics or {}).get("training") or {}
         if not history.get("train_loss"):
             return "waiting to start" if obj.status == EncoderVersion.Status.TRAINING else "—"
@@ -45,10 +50,8 @@ class EncoderVersionAdmin(admin.ModelAdmin):
         if obj.status != EncoderVersion.Status.ACTIVATING:
             return "—"
         done, total = encoder_reembedding_progress(encoder=obj)
-        text = f"{min(done, total):,} of {total:,} images"
-        if obj.error:
-            return format_html('{}<br><span style="color:#ba2121">{}</span>', text, obj.error[:300])
-        return text
+        text = f"{done:,} of {total:,} images"
+        return format_html("{}<br>{}", text, _error_html(obj)) if obj.error else text
 
     @admin.display(description="evaluation (P@10 / mAP@10)")
     def quality(self, obj):

@@ -11,12 +11,12 @@ import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import BooleanField, ExpressionWrapper, FloatField, Value
+from django.db.models import BooleanField, ExpressionWrapper, FloatField, Sum, Value
 from django.db.models.expressions import RawSQL
 from pgvector.django import CosineDistance
 
 from gallery import imaging
-from gallery.models import Image
+from gallery.models import CollectionCount, Image
 from search.models import EncoderVersion, Embedding
 
 
@@ -41,10 +41,6 @@ class Hit:
 def encoder_reembedding_progress(*, encoder: EncoderVersion) -> tuple[int, int]:
     """(images with a vector from ``encoder``, images that need one: every image not failed), as
     an activation's re-embedding moves on. The total comes from the counts the database keeps."""
-    from django.db.models import Sum
-
-    from gallery.models import CollectionCount
-
     total = CollectionCount.objects.exclude(status=Image.Status.FAILED).aggregate(n=Sum("images"))["n"] or 0
     done = Embedding.objects.filter(encoder=encoder).exclude(image__status=Image.Status.FAILED).count()
     return done, total

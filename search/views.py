@@ -91,9 +91,12 @@ def search_page(request):
             form.add_error("image", f"This file cannot be searched with: {exc}")
         except selectors.SearchUnavailable as exc:
             problem = str(exc)
-    elif request.method == "POST" and (query := CarriedQuery.loads(request.POST.get("query", ""))):
-        # a bad number of results, say: the image stays carried for the next try
-        query_preview, carry = "data:image/webp;base64," + query.preview, request.POST["query"]
+    elif request.method == "POST" and (
+        query := form.cleaned_data.get("carried") or CarriedQuery.loads(form.cleaned_data.get("query") or "")
+    ):
+        # a bad number of results, say: the image stays carried for the next try (the form has
+        # checked the token already unless a new file came with it)
+        query_preview, carry = "data:image/webp;base64," + query.preview, form.cleaned_data["query"]
     return render(
         request,
         "search/search.html",

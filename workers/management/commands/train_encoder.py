@@ -44,8 +44,6 @@ class Command(BaseCommand):
         collection = Collection.objects.filter(name=o["collection"]).first()
         if collection is None:
             raise CommandError(f"no collection named {o['collection']!r}")
-        if o["epochs"] < 1:
-            raise CommandError("--epochs must be at least 1")
         if o["device"].startswith("cuda") and not torch.cuda.is_available():
             # trained here, in this process (the admin's training runs on a worker, which checks its own)
             raise CommandError(f"--device {o['device']}: this machine has no CUDA device (use --device auto or cpu)")
