@@ -22,6 +22,7 @@ from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from gallery import imaging
+from gallery.media import media_marker_write
 from gallery.models import Collection, Image
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,10 @@ def images_create(*, collection: Collection, files: Iterable[IncomingFile]) -> I
     the workers are called only after each commit.
     """
     report = ImportReport()
+    try:
+        media_marker_write()
+    except OSError as exc:
+        raise StorageFailed(exc, report) from exc
     chunk: list[IncomingFile] = []
     seen: dict[str, int] = {}  # sha256 -> image id stored by this call
     refused: dict[tuple[str, str], Image] = {}  # (sha256, reason) -> image refused by this call

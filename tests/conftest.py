@@ -29,7 +29,11 @@ def fresh_cache():
 
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
+    """A media volume of the test's own, marked as ``manage.py migrate`` marks it."""
+    from gallery.media import media_marker_write
+
     settings.MEDIA_ROOT = tmp_path / "media"
+    media_marker_write()
     return settings.MEDIA_ROOT
 
 

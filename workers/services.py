@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 
 from gallery import imaging
 from gallery.models import Collection, Image
+from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.services import file_store, image_mark_failed, images_record_thumbnails, stored_files_delete
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
@@ -30,7 +31,7 @@ from workers.autoencoder.model import DEFAULT_ARCH, EncoderConfig, save_checkpoi
 from workers.autoencoder.patch_dictionary import learn_projection_with_labels
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import TrainingConfig, labelled_split, pick_device, train_encoder_model
-from workers.tasks import TRANSIENT_ERRORS
+from workers.tasks import MEDIA_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def images_index(*, image_ids: list[int], encoders: list[EncoderVersion] | None 
     images at a time. Idempotent: safe to run twice, or again after a crash halfway; a bad
     image is marked failed with its reason and the rest goes on.
     """
+    media_storage_check()  # else every file would read as missing, and every image would be failed
     images = list(Image.objects.filter(id__in=image_ids).exclude(status=Image.Status.FAILED).order_by("id"))
     encoders = live_encoders() if encoders is None else encoders
     with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:
@@ -190,6 +192,8 @@ def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
     was queued, as when the sweep queued an image again while its first request waited in a long
     queue, or when a request is delivered again after a killed worker. They cost one query."""
     image_ids = list(Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING).order_by("id").values_list("id", flat=True))
+    if image_ids:
+        _media_storage_wait(image_ids)
     if counted:
         tried = _images_give_up_on_tried(image_ids)
         if len(image_ids) > 1 and tried:
@@ -201,10 +205,22 @@ def images_index_request(*, image_ids: list[int], counted: bool = True) -> None:
         _images_count_attempt(image_ids)
     try:
         images_index(image_ids=image_ids)
-    except TRANSIENT_ERRORS:
+    except MEDIA_ERRORS:
         raise
     except Exception as exc:
         _images_record_stopped_attempt(image_ids, exc)
+        raise
+
+
+def _media_storage_wait(image_ids: list[int]) -> None:
+    """Raise ``MediaStorageUnavailable`` where this worker lacks the media volume, before any
+    attempt is counted: the images are not the cause. They stay pending with the reason shown, and
+    the task's retries (which another worker may take) or the sweep bring them back."""
+    try:
+        media_storage_check()
+    except MediaStorageUnavailable as exc:
+        logger.error("%s", exc)
+        Image.objects.filter(id__in=image_ids, status=Image.Status.PENDING).update(error=f"waiting: {exc}"[:2000])
         raise
 
 
@@ -311,8 +327,14 @@ def encoder_backfill_step(*, encoder_id: int) -> bool:
     EncoderVersion.objects.filter(pk=encoder_id).update(progress_at=timezone.now())
     batch = list(images_missing_embedding(encoder=encoder).values_list("id", flat=True)[:EMBEDDING_BATCH_SIZE])
     if batch:
-        # An encoder that cannot be loaded stops here, before any attempt is counted on the images:
-        # they are not the cause, and giving up on them would fail images that search finds now.
+        # An encoder that cannot be loaded, or a worker without the media volume, stops here, before
+        # any attempt is counted on the images: they are not the cause, and giving up on them would
+        # fail images that search finds now.
+        try:
+            media_storage_check()
+        except MediaStorageUnavailable as exc:
+            _encoder_record_error(encoder, f"re-embedding waits: {exc}")
+            raise
         _encoder_load(encoder)
         # A step that never finished (a killed worker, the time limit) left its images' attempts
         # counted, and the chain, restarted by the sweep, gets the same batch: its images are then
@@ -322,7 +344,7 @@ def encoder_backfill_step(*, encoder_id: int) -> bool:
         _images_count_attempt(batch)
         try:
             images_index(image_ids=batch)
-        except TRANSIENT_ERRORS:
+        except MEDIA_ERRORS:
             raise
         except Exception as exc:
             shown = ", ".join(map(str, batch[:10])) + (", ..." if len(batch) > 10 else "")

@@ -6,9 +6,14 @@ from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from gallery.media import MediaStorageUnavailable
+
 # Errors after which the same request is simply tried again (autoretry): the database went away
 # for a moment. They say nothing about the images, so they never count as an attempt on them.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# The same for tasks that read or remove media files, which a worker without the shared media
+# volume cannot do (gallery.services.media_storage_check): tried again later, maybe by another worker.
+MEDIA_ERRORS = (*TRANSIENT_ERRORS, MediaStorageUnavailable)
 
 
 @worker_process_init.connect
@@ -23,7 +28,7 @@ def _share_cores_between_pool_processes(**kwargs):
 
 
 @shared_task(
-    bind=True, acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8,
+    bind=True, acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8,
     time_limit=settings.CBIR_INDEX_TIME_LIMIT_S,
 )
 def index_images(self, image_ids: list[int]) -> None:
@@ -35,7 +40,7 @@ def index_images(self, image_ids: list[int]) -> None:
 
 
 @shared_task(
-    acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8,
+    acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8,
     time_limit=settings.CBIR_INDEX_TIME_LIMIT_S,
 )
 def backfill_embeddings(encoder_id: int) -> None:
@@ -75,17 +80,21 @@ def train_encoder(encoder_id: int, *, activate: bool = True) -> int:
     return encoder.pk
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, autoretry_for=(MediaStorageUnavailable,), retry_backoff=True, max_retries=8)
 def delete_media_files(names: list[str]) -> None:
     """Remove these files from media storage once the rows that named them are deleted."""
+    from gallery.media import media_storage_check
     from gallery.services import stored_files_delete
 
+    media_storage_check()  # else the files would stay behind on the volume, and the task count as done
     stored_files_delete(names)
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, autoretry_for=(MediaStorageUnavailable,), retry_backoff=True, max_retries=8)
 def delete_collection_files(collection_id: int) -> int:
     """Remove a deleted collection's files from media storage."""
+    from gallery.media import media_storage_check
     from gallery.services import collection_files_delete
 
+    media_storage_check()
     return collection_files_delete(collection_id)

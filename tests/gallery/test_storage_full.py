@@ -124,3 +124,13 @@ def test_the_command_says_so_when_the_database_does_not_answer(tmp_path, databas
     (tmp_path / "red.png").write_bytes(image_bytes())
     with pytest.raises(CommandError, match="the database does not answer .*127.0.0.1.*images committed before stay"):
         call_command("import_images", str(tmp_path), "--collection", "anywhere")
+
+
+def test_media_storage_that_cannot_be_marked_stops_the_import_before_it_stores_anything(settings, tmp_path):
+    """Marking the volume (gallery.media) is the import's first write: where it fails, the import
+    says why, as for a full disk, and no row is made."""
+    (tmp_path / "a file").write_bytes(b"")
+    settings.MEDIA_ROOT = tmp_path / "a file" / "media"
+    with pytest.raises(StorageFailed, match=r"media storage refused a file \(.*Not a directory"):
+        images_create(collection=collection_get_or_create(name="unmarked"), files=[IncomingFile(name="a.png", data=image_bytes(pattern=0))])
+    assert not Image.objects.exists()

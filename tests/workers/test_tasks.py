@@ -2,6 +2,7 @@
 stop every attempt."""
 import os
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import numpy as np
@@ -12,6 +13,7 @@ from django.core.management import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
+from gallery.media import MEDIA_MARKER, MediaStorageUnavailable, media_storage_check
 from gallery.models import Image
 from gallery.services import IncomingFile, collection_get_or_create, images_create, images_index_again, task_send_safely
 from search.models import Embedding
@@ -575,3 +577,92 @@ def test_indexing_again_leaves_refused_files_and_files_uploaded_again():
     states = dict(Image.objects.values_list("original_name", "status"))
     assert states == {"junk.png": "failed", "a.png": "failed", "b.png": "pending", "a again.png": "pending", "b copy.png": "failed"}
     assert (_image(lost.pk).error, _image(lost.pk).attempts) == ("", 0)
+
+
+
+@contextmanager
+def _without_the_media_volume(settings, tmp_path):
+    """This worker's MEDIA_ROOT an empty folder of its own, as on a machine where the shared
+    volume is not mounted."""
+    shared = settings.MEDIA_ROOT
+    settings.MEDIA_ROOT = tmp_path / "not-mounted"
+    settings.MEDIA_ROOT.mkdir(exist_ok=True)
+    try:
+        yield
+    finally:
+        settings.MEDIA_ROOT = shared
+
+
+@pytest.mark.django_db
+def test_a_worker_without_the_media_volume_leaves_the_images_pending_with_the_reason(settings, tmp_path):
+    """Every stored file reads as missing there. They used to be failed ('stored file is missing
+    from media storage'), every image that worker touched; now they wait, no attempt counted, and
+    a worker that has the volume indexes them."""
+    make_encoder()
+    images = _pending_rows(collection_get_or_create(name="elsewhere"), {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    ids = [image.pk for image in images]
+
+    with _without_the_media_volume(settings, tmp_path):
+        for _ in range(MAX_INDEX_ATTEMPTS + 1):
+            with pytest.raises(MediaStorageUnavailable, match="media storage is not mounted on this worker"):
+                images_index_request(image_ids=ids)
+    rows = list(Image.objects.order_by("id"))
+    assert [(image.status, image.attempts) for image in rows] == [("pending", 0)] * 3
+    assert all(image.error.startswith("waiting: media storage is not mounted") and ".cbir-media" in image.error for image in rows)
+
+    images_index_request(image_ids=ids)
+    assert [(image.status, image.attempts, image.error) for image in Image.objects.order_by("id")] == [("indexed", 0, "")] * 3
+
+
+@pytest.mark.django_db
+def test_a_reembedding_on_a_worker_without_the_media_volume_waits_and_fails_no_image(settings, tmp_path):
+    from workers.services import encoder_backfill_step
+
+    make_encoder()
+    images = _pending_rows(collection_get_or_create(name="kept"), {f"{i}.png": image_bytes(pattern=i) for i in range(3)})
+    images_index(image_ids=[image.pk for image in images])
+    new = make_encoder(status="activating", seed=1)
+
+    with _without_the_media_volume(settings, tmp_path):
+        for _ in range(MAX_INDEX_ATTEMPTS + 1):
+            with pytest.raises(MediaStorageUnavailable):
+                encoder_backfill_step(encoder_id=new.pk)
+    assert [(image.status, image.attempts) for image in Image.objects.order_by("id")] == [("indexed", 0)] * 3
+    new.refresh_from_db()
+    assert (new.status, new.error.split(":")[0]) == ("activating", "re-embedding waits")
+
+    while not encoder_backfill_step(encoder_id=new.pk):
+        pass
+    new.refresh_from_db()
+    assert (new.status, new.error, Embedding.objects.filter(encoder=new).count()) == ("active", "", 3)
+
+
+@pytest.mark.django_db
+def test_deleting_files_on_a_worker_without_the_media_volume_is_left_to_a_worker_that_has_it(settings, tmp_path):
+    """It used to find nothing to delete and count as done, the files left on the volume."""
+    from workers.tasks import delete_collection_files, delete_media_files
+
+    images = _pending_rows(collection_get_or_create(name="going"), {"0.png": image_bytes(pattern=0)})
+    with _without_the_media_volume(settings, tmp_path):
+        with pytest.raises(MediaStorageUnavailable):
+            delete_media_files([images[0].file.name])
+        with pytest.raises(MediaStorageUnavailable):
+            delete_collection_files(images[0].collection_id)
+    assert images[0].file.storage.exists(images[0].file.name)
+    delete_media_files([images[0].file.name])
+    assert not images[0].file.storage.exists(images[0].file.name)
+
+
+@pytest.mark.django_db
+def test_migrate_and_uploads_mark_the_media_volume(settings, tmp_path):
+    from django.core.management import call_command
+
+    for mark in (lambda: call_command("migrate", verbosity=0), lambda: images_create(
+        collection=collection_get_or_create(name="marks"), files=[IncomingFile(name="a.png", data=image_bytes(pattern=0))]
+    )):
+        settings.MEDIA_ROOT = tmp_path / f"volume-{id(mark)}"
+        with pytest.raises(MediaStorageUnavailable):
+            media_storage_check()
+        mark()
+        media_storage_check()
+        assert "media storage of the CBIR service" in (settings.MEDIA_ROOT / MEDIA_MARKER).read_text()
