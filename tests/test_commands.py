@@ -1,5 +1,6 @@
 """The management commands refuse arguments they cannot act on with a CommandError that says why,
-before they create anything or spend minutes on work they then cannot finish."""
+before they create anything or spend minutes on work they then cannot finish; and while they wait,
+they say what for."""
 import pytest
 import torch
 from django.core.management import CommandError, call_command
@@ -57,3 +58,37 @@ def test_prune_media_refuses_an_age_that_is_not_a_number_of_minutes(minutes):
     (ValueError, OverflowError) building the age: a command that deletes files says what it takes."""
     with pytest.raises(CommandError, match="--older-than takes minutes from 0 to"):
         call_command("prune_media", "--older-than", minutes, "--dry-run")
+
+
+def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_path, capsys):
+    """It used to show a progress bar that stopped moving, for ever, and nothing else. Here no
+    worker sees these rows (they are not committed); the sleeps between polls stand in for time
+    passing, and for what happens meanwhile."""
+    import time
+    from types import SimpleNamespace
+
+    from gallery.management.commands import import_images
+    from gallery.models import Image
+    from tests.utils import image_bytes, make_encoder
+
+    make_encoder()
+    for index in range(2):
+        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    reason = "waiting: media storage is not mounted on this worker (w1): /data/media has no .cbir-media file"
+    meanwhile = [
+        lambda: None,
+        lambda: Image.objects.filter(original_name="1.png").update(error=reason),
+        lambda: None,  # the same notice is not shown twice
+        lambda: Image.objects.update(status=Image.Status.INDEXED, error=""),
+    ]
+    monkeypatch.setattr(import_images, "STALL_NOTICE_S", 0)
+    monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
+
+    call_command("import_images", str(tmp_path), "--collection", "stalled", "--wait")
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("no image finished")]
+    assert lines == [
+        "no image finished in the last 0 s: is a worker running (`celery -A workers worker`), and can it reach the broker?",
+        f"no image finished in the last 0 s; the pending ones say: {reason}",
+    ]
+    assert not meanwhile

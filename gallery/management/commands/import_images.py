@@ -10,6 +10,9 @@ from gallery.services import CollectionGone, StorageFailed, collection_get_or_cr
 
 
 LATE_FAILURES_SHOWN = 20
+# After this long without an image finishing, --wait says what the pending images are waiting
+# for (their recorded reason), or asks whether a worker is running.
+STALL_NOTICE_S = 30
 
 
 class Command(BaseCommand):
@@ -56,10 +59,19 @@ class Command(BaseCommand):
         from search.models import EncoderVersion
 
         stats = collection_stats(collection=collection)
+        shown: set[str] = set()
         with tqdm(total=stats["total"], desc="indexing", unit="img") as bar:
+            finished, since = -1, time.monotonic()
             while True:
                 stats = collection_stats(collection=collection)
                 bar.n = stats["indexed"] + stats["failed"]
+                if bar.n != finished:
+                    finished, since = bar.n, time.monotonic()
+                elif time.monotonic() - since >= STALL_NOTICE_S:
+                    notice = self._stall_notice(collection)
+                    if notice not in shown:
+                        shown.add(notice)
+                        bar.write(notice, file=self.stdout, end="")
                 bar.set_postfix(pending=stats["pending"], failed=stats["failed"], rate=f"{stats['indexed_per_second']}/s")
                 bar.refresh()
                 if stats["pending"] == 0:
@@ -73,6 +85,21 @@ class Command(BaseCommand):
                     )
                     break
                 time.sleep(1)
+
+    @staticmethod
+    def _stall_notice(collection) -> str:
+        from gallery.models import Image
+
+        reason = (
+            Image.objects.filter(collection=collection, status=Image.Status.PENDING).exclude(error="")
+            .order_by("-id").values_list("error", flat=True).first()
+        )
+        if reason:
+            return f"no image finished in the last {STALL_NOTICE_S} s; the pending ones say: {reason}"
+        return (
+            f"no image finished in the last {STALL_NOTICE_S} s: is a worker running (`celery -A workers worker`), "
+            "and can it reach the broker?"
+        )
 
     def _report_late_failures(self, collection, report) -> None:
         """The images of this import that a worker found unusable (truncated or corrupt data that
