@@ -34,7 +34,7 @@ def media_storage_check() -> None:
     """Raise ``MediaStorageUnavailable`` unless MEDIA_ROOT holds the marker."""
     if not (Path(settings.MEDIA_ROOT) / MEDIA_MARKER).exists():
         raise MediaStorageUnavailable(
-            f"media storage is not mounted on this worker ({socket.gethostname()}): {settings.MEDIA_ROOT} has no "
+            f"media storage is not mounted on {socket.gethostname()}: {settings.MEDIA_ROOT} has no "
             f"{MEDIA_MARKER} file. Mount the shared media volume there (CBIR_MEDIA_ROOT); `manage.py migrate` and "
             "every upload write that file"
         )

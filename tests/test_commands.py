@@ -74,7 +74,7 @@ def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_pat
     make_encoder()
     for index in range(2):
         (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
-    reason = "waiting: media storage is not mounted on this worker (w1): /data/media has no .cbir-media file"
+    reason = "waiting: media storage is not mounted on w1: /data/media has no .cbir-media file"
     meanwhile = [
         lambda: None,
         lambda: Image.objects.filter(original_name="1.png").update(error=reason),
@@ -92,3 +92,11 @@ def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_pat
         f"no image finished in the last 0 s; the pending ones say: {reason}",
     ]
     assert not meanwhile
+
+
+@pytest.mark.parametrize("command", ["rebuild_thumbnails", "prune_media"])
+def test_media_commands_refuse_to_run_where_the_media_volume_is_not_mounted(command, settings, tmp_path):
+    """They used to report every image unreadable, or find nothing to prune and say all was clean."""
+    settings.MEDIA_ROOT = tmp_path / "not-mounted"
+    with pytest.raises(CommandError, match=r"media storage is not mounted on .*not-mounted has no \.cbir-media file"):
+        call_command(command)

@@ -2,6 +2,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
+from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.services import media_orphans_delete
 
 MAX_MINUTES = 10**9  # about 1,900 years; a timedelta holds up to about 2.7 million
@@ -20,6 +21,10 @@ class Command(BaseCommand):
     def handle(self, *args, older_than: float, dry_run: bool, **options):
         if not 0 <= older_than <= MAX_MINUTES:  # NaN fails this too
             raise CommandError(f"--older-than takes minutes from 0 to {MAX_MINUTES:,}")
+        try:
+            media_storage_check()  # else it would find nothing, and say that all is clean
+        except MediaStorageUnavailable as exc:
+            raise CommandError(str(exc)) from None
         orphans = media_orphans_delete(older_than=timedelta(minutes=older_than), dry_run=dry_run)
         for name in orphans[:20]:
             self.stdout.write(f"  {name}")

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, Image
 from workers.services import images_rebuild_thumbnails
 
@@ -17,6 +18,10 @@ class Command(BaseCommand):
         parser.add_argument("--collection", help="only this collection's images (default: all)")
 
     def handle(self, *args, **options):
+        try:
+            media_storage_check()  # else every image would be reported unreadable
+        except MediaStorageUnavailable as exc:
+            raise CommandError(str(exc)) from None
         images = Image.objects.filter(status=Image.Status.INDEXED).exclude(file="")
         if options["collection"]:
             collection = Collection.objects.filter(name=options["collection"]).first()
