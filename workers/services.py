@@ -20,8 +20,8 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import imaging
-from gallery.models import Collection, Image
 from gallery.media import MediaStorageUnavailable, media_storage_check
+from gallery.models import Collection, Image
 from gallery.services import file_store, image_mark_failed, images_record_thumbnails, stored_files_delete
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
