@@ -20,6 +20,21 @@ def pytest_sessionfinish(session, exitstatus):
         embedded.stop_all()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def encoder_files_removed_after_the_run():
+    """The checkpoints and PNGs that the run's encoders leave under VAR_DIR/encoders, about 7 MB
+    each and a few hundred MB a run, go at its end, so that running the suite again and again does
+    not fill the disk. Files that were there before the run are left alone."""
+    from django.conf import settings
+
+    folder = settings.VAR_DIR / "encoders"
+    before = set(folder.rglob("*"))
+    yield
+    for path in set(folder.rglob("*")) - before:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
     from django.core.cache import cache
