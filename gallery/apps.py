@@ -1,11 +1,18 @@
+import logging
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+
+logger = logging.getLogger(__name__)
 
 
 def _media_marker_write(**kwargs) -> None:
     from gallery.media import media_marker_write
 
-    media_marker_write()
+    try:
+        media_marker_write()
+    except OSError as exc:  # a migration run where media storage is not writable: the first upload writes it
+        logger.warning("could not mark media storage (%s); the first upload will", exc)
 
 
 class GalleryConfig(AppConfig):

@@ -666,3 +666,13 @@ def test_migrate_and_uploads_mark_the_media_volume(settings, tmp_path):
         mark()
         media_storage_check()
         assert "media storage of the CBIR service" in (settings.MEDIA_ROOT / MEDIA_MARKER).read_text()
+
+
+@pytest.mark.django_db
+def test_migrate_still_finishes_where_media_storage_cannot_be_marked(settings, tmp_path, caplog):
+    from django.core.management import call_command
+
+    (tmp_path / "a file").write_bytes(b"")
+    settings.MEDIA_ROOT = tmp_path / "a file" / "media"
+    call_command("migrate", verbosity=0)
+    assert "could not mark media storage" in caplog.text
