@@ -6,13 +6,13 @@ from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from gallery.media import MediaStorageUnavailable
+from gallery.media import MediaStorageUnavailable, media_storage_check
 
 # Errors after which the same request is simply tried again (autoretry): the database went away
 # for a moment. They say nothing about the images, so they never count as an attempt on them.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # The same for tasks that read or remove media files, which a worker without the shared media
-# volume cannot do (gallery.services.media_storage_check): tried again later, maybe by another worker.
+# volume cannot do (gallery.media.media_storage_check): tried again later, maybe by another worker.
 MEDIA_ERRORS = (*TRANSIENT_ERRORS, MediaStorageUnavailable)
 
 
@@ -83,7 +83,6 @@ def train_encoder(encoder_id: int, *, activate: bool = True) -> int:
 @shared_task(acks_late=True, autoretry_for=(MediaStorageUnavailable,), retry_backoff=True, max_retries=8)
 def delete_media_files(names: list[str]) -> None:
     """Remove these files from media storage once the rows that named them are deleted."""
-    from gallery.media import media_storage_check
     from gallery.services import stored_files_delete
 
     media_storage_check()  # else the files would stay behind on the volume, and the task count as done
@@ -93,7 +92,6 @@ def delete_media_files(names: list[str]) -> None:
 @shared_task(acks_late=True, autoretry_for=(MediaStorageUnavailable,), retry_backoff=True, max_retries=8)
 def delete_collection_files(collection_id: int) -> int:
     """Remove a deleted collection's files from media storage."""
-    from gallery.media import media_storage_check
     from gallery.services import collection_files_delete
 
     media_storage_check()

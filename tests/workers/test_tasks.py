@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from celery import Celery
 from django.core.files.base import ContentFile
-from django.core.management import CommandError
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -83,7 +83,6 @@ def test_rebuilding_thumbnails_brings_images_indexed_before_up_to_date(capsys):
     thumbnail and the header's landscape size. The command makes both as indexing does now,
     removes the old file, leaves the vectors and other collections alone."""
     from django.core.files.storage import default_storage
-    from django.core.management import call_command
     from PIL import Image as PILImage
 
     make_encoder()
@@ -655,12 +654,10 @@ def test_deleting_files_on_a_worker_without_the_media_volume_is_left_to_a_worker
 
 @pytest.mark.django_db
 def test_migrate_and_uploads_mark_the_media_volume(settings, tmp_path):
-    from django.core.management import call_command
-
-    for mark in (lambda: call_command("migrate", verbosity=0), lambda: images_create(
+    for volume, mark in enumerate((lambda: call_command("migrate", verbosity=0), lambda: images_create(
         collection=collection_get_or_create(name="marks"), files=[IncomingFile(name="a.png", data=image_bytes(pattern=0))]
-    )):
-        settings.MEDIA_ROOT = tmp_path / f"volume-{id(mark)}"
+    ))):
+        settings.MEDIA_ROOT = tmp_path / f"volume-{volume}"
         with pytest.raises(MediaStorageUnavailable):
             media_storage_check()
         mark()
@@ -670,8 +667,6 @@ def test_migrate_and_uploads_mark_the_media_volume(settings, tmp_path):
 
 @pytest.mark.django_db
 def test_migrate_still_finishes_where_media_storage_cannot_be_marked(settings, tmp_path, caplog):
-    from django.core.management import call_command
-
     (tmp_path / "a file").write_bytes(b"")
     settings.MEDIA_ROOT = tmp_path / "a file" / "media"
     call_command("migrate", verbosity=0)
