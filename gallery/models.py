@@ -8,10 +8,34 @@ from django.db import models
 
 def validate_one_line_name(value: str) -> None:
     """A name shown in lists, links and a terminal: no control characters (NUL, tab, line breaks,
-    escapes), which would be invisible or break its line. Emoji joiners and other format characters
-    stay allowed."""
-    if any(unicodedata.category(character) == "Cc" for character in value):
-        raise ValidationError("a name cannot hold control characters (NUL, tabs, line breaks, escapes)")
+    escapes), which would be invisible or break its line, and no lone surrogates (Python's stand-in
+    for bytes that are not UTF-8 in a command-line argument), which cannot be stored. Emoji joiners
+    and other format characters stay allowed."""
+    if any(unicodedata.category(character) in ("Cc", "Cs") for character in value):
+        raise ValidationError(
+            "a name cannot hold control characters (NUL, tabs, line breaks, escapes) or bytes that are not UTF-8"
+        )
+
+
+def one_line(value: str) -> str:
+    """``value`` with each control character written out as its escape (a line break as ``\\n``,
+    ESC as ``\\x1b``), and each byte that was not UTF-8 in a file system name (Python reads it as a
+    lone surrogate) as ``\\xNN``: safe to store, log and print to a terminal. Names and labels come
+    from files, folders and archives as their authors wrote them; a hostile one could otherwise
+    forge log lines or send escape sequences to the terminal that prints an import's report, and a
+    surrogate cannot be stored in PostgreSQL or sent as UTF-8 at all."""
+    if not any(unicodedata.category(character) in ("Cc", "Cs") for character in value):
+        return value
+    return "".join(map(_one_line_character, value))
+
+
+def _one_line_character(character: str) -> str:
+    category = unicodedata.category(character)
+    if category == "Cs" and 0xDC80 <= ord(character) <= 0xDCFF:  # os.fsdecode's stand-in for a byte
+        return f"\\x{ord(character) - 0xDC00:02x}"
+    if category in ("Cc", "Cs"):
+        return character.encode("unicode_escape").decode("ascii")
+    return character
 
 
 class Collection(models.Model):

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from gallery import imaging
 from gallery.media import media_marker_write
-from gallery.models import Collection, Image
+from gallery.models import Collection, Image, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class IncomingFile:
     data: bytes
     label: str = ""
 
+    def __post_init__(self) -> None:
+        self.name, self.label = one_line(self.name), one_line(self.label)
+
 
 @dataclass
 class ImportReport:
@@ -60,6 +63,9 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     duplicates: list[tuple[str, int | str]] = field(default_factory=list)  # (name, id or name it duplicates)
     results: list[dict] = field(default_factory=list)  # one entry per file, in upload order (for the API)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append((one_line(name), one_line(reason)))
 
     def merge(self, other: "ImportReport") -> None:
         self.created += other.created
@@ -354,7 +360,7 @@ def folder_uploads_to_incoming(
             continue
         suffix = relative.suffix.lower()
         if suffix not in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES:
-            report.skipped.append((str(relative), "not an image file extension"))
+            report.skip(str(relative), "not an image file extension")
             continue
         if suffix in ARCHIVE_SUFFIXES:
             yield from uploads_to_incoming([upload], label=label, labels_from_dirs=labels_from_dirs, report=report)
@@ -582,7 +588,7 @@ def iter_folder(root: Path, *, labels_from_dirs: bool, report: ImportReport) -> 
     for path in sorted(root.rglob("*")):
         relative = PurePosixPath(path.relative_to(root).as_posix())
         if path.is_symlink():
-            report.skipped.append((str(relative), "symbolic link not followed"))
+            report.skip(str(relative), "symbolic link not followed")
             continue
         if not path.is_file() or _is_hidden(relative):
             continue
@@ -591,7 +597,7 @@ def iter_folder(root: Path, *, labels_from_dirs: bool, report: ImportReport) -> 
             yield from iter_zip(path, labels_from_dirs=labels_from_dirs, report=report)
             continue
         if suffix not in IMAGE_SUFFIXES:
-            report.skipped.append((str(relative), "not an image file extension"))
+            report.skip(str(relative), "not an image file extension")
             continue
         data = _read_file(path, name=str(relative), report=report)
         if data is not None:
@@ -604,11 +610,11 @@ def _read_file(path: Path, *, name: str, report: ImportReport) -> bytes | None:
     or network share, gone since it was listed). The import goes on without it."""
     try:
         if path.stat().st_size > settings.CBIR_MAX_UPLOAD_BYTES:
-            report.skipped.append((name, "file larger than CBIR_MAX_UPLOAD_BYTES"))
+            report.skip(name, "file larger than CBIR_MAX_UPLOAD_BYTES")
             return None
         return path.read_bytes()
     except OSError as exc:
-        report.skipped.append((name, f"unreadable file: {exc.strerror or exc}"))
+        report.skip(name, f"unreadable file: {exc.strerror or exc}")
         return None
 
 
@@ -622,7 +628,7 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
     try:
         archive = zipfile.ZipFile(source)
     except Exception as exc:
-        report.skipped.append((str(getattr(source, "name", source)), f"not a readable zip archive: {exc}"))
+        report.skip(str(getattr(source, "name", source)), f"not a readable zip archive: {exc}")
         return
     with archive:
         for member in archive.infolist():
@@ -630,29 +636,29 @@ def iter_zip(source, *, labels_from_dirs: bool, report: ImportReport) -> Iterato
             if member.is_dir() or _is_hidden(name):
                 continue
             if name.is_absolute() or ".." in name.parts:
-                report.skipped.append((str(name), "unsafe path in archive (absolute or '..') refused"))
+                report.skip(str(name), "unsafe path in archive (absolute or '..') refused")
                 continue
             if stat.S_ISLNK(member.external_attr >> 16):
-                report.skipped.append((str(name), "symbolic link inside archive not followed"))
+                report.skip(str(name), "symbolic link inside archive not followed")
                 continue
             suffix = name.suffix.lower()
             if suffix in ARCHIVE_SUFFIXES:
-                report.skipped.append((str(name), "nested archive not expanded"))
+                report.skip(str(name), "nested archive not expanded")
                 continue
             if suffix not in IMAGE_SUFFIXES:
-                report.skipped.append((str(name), "not an image file extension"))
+                report.skip(str(name), "not an image file extension")
                 continue
             if member.file_size > limit:
-                report.skipped.append((str(name), "member larger than CBIR_MAX_UPLOAD_BYTES"))
+                report.skip(str(name), "member larger than CBIR_MAX_UPLOAD_BYTES")
                 continue
             try:
                 with archive.open(member) as handle:
                     data = handle.read(limit + 1)
             except Exception as exc:
-                report.skipped.append((str(name), f"unreadable archive member: {str(exc) or type(exc).__name__}"))
+                report.skip(str(name), f"unreadable archive member: {str(exc) or type(exc).__name__}")
                 continue
             if len(data) > limit:
-                report.skipped.append((str(name), "member inflates past CBIR_MAX_UPLOAD_BYTES (zip bomb?)"))
+                report.skip(str(name), "member inflates past CBIR_MAX_UPLOAD_BYTES (zip bomb?)")
                 continue
             label = name.parent.name if labels_from_dirs else ""
             yield IncomingFile(name=str(name), data=data, label=label)

@@ -342,8 +342,9 @@ def test_an_import_goes_on_past_files_it_cannot_read(tmp_path, monkeypatch, caps
         (None, "c" * 201, "a collection's name has at most 200 characters"),
         (None, "a\x01b", "a name cannot hold control characters"),
         (None, "two\nlines", "a name cannot hold control characters"),
+        (None, "caf\udce9", "a name cannot hold .* bytes that are not UTF-8"),  # a Latin-1 argument in a UTF-8 shell
     ],
-    ids=["a-device", "a-blank-name", "a-name-too-long", "a-control-character", "a-line-break"],
+    ids=["a-device", "a-blank-name", "a-name-too-long", "a-control-character", "a-line-break", "not-utf-8"],
 )
 def test_import_images_refuses_what_it_cannot_take_with_a_command_error(tmp_path, path, collection, message):
     """Each was a traceback (FileNotFoundError, ValueError, the database's DataError)."""
@@ -604,3 +605,31 @@ def test_the_sweep_removes_old_files_of_collections_that_no_longer_exist(collect
     os.utime(default_storage.path(fresh), (hour_ago, hour_ago))
     sweep_pending()
     assert not default_storage.exists(gone)  # emptied, then removed
+
+
+def test_names_from_hostile_folders_are_stored_and_printed_on_one_line(collection, tmp_path):
+    """Control characters (a terminal's escape sequences, line breaks) and bytes that are not UTF-8
+    in file and folder names: every file is imported, and its name and label hold neither."""
+    root = tmp_path / "upload"
+    escape = root / "red\x1b[31m label"
+    escape.mkdir(parents=True)
+    (escape / "two\nlines.png").write_bytes(image_bytes(pattern=1))
+    latin = os.fsencode(root) + b"/caf\xe9"  # a folder named in Latin-1, as an old camera or share may
+    os.mkdir(latin)
+    with open(latin + b"/\xe9t\xe9.png", "wb") as handle:
+        handle.write(image_bytes(pattern=2))
+    (root / "not-an-image\x07.txt").write_bytes(b"bell")
+
+    report = collection_import(collection=collection, path=root, labels_from_dirs=True)
+
+    assert len(report.created) == 2 and not report.failed
+    stored = dict(Image.objects.values_list("original_name", "label"))
+    assert stored == {
+        "red\\x1b[31m label/two\\nlines.png": "red\\x1b[31m label",
+        "caf\\xe9/\\xe9t\\xe9.png": "caf\\xe9",
+    }
+    out = io.StringIO()
+    call_command("import_images", str(root), "--collection", "things", stdout=out)
+    printed = out.getvalue()
+    assert "2 duplicates" in printed and "not-an-image\\x07.txt: not an image file extension" in printed
+    assert not any(character in printed.replace("\n", "") for character in "\x1b\x07")

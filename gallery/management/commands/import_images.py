@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
 from tqdm import tqdm
 
+from gallery.models import one_line
 from gallery.selectors import collection_stats
 from gallery.services import CollectionGone, StorageFailed, collection_get_or_create, collection_import, import_path_check
 
@@ -49,7 +50,7 @@ class Command(BaseCommand):
             raise CommandError(str(failed)) from None
         self.stdout.write(f"{target.name}: {report.summary()}")
         for name, reason in report.failed + report.skipped:
-            self.stdout.write(f"  {name}: {reason}")
+            self.stdout.write(f"  {name}: {one_line(reason)}")
         if wait:
             self._wait(target)
             self._report_late_failures(target, report)
@@ -121,7 +122,8 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"{len(late)} failed while indexing:")
         for image in late[:LATE_FAILURES_SHOWN]:
-            self.stdout.write(f"  {image.original_name}: {image.error}")
+            # one_line: rows stored before names were made safe on the way in may hold escapes
+            self.stdout.write(f"  {one_line(image.original_name)}: {one_line(image.error)}")
         if len(late) > LATE_FAILURES_SHOWN:
             self.stdout.write(
                 f"  ... and {len(late) - LATE_FAILURES_SHOWN} more: GET /api/collections/{collection.pk}/images/?status=failed"

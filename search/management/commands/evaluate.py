@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from gallery.models import Collection
+from gallery.models import Collection, one_line
 from search.selectors import MAX_QUERY_EXPANSION, SearchUnavailable, collection_evaluate
 from search.services import encoder_record_evaluation
 
@@ -70,7 +70,7 @@ class Command(BaseCommand):
         if per_label:
             self.stdout.write(f"{'label':30} " + " ".join(f"{key:>9}" for key in keys))
             for label, metrics in result["per_label"].items():
-                self.stdout.write(f"{label[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))
+                self.stdout.write(f"{one_line(label)[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))
 
     def _plot(self, collection, *, depth: int, path: Path, count: int, expand: int | None) -> None:
         from gallery.models import Image
@@ -113,5 +113,5 @@ class Command(BaseCommand):
         keys = [f"P@{k}" for k in ks] + [f"mAP@{k}" for k in ks]
         self.stdout.write(f"{'encoder':40} " + " ".join(f"{key:>8}" for key in keys))
         for encoder_id, result in results.items():
-            label = f"#{encoder_id} {result['name']}"[:40]
+            label = one_line(f"#{encoder_id} {result['name']}")[:40]
             self.stdout.write(f"{label:40} " + " ".join(f"{result[key]:8.4f}" for key in keys))
