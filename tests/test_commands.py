@@ -94,6 +94,38 @@ def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_pat
     assert not meanwhile
 
 
+def test_import_wait_counts_no_rate_for_images_finished_before_it_waited(monkeypatch, tmp_path, capsys):
+    """The bar used to start at 0 and jump to the images already indexed (those of an earlier
+    import, or indexed while this one stored its files) within a millisecond, and showed a rate of
+    thousands of images a second. Now it starts from them and shows no rate until one more finishes."""
+    import re
+    import time
+    from types import SimpleNamespace
+
+    from gallery.management.commands import import_images
+    from gallery.models import Image
+    from tests.utils import image_bytes, make_encoder
+
+    make_encoder()
+    for index in range(3):
+        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    call_command("import_images", str(tmp_path), "--collection", "growing")
+    Image.objects.update(status=Image.Status.INDEXED)
+    for index in range(3, 5):
+        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    meanwhile = [lambda: None, lambda: Image.objects.update(status=Image.Status.INDEXED)]
+    monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
+    capsys.readouterr()
+
+    call_command("import_images", str(tmp_path), "--collection", "growing", "--wait")
+
+    drawn = [line for line in capsys.readouterr().err.split("\r") if "indexing" in line]
+    counts = [re.search(r"(\d+)/5 \[[^,]*, ([^\]]*?)img/s", line).groups() for line in drawn]
+    assert counts[0] == ("3", "?") and counts[-1][0] == "5"
+    assert all(rate.strip() == "?" for count, rate in counts if count == "3")
+    assert not meanwhile
+
+
 @pytest.mark.parametrize("command", ["rebuild_thumbnails", "prune_media"])
 def test_media_commands_refuse_to_run_where_the_media_volume_is_not_mounted(command, settings, tmp_path):
     """They used to report every image unreadable, or find nothing to prune and say all was clean."""
