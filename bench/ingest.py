@@ -3,6 +3,7 @@ upper bound of decode + resize (to the encoder's input side) alone with the same
 (Pillow, same JPEG draft decoding) on the same cores, measured before and after the run.
 
     .venv/bin/python bench/ingest.py [--images 10000] [--workers 2] [--sweep-after S]
+    .venv/bin/python bench/ingest.py --import-only [CHECKOUT ...] [--rounds 2]   # the import command alone
 
 Photos: 1024x768 JPEGs (quality 90) made from the shared OpenMoji set: each emoji enlarged onto
 a random gradient background with sensor-like noise, so files are photo-sized (~150-250 KB).
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -245,9 +247,9 @@ def _servers(name: str) -> list[psutil.Process]:
 SWEEP_EVERY_S = 10
 
 
-def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, sweep_after: int | None = None) -> dict:
-    from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
-
+def _reset(env: dict) -> str:
+    """Delete the last run's ``bench-`` collections (rows and files), vacuum, and empty the queue,
+    so that no run pays for the one before it. Returns the active encoder's config as JSON."""
     _manage("migrate", "--noinput", env=env)
     script = (
         "import django; django.setup();"
@@ -266,6 +268,34 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, swe
     )
     active = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, text=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "purge", "-f"], cwd=ROOT, env=env, check=True, capture_output=True)
+    return active.stdout
+
+
+def import_only(photo_root: Path, n: int, env: dict, checkout: Path) -> dict:
+    """``import_images`` alone, no worker running (the tasks it queues wait in redis and are
+    purged by the next reset): hashing, checks, copies into media storage, rows and queueing.
+    Run from ``checkout``'s ``manage.py`` (another git worktree, same venv and database) for an
+    A/B of the command's code. Its CPU comes from the kernel's accounting of the finished child."""
+    _reset(env)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "manage.py", "import_images", str(photo_root), "--collection", f"bench-{int(time.time())}", "--labels-from-dirs"],
+        cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL,
+    )
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {
+        "checkout": str(checkout), "images": n, "seconds": round(elapsed, 1), "images_per_second": round(n / elapsed, 1),
+        "cpu_ms_per_image": {"user": round(user / n * 1000, 2), "system": round(system / n * 1000, 2), "total": round((user + system) / n * 1000, 2)},
+    }
+
+
+def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, sweep_after: int | None = None) -> dict:
+    from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
+
+    active_stdout = _reset(env)
     worker_env = env if sweep_after is None else {**env, "CBIR_SWEEP_AFTER_S": str(sweep_after)}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "WARNING", "--concurrency", str(workers)],
@@ -276,7 +306,7 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, swe
 
         # Retrained when the active encoder is not what train_encoder --arch makes today (another
         # architecture, or one from before a change to its defaults), so the run times the current one.
-        active_config = json.loads(active.stdout.strip().splitlines()[-1]) or {}
+        active_config = json.loads(active_stdout.strip().splitlines()[-1]) or {}
         if active_config.get("model") != json.loads(json.dumps(EncoderConfig(arch=arch).to_dict())):
             print(f"training a {arch} encoder with today's defaults first (not timed) ...", flush=True)
             _manage("import_images", str(ROOT / "demo" / "openmoji"), "--collection", "encoder-seed", "--labels-from-dirs", env=env)
@@ -330,6 +360,12 @@ def main() -> None:
         help="run the pending sweep during the import, every 10 s, with CBIR_SWEEP_AFTER_S=S: an import longer than the "
         "sweep's age (300 s in production, where beat sends it every minute), scaled down to this run's length",
     )
+    parser.add_argument(
+        "--import-only", type=Path, nargs="*", metavar="CHECKOUT",
+        help="only time import_images, no worker, once from each CHECKOUT in turn (default: this one): "
+        "another git worktree, same venv and database, for an A/B of the command",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --import-only: how many times each checkout runs, alternating")
     args = parser.parse_args()
 
     BENCH_VAR.mkdir(parents=True, exist_ok=True)
@@ -354,6 +390,10 @@ def main() -> None:
         return
 
     env = {**os.environ, "DATABASE_URL": settings.DATABASES["default"]["NAME"] and _database_url(settings), "REDIS_URL": settings.CELERY_BROKER_URL}
+    if args.import_only is not None:
+        runs = [import_only(photo_root, args.images, env, checkout.resolve()) for _ in range(args.rounds) for checkout in args.import_only or [ROOT]]
+        print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": _machine(), "runs": runs}, indent=2))
+        return
     # The bound is measured before and after the end-to-end run and averaged: on this shared
     # machine it drifted by up to 40% between runs, and a drift during the run moves both alike.
     side = DEFAULT_IMAGE_SIZE[args.arch]
@@ -367,7 +407,7 @@ def main() -> None:
     ratio = result["images_per_second"] / upper
     summary = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "machine": _machine(),
         "images": args.images,
         "workers": args.workers,
         "sweep_after_s": args.sweep_after,
@@ -383,6 +423,10 @@ def main() -> None:
         "cpu_busy": {"bound_before": busy_before, "end_to_end": result["cpu_busy"], "bound_after": busy_after},
     }
     print(json.dumps(summary, indent=2))
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
 
 
 def _database_url(settings) -> str:
