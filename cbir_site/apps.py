@@ -7,3 +7,6 @@ class CbirSiteConfig(AppConfig):
 
     def ready(self) -> None:
         from cbir_site import checks  # noqa: F401  (registers the system checks)
+        from cbir_site import multipart
+
+        multipart.install()

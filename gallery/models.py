@@ -18,22 +18,22 @@ def validate_one_line_name(value: str) -> None:
 
 
 def one_line(value: str) -> str:
-    """``value`` with each control character written out as its escape (a line break as ``\\n``,
-    ESC as ``\\x1b``), and each byte that was not UTF-8 in a file system name (Python reads it as a
-    lone surrogate) as ``\\xNN``: safe to store, log and print to a terminal. Names and labels come
-    from files, folders and archives as their authors wrote them; a hostile one could otherwise
-    forge log lines or send escape sequences to the terminal that prints an import's report, and a
-    surrogate cannot be stored in PostgreSQL or sent as UTF-8 at all."""
+    """``value`` safe to store, log and print to a terminal. A byte that was not UTF-8 in a name on
+    disk (Python reads it as a lone surrogate, which PostgreSQL cannot store) becomes the Latin-1
+    character it stands for, the likeliest reading (an old camera's or share's ``café``); then each
+    control character is written out as its escape (a line break as ``\\n``, ESC as ``\\x1b``).
+    Names and labels come from files, folders and archives as their authors wrote them; a hostile
+    one could otherwise forge log lines or send escape sequences to the terminal that prints an
+    import's report."""
     if not any(unicodedata.category(character) in ("Cc", "Cs") for character in value):
         return value
     return "".join(map(_one_line_character, value))
 
 
 def _one_line_character(character: str) -> str:
-    category = unicodedata.category(character)
-    if category == "Cs" and 0xDC80 <= ord(character) <= 0xDCFF:  # os.fsdecode's stand-in for a byte
-        return f"\\x{ord(character) - 0xDC00:02x}"
-    if category in ("Cc", "Cs"):
+    if 0xDC80 <= ord(character) <= 0xDCFF:  # os.fsdecode's stand-in for the byte ord - 0xDC00
+        character = chr(ord(character) - 0xDC00)
+    if unicodedata.category(character) in ("Cc", "Cs"):
         return character.encode("unicode_escape").decode("ascii")
     return character
 

@@ -53,6 +53,34 @@ def test_upload_without_files_or_collection_is_a_400(client):
     assert set(response.json()["errors"]) == {"collection", "files"}
 
 
+def test_an_upload_named_in_bytes_that_are_not_utf_8_is_kept_not_dropped(client):
+    """curl -F files=@NAME sends the name's bytes as the file system holds them: Latin-1 on an old
+    share. Django's multipart parser skipped a part whose headers were not UTF-8, so of two files
+    one was stored and the other vanished from the answer without a word."""
+    collection_get_or_create(name="latin")
+    boundary = "b0undary"
+    parts = [
+        ("good.png", b"good.png", image_bytes(pattern=1)),
+        ("caf\u00e9.png", b"caf\xe9.png", image_bytes(pattern=2)),  # read as Latin-1
+        ("\u00e9t\u00e9 \U0001F600.png", "\u00e9t\u00e9 \U0001F600.png".encode(), image_bytes(pattern=3)),  # UTF-8: as it is
+        ("bell quote.png", b"bell\x07 quote\x93.png", image_bytes(pattern=4)),  # Django drops control characters
+    ]
+    body = b"".join(
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"".encode() + raw
+        + b"\"\r\nContent-Type: image/png\r\n\r\n" + data + b"\r\n"
+        for _, raw, data in parts
+    )
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"collection\"\r\n\r\nlatin\r\n".encode()
+        + body + f"--{boundary}--\r\n".encode()
+    )
+    response = client.generic("POST", reverse("api-image-upload"), body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 202, response.content
+    assert [(r["name"], r["status"]) for r in response.json()["results"]] == [(name, "pending") for name, _, _ in parts]
+    stored = {image.original_name: default_storage.open(image.file.name).read() for image in Image.objects.all()}
+    assert stored == {name: data for name, _, data in parts}  # the bytes of each file, untouched
+
+
 def _basic(username: str, password: str) -> dict:
     return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
 
