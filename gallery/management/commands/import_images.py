@@ -124,7 +124,7 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"{len(late)} failed while indexing:")
         for image in late[:LATE_FAILURES_SHOWN]:
-            # one_line: rows stored before names were made safe on the way in may hold escapes
+            # one_line: rows stored before names were made safe on the way in may hold control characters
             self.stdout.write(f"  {one_line(image.original_name)}: {one_line(image.error)}")
         if len(late) > LATE_FAILURES_SHOWN:
             self.stdout.write(
