@@ -43,12 +43,8 @@ class _HeaderBytesAsUtf8:
         end = chunk.find(HEADER_END)
         if end == -1:  # Django puts it back and reads more (up to its limit on a part's headers)
             return chunk
-        head = chunk[:end]
-        try:
-            head.decode()
-        except UnicodeDecodeError:
-            head = head.decode("utf-8", LATIN_1_FALLBACK).encode()
-        return head + chunk[end:]
+        # UTF-8 comes back as it was; only the bytes that are not UTF-8 change
+        return chunk[:end].decode("utf-8", LATIN_1_FALLBACK).encode() + chunk[end:]
 
     def unget(self, data: bytes) -> None:
         self._stream.unget(data)

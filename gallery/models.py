@@ -11,7 +11,7 @@ def validate_one_line_name(value: str) -> None:
     escapes), which would be invisible or break its line, and no lone surrogates (Python's stand-in
     for bytes that are not UTF-8 in a command-line argument), which cannot be stored. Emoji joiners
     and other format characters stay allowed."""
-    if any(unicodedata.category(character) in ("Cc", "Cs") for character in value):
+    if _holds_unsafe(value):
         raise ValidationError(
             "a name cannot hold control characters (NUL, tabs, line breaks, escapes) or bytes that are not UTF-8"
         )
@@ -25,15 +25,23 @@ def one_line(value: str) -> str:
     Names and labels come from files, folders and archives as their authors wrote them; a hostile
     one could otherwise forge log lines or send escape sequences to the terminal that prints an
     import's report."""
-    if not any(unicodedata.category(character) in ("Cc", "Cs") for character in value):
+    if not _holds_unsafe(value):
         return value
     return "".join(map(_one_line_character, value))
+
+
+# Control characters, and lone surrogates (what Python reads for bytes that are not UTF-8)
+_UNSAFE_CATEGORIES = ("Cc", "Cs")
+
+
+def _holds_unsafe(value: str) -> bool:
+    return any(unicodedata.category(character) in _UNSAFE_CATEGORIES for character in value)
 
 
 def _one_line_character(character: str) -> str:
     if 0xDC80 <= ord(character) <= 0xDCFF:  # os.fsdecode's stand-in for the byte ord - 0xDC00
         character = chr(ord(character) - 0xDC00)
-    if unicodedata.category(character) in ("Cc", "Cs"):
+    if unicodedata.category(character) in _UNSAFE_CATEGORIES:
         return character.encode("unicode_escape").decode("ascii")
     return character
 

@@ -60,13 +60,20 @@ def test_prune_media_refuses_an_age_that_is_not_a_number_of_minutes(minutes):
         call_command("prune_media", "--older-than", minutes, "--dry-run")
 
 
-def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_path, capsys):
-    """It used to show a progress bar that stopped moving, for ever, and nothing else. Here no
-    worker sees these rows (they are not committed); the sleeps between polls stand in for time
-    passing, and for what happens meanwhile."""
+def _polls_doing(monkeypatch, meanwhile: list) -> None:
+    """``import_images --wait`` runs the next of ``meanwhile`` where it would sleep between two
+    polls: the steps stand in for time passing, and for what happens meanwhile."""
     import time
     from types import SimpleNamespace
 
+    from gallery.management.commands import import_images
+
+    monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
+
+
+def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_path, capsys):
+    """It used to show a progress bar that stopped moving, for ever, and nothing else. Here no
+    worker sees these rows (they are not committed)."""
     from gallery.management.commands import import_images
     from gallery.models import Image
     from tests.utils import image_bytes, make_encoder
@@ -82,7 +89,7 @@ def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_pat
         lambda: Image.objects.update(status=Image.Status.INDEXED, error=""),
     ]
     monkeypatch.setattr(import_images, "STALL_NOTICE_S", 0)
-    monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
+    _polls_doing(monkeypatch, meanwhile)
 
     call_command("import_images", str(tmp_path), "--collection", "stalled", "--wait")
 
@@ -99,10 +106,7 @@ def test_import_wait_counts_no_rate_for_images_finished_before_it_waited(monkeyp
     import, or indexed while this one stored its files) within a millisecond, and showed a rate of
     thousands of images a second. Now it starts from them and shows no rate until one more finishes."""
     import re
-    import time
-    from types import SimpleNamespace
 
-    from gallery.management.commands import import_images
     from gallery.models import Image
     from tests.utils import image_bytes, make_encoder
 
@@ -114,7 +118,7 @@ def test_import_wait_counts_no_rate_for_images_finished_before_it_waited(monkeyp
     for index in range(3, 5):
         (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
     meanwhile = [lambda: None, lambda: Image.objects.update(status=Image.Status.INDEXED)]
-    monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
+    _polls_doing(monkeypatch, meanwhile)
     capsys.readouterr()
 
     call_command("import_images", str(tmp_path), "--collection", "growing", "--wait")
