@@ -130,6 +130,26 @@ def test_import_wait_counts_no_rate_for_images_finished_before_it_waited(monkeyp
     assert not meanwhile
 
 
+def test_import_wait_stops_with_an_error_when_the_collection_is_deleted(monkeypatch, tmp_path):
+    """Deleted in the admin or through the API while the command waited, the collection's counts
+    fell to 0: the bar ran backwards (-158 img/s on the running stack) and the command ended as if
+    every image had been indexed, with exit status 0."""
+    from gallery.models import Collection
+    from gallery.services import collection_delete
+    from tests.utils import image_bytes, make_encoder
+
+    make_encoder()
+    for index in range(2):
+        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    meanwhile = [lambda: collection_delete(collection=Collection.objects.get(name="going"))]
+    _polls_doing(monkeypatch, meanwhile)
+
+    with pytest.raises(CommandError, match=r"collection 'going' was deleted while this command waited .*; its 2 images and their files went"):
+        call_command("import_images", str(tmp_path), "--collection", "going", "--wait")
+    assert not meanwhile
+    assert not Collection.objects.filter(name="going").exists()
+
+
 @pytest.mark.parametrize("command", ["rebuild_thumbnails", "prune_media"])
 def test_media_commands_refuse_to_run_where_the_media_volume_is_not_mounted(command, settings, tmp_path):
     """They used to report every image unreadable, or find nothing to prune and say all was clean."""

@@ -56,7 +56,7 @@ class Command(BaseCommand):
             self._report_late_failures(target, report)
 
     def _wait(self, collection) -> None:
-        from gallery.models import Image
+        from gallery.models import Collection, Image
         from search.models import EncoderVersion
 
         stats = collection_stats(collection=collection)
@@ -67,6 +67,13 @@ class Command(BaseCommand):
             finished, since = -1, time.monotonic()
             while True:
                 stats = collection_stats(collection=collection)
+                # asked after the counts: a deletion that commits between the two is still seen
+                if not Collection.objects.filter(pk=collection.pk).exists():
+                    bar.close()
+                    raise CommandError(
+                        f"collection {collection.name!r} was deleted while this command waited for its images to be indexed; "
+                        f"its {bar.total} images and their files went with it"
+                    )
                 bar.n = stats["indexed"] + stats["failed"]
                 if bar.n != finished:
                     finished, since = bar.n, time.monotonic()
