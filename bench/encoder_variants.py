@@ -2,7 +2,7 @@
 figures behind the "tried and not adopted" lists of docs/benchmarks.md ("Query expansion",
 "Max-pooled dictionary codes", "A pyramid of gradient histograms").
 
-    .venv/bin/python bench/encoder_variants.py [--sets fashion-mnist openmoji digits] [--parts pooling expansion sizes pyramid]
+    .venv/bin/python bench/encoder_variants.py [--sets fashion-mnist openmoji digits] [--parts pooling expansion sizes pyramid settings hubness]
                                                [--size-sets openmoji]
 
 Each set is loaded as `bench/heldout.py` loads it (deduplicated, the encoder's input size) and
@@ -24,6 +24,10 @@ the max-pooled block and the gradient pyramid (and with the block, for ``pyramid
 - ``sizes`` (on ``--size-sets``): the encoder fitted at 32, 48 and 64 px, without and with the block;
   with ``pooling`` too, the pooling variants again at 64 px (the larger input and the VLAD block
   together: the best that the variants here reach on OpenMoji).
+- ``settings``: today's default encoder (``DEFAULT``), and one of its settings changed at a time
+  (input size, patch size, atoms, pooling grid, colour, whitening power), or a step left out
+  (``SETTINGS``), each fitted and scored in its place.
+- ``hubness``: CSLS hubness reduction on the default's embedding, as a full distance matrix.
 Quality only: nothing here is timed. ``digits`` needs scikit-learn, as in `bench/quality.py`.
 """
 from __future__ import annotations
@@ -60,6 +64,24 @@ from workers.autoencoder.training import TrainingConfig, train_encoder_model  # 
 
 SEED = 0
 SIZES = (32, 48, 64)
+# today's default encoder, which ``settings`` and ``hubness`` start from
+DEFAULT = EncoderConfig(arch="patch_kmeans")
+# one setting of the default changed at a time (``settings``), then two of its steps left out
+SETTINGS = {
+    "the default": {},
+    "48 px input": {"image_size": 48},
+    "64 px input": {"image_size": 64},
+    "7 px patches": {"patch_size": 7},
+    "512 atoms": {"dictionary_size": 512},
+    "2x2 pooling grid": {"pool_grid": 2},
+    "colour on a 2x2 grid": {"colour_grid": 2},
+    "colour weight 0.5": {"colour_weight": 0.5},
+    "colour weight 1.0": {"colour_weight": 1.0},
+    "whitening power 0 (plain PCA)": {"whitening_power": 0.0},
+    "whitening power 0.5 (full whitening)": {"whitening_power": 0.5},
+    "without the neighbour whitening": {"neighbour_pairs": 0},
+    "without the max-pooled block and the gradient pyramid": {"max_pooled_codes": False, "hog_pyramid": ()},
+}
 # the encoder before the max-pooled block and the gradient pyramid, which the variants started from
 BASELINE = EncoderConfig(arch="patch_kmeans", max_pooled_codes=False, hog_pyramid=())
 
@@ -251,10 +273,43 @@ def expansion_variants(x: np.ndarray, labels) -> dict:
     return results
 
 
+def settings_variants(name: str, train: TrainingConfig) -> tuple[dict, np.ndarray, list]:
+    """The default encoder, and each of ``SETTINGS`` fitted and scored in its place; also returns
+    the default's embedding and the labels."""
+    results, loaded, default = {}, {}, None
+    for label, changes in SETTINGS.items():
+        config = replace(DEFAULT, **changes)
+        if config.image_size not in loaded:
+            loaded[config.image_size] = load(dataset_tree(name), config.image_size)
+        pixels, labels = loaded[config.image_size]
+        model, _ = train_encoder_model(pixels, model_config=config, train_config=train, show_progress=False)
+        x = embed(model, pixels)
+        default = x if not changes else default
+        results[label] = plain_and_expanded(x, labels)
+        print(json.dumps({name: {label: results[label]}}), flush=True)
+    return results, default, loaded[DEFAULT.image_size][1]
+
+
+def hubness_variants(x: np.ndarray, labels) -> dict:
+    """Hubness reduction on the default's embedding: CSLS (Conneau et al. 2018), each candidate's
+    similarity lowered by ``beta`` times half its mean similarity to its ``k`` nearest images, so
+    images that are near everything (hubs) rank lower. A ranking for one query is unchanged by the
+    query's own term, so only the candidate's is subtracted."""
+    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    similarities = unit @ unit.T
+    results = {"plain": distance_scores(1 - similarities, labels)}
+    for k in (10, 50):
+        _, sims = nearest(unit, k)
+        hubness = sims.mean(1).astype(np.float32)
+        for beta in (0.5, 1.0):
+            results[f"CSLS k={k} beta={beta}"] = distance_scores(beta / 2 * hubness[None, :] - similarities, labels)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "openmoji", "digits"])
-    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid"])
+    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid", "settings", "hubness"])
     parser.add_argument("--size-sets", nargs="+", default=["openmoji"], help="sets the input sizes are tried on")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -262,8 +317,15 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv), "results": {}}
     for name in args.sets:
         result = report["results"][name] = {}
+        if "settings" in args.parts or "hubness" in args.parts:
+            settings, x, labels = settings_variants(name, train)
+            if "settings" in args.parts:
+                result["settings"] = settings
+            if "hubness" in args.parts:
+                result["hubness"] = hubness_variants(x, labels)
         by_size = "sizes" in args.parts and name in args.size_sets
-        for size in SIZES if by_size else (BASELINE.image_size,):
+        baseline_parts = [part for part in args.parts if part not in ("settings", "hubness")]
+        for size in (SIZES if by_size else (BASELINE.image_size,)) if baseline_parts else ():
             pixels, labels = load(dataset_tree(name), size)
             for block in (False, True):
                 config = replace(BASELINE, image_size=size, max_pooled_codes=block)
