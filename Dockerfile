@@ -14,4 +14,7 @@ RUN DATABASE_URL=postgres://build@localhost/build REDIS_URL=redis://localhost:63
 RUN useradd --create-home --uid 1000 cbir && mkdir -p /data && chown cbir /data
 USER cbir
 EXPOSE 8000
-CMD ["gunicorn", "cbir_site.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "60"]
+# Threaded workers: a sync worker's --timeout bounds a whole request, so an upload slower than it
+# (a large zip to the admin, 50 MB on a slow link) was killed mid-way with a 500. A gthread worker
+# answers the arbiter from its own loop, so the timeout only catches a process that hangs.
+CMD ["gunicorn", "cbir_site.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--worker-class", "gthread", "--threads", "4", "--timeout", "60"]

@@ -1,5 +1,7 @@
 """compose.yaml cannot be run here (no Docker engine), so its shape is checked against the code."""
+import os
 import re
+import time
 from pathlib import Path
 
 import yaml
@@ -32,3 +34,83 @@ def test_every_variable_compose_sets_is_read_by_the_code():
     code = "\n".join(p.read_text() for p in (ROOT / "cbir_site").glob("*.py"))
     for variable in set(re.findall(r"^\s+((?:DJANGO|CBIR)_[A-Z_]+):", compose_text, flags=re.M)):
         assert f'"{variable}"' in code, variable
+
+
+def _dockerfile_command() -> list[str]:
+    import json
+
+    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    return json.loads(lines[-1][len("CMD "):])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_web_server_answers_an_upload_that_takes_longer_than_its_timeout(transactional_db, media_root):
+    """The image's gunicorn ran synchronous workers, whose --timeout (60 s) bounds a whole request:
+    an upload that took longer to arrive (50 MB on a slow link, a large zip to the admin) had its
+    worker killed mid-way, and the client got a 500. Here the Dockerfile's own command runs with
+    a 2 s timeout, and a request whose body arrives over 4 s must still get the app's answer."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.utils import database_url, make_encoder
+
+    make_encoder()  # so that the answer is about the uploaded file, which it had to read in full
+    command = _dockerfile_command()
+    assert command[0] == "gunicorn"
+    port = _free_port()
+    options = {"--bind": f"127.0.0.1:{port}", "--timeout": "2", "--workers": "1"}
+    command = [option if command[index - 1] not in options else options[command[index - 1]] for index, option in enumerate(command)]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.CELERY_BROKER_URL,
+        "CBIR_MEDIA_ROOT": str(media_root),
+        "CBIR_VAR_DIR": str(settings.VAR_DIR),
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "test",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "CBIR_PRIVATE": "0",
+    }
+    server = subprocess.Popen([sys.executable, "-m", *command], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        boundary = "slowupload"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode() + b"not an image " * 400 + f"\r\n--{boundary}--\r\n".encode()
+        head = (
+            f"POST /api/search/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(head)
+            pieces = [body[index : index + len(body) // 8 + 1] for index in range(0, len(body), len(body) // 8 + 1)]
+            for piece in pieces:
+                client.sendall(piece)
+                time.sleep(4 / len(pieces))
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.decode("utf-8", "replace").partition("\r\n")
+        assert status_line.split()[1] == "400", answer[-300:]
+        assert "not an image in an accepted format" in rest
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
