@@ -273,11 +273,11 @@ def expansion_variants(x: np.ndarray, labels) -> dict:
     return results
 
 
-def settings_variants(name: str, train: TrainingConfig) -> tuple[dict, np.ndarray, list]:
-    """The default encoder, and each of ``SETTINGS`` fitted and scored in its place; also returns
-    the default's embedding and the labels."""
+def settings_variants(name: str, train: TrainingConfig, variants: dict) -> tuple[dict, np.ndarray, list]:
+    """The default encoder, and each of ``variants`` (``SETTINGS``) fitted and scored in its place;
+    also returns the default's embedding and the labels."""
     results, loaded, default = {}, {}, None
-    for label, changes in SETTINGS.items():
+    for label, changes in variants.items():
         config = replace(DEFAULT, **changes)
         if config.image_size not in loaded:
             loaded[config.image_size] = load(dataset_tree(name), config.image_size)
@@ -318,7 +318,8 @@ def main() -> None:
     for name in args.sets:
         result = report["results"][name] = {}
         if "settings" in args.parts or "hubness" in args.parts:
-            settings, x, labels = settings_variants(name, train)
+            variants = SETTINGS if "settings" in args.parts else {"the default": {}}
+            settings, x, labels = settings_variants(name, train, variants)
             if "settings" in args.parts:
                 result["settings"] = settings
             if "hubness" in args.parts:
