@@ -83,6 +83,25 @@ def celery_worker(transactional_db, celery_session_worker):
     return celery_session_worker
 
 
+@pytest.fixture(autouse=True)
+def worker_thread_idle_before_the_flush(request):
+    """A test that commits for real queues real indexing requests, and the session's worker thread,
+    once started by an earlier test, takes them. The database is then emptied (TRUNCATE) at the
+    test's end while that thread may still be indexing, and the two deadlocked in CI. So the
+    test's leftover messages are purged and the thread's tasks waited for first; this fixture is
+    set up after the test's database, so it is torn down before it."""
+    from celery.worker import state
+
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(marker and marker.kwargs.get("transaction"))
+    if transactional:
+        request.getfixturevalue("_django_db_helper" if marker else "transactional_db")
+    yield
+    if transactional:
+        celery_app.control.purge()
+        wait_for(lambda: not (state.active_requests or state.reserved_requests), message="the worker thread's tasks")
+
+
 def wait_for(predicate, *, timeout: float = WAIT_TIMEOUT_S, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy (work done by the worker thread)."""
     deadline = time.monotonic() + timeout
