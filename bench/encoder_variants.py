@@ -315,6 +315,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     train = TrainingConfig(epochs=15, seed=SEED, device="cpu")
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv), "results": {}}
+    baseline_parts = [part for part in args.parts if part not in ("settings", "hubness")]  # those fitted from BASELINE
     for name in args.sets:
         result = report["results"][name] = {}
         if "settings" in args.parts or "hubness" in args.parts:
@@ -325,7 +326,6 @@ def main() -> None:
             if "hubness" in args.parts:
                 result["hubness"] = hubness_variants(x, labels)
         by_size = "sizes" in args.parts and name in args.size_sets
-        baseline_parts = [part for part in args.parts if part not in ("settings", "hubness")]
         for size in (SIZES if by_size else (BASELINE.image_size,)) if baseline_parts else ():
             pixels, labels = load(dataset_tree(name), size)
             for block in (False, True):

@@ -5,9 +5,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
 from tqdm import tqdm
 
-from gallery.models import one_line
+from gallery.models import Collection, Image, one_line
 from gallery.selectors import collection_stats
 from gallery.services import CollectionGone, StorageFailed, collection_get_or_create, collection_import, import_path_check
+from search.models import EncoderVersion
 
 
 LATE_FAILURES_SHOWN = 20
@@ -56,9 +57,6 @@ class Command(BaseCommand):
             self._report_late_failures(target, report)
 
     def _wait(self, collection) -> None:
-        from gallery.models import Collection, Image
-        from search.models import EncoderVersion
-
         stats = collection_stats(collection=collection)
         shown: set[str] = set()
         # initial: the images indexed while the files were still being stored are not counted in
@@ -98,8 +96,6 @@ class Command(BaseCommand):
 
     @staticmethod
     def _stall_notice(collection) -> str:
-        from gallery.models import Image
-
         reason = (
             Image.objects.filter(collection=collection, status=Image.Status.PENDING).exclude(error="")
             .order_by("-id").values_list("error", flat=True).first()
@@ -114,8 +110,6 @@ class Command(BaseCommand):
     def _report_late_failures(self, collection, report) -> None:
         """The images of this import that a worker found unusable (truncated or corrupt data that
         the header check could not see), each with its reason, at most ``LATE_FAILURES_SHOWN``."""
-        from gallery.models import Image
-
         created = set(report.created) | {image_id for _, image_id in report.retried}  # retried: queued again
         if not created:
             return
