@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 from PIL import Image as PILImage
 
+import project
 from quality import wait_active
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -370,6 +371,7 @@ def main() -> None:
 
     BENCH_VAR.mkdir(parents=True, exist_ok=True)
     os.environ["CBIR_VAR_DIR"] = str(BENCH_VAR)
+    project.servers_stopped_at_exit(BENCH_VAR)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
     sys.path.insert(0, str(ROOT))
     paths = generate(args.images, args.workers)

@@ -1,6 +1,7 @@
 """What the benchmarks that drive the product in-process share."""
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ def setup_django(var: Path, **environ: str) -> None:
     CBIR_VAR_DIR), with ``environ`` as defaults for other settings."""
     var.mkdir(parents=True, exist_ok=True)
     os.environ["CBIR_VAR_DIR"] = str(var)
+    servers_stopped_at_exit(var)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
     for name, value in environ.items():
         os.environ.setdefault(name, value)
@@ -20,3 +22,39 @@ def setup_django(var: Path, **environ: str) -> None:
     import django
 
     django.setup()
+
+
+def _servers_running(var: Path) -> bool:
+    """Whether an embedded PostgreSQL or Redis of ``var`` is running now (a pid file alone may
+    be left from a crash)."""
+    sys.path.insert(0, str(ROOT))
+    from cbir_site import embedded
+
+    try:
+        postgres_pid = int((var / "postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(postgres_pid, 0)
+        return True
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return embedded._redis_answers(int((var / "redis" / "port").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def servers_stopped_at_exit(var: Path) -> None:
+    """Stop the embedded PostgreSQL and Redis of ``var`` when this benchmark exits, as ``make
+    test`` stops its own, so that no server it started keeps memory, or runs autovacuum on the
+    rows it deleted, under whatever runs next. Servers that were already running (``make run``
+    on that folder, another benchmark) are left running, and so are external ones
+    (``DATABASE_URL``)."""
+    if os.environ.get("DATABASE_URL") or _servers_running(var):
+        return
+
+    def stop() -> None:
+        from cbir_site import embedded
+
+        os.environ["CBIR_VAR_DIR"] = str(var)
+        embedded.stop_all()
+
+    atexit.register(stop)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+import project
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
 VAR = ROOT / "var" / "bench-quality"
@@ -157,6 +159,7 @@ def main() -> None:
     args = parser.parse_args()
 
     VAR.mkdir(parents=True, exist_ok=True)
+    project.servers_stopped_at_exit(VAR)
     env = {**os.environ, "CBIR_VAR_DIR": str(VAR), "DJANGO_SETTINGS_MODULE": "cbir_site.settings", "PYTHONUNBUFFERED": "1"}
     manage("migrate", "--noinput", env=env)
     subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "purge", "-f"], cwd=ROOT, env=env, capture_output=True)
