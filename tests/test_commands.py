@@ -150,6 +150,39 @@ def test_import_wait_stops_with_an_error_when_the_collection_is_deleted(monkeypa
     assert not Collection.objects.filter(name="going").exists()
 
 
+def test_import_wait_follows_images_deleted_while_it_waits(monkeypatch, tmp_path, capsys):
+    """Images deleted while the command waited stayed in the bar's total, so it ended short of
+    100 % (2/4 here), and indexed ones among them made its rate negative."""
+    import re
+
+    from gallery.models import Image
+    from gallery.services import images_delete
+    from tests.utils import image_bytes, make_encoder
+
+    make_encoder()
+    for index in range(2):
+        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    call_command("import_images", str(tmp_path), "--collection", "thinned")
+    Image.objects.update(status=Image.Status.INDEXED)
+    for index in range(2, 4):
+        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    meanwhile = [
+        lambda: images_delete(images=Image.objects.filter(status=Image.Status.INDEXED)),
+        lambda: Image.objects.update(status=Image.Status.INDEXED),
+    ]
+    _polls_doing(monkeypatch, meanwhile)
+    capsys.readouterr()
+
+    call_command("import_images", str(tmp_path), "--collection", "thinned", "--wait")
+
+    drawn = [line for line in capsys.readouterr().err.split("\r") if "indexing" in line]
+    counts = [re.search(r"(\d+)/(\d+) \[[^,]*, ([^\]]*?)img/s", line).groups() for line in drawn]
+    assert counts[0][:2] == ("2", "4") and counts[-1][:2] == ("2", "2")
+    assert not [rate for _, _, rate in counts if rate.strip().startswith("-")]
+    assert not meanwhile
+    assert Image.objects.filter(collection__name="thinned").count() == 2
+
+
 @pytest.mark.parametrize("command", ["rebuild_thumbnails", "prune_media"])
 def test_media_commands_refuse_to_run_where_the_media_volume_is_not_mounted(command, settings, tmp_path):
     """They used to report every image unreadable, or find nothing to prune and say all was clean."""

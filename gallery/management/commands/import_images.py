@@ -72,7 +72,13 @@ class Command(BaseCommand):
                         f"collection {collection.name!r} was deleted while this command waited for its images to be indexed; "
                         f"its {bar.total} images and their files went with it"
                     )
-                bar.n = stats["indexed"] + stats["failed"]
+                done = stats["indexed"] + stats["failed"]
+                if done < bar.n:
+                    # finished images deleted meanwhile: tqdm's rate counts from ``initial``, so it
+                    # moves down with them instead of making the rate negative
+                    bar.initial = max(0, bar.initial - (bar.n - done))
+                # images deleted (or added by another import) meanwhile change what there is to finish
+                bar.total, bar.n = stats["total"], done
                 if bar.n != finished:
                     finished, since = bar.n, time.monotonic()
                 elif time.monotonic() - since >= STALL_NOTICE_S:
