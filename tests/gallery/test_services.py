@@ -607,6 +607,31 @@ def test_the_sweep_removes_old_files_of_collections_that_no_longer_exist(collect
     assert not default_storage.exists(gone)  # emptied, then removed
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_writes_old_names_and_labels_on_one_line():
+    """Rows stored before names were made safe on the way in kept their control characters: such a
+    collection could not be saved in the admin any more, and pages showed boxes. Rows without
+    one are left as they are, and a collection whose escaped name is taken gets a number."""
+    call_command("migrate", "gallery", "0006", verbosity=0)
+    try:
+        bell = Collection.objects.create(name="a\x07b")  # the ORM does not run the name's validator
+        Collection.objects.create(name="two\nlines")
+        Collection.objects.create(name="two\\nlines")  # what "two\nlines" becomes, already taken
+        plain = Collection.objects.create(name="plain")
+        Image.objects.create(collection=bell, original_name="red\x1b[31m/x.png", label="red\x1b[31m", sha256="1")
+        Image.objects.create(collection=plain, original_name="café/é\u200d.png", label="café", sha256="2")
+    finally:
+        call_command("migrate", "gallery", verbosity=0)
+
+    assert set(Collection.objects.values_list("name", flat=True)) == {"a\\x07b", "two\\nlines", "two\\nlines (2)", "plain"}
+    assert set(Image.objects.values_list("original_name", "label")) == {
+        ("red\\x1b[31m/x.png", "red\\x1b[31m"),
+        ("café/é\u200d.png", "café"),  # a joiner is a format character, not a control one: kept
+    }
+    for collection in Collection.objects.all():
+        collection.full_clean()  # each can be saved in the admin again
+
+
 def test_names_from_hostile_folders_are_stored_and_printed_on_one_line(collection, tmp_path):
     """Control characters (a terminal's escape sequences, line breaks) and bytes that are not UTF-8
     in file and folder names: every file is imported, and its name and label hold neither."""
