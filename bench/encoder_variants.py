@@ -2,7 +2,7 @@
 figures behind the "tried and not adopted" lists of docs/benchmarks.md ("Query expansion",
 "Max-pooled dictionary codes", "A pyramid of gradient histograms").
 
-    .venv/bin/python bench/encoder_variants.py [--sets fashion-mnist openmoji digits] [--parts pooling expansion sizes pyramid settings hubness]
+    .venv/bin/python bench/encoder_variants.py [--sets fashion-mnist openmoji digits] [--parts pooling expansion sizes pyramid settings hubness widths]
                                                [--size-sets openmoji]
 
 Each set is loaded as `bench/heldout.py` loads it (deduplicated, the encoder's input size) and
@@ -28,6 +28,8 @@ the max-pooled block and the gradient pyramid (and with the block, for ``pyramid
   (input size, patch size, atoms, pooling grid, colour, whitening power), or a step left out
   (``SETTINGS``), each fitted and scored in its place.
 - ``hubness``: CSLS hubness reduction on the default's embedding, as a full distance matrix.
+- ``widths``: the default fitted to other embedding widths (``--dim``: 64, 128, 384, 512; the
+  vector column and the HNSW index follow ``CBIR_EMBEDDING_DIM``), its other settings kept.
 Quality only: nothing here is timed. ``digits`` needs scikit-learn, as in `bench/quality.py`.
 """
 from __future__ import annotations
@@ -82,6 +84,8 @@ SETTINGS = {
     "without the neighbour whitening": {"neighbour_pairs": 0},
     "without the max-pooled block and the gradient pyramid": {"max_pooled_codes": False, "hog_pyramid": ()},
 }
+# the embedding width (``--dim``, CBIR_EMBEDDING_DIM), the default's other settings kept (``widths``)
+WIDTHS = {"the default": {}, **{f"{dim}-d": {"dim": dim} for dim in (64, 128, 384, 512)}}
 # the encoder before the max-pooled block and the gradient pyramid, which the variants started from
 BASELINE = EncoderConfig(arch="patch_kmeans", max_pooled_codes=False, hog_pyramid=())
 
@@ -309,13 +313,13 @@ def hubness_variants(x: np.ndarray, labels) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "openmoji", "digits"])
-    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid", "settings", "hubness"])
+    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid", "settings", "hubness", "widths"])
     parser.add_argument("--size-sets", nargs="+", default=["openmoji"], help="sets the input sizes are tried on")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     train = TrainingConfig(epochs=15, seed=SEED, device="cpu")
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv), "results": {}}
-    baseline_parts = [part for part in args.parts if part not in ("settings", "hubness")]  # those fitted from BASELINE
+    baseline_parts = [part for part in args.parts if part not in ("settings", "hubness", "widths")]  # those fitted from BASELINE
     for name in args.sets:
         result = report["results"][name] = {}
         if "settings" in args.parts or "hubness" in args.parts:
@@ -325,6 +329,8 @@ def main() -> None:
                 result["settings"] = settings
             if "hubness" in args.parts:
                 result["hubness"] = hubness_variants(x, labels)
+        if "widths" in args.parts:
+            result["widths"] = settings_variants(name, train, WIDTHS)[0]
         by_size = "sizes" in args.parts and name in args.size_sets
         for size in (SIZES if by_size else (BASELINE.image_size,)) if baseline_parts else ():
             pixels, labels = load(dataset_tree(name), size)
