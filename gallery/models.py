@@ -11,9 +11,19 @@ def validate_one_line_name(value: str) -> None:
     escapes), which would be invisible or break its line, and no lone surrogates (Python's stand-in
     for bytes that are not UTF-8 in a command-line argument), which cannot be stored. Emoji joiners
     and other format characters stay allowed."""
+    _refuse_unsafe(value, "a name")
+
+
+def validate_one_line_label(value: str) -> None:
+    """A label, edited in the admin, as ``validate_one_line_name`` checks a name: imports write
+    such characters as escapes (``one_line``) before they store a label."""
+    _refuse_unsafe(value, "a label")
+
+
+def _refuse_unsafe(value: str, what: str) -> None:
     if _holds_unsafe(value):
         raise ValidationError(
-            "a name cannot hold control characters (NUL, tabs, line breaks, escapes) or bytes that are not UTF-8"
+            f"{what} cannot hold control characters (NUL, tabs, line breaks, escapes) or bytes that are not UTF-8"
         )
 
 
@@ -79,8 +89,8 @@ class Image(models.Model):
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="images")
     file = models.FileField(upload_to=_image_upload_to, blank=True, max_length=300)
     thumbnail = models.FileField(upload_to=_thumbnail_upload_to, blank=True, max_length=300)
-    original_name = models.CharField(max_length=500)
-    label = models.CharField(max_length=200, blank=True, db_index=True)
+    original_name = models.CharField(max_length=500, validators=[validate_one_line_name])
+    label = models.CharField(max_length=200, blank=True, db_index=True, validators=[validate_one_line_label])
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)

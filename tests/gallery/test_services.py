@@ -417,6 +417,20 @@ def test_the_admin_edits_labels_but_neither_adds_images_past_the_service_nor_mov
     assert Embedding.objects.get(image=image).collection_id == collection.pk
 
 
+def test_the_admin_refuses_names_and_labels_with_control_characters_as_imports_never_store_them(admin_client, collection):
+    """A label typed (or posted) in the admin was stored with its escape sequence, which imports
+    write as ``\\x1b`` since names are made safe on the way in."""
+    image = _stored(collection, 1)[0]
+    change = reverse("admin:gallery_image_change", args=[image.pk])
+    page = admin_client.post(change, {"original_name": "two\nlines.png", "label": "red\x1b[31m"})
+    assert page.status_code == 200
+    assert "a name cannot hold control characters" in page.content.decode()
+    assert "a label cannot hold control characters" in page.content.decode()
+    assert Image.objects.filter(pk=image.pk, original_name=image.original_name, label=image.label).exists()
+    assert admin_client.post(change, {"original_name": image.original_name, "label": "caf\u00e9 \u2764\ufe0f"}).status_code == 302
+    assert Image.objects.get(pk=image.pk).label == "caf\u00e9 \u2764\ufe0f"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_import_into_a_deleted_collection_stops_with_a_clear_error_and_stores_nothing():
     collection = collection_get_or_create(name="short-lived")
