@@ -71,6 +71,29 @@ def _polls_doing(monkeypatch, meanwhile: list) -> None:
     monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
 
 
+def _indexed_then_more(folder, collection: str, *, indexed: int, more: int) -> None:
+    """``indexed`` pictures in ``folder`` imported into ``collection`` and marked indexed, then
+    ``more`` pictures written beside them for the import that the test runs."""
+    from gallery.models import Image
+    from tests.utils import image_bytes, make_encoder
+
+    make_encoder()
+    for index in range(indexed):
+        (folder / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    call_command("import_images", str(folder), "--collection", collection)
+    Image.objects.update(status=Image.Status.INDEXED)
+    for index in range(indexed, indexed + more):
+        (folder / f"{index}.png").write_bytes(image_bytes(pattern=index))
+
+
+def _bars_drawn(err: str) -> list[tuple[str, str, str]]:
+    """(finished, total, rate) of each progress bar that ``import_images --wait`` drew."""
+    import re
+
+    drawn = [line for line in err.split("\r") if "indexing" in line]
+    return [(done, total, rate.strip()) for done, total, rate in (re.search(r"(\d+)/(\d+) \[[^,]*, ([^\]]*?)img/s", line).groups() for line in drawn)]
+
+
 def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_path, capsys):
     """It used to show a progress bar that stopped moving, for ever, and nothing else. Here no
     worker sees these rows (they are not committed)."""
@@ -105,28 +128,18 @@ def test_import_wait_counts_no_rate_for_images_finished_before_it_waited(monkeyp
     """The bar used to start at 0 and jump to the images already indexed (those of an earlier
     import, or indexed while this one stored its files) within a millisecond, and showed a rate of
     thousands of images a second. Now it starts from them and shows no rate until one more finishes."""
-    import re
-
     from gallery.models import Image
-    from tests.utils import image_bytes, make_encoder
 
-    make_encoder()
-    for index in range(3):
-        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
-    call_command("import_images", str(tmp_path), "--collection", "growing")
-    Image.objects.update(status=Image.Status.INDEXED)
-    for index in range(3, 5):
-        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    _indexed_then_more(tmp_path, "growing", indexed=3, more=2)
     meanwhile = [lambda: None, lambda: Image.objects.update(status=Image.Status.INDEXED)]
     _polls_doing(monkeypatch, meanwhile)
     capsys.readouterr()
 
     call_command("import_images", str(tmp_path), "--collection", "growing", "--wait")
 
-    drawn = [line for line in capsys.readouterr().err.split("\r") if "indexing" in line]
-    counts = [re.search(r"(\d+)/5 \[[^,]*, ([^\]]*?)img/s", line).groups() for line in drawn]
-    assert counts[0] == ("3", "?") and counts[-1][0] == "5"
-    assert all(rate.strip() == "?" for count, rate in counts if count == "3")
+    bars = _bars_drawn(capsys.readouterr().err)
+    assert bars[0] == ("3", "5", "?") and bars[-1][:2] == ("5", "5")
+    assert all(rate == "?" for done, _, rate in bars if done == "3")
     assert not meanwhile
 
 
@@ -153,19 +166,10 @@ def test_import_wait_stops_with_an_error_when_the_collection_is_deleted(monkeypa
 def test_import_wait_follows_images_deleted_while_it_waits(monkeypatch, tmp_path, capsys):
     """Images deleted while the command waited stayed in the bar's total, so it ended short of
     100 % (2/4 here), and indexed ones among them made its rate negative."""
-    import re
-
     from gallery.models import Image
     from gallery.services import images_delete
-    from tests.utils import image_bytes, make_encoder
 
-    make_encoder()
-    for index in range(2):
-        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
-    call_command("import_images", str(tmp_path), "--collection", "thinned")
-    Image.objects.update(status=Image.Status.INDEXED)
-    for index in range(2, 4):
-        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    _indexed_then_more(tmp_path, "thinned", indexed=2, more=2)
     meanwhile = [
         lambda: images_delete(images=Image.objects.filter(status=Image.Status.INDEXED)),
         lambda: Image.objects.update(status=Image.Status.INDEXED),
@@ -175,10 +179,9 @@ def test_import_wait_follows_images_deleted_while_it_waits(monkeypatch, tmp_path
 
     call_command("import_images", str(tmp_path), "--collection", "thinned", "--wait")
 
-    drawn = [line for line in capsys.readouterr().err.split("\r") if "indexing" in line]
-    counts = [re.search(r"(\d+)/(\d+) \[[^,]*, ([^\]]*?)img/s", line).groups() for line in drawn]
-    assert counts[0][:2] == ("2", "4") and counts[-1][:2] == ("2", "2")
-    assert not [rate for _, _, rate in counts if rate.strip().startswith("-")]
+    bars = _bars_drawn(capsys.readouterr().err)
+    assert bars[0][:2] == ("2", "4") and bars[-1][:2] == ("2", "2")
+    assert not [rate for _, _, rate in bars if rate.startswith("-")]
     assert not meanwhile
     assert Image.objects.filter(collection__name="thinned").count() == 2
 
