@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,9 +34,10 @@ def _servers_running(var: Path) -> bool:
 
     try:
         postgres_pid = int((var / "postgres" / "postmaster.pid").read_text().split()[0])
-        os.kill(postgres_pid, 0)
-        return True
-    except (OSError, ValueError, IndexError):
+        # the pid of a crashed server may since belong to another process
+        if psutil.Process(postgres_pid).name() == "postgres":
+            return True
+    except (OSError, ValueError, IndexError, psutil.Error):
         pass
     try:
         return embedded._redis_answers(int((var / "redis" / "port").read_text()))
