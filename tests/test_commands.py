@@ -71,19 +71,25 @@ def _polls_doing(monkeypatch, meanwhile: list) -> None:
     monkeypatch.setattr(import_images, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda seconds: meanwhile.pop(0)()))
 
 
+def _pictures(folder, indices) -> None:
+    """A different picture ``N.png`` in ``folder`` for each N of ``indices``."""
+    from tests.utils import image_bytes
+
+    for index in indices:
+        (folder / f"{index}.png").write_bytes(image_bytes(pattern=index))
+
+
 def _indexed_then_more(folder, collection: str, *, indexed: int, more: int) -> None:
     """``indexed`` pictures in ``folder`` imported into ``collection`` and marked indexed, then
     ``more`` pictures written beside them for the import that the test runs."""
     from gallery.models import Image
-    from tests.utils import image_bytes, make_encoder
+    from tests.utils import make_encoder
 
     make_encoder()
-    for index in range(indexed):
-        (folder / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    _pictures(folder, range(indexed))
     call_command("import_images", str(folder), "--collection", collection)
     Image.objects.update(status=Image.Status.INDEXED)
-    for index in range(indexed, indexed + more):
-        (folder / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    _pictures(folder, range(indexed, indexed + more))
 
 
 def _bars_drawn(err: str) -> list[tuple[str, str, str]]:
@@ -99,11 +105,10 @@ def test_import_wait_says_what_a_stalled_indexing_waits_for(monkeypatch, tmp_pat
     worker sees these rows (they are not committed)."""
     from gallery.management.commands import import_images
     from gallery.models import Image
-    from tests.utils import image_bytes, make_encoder
+    from tests.utils import make_encoder
 
     make_encoder()
-    for index in range(2):
-        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    _pictures(tmp_path, range(2))
     reason = "waiting: media storage is not mounted on w1: /data/media has no .cbir-media file"
     meanwhile = [
         lambda: None,
@@ -149,11 +154,10 @@ def test_import_wait_stops_with_an_error_when_the_collection_is_deleted(monkeypa
     every image had been indexed, with exit status 0."""
     from gallery.models import Collection
     from gallery.services import collection_delete
-    from tests.utils import image_bytes, make_encoder
+    from tests.utils import make_encoder
 
     make_encoder()
-    for index in range(2):
-        (tmp_path / f"{index}.png").write_bytes(image_bytes(pattern=index))
+    _pictures(tmp_path, range(2))
     meanwhile = [lambda: collection_delete(collection=Collection.objects.get(name="going"))]
     _polls_doing(monkeypatch, meanwhile)
 

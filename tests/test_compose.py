@@ -8,6 +8,8 @@ import yaml
 from django.conf import settings
 from django.urls import reverse
 
+from cbir_site import embedded
+
 ROOT = Path(settings.BASE_DIR)
 
 
@@ -43,14 +45,6 @@ def _dockerfile_command() -> list[str]:
     return json.loads(lines[-1][len("CMD "):])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_the_web_server_answers_an_upload_that_takes_longer_than_its_timeout(transactional_db, media_root):
     """The image's gunicorn ran synchronous workers, whose --timeout (60 s) bounds a whole request:
     an upload that took longer to arrive (50 MB on a slow link, a large zip to the admin) had its
@@ -67,7 +61,7 @@ def test_the_web_server_answers_an_upload_that_takes_longer_than_its_timeout(tra
     make_encoder()  # so that the answer is about the uploaded file, which it had to read in full
     command = _dockerfile_command()
     assert command[0] == "gunicorn"
-    port = _free_port()
+    port = embedded.free_port()
     options = {"--bind": f"127.0.0.1:{port}", "--timeout": "3", "--workers": "1"}
     command = [options.get(previous, option) for previous, option in zip(["", *command], command)]
     env = {

@@ -1,6 +1,5 @@
 """`make run`'s web server, started as `cbir_site.devstack` starts it, on the test database."""
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -9,18 +8,12 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from cbir_site import devstack
+from cbir_site import devstack, embedded
 from tests.utils import database_url
 
 pytestmark = pytest.mark.django_db
 
 APP_NAME = "cbir-devstack-test"  # libpq's PGAPPNAME: tells the server's connections apart
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str) -> int:
@@ -39,7 +32,7 @@ def test_the_development_server_keeps_no_database_connection_after_its_requests(
     """It serves each request on a new thread. With kept connections (CBIR_DB_CONN_MAX_AGE above 0)
     each thread's connection outlived it until collected: browsing the gallery filled
     PostgreSQL's 100 connection slots, and every page then answered 503."""
-    port = _free_port()
+    port = embedded.free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),

@@ -578,7 +578,6 @@ def test_indexing_again_leaves_refused_files_and_files_uploaded_again():
     assert (_image(lost.pk).error, _image(lost.pk).attempts) == ("", 0)
 
 
-
 @contextmanager
 def _without_the_media_volume(settings, tmp_path):
     """This worker's MEDIA_ROOT an empty folder of its own, as on a machine where the shared

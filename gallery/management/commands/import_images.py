@@ -131,8 +131,9 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"{len(late)} failed while indexing:")
         for image in late[:LATE_FAILURES_SHOWN]:
-            # one_line: rows stored before names were made safe on the way in may hold control characters
-            self.stdout.write(f"  {one_line(image.original_name)}: {one_line(image.error)}")
+            # names are stored on one line (escaped on the way in, refused in the admin, migration
+            # gallery 0007 for older rows); an error is an exception's text, and may not be
+            self.stdout.write(f"  {image.original_name}: {one_line(image.error)}")
         if len(late) > LATE_FAILURES_SHOWN:
             self.stdout.write(
                 f"  ... and {len(late) - LATE_FAILURES_SHOWN} more: GET /api/collections/{collection.pk}/images/?status=failed"

@@ -70,7 +70,7 @@ class Command(BaseCommand):
         if per_label:
             self.stdout.write(f"{'label':30} " + " ".join(f"{key:>9}" for key in keys))
             for label, metrics in result["per_label"].items():
-                self.stdout.write(f"{one_line(label)[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))
+                self.stdout.write(f"{label[:30]:30} " + " ".join(f"{metrics[key]:9.4f}" for key in keys))
 
     def _plot(self, collection, *, depth: int, path: Path, count: int, expand: int | None) -> None:
         from gallery.models import Image
