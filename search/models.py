@@ -4,6 +4,8 @@ from django.db import models
 from django.db.models import Q
 from pgvector.django import HnswIndex, VectorField
 
+from gallery.models import validate_one_line_name
+
 # Checkpoints are not public media: they live under var/encoders (a shared volume in compose).
 def _encoder_storage() -> FileSystemStorage:
     return FileSystemStorage(location=settings.VAR_DIR / "encoders")
@@ -20,7 +22,7 @@ class EncoderVersion(models.Model):
         RETIRED = "retired", "retired"
         FAILED = "failed", "failed"
 
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_one_line_name])
     arch = models.CharField(max_length=50)
     dim = models.PositiveIntegerField()
     config = models.JSONField(default=dict)

@@ -3,6 +3,7 @@ before they create anything or spend minutes on work they then cannot finish; an
 they say what for."""
 import pytest
 import torch
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from gallery.services import collection_get_or_create
@@ -19,12 +20,17 @@ pytestmark = pytest.mark.django_db
         (["--lr", "0"], "--lr and --max-minutes must be above 0"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--device", "gpu"], "--device 'gpu' names no device"),
+        (["--name", "red\x1b[31m"], "--name: a name cannot hold control characters"),
+        (["--name", "n" * 201], "--name: an encoder's name has at most 200 characters"),
         pytest.param(
             ["--device", "cuda"], "this machine has no CUDA device",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
         ),
     ],
-    ids=["negative-minutes", "zero-minutes", "zero-lr", "zero-batch", "no-such-device", "cuda-without-one"],
+    ids=[
+        "negative-minutes", "zero-minutes", "zero-lr", "zero-batch", "no-such-device", "escape-in-name", "long-name",
+        "cuda-without-one",
+    ],
 )
 def test_train_encoder_refuses_settings_it_cannot_train_with(arguments, message):
     """A negative --max-minutes trained one epoch and stored the encoder; --device cuda on a
@@ -33,6 +39,24 @@ def test_train_encoder_refuses_settings_it_cannot_train_with(arguments, message)
     with pytest.raises(CommandError, match=message):
         call_command("train_encoder", "--collection", "c", *arguments)
     assert not EncoderVersion.objects.exists()
+
+
+def test_an_encoder_of_a_collection_with_a_long_name_is_named_within_its_column():
+    """Its default name, "ARCH on COLLECTION", was longer than the column for a collection name of
+    over 184 characters: the admin's "Train an encoder" was a 500 (a DataError) and nothing trained."""
+    from workers.autoencoder.model import EncoderConfig
+    from workers.autoencoder.training import TrainingConfig
+    from workers.services import encoder_plan, encoder_queue_training
+
+    collection = collection_get_or_create(name="n" * 200)
+    encoder = encoder_queue_training(collection=collection)  # not queued: the test's transaction never commits
+    encoder.refresh_from_db()
+    limit = EncoderVersion._meta.get_field("name").max_length
+    assert len(encoder.name) == limit and encoder.name == f"{encoder.arch} on {collection.name}"[: limit - 1] + "\u2026"
+    named = encoder_plan(
+        collection=collection, model_config=EncoderConfig(dim=settings.CBIR_EMBEDDING_DIM), train_config=TrainingConfig(), name="n" * limit
+    )
+    assert named.name == "n" * limit  # a name given at the column's width is kept whole
 
 
 @pytest.mark.parametrize(

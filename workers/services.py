@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Case, F, Q, TextField, Value, When
@@ -436,13 +437,30 @@ def encoder_plan(
             "run manage.py resize_vectors first"
         )
     return EncoderVersion.objects.create(
-        name=name or f"{model_config.arch} on {collection.name}",
+        name=_encoder_name(name, arch=model_config.arch, collection=collection),
         arch=model_config.arch,
         dim=model_config.dim,
         config={"model": model_config.to_dict(), "training": vars(train_config)},
         trained_on=collection,
         status=EncoderVersion.Status.TRAINING,
     )
+
+
+def _encoder_name(name: str, *, arch: str, collection: Collection) -> str:
+    """The name given (``train_encoder --name``), checked as the admin checks it, or "ARCH on
+    COLLECTION", shortened with an ellipsis where a long collection name would not fit the column."""
+    field = EncoderVersion._meta.get_field("name")
+    name = name.strip()
+    if not name:
+        name = f"{arch} on {collection.name}"
+        return name if len(name) <= field.max_length else name[: field.max_length - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    if len(name) > field.max_length:
+        raise ValueError(f"--name: an encoder's name has at most {field.max_length} characters")
+    try:
+        field.run_validators(name)  # the model's, as the admin's form runs them
+    except ValidationError as exc:
+        raise ValueError(f"--name: {exc.messages[0]}") from exc
+    return name
 
 
 def encoder_train(

@@ -646,6 +646,22 @@ def test_the_migration_writes_old_names_and_labels_on_one_line():
         collection.full_clean()  # each can be saved in the admin again
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_writes_old_encoder_names_on_one_line():
+    """``train_encoder --name`` stored control characters as they came, until its names were
+    checked as collection names are: such a version could not be saved in the admin any more."""
+    call_command("migrate", "search", "0002", verbosity=0)
+    try:
+        escape = EncoderVersion.objects.create(name="red\x1b[31m", arch="patch_kmeans", dim=16)
+        plain = EncoderVersion.objects.create(name="café on demo", arch="patch_kmeans", dim=16)
+    finally:
+        call_command("migrate", "search", verbosity=0)
+
+    assert dict(EncoderVersion.objects.values_list("pk", "name")) == {escape.pk: "red\\x1b[31m", plain.pk: "café on demo"}
+    for encoder in EncoderVersion.objects.all():
+        encoder.clean_fields(exclude=["config"])  # its name can be saved in the admin again
+
+
 def test_names_from_hostile_folders_are_stored_and_printed_on_one_line(collection, tmp_path):
     """Control characters (a terminal's escape sequences, line breaks) and bytes that are not UTF-8
     in file and folder names: every file is imported, and its name and label hold neither."""

@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from gallery.models import Collection, one_line
+from gallery.models import Collection
 from search.selectors import MAX_QUERY_EXPANSION, SearchUnavailable, collection_evaluate
 from search.services import encoder_record_evaluation
 
@@ -113,5 +113,5 @@ class Command(BaseCommand):
         keys = [f"P@{k}" for k in ks] + [f"mAP@{k}" for k in ks]
         self.stdout.write(f"{'encoder':40} " + " ".join(f"{key:>8}" for key in keys))
         for encoder_id, result in results.items():
-            label = one_line(f"#{encoder_id} {result['name']}")[:40]
+            label = f"#{encoder_id} {result['name']}"[:40]
             self.stdout.write(f"{label:40} " + " ".join(f"{result[key]:8.4f}" for key in keys))

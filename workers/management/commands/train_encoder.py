@@ -37,7 +37,7 @@ class Command(BaseCommand):
             "--held-out", type=float, default=0.3,
             help="with --use-labels: share of each label's images kept out of training, for evaluate (default 0.3)",
         )
-        parser.add_argument("--name", default="")
+        parser.add_argument("--name", default="", help='shown in the admin: one line, at most 200 characters (default "ARCH on COLLECTION")')
         parser.add_argument("--activate", action="store_true", help="make it the active encoder and re-embed every image")
 
     def handle(self, *args, **o):
