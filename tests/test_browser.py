@@ -1,4 +1,4 @@
-"""The search page in a real browser: Debian's Chromium, headless, driven by Playwright against a
+"""The pages in a real browser: Debian's Chromium, headless, driven by Playwright against a
 live server on the test database. Skipped where Chromium is not installed (`apt-get install
 chromium`; Playwright's own browser download is not used)."""
 import base64
@@ -123,3 +123,40 @@ def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_f
     assert "2 queued for indexing" in message
     rows = dict(Image.objects.filter(collection=collection).values_list("original_name", "label"))
     assert rows == {"shots/red/red.png": "red", "shots/blue/blue.png": "blue"}
+
+
+# Elements of the page whose content runs out of their box: a card, a title, a label list.
+OVERFLOWING = """() => [...document.querySelectorAll("main .card, main h1, main h2, main p, main .labels, main form")]
+    .filter(element => element.scrollWidth > element.clientWidth + 1)
+    .map(element => element.tagName + "." + element.className)"""
+
+
+def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desktop(live_server, indexed):  # noqa: F811
+    """Camera and hash file names, and labels from deep folder names, hold no space to break at:
+    they ran out of the collection cards over the cards beside them, and past the screen's edge
+    on a phone (the page scrolled sideways)."""
+    from playwright.sync_api import sync_playwright
+
+    collection, _ = indexed
+    collection.name = "Holiday" + "o" * 180 + "Photos"
+    collection.save()
+    image = Image.objects.filter(status=Image.Status.INDEXED).first()
+    Image.objects.filter(pk=image.pk).update(original_name="IMG_" + "0123456789abcdef" * 8 + ".jpg", label="very" * 40)
+    paths = [
+        reverse("gallery:collection-list"),
+        reverse("gallery:collection-detail", args=[collection.pk]),
+        reverse("gallery:image-detail", args=[image.pk]),
+        reverse("search:search-page"),
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            for width, height in ((390, 844), (1280, 900)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                for path in paths:
+                    page.goto(live_server.url + path)
+                    assert page.evaluate(OVERFLOWING) == [], (width, path)
+                    assert page.evaluate("document.documentElement.scrollWidth") <= width, (width, path)
+                page.close()
+        finally:
+            browser.close()
