@@ -131,12 +131,20 @@ OVERFLOWING = """() => [...document.querySelectorAll("main .card, main h1, main 
     .map(element => element.tagName + "." + element.className)"""
 
 
-def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desktop(live_server, indexed):  # noqa: F811
+# Header links broken over more than one line: taller than the brand beside them.
+BROKEN_LINKS = """() => [...document.querySelectorAll("header nav a, header nav button")]
+    .filter(link => link.getBoundingClientRect().height > document.querySelector("header .brand").getBoundingClientRect().height + 1)
+    .map(link => link.textContent)"""
+
+
+def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desktop(live_server, indexed, django_user_model):  # noqa: F811
     """Camera and hash file names, and labels from deep folder names, hold no space to break at:
     they ran out of the collection cards over the cards beside them, and past the screen's edge
-    on a phone (the page scrolled sideways)."""
+    on a phone (the page scrolled sideways). Signed in on a phone, the header's links broke into
+    columns of words ("Search / by / image", "Sign / out / admin")."""
     from playwright.sync_api import sync_playwright
 
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
     collection, _ = indexed
     collection.name = "Holiday" + "o" * 180 + "Photos"
     collection.save()
@@ -153,10 +161,17 @@ def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desk
         try:
             for width, height in ((390, 844), (1280, 900)):
                 page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(f"{live_server.url}{reverse('admin:login')}?next=/")
+                page.fill("#id_username", "admin")
+                page.fill("#id_password", "a-long-password")
+                with page.expect_navigation():
+                    page.click("input[type=submit]")
                 for path in paths:
                     page.goto(live_server.url + path)
                     assert page.evaluate(OVERFLOWING) == [], (width, path)
                     assert page.evaluate("document.documentElement.scrollWidth") <= width, (width, path)
+                    assert "Sign out admin" in page.locator("header").inner_text()
+                    assert page.evaluate(BROKEN_LINKS) == [], (width, path)
                 page.close()
         finally:
             browser.close()
