@@ -136,6 +136,11 @@ BROKEN_LINKS = """() => [...document.querySelectorAll("header nav a, header nav 
     .filter(link => link.getBoundingClientRect().height > document.querySelector("header .brand").getBoundingClientRect().height + 1)
     .map(link => link.textContent)"""
 
+# Counts ("12 indexed", "1 failed") broken over two lines.
+BROKEN_COUNTS = """() => [...document.querySelectorAll(".stats span, .stats a")]
+    .filter(count => count.getClientRects().length > 1)
+    .map(count => count.textContent)"""
+
 
 def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desktop(live_server, indexed, django_user_model):  # noqa: F811
     """Camera and hash file names, and labels from deep folder names, hold no space to break at:
@@ -172,6 +177,7 @@ def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desk
                     assert page.evaluate("document.documentElement.scrollWidth") <= width, (width, path)
                     assert "Sign out admin" in page.locator("header").inner_text()
                     assert page.evaluate(BROKEN_LINKS) == [], (width, path)
+                    assert page.evaluate(BROKEN_COUNTS) == [], (width, path)
                 page.close()
         finally:
             browser.close()
