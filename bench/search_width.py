@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -161,7 +162,7 @@ def main() -> None:
     chosen = np.random.default_rng(1).choice(args.vectors, size=args.queries, replace=False)
     query_points = points[chosen] + rng.normal(0, 0.05, size=(args.queries, LATENT)).astype(np.float32)
     report = {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "vectors": args.vectors, "queries": args.queries, "rounds": args.rounds, "k": K,
         "ef_search": settings.CBIR_HNSW_EF_SEARCH, "widths": {},
     }
