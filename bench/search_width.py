@@ -94,21 +94,24 @@ def load(points: np.ndarray, width: int, encoder_id: int, collection_id: int) ->
     return {"load_s": round(loaded, 1), "index_build_s": round(built, 1), "index_mb": round(index_bytes / 2**20), "table_mb": round(table_bytes / 2**20)}
 
 
-def ranking_sql(width: int, vector: np.ndarray, encoder) -> tuple[str, tuple]:
-    """The product's ranking SQL for this query, on the width's table."""
+def ranking_sql(width: int, vector: np.ndarray, encoder, *, exact: bool = False) -> tuple[str, tuple]:
+    """The product's ranking SQL for this query, on the width's table: through the HNSW index, or
+    with ``exact`` the exhaustive scan that ``?exact=1`` runs (the ground truth)."""
     from search.selectors import SearchFilters, similar_queryset
 
-    sql, params = similar_queryset(vector=vector, encoder=encoder, k=K, filters=SearchFilters(exact=False)).query.sql_with_params()
+    sql, params = similar_queryset(vector=vector, encoder=encoder, k=K, filters=SearchFilters(exact=exact)).query.sql_with_params()
     assert '"search_embedding"' in sql, sql
     return sql.replace('"search_embedding"', f'"{table(width)}"'), params
 
 
-def timed(statements: list[tuple[str, tuple]], ef: int) -> tuple[list[float], list[list[int]]]:
+def timed(statements: list[tuple[str, tuple]], ef: int | None = None) -> tuple[list[float], list[list[int]]]:
+    """Each statement's latency (ms) and the image ids it answers, at ``hnsw.ef_search`` = ``ef``."""
     from django.db import connection
 
     latencies, answers = [], []
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, false)", [str(ef)])
+        if ef:
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, false)", [str(ef)])
         for sql, params in statements:
             started = time.perf_counter()
             cursor.execute(sql, params)
@@ -125,17 +128,6 @@ def plan_uses_index(width: int, statement: tuple[str, tuple]) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + statement[0], statement[1])
         return any(f"{table(width)}_hnsw" in row[0] for row in cursor.fetchall())
-
-
-def exact_answers(width: int, queries: np.ndarray) -> list[list[int]]:
-    from django.db import connection
-
-    answers = []
-    with connection.cursor() as cursor:
-        for vector in queries:
-            cursor.execute(f"SELECT image_id FROM {table(width)} ORDER BY (vector <=> %s::vector) + 0 LIMIT {K}", [str(vector.tolist())])
-            answers.append([row[0] for row in cursor.fetchall()])
-    return answers
 
 
 def main() -> None:
@@ -171,7 +163,7 @@ def main() -> None:
         report["widths"][width] = load(points, width, encoder.pk, collection.pk)
         queries = to_width(query_points, width)
         statements[width] = [ranking_sql(width, vector, encoder) for vector in queries]
-        report["widths"][width]["exact"] = exact_answers(width, queries)
+        report["widths"][width]["exact"] = timed([ranking_sql(width, vector, encoder, exact=True) for vector in queries])[1]
         report["widths"][width]["ranked_by_the_hnsw_index"] = plan_uses_index(width, statements[width][0])
     del points
     ef = settings.CBIR_HNSW_EF_SEARCH

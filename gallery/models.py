@@ -42,6 +42,9 @@ def one_line(value: str) -> str:
 
 # Control characters, and lone surrogates (what Python reads for bytes that are not UTF-8)
 _UNSAFE_CATEGORIES = ("Cc", "Cs")
+# The rows that ``one_line`` would change, as a PostgreSQL regex: the control characters (Unicode
+# category Cc) that text can hold, all but NUL. Migrations find names stored before with it.
+STORED_CONTROL_CHARACTERS = "[\u0001-\u001f\u007f-\u009f]"
 
 
 def _holds_unsafe(value: str) -> bool:

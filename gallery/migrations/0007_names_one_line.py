@@ -5,10 +5,7 @@ the pages showed such characters as boxes. Only the rows holding one are read an
 
 from django.db import migrations
 
-from gallery.models import one_line
-
-# the control characters (Unicode category Cc) that PostgreSQL text can hold: all but NUL
-_CONTROL = "[\u0001-\u001f\u007f-\u009f]"
+from gallery.models import STORED_CONTROL_CHARACTERS, one_line
 
 
 def _free_name(name: str, taken) -> str:
@@ -24,12 +21,12 @@ def _free_name(name: str, taken) -> str:
 def names_one_line(apps, schema_editor):
     Collection = apps.get_model("gallery", "Collection")
     Image = apps.get_model("gallery", "Image")
-    for collection in Collection.objects.filter(name__regex=_CONTROL):
+    for collection in Collection.objects.filter(name__regex=STORED_CONTROL_CHARACTERS):
         collection.name = _free_name(one_line(collection.name)[:200], lambda name: Collection.objects.filter(name=name).exists())
         collection.save(update_fields=["name"])
-    for image in Image.objects.filter(original_name__regex=_CONTROL).only("original_name"):
+    for image in Image.objects.filter(original_name__regex=STORED_CONTROL_CHARACTERS).only("original_name"):
         Image.objects.filter(pk=image.pk).update(original_name=one_line(image.original_name)[:500])
-    for image in Image.objects.filter(label__regex=_CONTROL).only("label"):
+    for image in Image.objects.filter(label__regex=STORED_CONTROL_CHARACTERS).only("label"):
         Image.objects.filter(pk=image.pk).update(label=one_line(image.label)[:200])
 
 

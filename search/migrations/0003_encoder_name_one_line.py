@@ -7,13 +7,10 @@ from django.db import migrations, models
 
 import gallery.models
 
-# the control characters (Unicode category Cc) that PostgreSQL text can hold: all but NUL
-_CONTROL = "[\u0001-\u001f\u007f-\u009f]"
-
 
 def encoder_names_one_line(apps, schema_editor):
     EncoderVersion = apps.get_model("search", "EncoderVersion")
-    for encoder in EncoderVersion.objects.filter(name__regex=_CONTROL).only("name"):
+    for encoder in EncoderVersion.objects.filter(name__regex=gallery.models.STORED_CONTROL_CHARACTERS).only("name"):
         EncoderVersion.objects.filter(pk=encoder.pk).update(name=gallery.models.one_line(encoder.name)[:200])
 
 
