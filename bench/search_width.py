@@ -1,7 +1,7 @@
 """Search at two embedding widths: the product's ranking SQL on the same collection stored at 256
 and at 128 dimensions (``CBIR_EMBEDDING_DIM``), side by side in one run.
 
-    .venv/bin/python bench/search_width.py [--vectors 1000000] [--queries 200] [--rounds 5] [--widths 256 128]
+    .venv/bin/python bench/search_width.py [--vectors 1000000] [--queries 200] [--rounds 5] [--widths 256 128] [--tie-order]
 
 The product's vector column has one width at a time (``resize_vectors`` changes it), so each width
 gets a table of its own shaped like ``search_embedding`` (``LIKE search_embedding``, the vector
@@ -23,6 +23,11 @@ For each width, in one run:
 The tables are dropped at the end: each run loads its own.
 The ratio of the two widths' latencies is the figure to read; retrieval quality at each width is
 ``bench/encoder_variants.py --parts widths``'s.
+
+With ``--tie-order``, on the first width only, the product's ranking SQL (ties in distance go by
+image id, so pages of one search neither repeat nor skip tied images) against the same SQL ordered
+by distance alone (as the product wrote it before), each for the first page and the second
+(``OFFSET 10``), in alternating rounds, with a check that all four rank with the HNSW index.
 """
 from __future__ import annotations
 
@@ -94,12 +99,20 @@ def load(points: np.ndarray, width: int, encoder_id: int, collection_id: int) ->
     return {"load_s": round(loaded, 1), "index_build_s": round(built, 1), "index_mb": round(index_bytes / 2**20), "table_mb": round(table_bytes / 2**20)}
 
 
-def ranking_sql(width: int, vector: np.ndarray, encoder, *, exact: bool = False) -> tuple[str, tuple]:
+def ranking_sql(
+    width: int, vector: np.ndarray, encoder, *, exact: bool = False, offset: int = 0, distance_only: bool = False
+) -> tuple[str, tuple]:
     """The product's ranking SQL for this query, on the width's table: through the HNSW index, or
-    with ``exact`` the exhaustive scan that ``?exact=1`` runs (the ground truth)."""
+    with ``exact`` the exhaustive scan that ``?exact=1`` runs (the ground truth). ``offset``: a
+    later page; ``distance_only``: ordered by the distance alone, without the product's tie-break."""
     from search.selectors import SearchFilters, similar_queryset
 
-    sql, params = similar_queryset(vector=vector, encoder=encoder, k=K, filters=SearchFilters(exact=exact)).query.sql_with_params()
+    query = similar_queryset(vector=vector, encoder=encoder, k=K, offset=offset, filters=SearchFilters(exact=exact)).query
+    if distance_only:
+        query = query.clone()
+        query.clear_ordering(force=True)
+        query.add_ordering("distance")
+    sql, params = query.sql_with_params()
     assert '"search_embedding"' in sql, sql
     return sql.replace('"search_embedding"', f'"{table(width)}"'), params
 
@@ -121,6 +134,29 @@ def timed(statements: list[tuple[str, tuple]], ef: int | None = None) -> tuple[l
     return latencies, answers
 
 
+def tie_order(width: int, queries: np.ndarray, encoder, rounds: int, ef: int) -> dict:
+    """``--tie-order``: the product's ranking SQL against the same ordered by distance alone, on the
+    first page and the second, in alternating rounds (the variants' order swapped each round)."""
+    variants = {
+        f"{name}_page_{page}": [ranking_sql(width, vector, encoder, offset=(page - 1) * K, distance_only=alone) for vector in queries]
+        for name, alone in (("product", False), ("distance_only", True))
+        for page in (1, 2)
+    }
+    result = {name: {"ranked_by_the_hnsw_index": plan_uses_index(width, statements[0])} for name, statements in variants.items()}
+    latencies = {name: [] for name in variants}
+    for statements in variants.values():
+        timed(statements, ef)  # warm-up, not measured
+    for round_ in range(rounds):
+        for name in list(variants) if round_ % 2 == 0 else list(variants)[::-1]:
+            latencies[name] += timed(variants[name], ef)[0]
+    for name in variants:
+        result[name].update(p50_ms=round(float(np.percentile(latencies[name], 50)), 2), p95_ms=round(float(np.percentile(latencies[name], 95)), 2))
+    for page in (1, 2):
+        product, alone = result[f"product_page_{page}"], result[f"distance_only_page_{page}"]
+        product.update(p50_ratio_to_distance_only=round(product["p50_ms"] / alone["p50_ms"], 3), p95_ratio_to_distance_only=round(product["p95_ms"] / alone["p95_ms"], 3))
+    return result
+
+
 def plan_uses_index(width: int, statement: tuple[str, tuple]) -> bool:
     """Whether PostgreSQL answers the ranking with the width's HNSW index, as it does the product's."""
     from django.db import connection
@@ -136,7 +172,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 128])
+    parser.add_argument("--tie-order", action="store_true", help="only the first width: the product's tie-break against ordering by distance alone")
     args = parser.parse_args()
+    if args.tie_order:
+        args.widths = args.widths[:1]
     project.setup_django(VAR, DJANGO_DEBUG="0", DJANGO_SECRET_KEY="bench-only")
     from django.conf import settings
     from django.core.management import call_command
@@ -159,6 +198,14 @@ def main() -> None:
         "ef_search": settings.CBIR_HNSW_EF_SEARCH, "widths": {},
     }
     statements = {}
+    if args.tie_order:
+        width = args.widths[0]
+        report["widths"][width] = load(points, width, encoder.pk, collection.pk)
+        del points
+        report["widths"][width]["tie_order"] = tie_order(width, to_width(query_points, width), encoder, args.rounds, settings.CBIR_HNSW_EF_SEARCH)
+        print(json.dumps(report, indent=2))
+        drop_tables(args.widths)
+        return
     for width in args.widths:
         report["widths"][width] = load(points, width, encoder.pk, collection.pk)
         queries = to_width(query_points, width)
@@ -188,10 +235,14 @@ def main() -> None:
         report["widths"][width]["p50_ratio_to_" + str(base)] = round(report["widths"][width]["p50_ms"] / report["widths"][base]["p50_ms"], 3)
         report["widths"][width]["p95_ratio_to_" + str(base)] = round(report["widths"][width]["p95_ms"] / report["widths"][base]["p95_ms"], 3)
     print(json.dumps(report, indent=2))
+    drop_tables(args.widths)
+
+
+def drop_tables(widths: list[int]) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:  # 4.8 GB at a million vectors; each run loads its own
-        for width in args.widths:
+        for width in widths:
             cursor.execute(f"DROP TABLE {table(width)}")
 
 

@@ -15,10 +15,6 @@ from gallery.apis import CollectionRefField, ErrorSerializer, ImageOutputSeriali
 from gallery.models import Image
 from search import selectors
 
-# offset + k may not pass this: deeper pages are not what similarity search is for, and the
-# HNSW candidate list (ef_search) has to cover offset + k.
-MAX_DEPTH = 1000
-
 
 class SearchParamsSerializer(serializers.Serializer):
     k = serializers.IntegerField(
@@ -60,8 +56,8 @@ class SearchParamsSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
     def validate(self, attrs):
-        if attrs["offset"] + attrs["k"] > MAX_DEPTH:
-            raise serializers.ValidationError({"offset": [f"offset + k may not exceed {MAX_DEPTH}"]})
+        if attrs["offset"] + attrs["k"] > selectors.MAX_DEPTH:
+            raise serializers.ValidationError({"offset": [f"offset + k may not exceed {selectors.MAX_DEPTH}"]})
         return attrs
 
     def filters(self) -> selectors.SearchFilters:
@@ -118,7 +114,7 @@ def _invalid(params) -> Response:
 def _ranked(request, hits, params, encoder_id: int, **extra) -> Response:
     data = params.validated_data
     next_url = None
-    if len(hits) == data["k"] and data["offset"] + 2 * data["k"] <= MAX_DEPTH:
+    if len(hits) == data["k"] and data["offset"] + 2 * data["k"] <= selectors.MAX_DEPTH:
         next_url = next_page_url(request, offset=data["offset"] + data["k"], k=data["k"])
     results = [
         {**image_representation(hit.image, request), "distance": round(hit.distance, 6), "similarity": round(hit.similarity, 6)}

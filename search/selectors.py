@@ -117,7 +117,10 @@ def similar_queryset(
     if filters.min_similarity is not None:
         queryset = queryset.filter(**{f"{shown}__lte": 1.0 - filters.min_similarity})
     fields = ("image_id", shown, "vector") if with_vectors else ("image_id", shown)
-    return queryset.order_by("distance").values_list(*fields)[offset : offset + k]
+    # Equal distances (the same picture in several collections, say) go by id: without it each
+    # page's query may order them its own way, and a tie across a page boundary would show on
+    # both pages while another tied image showed on neither.
+    return queryset.order_by("distance", "image_id").values_list(*fields)[offset : offset + k]
 
 
 def _copies_as_ids(filters: SearchFilters) -> SearchFilters:
@@ -130,6 +133,12 @@ def _copies_as_ids(filters: SearchFilters) -> SearchFilters:
     return replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *copies), exclude_sha256=())
 
 
+# How deep one ranking goes: offset + k stays within this, on the API's pages and the site's.
+# Deeper pages are not what similarity search is for, and the HNSW candidate list
+# (hnsw.ef_search, at most 1000 in pgvector) has to cover offset + k.
+MAX_DEPTH = 1000
+
+
 @contextmanager
 def hnsw_session(*, k: int):
     """Where more results are wanted than ``hnsw.ef_search`` (= CBIR_HNSW_EF_SEARCH, the
@@ -140,7 +149,7 @@ def hnsw_session(*, k: int):
         return
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(min(k, 1000))])
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(min(k, MAX_DEPTH))])
         yield
 
 

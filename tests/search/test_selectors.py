@@ -49,6 +49,25 @@ def test_ranks_by_cosine_distance_exactly(world):
     assert hits[1].similarity == pytest.approx(1 / math.sqrt(2), abs=1e-6)
 
 
+@pytest.mark.parametrize("expand", [0, None])
+def test_pages_neither_repeat_nor_skip_images_at_equal_distances(expand):
+    """The same picture in twelve collections has twelve equal vectors: a page boundary that falls
+    among them must not show one of them twice and another never."""
+    encoder = _encoder()
+    copies = [_image(Collection.objects.create(name=f"copy {i}"), f"copy{i}", vector((0, 1.0), (1, 0.5)), encoder) for i in range(12)]
+    others = [_image(copies[0].collection, f"near{i}", vector((0, 1.0), (1, 0.5), (2 + i, 0.3)), encoder) for i in range(3)]
+    query = vector((0, 1.0), (1, 0.5))
+    pages = [
+        selectors.vector_list_similar(vector=query, encoder=encoder, k=5, offset=offset, expand=expand)
+        for offset in (0, 5, 10)
+    ]
+    paged = [hit.image.pk for page in pages for hit in page]
+    whole = [hit.image.pk for hit in selectors.vector_list_similar(vector=query, encoder=encoder, k=15, expand=expand)]
+    assert paged == whole
+    assert sorted(paged) == sorted(image.pk for image in copies + others)
+    assert paged[:12] == [image.pk for image in copies]  # equal distances go by id
+
+
 def test_k_limits_and_no_collection_means_all(world):
     encoder, *_ = world
     hits = selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=2, expand=0)
