@@ -1,6 +1,5 @@
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
 
@@ -9,6 +8,8 @@ from gallery.selectors import collection_labels, collection_list_with_stats, col
 from search import selectors as search_selectors
 
 IMAGES_PER_PAGE = 60
+# Similar images on an image's page; "more similar" pages on to search.selectors.MAX_DEPTH.
+SIMILAR_PER_PAGE = 20
 # Label links listed on a collection's page; past them, a label is typed into the filter box.
 LABELS_SHOWN = 300
 
@@ -61,9 +62,13 @@ def collection_detail(request, collection_id: int):
 
 
 def image_detail(request, image_id: int):
+    """An image and the images most similar to it, in its collection or in all (``scope``), a page
+    of them at a time (``page``, up to the ranking's depth)."""
     image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
-    k = settings.CBIR_SEARCH_DEFAULT_K * 2
     within = request.GET.get("scope", "collection") == "collection"
+    pages = search_selectors.MAX_DEPTH // SIMILAR_PER_PAGE
+    number = _page_number(request.GET.get("page"), last=pages)
+    offset = (number - 1) * SIMILAR_PER_PAGE
     hits, problem = [], ""
     if image.status == Image.Status.FAILED:
         problem = "This file could not be indexed (the reason is above), so it has no similar images."
@@ -71,11 +76,28 @@ def image_detail(request, image_id: int):
         problem = "This image is still being indexed; its similar images show here once it is."
     else:
         try:
-            hits = search_selectors.image_list_similar(image=image, k=k, collection_ids=[image.collection_id] if within else None)
+            hits = search_selectors.image_list_similar(
+                image=image, k=SIMILAR_PER_PAGE, offset=offset, collection_ids=[image.collection_id] if within else None
+            )
         except (search_selectors.SearchUnavailable, search_selectors.ImageNotIndexed) as exc:
             problem = str(exc)
+    scope = "" if within else "all"
     return render(
         request,
         "gallery/image_detail.html",
-        {"image": image, "hits": hits, "problem": problem, "within": within},
+        {
+            "image": image, "hits": hits, "problem": problem, "within": within,
+            "offset": offset, "last_rank": offset + len(hits),
+            "previous_url": _query(scope=scope, page=str(number - 1) if number > 2 else "") if number > 1 else "",
+            "next_url": _query(scope=scope, page=str(number + 1)) if len(hits) == SIMILAR_PER_PAGE and number < pages else "",
+        },
     )
+
+
+def _page_number(value: str | None, *, last: int) -> int:
+    """``value`` (a page's number from the query string) within 1..``last``; the first page for
+    anything that is not a number."""
+    try:
+        return min(max(int(value), 1), last)
+    except (TypeError, ValueError):
+        return 1

@@ -46,12 +46,18 @@ class SearchForm(forms.Form):
     collection = forms.ModelChoiceField(Collection.objects.all(), required=False, empty_label="All collections")
     k = forms.IntegerField(min_value=1, max_value=settings.CBIR_SEARCH_MAX_K, initial=settings.CBIR_SEARCH_DEFAULT_K)
     query = forms.CharField(required=False, widget=forms.HiddenInput)
+    # results to skip: sent only by the pager's buttons, so that another collection, number of
+    # results or image starts again from the first
+    offset = forms.IntegerField(min_value=0, required=False)
 
     def clean(self):
         cleaned = super().clean()
         cleaned["carried"] = None
         if cleaned.get("image"):
+            cleaned["offset"] = None  # a new image starts from its nearest
             return cleaned  # a new image replaces the one carried
+        if (cleaned.get("offset") or 0) + (cleaned.get("k") or 0) > selectors.MAX_DEPTH:
+            self.add_error("offset", f"Results go {selectors.MAX_DEPTH:,} deep at most.")
         if not cleaned.get("query"):
             self.add_error("image", "Choose an image to search with.")
             return cleaned
@@ -62,7 +68,7 @@ class SearchForm(forms.Form):
 
 
 def search_page(request):
-    hits, query_preview, problem, carry = None, "", "", ""
+    hits, query_preview, problem, carry, offset = None, "", "", "", 0
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         collection = form.cleaned_data["collection"]
@@ -82,8 +88,9 @@ def search_page(request):
             if query.encoder_id != encoder.pk or query.vector.shape != (encoder.dim,):
                 form.add_error("image", "The search engine was updated since that search; choose the image again.")
             else:
+                offset = form.cleaned_data["offset"] or 0
                 hits = selectors.vector_list_similar(
-                    vector=query.vector, encoder=encoder, k=form.cleaned_data["k"],
+                    vector=query.vector, encoder=encoder, k=form.cleaned_data["k"], offset=offset,
                     collection_ids=[collection.pk] if collection else None,
                 )
                 query_preview, carry = "data:image/webp;base64," + query.preview, query.dumps()
@@ -97,8 +104,15 @@ def search_page(request):
         # a bad number of results, say: the image stays carried for the next try (the form has
         # checked the token already unless a new file came with it)
         query_preview, carry = "data:image/webp;base64," + query.preview, form.cleaned_data["query"]
+    k = form.cleaned_data.get("k") if hits is not None else None
     return render(
         request,
         "search/search.html",
-        {"form": form, "hits": hits, "query_preview": query_preview, "problem": problem, "carried_query": carry},
+        {
+            "form": form, "hits": hits, "query_preview": query_preview, "problem": problem, "carried_query": carry,
+            "offset": offset, "last_rank": offset + len(hits or ()),
+            # the pager's buttons post the form again with the carried query and another offset
+            "previous_offset": max(offset - k, 0) if k and offset else None,
+            "next_offset": offset + k if k and len(hits) == k and offset + 2 * k <= selectors.MAX_DEPTH else None,
+        },
     )

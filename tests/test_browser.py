@@ -68,6 +68,15 @@ def test_choosing_dropping_or_pasting_an_image_searches_with_it_and_results_lead
                 page.click("button[type=submit]")
             assert page.locator("#results a.tile").count() == 2
             assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
+            hrefs = lambda: [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()]  # noqa: E731
+            first_two = hrefs()
+            with page.expect_navigation():  # the pager's button sends the form on, a page further
+                page.click(".pager button:has-text('more')")
+            assert len(hrefs()) == 2 and not set(hrefs()) & set(first_two)
+            assert page.locator("h2").inner_text() == "Most similar, 3 to 4"
+            with page.expect_navigation():  # Enter is the Search button's: from the nearest again
+                page.press("input[name=k]", "Enter")
+            assert hrefs() == first_two
             with page.expect_navigation():  # another collection searches at once
                 page.select_option("select[name=collection]", label="elsewhere")
             assert page.locator("#results a.tile").count() == 0

@@ -86,6 +86,31 @@ def test_image_page_shows_similar_images_with_similarity(client, indexed):  # no
     assert f'src="{image.file.url}"' not in page
 
 
+def test_image_page_pages_on_through_the_similar_images(client, indexed, monkeypatch):  # noqa: F811
+    import re
+
+    from gallery import views
+    from search.selectors import image_list_similar
+
+    monkeypatch.setattr(views, "SIMILAR_PER_PAGE", 2)
+    image = Image.objects.get(original_name="c2.png")
+    url = reverse("gallery:image-detail", args=[image.pk])
+    def ranked(k: int, offset: int = 0) -> list[str]:
+        return [reverse("gallery:image-detail", args=[hit.image.pk]) for hit in image_list_similar(image=image, k=k, offset=offset)]
+
+    pages = [client.get(url, {"page": number, "scope": "all"}).content.decode() for number in (1, 2, 3)]
+    assert [_tiles(page) for page in pages] == [ranked(2), ranked(2, offset=2), ranked(2, offset=4)]
+    paged = [tile for page in pages for tile in _tiles(page)]
+    assert len(paged) == 5 and sorted(paged) == sorted(ranked(10))  # every other image, once
+    assert [re.findall(r"#(\d+) ", page) for page in pages] == [["1", "2"], ["3", "4"], ["5"]]  # ranks run on
+    assert 'href="?scope=all&amp;page=2" rel="next"' in pages[0] and 'rel="prev"' not in pages[0]
+    assert 'href="?scope=all" rel="prev"' in pages[1] and 'href="?scope=all&amp;page=3" rel="next"' in pages[1]
+    assert 'href="?scope=all&amp;page=2" rel="prev"' in pages[2] and 'rel="next"' not in pages[2]  # the last one
+    assert _tiles(client.get(url, {"page": "two"}).content.decode()) == ranked(2)  # not a number: the first page
+    deepest = client.get(url, {"page": 10**9}).content.decode()  # past the ranking's depth: its last page
+    assert f'href="?page={1000 // 2 - 1}" rel="prev"' in deepest and _tiles(deepest) == []
+
+
 def test_the_page_of_a_failed_or_pending_image_says_why_it_has_no_similar_images(client, indexed):  # noqa: F811
     collection, _ = indexed
     failed = Image.objects.get(status="failed")
@@ -145,6 +170,28 @@ def test_search_page_searches_again_with_the_same_image_for_another_k_or_collect
 
     bad_k = client.post(url, {"query": carried, "k": 0}).content.decode()
     assert _tiles(bad_k) == [] and _carried_query(bad_k) == carried  # kept for the next try
+
+
+def test_search_page_pages_on_with_the_same_image_and_starts_again_for_a_new_one(client, indexed):  # noqa: F811
+    import re
+
+    _, pictures = indexed
+    url = reverse("search:search-page")
+    whole = client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c4.png"]), "k": 6}).content.decode()
+    first = client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c4.png"]), "k": 4}).content.decode()
+    carried, pages = _carried_query(first), [first]
+    assert 'name="offset" value="4"' in first and "← previous" not in first
+    pages.append(client.post(url, {"query": carried, "k": 4, "offset": 4}).content.decode())
+    # six indexed images: the second page holds the last two, and has no further page
+    paged = [tile for page in pages for tile in _tiles(page)]
+    assert len(paged) == 6 and sorted(paged) == sorted(_tiles(whole)) and len(_tiles(pages[1])) == 2
+    assert re.findall(r"#(\d+) ", pages[1]) == ["5", "6"] and "Most similar, 5 to 6" in pages[1]
+    assert 'name="offset" value="0"' in pages[1] and "more →" not in pages[1]
+    # a new image starts from its nearest, whatever offset comes with it
+    again = client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c4.png"]), "k": 4, "offset": 4}).content.decode()
+    assert _tiles(again) == _tiles(first)
+    too_deep = client.post(url, {"query": carried, "k": 4, "offset": 998}).content.decode()
+    assert "Results go 1,000 deep at most." in too_deep and _tiles(too_deep) == []
 
 
 def test_search_page_refuses_a_missing_altered_or_outdated_query(client, indexed):  # noqa: F811
