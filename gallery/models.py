@@ -20,6 +20,19 @@ def validate_one_line_label(value: str) -> None:
     _refuse_unsafe(value, "a label")
 
 
+def checked_for_field(field: models.CharField, value: str, *, what: str) -> str:
+    """``value``, refused as the admin's form would refuse it for ``field``: a ValueError when it is
+    longer than the field's ``max_length`` ("WHAT has at most N characters") or fails one of its
+    validators (that validator's message). For names that come from elsewhere than a form."""
+    if len(value) > field.max_length:
+        raise ValueError(f"{what} has at most {field.max_length} characters")
+    try:
+        field.run_validators(value)
+    except ValidationError as exc:
+        raise ValueError(exc.messages[0]) from exc
+    return value
+
+
 def _refuse_unsafe(value: str, what: str) -> None:
     if _holds_unsafe(value):
         raise ValidationError(

@@ -13,7 +13,6 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
@@ -23,7 +22,7 @@ from django.utils import timezone
 
 from gallery import imaging
 from gallery.media import media_marker_write
-from gallery.models import Collection, Image, one_line
+from gallery.models import Collection, Image, checked_for_field, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +91,7 @@ def collection_get_or_create(*, name: str, description: str = "") -> Collection:
     name = name.strip()
     if not name:
         raise ValueError("a collection needs a name")
-    field = Collection._meta.get_field("name")
-    if len(name) > field.max_length:
-        raise ValueError(f"a collection's name has at most {field.max_length} characters")
-    try:
-        field.run_validators(name)  # the model's, as the admin's form runs them
-    except ValidationError as exc:
-        raise ValueError(exc.messages[0]) from exc
+    checked_for_field(Collection._meta.get_field("name"), name, what="a collection's name")
     collection, _ = Collection.objects.get_or_create(name=name, defaults={"description": description})
     return collection
 

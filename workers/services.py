@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import torch
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Case, F, Q, TextField, Value, When
@@ -22,7 +21,7 @@ from PIL import Image as PILImage
 
 from gallery import imaging
 from gallery.media import MediaStorageUnavailable, media_storage_check
-from gallery.models import Collection, Image
+from gallery.models import Collection, Image, checked_for_field
 from gallery.services import file_store, image_mark_failed, images_record_thumbnails, stored_files_delete
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store, encoder_promote, images_mark_indexed, images_missing_embedding
@@ -454,13 +453,10 @@ def _encoder_name(name: str, *, arch: str, collection: Collection) -> str:
     if not name:
         name = f"{arch} on {collection.name}"
         return name if len(name) <= field.max_length else name[: field.max_length - 1] + "\N{HORIZONTAL ELLIPSIS}"
-    if len(name) > field.max_length:
-        raise ValueError(f"--name: an encoder's name has at most {field.max_length} characters")
     try:
-        field.run_validators(name)  # the model's, as the admin's form runs them
-    except ValidationError as exc:
-        raise ValueError(f"--name: {exc.messages[0]}") from exc
-    return name
+        return checked_for_field(field, name, what="an encoder's name")
+    except ValueError as exc:
+        raise ValueError(f"--name: {exc}") from exc
 
 
 def encoder_train(
