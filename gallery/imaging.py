@@ -301,6 +301,47 @@ def decode_for_encoder(data: bytes) -> PILImage.Image:
     return decode_rgb(data, min_side=max(settings.CBIR_THUMBNAIL_SIZE, WORKING_SIDE))
 
 
+# A region of a picture to search with (left, top, right, bottom, as fractions of its width and
+# height) must span at least this many of its pixels each way: fewer is a click rather than a box,
+# and holds too little for an encoder to say anything about.
+Region = tuple[float, float, float, float]
+MIN_REGION_SIDE_PX = 8
+REGION_FORMAT = (
+    "four fractions of the picture, left, top, right and bottom, each from 0 to 1 (0.1,0.2,0.6,0.9), "
+    "with left before right and top above bottom"
+)
+
+
+def region_parse(text: str) -> Region:
+    """A region written as "left,top,right,bottom". Raises ``ValueError`` (its message says what a
+    region is) for anything else."""
+    try:
+        edges = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        edges = ()
+    if len(edges) != 4 or not all(0 <= edge <= 1 for edge in edges) or edges[0] >= edges[2] or edges[1] >= edges[3]:
+        raise ValueError(f"a region is {REGION_FORMAT}")
+    return edges
+
+
+class RegionTooSmall(ImageRejected):
+    """A region of a picture too small to search with."""
+
+
+def region_crop(picture: PILImage.Image, region: Region) -> PILImage.Image:
+    """The part of ``picture`` that ``region`` covers. Raises ``RegionTooSmall`` when it spans fewer
+    than ``MIN_REGION_SIDE_PX`` of the picture's pixels either way."""
+    width, height = picture.size
+    left, top, right, bottom = region
+    box = (round(left * width), round(top * height), round(right * width), round(bottom * height))
+    if min(box[2] - box[0], box[3] - box[1]) < MIN_REGION_SIDE_PX:
+        raise RegionTooSmall(
+            f"the region is {box[2] - box[0]}×{box[3] - box[1]} pixels of the {width}×{height} picture; "
+            f"it must be at least {MIN_REGION_SIDE_PX} pixels each way"
+        )
+    return picture.crop(box)
+
+
 def fit_within(image: PILImage.Image, side: int) -> PILImage.Image:
     """``image`` scaled down (bilinear, aspect kept) so that its longer side is ``side``, or
     ``image`` itself when it already fits."""

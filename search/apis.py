@@ -168,6 +168,19 @@ def _form_and_query(request) -> QueryDict:
 
 class SearchUploadInputSerializer(SearchParamsSerializer):
     image = serializers.FileField(allow_empty_file=True, help_text="the query picture")
+    region = serializers.CharField(
+        required=False, default=None, allow_null=True, max_length=200,
+        help_text=f"search with a part of the picture: {imaging.REGION_FORMAT}; "
+        f"at least {imaging.MIN_REGION_SIDE_PX} of its pixels each way",
+    )
+
+    def validate_region(self, value):
+        if not value:
+            return None
+        try:
+            return imaging.region_parse(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
 
 class SearchApi(APIView):
@@ -200,8 +213,10 @@ class SearchApi(APIView):
             encoder = selectors.encoder_active()
             hits = selectors.upload_list_similar(
                 data=upload.read(), k=data["k"], offset=data["offset"], filters=params.filters(),
-                exclude_duplicates=bool(data["exclude"]), encoder=encoder, expand=data["expand"],
+                exclude_duplicates=bool(data["exclude"]), encoder=encoder, expand=data["expand"], region=data["region"],
             )
+        except imaging.RegionTooSmall as exc:
+            return Response({"error": f"region: {exc}", "errors": {"region": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST)
         except imaging.ImageRejected as exc:
             return Response({"error": f"image: {exc}", "errors": {"image": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST)
         except selectors.SearchUnavailable as exc:

@@ -310,18 +310,20 @@ def image_list_similar(
 def upload_list_similar(
     *, data: bytes, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None, exclude_duplicates: bool = False, encoder: EncoderVersion | None = None,
-    expand: int | None = None,
+    expand: int | None = None, region: imaging.Region | None = None,
 ) -> list[Hit]:
-    """The ``k`` images most similar to an uploaded file. Raises ``ImageRejected`` for bad bytes.
-    With ``exclude_duplicates``, stored byte-identical copies of the upload are left out."""
+    """The ``k`` images most similar to an uploaded file, or to ``region`` of it. Raises
+    ``ImageRejected`` for bad bytes or a region too small. With ``exclude_duplicates``, stored
+    byte-identical copies of the upload are left out."""
 
     encoder = encoder or encoder_active()  # fail fast, before decoding, when nothing can be ranked
     if len(data) > settings.CBIR_MAX_UPLOAD_BYTES:
         raise imaging.ImageRejected(f"file too large: more than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes")
     if exclude_duplicates:
         filters = replace(filters, exclude_sha256=(*filters.exclude_sha256, hashlib.sha256(data).hexdigest()))
+    picture = imaging.decode_for_encoder(data)
     return picture_list_similar(
-        picture=imaging.decode_for_encoder(data), k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder,
+        picture=imaging.region_crop(picture, region) if region else picture, k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder,
         expand=expand,
     )
 

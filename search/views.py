@@ -16,16 +16,31 @@ from search import selectors
 # cannot keep a chosen file across a page load. It holds for a day, and for the encoder it came from.
 CARRIED_QUERY_SALT = "search.views.carried-query"
 CARRIED_QUERY_MAX_AGE_S = 24 * 3600
+WHOLE_IMAGE = "whole"  # the "whole image" button's value for the region field
+
+
+def _vector_text(vector: np.ndarray) -> str:
+    return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+
+
+def _vector_read(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
 
 
 @dataclass(frozen=True)
 class CarriedQuery:
     encoder_id: int
-    vector: np.ndarray
-    preview: str  # base64 of the WebP preview
+    vector: np.ndarray  # what is searched with: the whole picture's vector, or its region's
+    preview: str  # base64 of the WebP preview of the whole picture
+    # the region searched with, as fractions of the preview (left, top, right, bottom), and the
+    # whole picture's vector, kept to go back to it; both None while the whole picture is searched
+    region: imaging.Region | None = None
+    whole_vector: np.ndarray | None = None
 
     def dumps(self) -> str:
-        payload = {"encoder": self.encoder_id, "vector": base64.b64encode(self.vector.astype("<f4").tobytes()).decode(), "preview": self.preview}
+        payload = {"encoder": self.encoder_id, "vector": _vector_text(self.vector), "preview": self.preview}
+        if self.region is not None:
+            payload.update(region=list(self.region), whole=_vector_text(self.whole_vector))
         return signing.dumps(payload, salt=CARRIED_QUERY_SALT, compress=True)
 
     @classmethod
@@ -33,10 +48,29 @@ class CarriedQuery:
         """The query of a token this site made in the last day; None for anything else."""
         try:
             payload = signing.loads(token, salt=CARRIED_QUERY_SALT, max_age=CARRIED_QUERY_MAX_AGE_S)
-            vector = np.frombuffer(base64.b64decode(payload["vector"]), dtype="<f4").astype(np.float32)
-            return cls(encoder_id=int(payload["encoder"]), vector=vector, preview=str(payload["preview"]))
+            region = tuple(float(edge) for edge in payload["region"]) if "region" in payload else None
+            return cls(
+                encoder_id=int(payload["encoder"]), vector=_vector_read(payload["vector"]), preview=str(payload["preview"]),
+                region=region, whole_vector=_vector_read(payload["whole"]) if region is not None else None,
+            )
         except (signing.BadSignature, ValueError, KeyError, TypeError):  # SignatureExpired is a BadSignature
             return None
+
+    def whole(self) -> "CarriedQuery":
+        """This query searching the whole picture again."""
+        if self.region is None:
+            return self
+        return CarriedQuery(encoder_id=self.encoder_id, vector=self.whole_vector, preview=self.preview)
+
+    def cropped(self, region: imaging.Region, *, encoder) -> "CarriedQuery":
+        """This query searching ``region`` of its picture, embedded by ``encoder`` from the preview,
+        which holds the picture about as the encoders see it (reduced to ``WORKING_SIDE``). Raises
+        ``imaging.ImageRejected`` for a region too small to search with."""
+        picture = imaging.region_crop(imaging.decode_for_encoder(base64.b64decode(self.preview)), region)
+        return CarriedQuery(
+            encoder_id=self.encoder_id, vector=selectors.picture_embed(picture=picture, encoder=encoder),
+            preview=self.preview, region=region, whole_vector=self.vector if self.region is None else self.whole_vector,
+        )
 
 
 class SearchForm(forms.Form):
@@ -49,13 +83,27 @@ class SearchForm(forms.Form):
     # results to skip: sent only by the pager's buttons, so that another collection, number of
     # results or image starts again from the first
     offset = forms.IntegerField(min_value=0, required=False)
+    # a region of the carried picture to search with (search.js fills it from a box drawn on the
+    # preview), or "whole" to search with the whole picture again; either starts from the nearest
+    region = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
+
+    def clean_region(self):
+        text = self.cleaned_data["region"].strip()
+        if not text or text == WHOLE_IMAGE:
+            return text
+        try:
+            return imaging.region_parse(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"That region cannot be searched with: {exc}.") from exc
 
     def clean(self):
         cleaned = super().clean()
         cleaned["carried"] = None
         if cleaned.get("image"):
-            cleaned["offset"] = None  # a new image starts from its nearest
+            cleaned["offset"] = cleaned["region"] = None  # a new image starts from its nearest, whole
             return cleaned  # a new image replaces the one carried
+        if cleaned.get("region"):
+            cleaned["offset"] = None
         if (cleaned.get("offset") or 0) + (cleaned.get("k") or 0) > selectors.MAX_DEPTH:
             self.add_error("offset", f"Results go {selectors.MAX_DEPTH:,} deep at most.")
         if not cleaned.get("query"):
@@ -68,13 +116,13 @@ class SearchForm(forms.Form):
 
 
 def search_page(request):
-    hits, query_preview, problem, carry, offset = None, "", "", "", 0
+    hits, problem, offset, shown, token = None, "", 0, None, ""  # shown: the query the page carries on
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         collection = form.cleaned_data["collection"]
+        query = form.cleaned_data["carried"]
         try:
             encoder = selectors.encoder_active()
-            query = form.cleaned_data["carried"]
             if form.cleaned_data["image"]:
                 data = form.cleaned_data["image"].read()
                 if len(data) > settings.CBIR_MAX_UPLOAD_BYTES:
@@ -88,31 +136,47 @@ def search_page(request):
             if query.encoder_id != encoder.pk or query.vector.shape != (encoder.dim,):
                 form.add_error("image", "The search engine was updated since that search; choose the image again.")
             else:
+                region = form.cleaned_data["region"]
+                if region == WHOLE_IMAGE:
+                    query = query.whole()
+                elif region:
+                    shown = query  # a region refused leaves the query as it was
+                    query = query.cropped(region, encoder=encoder)
                 offset = form.cleaned_data["offset"] or 0
                 hits = selectors.vector_list_similar(
                     vector=query.vector, encoder=encoder, k=form.cleaned_data["k"], offset=offset,
                     collection_ids=[collection.pk] if collection else None,
                 )
-                query_preview, carry = "data:image/webp;base64," + query.preview, query.dumps()
+                shown = query
+        except imaging.RegionTooSmall as exc:
+            form.add_error("region", f"That region cannot be searched with: {exc}.")
         except imaging.ImageRejected as exc:
             form.add_error("image", f"This file cannot be searched with: {exc}")
         except selectors.SearchUnavailable as exc:
             problem = str(exc)
-    elif request.method == "POST" and (
-        query := form.cleaned_data.get("carried") or CarriedQuery.loads(form.cleaned_data.get("query") or "")
-    ):
+    elif request.method == "POST":
         # a bad number of results, say: the image stays carried for the next try (the form has
         # checked the token already unless a new file came with it)
-        query_preview, carry = "data:image/webp;base64," + query.preview, form.cleaned_data["query"]
+        shown = form.cleaned_data.get("carried") or CarriedQuery.loads(form.cleaned_data.get("query") or "")
+        token = form.cleaned_data["query"] if shown else ""
     k = form.cleaned_data.get("k") if hits is not None else None
     return render(
         request,
         "search/search.html",
         {
-            "form": form, "hits": hits, "query_preview": query_preview, "problem": problem, "carried_query": carry,
+            "form": form, "hits": hits, "problem": problem,
+            "query_preview": "data:image/webp;base64," + shown.preview if shown else "",
+            "carried_query": token or (shown.dumps() if shown else ""),
+            # the region searched with, as percentages of the preview for the box drawn over it
+            "region": dict(zip(("left", "top", "width", "height"), _region_percent(shown.region))) if shown and shown.region else None,
             "offset": offset, "last_rank": offset + len(hits or ()),
             # the pager's buttons post the form again with the carried query and another offset
             "previous_offset": max(offset - k, 0) if k and offset else None,
             "next_offset": offset + k if k and len(hits) == k and offset + 2 * k <= selectors.MAX_DEPTH else None,
         },
     )
+
+
+def _region_percent(region: imaging.Region) -> tuple[str, ...]:
+    left, top, right, bottom = region
+    return tuple(f"{100 * value:.2f}" for value in (left, top, right - left, bottom - top))

@@ -92,6 +92,52 @@ def test_choosing_dropping_or_pasting_an_image_searches_with_it_and_results_lead
             browser.close()
 
 
+def test_a_box_dragged_over_the_query_picture_searches_with_that_part_of_it(live_server, indexed, tmp_path):  # noqa: F811
+    from tests.utils import side_by_side
+
+    from playwright.sync_api import sync_playwright
+
+    _, pictures = indexed
+    detail = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
+    (tmp_path / "both.png").write_bytes(side_by_side(pictures["c1.png"], pictures["c4.png"]))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(live_server.url + reverse("search:search-page"))
+            with page.expect_navigation():
+                page.set_input_files("input[type=file]", str(tmp_path / "both.png"))
+            hrefs = lambda: [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()]  # noqa: E731
+            whole = hrefs()
+
+            def drag(left, top, right, bottom):
+                box = page.locator("[data-region-picker] img").bounding_box()
+                page.mouse.move(box["x"] + left * box["width"], box["y"] + top * box["height"])
+                page.mouse.down()
+                page.mouse.move(box["x"] + right * box["width"], box["y"] + bottom * box["height"], steps=4)
+                page.mouse.up()
+
+            for (left, right), name in (((0.02, 0.48), "c1.png"), ((0.52, 0.98), "c4.png")):
+                with page.expect_navigation():
+                    drag(left, 0.05, right, 0.95)
+                assert hrefs()[0] == detail[name], name
+                assert page.locator("h2").inner_text() == "6 most similar to the part in the box"
+                assert page.locator("[data-region-box]").count() == 1
+            on_the_right = hrefs()
+            drag(0.3, 0.5, 0.31, 0.51)  # a click, not a box: nothing is sent, the box stays
+            page.wait_for_timeout(300)
+            assert hrefs() == on_the_right and page.locator("[data-region-box]").count() == 1
+            with page.expect_navigation():
+                page.click("button:has-text('search with the whole image')")
+            assert hrefs() == whole and page.locator("[data-region-box]").count() == 0
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_folders(live_server, django_user_model, tmp_path):
     from playwright.sync_api import sync_playwright
 

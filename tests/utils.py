@@ -25,6 +25,19 @@ def image_bytes(*, color=(200, 30, 30), size=(64, 48), mode="RGB", fmt="PNG", pa
     return buffer.getvalue()
 
 
+def side_by_side(*pictures: bytes) -> bytes:
+    """One PNG holding ``pictures`` (encoded images of one height) left to right."""
+    opened = [PILImage.open(io.BytesIO(data)).convert("RGB") for data in pictures]
+    joined = PILImage.new("RGB", (sum(p.width for p in opened), max(p.height for p in opened)), "white")
+    left = 0
+    for picture in opened:
+        joined.paste(picture, (left, 0))
+        left += picture.width
+    buffer = io.BytesIO()
+    joined.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def orientation_exif(orientation: int) -> bytes:
     """An EXIF block holding only an orientation (1-8), for ``image_bytes(..., exif=...)``."""
     exif = PILImage.Exif()

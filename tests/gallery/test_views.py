@@ -194,6 +194,65 @@ def test_search_page_pages_on_with_the_same_image_and_starts_again_for_a_new_one
     assert "Results go 1,000 deep at most." in too_deep and _tiles(too_deep) == []
 
 
+def test_search_page_searches_with_a_region_of_the_picture_then_the_whole_again(client, indexed):  # noqa: F811
+    """A box drawn over the query's picture (search.js sends it as fractions) searches with that
+    part of it, for other numbers of results and pages too, until the whole picture is asked for."""
+    from tests.utils import side_by_side
+
+    _, pictures = indexed
+    url = reverse("search:search-page")
+    page_of = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
+    both = side_by_side(pictures["c1.png"], pictures["c4.png"])
+    whole = client.post(url, {"image": SimpleUploadedFile("both.png", both), "k": 6}).content.decode()
+    carried = _carried_query(whole)
+    assert "Drag a box over the picture" in whole and "data-region-box" not in whole
+
+    left = client.post(url, {"query": carried, "k": 6, "region": "0,0,0.5,1"}).content.decode()
+    right = client.post(url, {"query": carried, "k": 6, "region": "0.5,0,1,1"}).content.decode()
+    assert _tiles(left)[0] == page_of["c1.png"] and _tiles(right)[0] == page_of["c4.png"]
+    assert "6 most similar to the part in the box" in left
+    assert 'style="left:0.00%;top:0.00%;width:50.00%;height:100.00%"' in left
+    assert 'style="left:50.00%;top:0.00%;width:50.00%;height:100.00%"' in right
+    # the page carries the region on: another number of results, the next page
+    in_left = _carried_query(left)
+    fewer = client.post(url, {"query": in_left, "k": 3}).content.decode()
+    assert _tiles(fewer) == _tiles(left)[:3] and "data-region-box" in fewer
+    further = client.post(url, {"query": _carried_query(fewer), "k": 3, "offset": 3}).content.decode()
+    assert _tiles(further) == _tiles(left)[3:]
+    # a region drawn on a later page starts from the nearest again
+    redrawn = client.post(url, {"query": in_left, "k": 3, "offset": 3, "region": "0.5,0,1,1"}).content.decode()
+    assert _tiles(redrawn) == _tiles(right)[:3]
+    back = client.post(url, {"query": _carried_query(redrawn), "k": 6, "region": "whole"}).content.decode()
+    assert _tiles(back) == _tiles(whole) and "data-region-box" not in back
+    # a new picture is searched whole, whatever region comes with it
+    new = client.post(url, {"image": SimpleUploadedFile("both.png", both), "k": 6, "region": "0,0,0.5,1"}).content.decode()
+    assert _tiles(new) == _tiles(whole)
+
+
+@pytest.mark.parametrize(
+    ("region", "message"),
+    [
+        ("1,0,0,1", "with left before right and top above bottom"),
+        ("0,0,0.5", "four fractions of the picture"),
+        ("nan,0,1,1", "each from 0 to 1"),
+        ("0,0,1.5,1", "each from 0 to 1"),
+        ("0,0,0.05,1", "the region is 6×48 pixels of the 128×48 picture; it must be at least 8 pixels each way"),
+    ],
+)
+def test_search_page_refuses_a_bad_region_and_keeps_the_picture(client, indexed, region, message):  # noqa: F811
+    from tests.utils import side_by_side
+
+    _, pictures = indexed
+    url = reverse("search:search-page")
+    both = side_by_side(pictures["c1.png"], pictures["c4.png"])
+    carried = _carried_query(client.post(url, {"image": SimpleUploadedFile("both.png", both), "k": 3}).content.decode())
+    page = client.post(url, {"query": carried, "k": 3, "region": region}).content.decode()
+    assert "That region cannot be searched with: " in page and message in page
+    assert _tiles(page) == [] and _carried_query(page)  # the picture stays, for another box
+    retried = client.post(url, {"query": _carried_query(page), "k": 3}).content.decode()
+    assert len(_tiles(retried)) == 3 and "data-region-box" not in retried
+
+
 def test_search_page_refuses_a_missing_altered_or_outdated_query(client, indexed):  # noqa: F811
     from search.services import encoder_activate, encoder_promote
     from tests.utils import make_encoder

@@ -72,6 +72,38 @@ def test_upload_search_pages_through_its_next_link(client, indexed):
     assert response.status_code == 400 and "k" in response.json()["errors"]
 
 
+def test_upload_search_with_a_region_searches_with_that_part_of_the_picture(client, indexed):
+    from tests.utils import side_by_side
+
+    _, pictures = indexed
+    both = side_by_side(pictures["c1.png"], pictures["c4.png"])
+    url = reverse("api-search")
+
+    def post(**fields):
+        return client.post(url, {"image": SimpleUploadedFile("both.png", both), "k": 6, **fields})
+
+    whole = post().json()["results"]
+    left, right = (post(region=region).json()["results"] for region in ("0,0,0.5,1", "0.5,0,1,1"))
+    assert left[0]["original_name"] == "c1.png" and left[0]["similarity"] > 0.99  # the same pixels
+    assert right[0]["original_name"] == "c4.png" and right[0]["similarity"] > 0.99
+    assert {hit["id"] for hit in whole} == {hit["id"] for hit in left} == {hit["id"] for hit in right}
+    assert max(hit["similarity"] for hit in whole) < left[0]["similarity"]  # the whole is neither picture
+    assert [hit["id"] for hit in post(region="0,0,1,1").json()["results"]] == [hit["id"] for hit in whole]
+    # in the query string too, where the next page of a region's search keeps it
+    first = client.post(f"{url}?region=0,0,0.5,1", {"image": SimpleUploadedFile("both.png", both), "k": 3}).json()
+    assert [hit["id"] for hit in first["results"]] == [hit["id"] for hit in left[:3]] and "offset=3" in first["next"]
+
+    for region, message in (
+        ("0,0,0.5", "a region is four fractions"),
+        ("0.5,0,0.5,1", "with left before right"),
+        ("-0.1,0,1,1", "each from 0 to 1"),
+        ("0,0,1,0.1", "the region is 128×5 pixels of the 128×48 picture; it must be at least 8 pixels each way"),
+    ):
+        response = post(region=region)
+        assert response.status_code == 400, region
+        assert message in response.json()["errors"]["region"][0] and list(response.json()["errors"]) == ["region"]
+
+
 def test_similar_leaves_the_query_out_and_pins_queries(client, indexed, django_assert_num_queries):
     image = Image.objects.get(original_name="c0.png")
     # image, encoder, query vector, ids of its byte-identical copies, the query's nearest images

@@ -46,4 +46,66 @@
     );
     if (item) searchWith(item.getAsFile());
   });
+
+  // A box dragged over the query's picture searches with that part of it: the box goes to the
+  // server as fractions of the picture (left, top, right, bottom), which crops its preview.
+  const picker = document.querySelector("[data-region-picker]");
+  const region = form.querySelector("input[data-region]");
+  if (!picker || !region) return;
+  const picture = picker.querySelector("img");
+  const MIN_SIDE = 8; // pixels of the preview each way, as the server asks (MIN_REGION_SIDE_PX)
+  let start = null;
+  let box = picker.querySelector("[data-region-box]");
+  const previous = box ? box.getAttribute("style") : null;
+
+  function at(event) {
+    const rect = picture.getBoundingClientRect();
+    const clamp = (value) => Math.min(Math.max(value, 0), 1);
+    return { x: clamp((event.clientX - rect.left) / rect.width), y: clamp((event.clientY - rect.top) / rect.height) };
+  }
+  function edges(end) {
+    return [Math.min(start.x, end.x), Math.min(start.y, end.y), Math.max(start.x, end.x), Math.max(start.y, end.y)];
+  }
+  function show([left, top, right, bottom]) {
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "region";
+      picker.appendChild(box);
+    }
+    box.style.left = `${100 * left}%`;
+    box.style.top = `${100 * top}%`;
+    box.style.width = `${100 * (right - left)}%`;
+    box.style.height = `${100 * (bottom - top)}%`;
+  }
+  function cancel() {
+    start = null;
+    if (box && previous) box.setAttribute("style", previous);
+    else if (box) {
+      box.remove();
+      box = null;
+    }
+  }
+  picker.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    picker.setPointerCapture(event.pointerId);
+    start = at(event);
+  });
+  picker.addEventListener("pointermove", (event) => {
+    if (start) show(edges(at(event)));
+  });
+  picker.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const [left, top, right, bottom] = edges(at(event));
+    start = null;
+    const big = (right - left) * picture.naturalWidth >= MIN_SIDE && (bottom - top) * picture.naturalHeight >= MIN_SIDE;
+    if (!big) return cancel(); // a click, not a box
+    region.value = [left, top, right, bottom].map((edge) => edge.toFixed(4)).join(",");
+    region.disabled = false;
+    form.requestSubmit();
+  });
+  picker.addEventListener("pointercancel", cancel);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && start) cancel();
+  });
 })();
