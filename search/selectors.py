@@ -274,6 +274,18 @@ def vector_list_similar(
     return [Hit(image=images[image_id], distance=float(distance)) for image_id, distance in ranked if image_id in images]
 
 
+def image_vector(*, image: Image, encoder: EncoderVersion) -> np.ndarray:
+    """``image``'s vector under ``encoder``. Raises ``ImageNotIndexed`` (saying why) when it has none."""
+    embedding = Embedding.objects.filter(image=image, encoder=encoder).only("vector").first()
+    if embedding is None:
+        state = {
+            Image.Status.FAILED: "it could not be indexed",
+            Image.Status.PENDING: "it is still being indexed",
+        }.get(image.status, "it has no vector from the active encoder yet")
+        raise ImageNotIndexed(f"image {image.pk} has no similar images: {state}" + (f" ({image.error})" if image.error else ""))
+    return np.asarray(embedding.vector, dtype=np.float32)
+
+
 def image_list_similar(
     *,
     image: Image,
@@ -289,21 +301,14 @@ def image_list_similar(
     with ``exclude_duplicates``, so are byte-identical copies of it. ``encoder`` defaults to the
     active one; ``expand`` as for ``vector_list_similar``."""
     encoder = encoder or encoder_active()
-    embedding = Embedding.objects.filter(image=image, encoder=encoder).only("vector").first()
-    if embedding is None:
-        state = {
-            Image.Status.FAILED: "it could not be indexed",
-            Image.Status.PENDING: "it is still being indexed",
-        }.get(image.status, "it has no vector from the active encoder yet")
-        raise ImageNotIndexed(f"image {image.pk} has no similar images: {state}" + (f" ({image.error})" if image.error else ""))
+    vector = image_vector(image=image, encoder=encoder)
     filters = replace(
         filters,
         exclude_image_ids=(*filters.exclude_image_ids, image.pk),
         exclude_sha256=(*filters.exclude_sha256, image.sha256) if exclude_duplicates and image.sha256 else filters.exclude_sha256,
     )
     return vector_list_similar(
-        vector=embedding.vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids,
-        expand=expand,
+        vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids, expand=expand,
     )
 
 

@@ -1,14 +1,16 @@
 import base64
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from django import forms
 from django.conf import settings
 from django.core import signing
-from django.shortcuts import render
+from django.http import Http404
+from django.shortcuts import get_object_or_404, render
 
 from gallery import imaging
-from gallery.models import Collection
+from gallery.models import Collection, Image
 from search import selectors
 
 # After a search the page carries its query (the image's vector and preview, signed) in the form,
@@ -115,10 +117,40 @@ class SearchForm(forms.Form):
         return cleaned
 
 
+def _image_query(image: Image, *, encoder) -> CarriedQuery:
+    """A stored image as a query: its vector, and its thumbnail as the preview a region is cut
+    from. Raises ``ImageNotIndexed``, or ``OSError`` when storage cannot give the thumbnail."""
+    vector = selectors.image_vector(image=image, encoder=encoder)
+    if not image.thumbnail:
+        raise selectors.ImageNotIndexed(f"image {image.pk} has no thumbnail yet")
+    with image.thumbnail.open("rb") as thumbnail:
+        preview = thumbnail.read()
+    return CarriedQuery(encoder_id=encoder.pk, vector=vector, preview=base64.b64encode(preview).decode())
+
+
 def search_page(request):
-    hits, problem, offset, shown, token = None, "", 0, None, ""  # shown: the query the page carries on
+    """Search by an uploaded picture, or a region of it; ``?image=ID`` starts from a stored image
+    (the image page's "search with a part of it")."""
+    hits, problem, offset, shown, token, k = None, "", 0, None, "", None  # shown: the query the page carries on
     form = SearchForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "GET" and "image" in request.GET:
+        image_id = request.GET["image"]
+        if not (image_id.isascii() and image_id.isdigit() and len(image_id) <= 18):  # a bigint
+            raise Http404("no such image")
+        image = get_object_or_404(Image, pk=int(image_id))
+        try:
+            encoder = selectors.encoder_active()
+            shown = _image_query(image, encoder=encoder)
+            k = form["k"].initial
+            hits = selectors.vector_list_similar(vector=shown.vector, encoder=encoder, k=k)
+        except selectors.ImageNotIndexed as exc:
+            problem = f"This image cannot be searched with: {exc}."
+        except OSError as exc:
+            logging.getLogger(__name__).error("the thumbnail of image %s could not be read: %s", image.pk, exc)
+            problem = f"The thumbnail of image {image.pk} could not be read from media storage; the server's log says why."
+        except selectors.SearchUnavailable as exc:
+            problem = str(exc)
+    elif request.method == "POST" and form.is_valid():
         collection = form.cleaned_data["collection"]
         query = form.cleaned_data["carried"]
         try:
@@ -159,7 +191,8 @@ def search_page(request):
         # checked the token already unless a new file came with it)
         shown = form.cleaned_data.get("carried") or CarriedQuery.loads(form.cleaned_data.get("query") or "")
         token = form.cleaned_data["query"] if shown else ""
-    k = form.cleaned_data.get("k") if hits is not None else None
+    if request.method == "POST" and hits is not None:
+        k = form.cleaned_data["k"]
     return render(
         request,
         "search/search.html",

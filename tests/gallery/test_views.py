@@ -229,6 +229,42 @@ def test_search_page_searches_with_a_region_of_the_picture_then_the_whole_again(
     assert _tiles(new) == _tiles(whole)
 
 
+def test_the_image_page_leads_to_a_search_with_a_part_of_its_picture(client, indexed):  # noqa: F811
+    """``/search/?image=ID`` starts from a stored image: its vector, and its thumbnail to draw on."""
+    import base64
+
+    from tests.utils import side_by_side
+
+    collection, pictures = indexed
+    url = reverse("search:search-page")
+    images_create(collection=collection, files=[IncomingFile(name="both.png", data=side_by_side(pictures["c1.png"], pictures["c4.png"]))])
+    both = Image.objects.get(original_name="both.png")
+    images_index(image_ids=[both.pk])
+    both.refresh_from_db()
+    page_of = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
+    assert f'href="{url}?image={both.pk}"' in client.get(page_of["both.png"]).content.decode()
+
+    start = client.get(url, {"image": both.pk}).content.decode()
+    assert _tiles(start)[0] == page_of["both.png"] and "sim 1.000" in start  # its own vector, as stored
+    with both.thumbnail.open("rb") as thumbnail:  # the preview a region is cut from: its thumbnail, carried
+        assert f'src="data:image/webp;base64,{base64.b64encode(thumbnail.read()).decode()}"' in start
+    left = client.post(url, {"query": _carried_query(start), "k": 3, "region": "0,0,0.5,1"}).content.decode()
+    right = client.post(url, {"query": _carried_query(start), "k": 3, "region": "0.5,0,1,1"}).content.decode()
+    assert _tiles(left)[0] == page_of["c1.png"] and _tiles(right)[0] == page_of["c4.png"]
+    back = client.post(url, {"query": _carried_query(left), "k": 10, "region": "whole"}).content.decode()
+    assert _tiles(back) == _tiles(start)
+
+    failed = Image.objects.get(original_name="bad.png")
+    page = client.get(url, {"image": failed.pk}).content.decode()
+    assert f"This image cannot be searched with: image {failed.pk} has no similar images: it could not be indexed" in page
+    assert _tiles(page) == [] and "Search with a part" not in client.get(reverse("gallery:image-detail", args=[failed.pk])).content.decode()
+    for unknown in ("999999", "x", "²", "9" * 30):
+        assert client.get(url, {"image": unknown}).status_code == 404, unknown
+    both.thumbnail.storage.delete(both.thumbnail.name)  # gone from media storage: said, not a 500
+    page = client.get(url, {"image": both.pk})
+    assert page.status_code == 200 and f"The thumbnail of image {both.pk} could not be read" in page.content.decode()
+
+
 @pytest.mark.parametrize(
     ("region", "message"),
     [
