@@ -3,6 +3,7 @@ live server on the test database. Skipped where Chromium is not installed (`apt-
 chromium`; Playwright's own browser download is not used)."""
 import base64
 import shutil
+from contextlib import contextmanager
 
 import pytest
 from django.urls import reverse
@@ -16,6 +17,24 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),  # the live server's thread must see the rows
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
 ]
+
+
+@contextmanager
+def chromium_page():
+    """A page of headless Chromium, with the errors its scripts raise collected in a list."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page, errors
+        finally:
+            browser.close()
+
 
 # Builds a File from base64 and hands it to the page as a user's drop or paste would.
 DROP = """([data, name]) => {
@@ -34,113 +53,91 @@ PASTE = """([data, name]) => {
 
 
 def test_choosing_dropping_or_pasting_an_image_searches_with_it_and_results_lead_to_similar_images(live_server, indexed, tmp_path):  # noqa: F811
-    from playwright.sync_api import sync_playwright
-
     _, pictures = indexed
     collection_get_or_create(name="elsewhere")
     # Everything the database says is read first: Django refuses ORM calls while Playwright's
     # event loop runs in this thread.
     detail = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
     page_url = live_server.url + reverse("search:search-page")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(10_000)
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            for how, script, name in (("drop", DROP, "c3.png"), ("paste", PASTE, "c1.png")):
-                page.goto(page_url)
-                with page.expect_navigation():
-                    page.evaluate(script, [base64.b64encode(pictures[name]).decode(), name])
-                tiles = page.locator("#results a.tile")
-                assert tiles.count() == 6, how  # the six indexed images, the same picture first
-                assert tiles.first.get_attribute("href") == detail[name], how
-                assert "sim 1.000" in tiles.first.inner_text(), how
-            (tmp_path / "c5.png").write_bytes(pictures["c5.png"])
+    with chromium_page() as (page, errors):
+        for how, script, name in (("drop", DROP, "c3.png"), ("paste", PASTE, "c1.png")):
             page.goto(page_url)
-            with page.expect_navigation():  # chosen with the button: no second click on Search
-                page.set_input_files("input[type=file]", str(tmp_path / "c5.png"))
-            assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
-            # the same image again, for fewer results (the browser no longer holds the file)
-            page.fill("input[name=k]", "2")
             with page.expect_navigation():
-                page.click("button[type=submit]")
-            assert page.locator("#results a.tile").count() == 2
-            assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
-            hrefs = lambda: [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()]  # noqa: E731
-            first_two = hrefs()
-            with page.expect_navigation():  # the pager's button sends the form on, a page further
-                page.click(".pager button:has-text('more')")
-            assert len(hrefs()) == 2 and not set(hrefs()) & set(first_two)
-            assert page.locator("h2").inner_text() == "Most similar, 3 to 4"
-            with page.expect_navigation():  # Enter is the Search button's: from the nearest again
-                page.press("input[name=k]", "Enter")
-            assert hrefs() == first_two
-            with page.expect_navigation():  # another collection searches at once
-                page.select_option("select[name=collection]", label="elsewhere")
-            assert page.locator("#results a.tile").count() == 0
-            with page.expect_navigation():
-                page.select_option("select[name=collection]", label="All collections")
+                page.evaluate(script, [base64.b64encode(pictures[name]).decode(), name])
             tiles = page.locator("#results a.tile")
-            assert tiles.count() == 2
-            tiles.first.click()
-            page.wait_for_url(live_server.url + detail["c5.png"])
-            assert page.locator("#results a.tile").count() == 5  # its similar images, never itself
-            assert errors == []
-        finally:
-            browser.close()
+            assert tiles.count() == 6, how  # the six indexed images, the same picture first
+            assert tiles.first.get_attribute("href") == detail[name], how
+            assert "sim 1.000" in tiles.first.inner_text(), how
+        (tmp_path / "c5.png").write_bytes(pictures["c5.png"])
+        page.goto(page_url)
+        with page.expect_navigation():  # chosen with the button: no second click on Search
+            page.set_input_files("input[type=file]", str(tmp_path / "c5.png"))
+        assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
+        # the same image again, for fewer results (the browser no longer holds the file)
+        page.fill("input[name=k]", "2")
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        assert page.locator("#results a.tile").count() == 2
+        assert page.locator("#results a.tile").first.get_attribute("href") == detail["c5.png"]
+        hrefs = lambda: [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()]  # noqa: E731
+        first_two = hrefs()
+        with page.expect_navigation():  # the pager's button sends the form on, a page further
+            page.click(".pager button:has-text('more')")
+        assert len(hrefs()) == 2 and not set(hrefs()) & set(first_two)
+        assert page.locator("h2").inner_text() == "Most similar, 3 to 4"
+        with page.expect_navigation():  # Enter is the Search button's: from the nearest again
+            page.press("input[name=k]", "Enter")
+        assert hrefs() == first_two
+        with page.expect_navigation():  # another collection searches at once
+            page.select_option("select[name=collection]", label="elsewhere")
+        assert page.locator("#results a.tile").count() == 0
+        with page.expect_navigation():
+            page.select_option("select[name=collection]", label="All collections")
+        tiles = page.locator("#results a.tile")
+        assert tiles.count() == 2
+        tiles.first.click()
+        page.wait_for_url(live_server.url + detail["c5.png"])
+        assert page.locator("#results a.tile").count() == 5  # its similar images, never itself
+        assert errors == []
 
 
 def test_a_box_dragged_over_the_query_picture_searches_with_that_part_of_it(live_server, indexed, tmp_path):  # noqa: F811
     from tests.utils import side_by_side
 
-    from playwright.sync_api import sync_playwright
-
     _, pictures = indexed
     detail = {name: reverse("gallery:image-detail", args=[pk]) for name, pk in Image.objects.values_list("original_name", "pk")}
     (tmp_path / "both.png").write_bytes(side_by_side(pictures["c1.png"], pictures["c4.png"]))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(10_000)
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(live_server.url + reverse("search:search-page"))
-            with page.expect_navigation():
-                page.set_input_files("input[type=file]", str(tmp_path / "both.png"))
-            hrefs = lambda: [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()]  # noqa: E731
-            whole = hrefs()
+    with chromium_page() as (page, errors):
+        page.goto(live_server.url + reverse("search:search-page"))
+        with page.expect_navigation():
+            page.set_input_files("input[type=file]", str(tmp_path / "both.png"))
+        hrefs = lambda: [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()]  # noqa: E731
+        whole = hrefs()
 
-            def drag(left, top, right, bottom):
-                box = page.locator("[data-region-picker] img").bounding_box()
-                page.mouse.move(box["x"] + left * box["width"], box["y"] + top * box["height"])
-                page.mouse.down()
-                page.mouse.move(box["x"] + right * box["width"], box["y"] + bottom * box["height"], steps=4)
-                page.mouse.up()
+        def drag(left, top, right, bottom):
+            box = page.locator("[data-region-picker] img").bounding_box()
+            page.mouse.move(box["x"] + left * box["width"], box["y"] + top * box["height"])
+            page.mouse.down()
+            page.mouse.move(box["x"] + right * box["width"], box["y"] + bottom * box["height"], steps=4)
+            page.mouse.up()
 
-            for (left, right), name in (((0.02, 0.48), "c1.png"), ((0.52, 0.98), "c4.png")):
-                with page.expect_navigation():
-                    drag(left, 0.05, right, 0.95)
-                assert hrefs()[0] == detail[name], name
-                assert page.locator("h2").inner_text() == "6 most similar to the part in the box"
-                assert page.locator("[data-region-box]").count() == 1
-            on_the_right = hrefs()
-            drag(0.3, 0.5, 0.31, 0.51)  # a click, not a box: nothing is sent, the box stays
-            page.wait_for_timeout(300)
-            assert hrefs() == on_the_right and page.locator("[data-region-box]").count() == 1
+        for (left, right), name in (((0.02, 0.48), "c1.png"), ((0.52, 0.98), "c4.png")):
             with page.expect_navigation():
-                page.click("button:has-text('search with the whole image')")
-            assert hrefs() == whole and page.locator("[data-region-box]").count() == 0
-            assert errors == []
-        finally:
-            browser.close()
+                drag(left, 0.05, right, 0.95)
+            assert hrefs()[0] == detail[name], name
+            assert page.locator("h2").inner_text() == "6 most similar to the part in the box"
+            assert page.locator("[data-region-box]").count() == 1
+        on_the_right = hrefs()
+        drag(0.3, 0.5, 0.31, 0.51)  # a click, not a box: nothing is sent, the box stays
+        page.wait_for_timeout(300)
+        assert hrefs() == on_the_right and page.locator("[data-region-box]").count() == 1
+        with page.expect_navigation():
+            page.click("button:has-text('search with the whole image')")
+        assert hrefs() == whole and page.locator("[data-region-box]").count() == 0
+        assert errors == []
 
 
 def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_folders(live_server, django_user_model, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from gallery.services import collection_get_or_create
     from tests.utils import image_bytes
 
@@ -150,30 +147,24 @@ def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_f
         (tmp_path / "shots" / folder).mkdir(parents=True)
         (tmp_path / "shots" / folder / f"{folder}.png").write_bytes(image_bytes(pattern=pattern))
     upload_url = live_server.url + reverse("admin:gallery_collection_upload", args=[collection.pk])
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(10_000)
-            page.goto(f"{live_server.url}{reverse('admin:login')}?next={upload_url}")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "a-long-password")
-            page.click("input[type=submit]")
-            page.wait_for_url(upload_url)
-            page.set_input_files("#id_folder", str(tmp_path / "shots"))
-            page.check("#id_labels_from_dirs")
-            # more files than the server takes: the page says so and sends nothing
-            page.evaluate("document.getElementById('upload-form').dataset.maxFiles = '1'")
-            dialogs = []
-            page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-            page.click("input[type=submit]")
-            refusal = dialogs[0]
-            page.evaluate("document.getElementById('upload-form').dataset.maxFiles = '1000'")
-            page.click("input[type=submit]")
-            page.wait_for_load_state()
-            message = page.locator(".messagelist").inner_text()
-        finally:
-            browser.close()
+    with chromium_page() as (page, errors):
+        page.goto(f"{live_server.url}{reverse('admin:login')}?next={upload_url}")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "a-long-password")
+        page.click("input[type=submit]")
+        page.wait_for_url(upload_url)
+        page.set_input_files("#id_folder", str(tmp_path / "shots"))
+        page.check("#id_labels_from_dirs")
+        # more files than the server takes: the page says so and sends nothing
+        page.evaluate("document.getElementById('upload-form').dataset.maxFiles = '1'")
+        dialogs = []
+        page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.click("input[type=submit]")
+        refusal = dialogs[0]
+        page.evaluate("document.getElementById('upload-form').dataset.maxFiles = '1000'")
+        page.click("input[type=submit]")
+        page.wait_for_load_state()
+        message = page.locator(".messagelist").inner_text()
     assert refusal.startswith("2 files picked; one upload takes at most 1")
     assert "2 queued for indexing" in message
     rows = dict(Image.objects.filter(collection=collection).values_list("original_name", "label"))
