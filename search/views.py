@@ -201,7 +201,7 @@ def search_page(request):
             "query_preview": "data:image/webp;base64," + shown.preview if shown else "",
             "carried_query": token or (shown.dumps() if shown else ""),
             # the region searched with, as percentages of the preview for the box drawn over it
-            "region": dict(zip(("left", "top", "width", "height"), _region_percent(shown.region))) if shown and shown.region else None,
+            "region": _region_shown(shown.region) if shown and shown.region else None,
             "offset": offset, "last_rank": offset + len(hits or ()),
             # the pager's buttons post the form again with the carried query and another offset
             "previous_offset": max(offset - k, 0) if k and offset else None,
@@ -210,6 +210,8 @@ def search_page(request):
     )
 
 
-def _region_percent(region: imaging.Region) -> tuple[str, ...]:
+def _region_shown(region: imaging.Region) -> dict[str, str]:
+    """The box drawn over the picture (percentages), and the region as the form sends it."""
     left, top, right, bottom = region
-    return tuple(f"{100 * value:.2f}" for value in (left, top, right - left, bottom - top))
+    box = (f"{100 * value:.2f}" for value in (left, top, right - left, bottom - top))
+    return dict(zip(("left", "top", "width", "height"), box)) | {"value": ",".join(f"{edge:.4f}" for edge in region)}

@@ -134,6 +134,17 @@ def test_a_box_dragged_over_the_query_picture_searches_with_that_part_of_it(live
         with page.expect_navigation():
             page.click("button:has-text('search with the whole image')")
         assert hrefs() == whole and page.locator("[data-region-box]").count() == 0
+        # the keyboard's way: Enter puts the middle half on, arrows move it, Shift with arrows resizes
+        page.focus("[data-region-picker]")
+        page.keyboard.press("Enter")
+        assert page.locator(".region-picker .region").count() == 1
+        for key, times in (("ArrowUp", 6), ("Shift+ArrowDown", 12), ("ArrowLeft", 6)):
+            for _ in range(times):  # past the picture's edge: the box stops there
+                page.keyboard.press(key)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert page.locator("[data-region-picker]").get_attribute("data-region") == "0.0000,0.0000,0.5000,1.0000"
+        assert hrefs()[0] == detail["c1.png"]
         assert errors == []
 
 

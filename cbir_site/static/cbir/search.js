@@ -108,4 +108,45 @@
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && start) cancel();
   });
+
+  // The keyboard's way: with the picture focused, an arrow key or Enter puts a box on it (the
+  // region searched with, or the middle half), arrows move it, Shift with arrows resizes it,
+  // Enter searches with it, Escape takes it back.
+  const STEP = 0.05;
+  const MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  let keyed = null;
+  picker.addEventListener("keydown", (event) => {
+    const move = MOVES[event.key];
+    if (!keyed) {
+      if (!move && event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      const carried = (picker.dataset.region || "").split(",").map(Number);
+      keyed = carried.length === 4 && carried.every(Number.isFinite) ? carried : [0.25, 0.25, 0.75, 0.75];
+      return show(keyed);
+    }
+    if (event.key === "Escape") {
+      keyed = null;
+      return cancel();
+    }
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      region.value = keyed.map((edge) => edge.toFixed(4)).join(",");
+      region.disabled = false;
+      return form.requestSubmit();
+    }
+    if (!move) return;
+    event.preventDefault();
+    let [left, top, right, bottom] = keyed;
+    const [dx, dy] = move.map((d) => d * STEP);
+    if (event.shiftKey) { // the right and bottom edges, never past the left and top ones
+      right = Math.min(Math.max(right + dx, left + STEP), 1);
+      bottom = Math.min(Math.max(bottom + dy, top + STEP), 1);
+    } else { // the whole box, kept on the picture
+      const x = Math.min(Math.max(dx, -left), 1 - right);
+      const y = Math.min(Math.max(dy, -top), 1 - bottom);
+      [left, top, right, bottom] = [left + x, top + y, right + x, bottom + y];
+    }
+    keyed = [left, top, right, bottom];
+    show(keyed);
+  });
 })();
