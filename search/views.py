@@ -67,7 +67,7 @@ class CarriedQuery:
     def cropped(self, region: imaging.Region, *, encoder) -> "CarriedQuery":
         """This query searching ``region`` of its picture, embedded by ``encoder`` from the preview,
         which holds the picture about as the encoders see it (reduced to ``WORKING_SIDE``). Raises
-        ``imaging.ImageRejected`` for a region too small to search with."""
+        ``imaging.RegionTooSmall`` for a region too small to search with."""
         picture = imaging.region_crop(imaging.decode_for_encoder(base64.b64decode(self.preview)), region)
         return CarriedQuery(
             encoder_id=self.encoder_id, vector=selectors.picture_embed(picture=picture, encoder=encoder),
@@ -131,7 +131,8 @@ def _image_query(image: Image, *, encoder) -> CarriedQuery:
 def search_page(request):
     """Search by an uploaded picture, or a region of it; ``?image=ID`` starts from a stored image
     (the image page's "search with a part of it")."""
-    hits, problem, offset, shown, token, k = None, "", 0, None, "", None  # shown: the query the page carries on
+    # shown: the query the page carries on; k: the page size of the hits, set with them
+    hits, problem, offset, shown, token, k = None, "", 0, None, "", None
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "GET" and "image" in request.GET:
         image_id = request.GET["image"]
@@ -141,8 +142,8 @@ def search_page(request):
         try:
             encoder = selectors.encoder_active()
             shown = _image_query(image, encoder=encoder)
+            hits = selectors.vector_list_similar(vector=shown.vector, encoder=encoder, k=form["k"].initial)
             k = form["k"].initial
-            hits = selectors.vector_list_similar(vector=shown.vector, encoder=encoder, k=k)
         except selectors.ImageNotIndexed as exc:
             problem = f"This image cannot be searched with: {exc}."
         except OSError as exc:
@@ -179,7 +180,7 @@ def search_page(request):
                     vector=query.vector, encoder=encoder, k=form.cleaned_data["k"], offset=offset,
                     collection_ids=[collection.pk] if collection else None,
                 )
-                shown = query
+                shown, k = query, form.cleaned_data["k"]
         except imaging.RegionTooSmall as exc:
             form.add_error("region", f"That region cannot be searched with: {exc}.")
         except imaging.ImageRejected as exc:
@@ -191,8 +192,6 @@ def search_page(request):
         # checked the token already unless a new file came with it)
         shown = form.cleaned_data.get("carried") or CarriedQuery.loads(form.cleaned_data.get("query") or "")
         token = form.cleaned_data["query"] if shown else ""
-    if request.method == "POST" and hits is not None:
-        k = form.cleaned_data["k"]
     return render(
         request,
         "search/search.html",

@@ -77,6 +77,11 @@
     box.style.width = `${100 * (right - left)}%`;
     box.style.height = `${100 * (bottom - top)}%`;
   }
+  function searchWithin(box) { // the form sends the region with the carried query
+    region.value = box.map((edge) => edge.toFixed(4)).join(",");
+    region.disabled = false;
+    form.requestSubmit();
+  }
   function cancel() {
     start = null;
     if (box && previous) box.setAttribute("style", previous);
@@ -100,9 +105,7 @@
     start = null;
     const big = (right - left) * picture.naturalWidth >= MIN_SIDE && (bottom - top) * picture.naturalHeight >= MIN_SIDE;
     if (!big) return cancel(); // a click, not a box
-    region.value = [left, top, right, bottom].map((edge) => edge.toFixed(4)).join(",");
-    region.disabled = false;
-    form.requestSubmit();
+    searchWithin([left, top, right, bottom]);
   });
   picker.addEventListener("pointercancel", cancel);
   document.addEventListener("keydown", (event) => {
@@ -130,9 +133,7 @@
     }
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
-      region.value = keyed.map((edge) => edge.toFixed(4)).join(",");
-      region.disabled = false;
-      return form.requestSubmit();
+      return searchWithin(keyed);
     }
     if (!move) return;
     event.preventDefault();
