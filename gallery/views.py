@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, render
 from gallery.models import Collection, Image
 from gallery.selectors import collection_labels, collection_list_with_stats, collection_stats
 from search import selectors as search_selectors
+from search.views import marks_context, marks_parse, search_with_marks
 
 IMAGES_PER_PAGE = 60
 # Similar images on an image's page; "more similar" pages on to search.selectors.MAX_DEPTH.
@@ -18,9 +19,12 @@ def collection_list(request):
     return render(request, "gallery/collection_list.html", {"collections": collection_list_with_stats()})
 
 
-def _query(**params: str) -> str:
-    """A query string of the non-empty ``params``, with its "?"."""
-    return "?" + urlencode({key: value for key, value in params.items() if value})
+def _query(marks: search_selectors.Feedback = search_selectors.Feedback(), **params: str) -> str:
+    """A query string of the non-empty ``params`` and the ``marks`` (``like`` and ``unlike`` ids),
+    with its "?"."""
+    pairs = [(key, value) for key, value in params.items() if value]
+    pairs += [("like", i) for i in marks.liked] + [("unlike", i) for i in marks.disliked]
+    return "?" + urlencode(pairs)
 
 
 def collection_detail(request, collection_id: int):
@@ -63,22 +67,32 @@ def collection_detail(request, collection_id: int):
 
 def image_detail(request, image_id: int):
     """An image and the images most similar to it, in its collection or in all (``scope``), a page
-    of them at a time (``page``, up to the ranking's depth)."""
+    of them at a time (``page``, up to the ranking's depth), steered by the results marked more or
+    less like it (``like``, ``unlike``: relevance feedback)."""
     image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
     within = request.GET.get("scope", "collection") == "collection"
     pages = search_selectors.MAX_DEPTH // SIMILAR_PER_PAGE
     number = _page_number(request.GET.get("page"), last=pages)
     offset = (number - 1) * SIMILAR_PER_PAGE
-    hits, problem = [], ""
+    hits, problem, notice = [], "", ""
+    try:
+        marks = marks_parse(request.GET)
+    except ValueError as exc:
+        marks, notice = search_selectors.Feedback(), f"Your marks were set aside: {exc}."
     if image.status == Image.Status.FAILED:
         problem = "This file could not be indexed (the reason is above), so it has no similar images."
     elif image.status == Image.Status.PENDING:
         problem = "This image is still being indexed; its similar images show here once it is."
     else:
         try:
-            hits = search_selectors.image_list_similar(
-                image=image, k=SIMILAR_PER_PAGE, offset=offset, collection_ids=[image.collection_id] if within else None
+            hits, marks, dropped = search_with_marks(
+                lambda feedback: search_selectors.image_list_similar(
+                    image=image, k=SIMILAR_PER_PAGE, offset=offset, collection_ids=[image.collection_id] if within else None,
+                    feedback=feedback,
+                ),
+                marks,
             )
+            notice = notice or dropped
         except (search_selectors.SearchUnavailable, search_selectors.ImageNotIndexed) as exc:
             problem = str(exc)
     scope = "" if within else "all"
@@ -86,10 +100,12 @@ def image_detail(request, image_id: int):
         request,
         "gallery/image_detail.html",
         {
-            "image": image, "hits": hits, "problem": problem, "within": within,
-            "offset": offset, "last_rank": offset + len(hits),
-            "previous_url": _query(scope=scope, page=str(number - 1) if number > 2 else "") if number > 1 else "",
-            "next_url": _query(scope=scope, page=str(number + 1)) if len(hits) == SIMILAR_PER_PAGE and number < pages else "",
+            "image": image, "hits": hits, "problem": problem, "notice": notice, "within": within, "scope": scope,
+            "offset": offset, "last_rank": offset + len(hits), "marked": bool(marks), "feedback_form": "feedback",
+            "previous_url": _query(marks, scope=scope, page=str(number - 1) if number > 2 else "") if number > 1 else "",
+            "next_url": _query(marks, scope=scope, page=str(number + 1)) if len(hits) == SIMILAR_PER_PAGE and number < pages else "",
+            "unmarked_url": _query(scope=scope),
+            **marks_context(marks, hits),
         },
     )
 

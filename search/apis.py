@@ -44,15 +44,32 @@ class SearchParamsSerializer(serializers.Serializer):
         f"default {settings.CBIR_QUERY_EXPANSION})",
     )
 
+    like = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), required=False, default=list,
+        max_length=selectors.MAX_FEEDBACK_IMAGES,
+        help_text="relevance feedback: ids of images marked 'more like this' (repeat the parameter or separate "
+        "with commas); the query is moved toward them",
+    )
+    unlike = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), required=False, default=list,
+        max_length=selectors.MAX_FEEDBACK_IMAGES,
+        help_text="relevance feedback: ids of images marked 'less like this'; the query is moved away from them",
+    )
+
+    LISTS = ("collection", "like", "unlike")  # may repeat and may hold commas
+
     def to_internal_value(self, data):
-        if hasattr(data, "getlist"):  # QueryDict: collection may repeat and may hold commas
-            collections = []
-            for value in data.getlist("collection"):
-                if isinstance(value, str):
-                    collections.extend(part for part in value.split(",") if part.strip())
-                else:  # a file posted under the name: kept whole, for the field to refuse
-                    collections.append(value)
-            data = {key: data.get(key) for key in data} | {"collection": collections}
+        if hasattr(data, "getlist"):  # QueryDict
+            lists = {}
+            for name in self.LISTS:
+                parts = []
+                for value in data.getlist(name):
+                    if isinstance(value, str):
+                        parts.extend(part for part in value.split(",") if part.strip())
+                    else:  # a file posted under the name: kept whole, for the field to refuse
+                        parts.append(value)
+                lists[name] = parts
+            data = {key: data.get(key) for key in data} | lists
         return super().to_internal_value(data)
 
     def validate(self, attrs):
@@ -68,6 +85,10 @@ class SearchParamsSerializer(serializers.Serializer):
             min_similarity=data["min_similarity"],
             exact=data["exact"],
         )
+
+    def feedback(self) -> selectors.Feedback:
+        data = self.validated_data
+        return selectors.Feedback(liked=tuple(data["like"]), disliked=tuple(data["unlike"]))
 
 
 class HitOutputSerializer(ImageOutputSerializer):
@@ -99,6 +120,8 @@ SEARCH_PARAMETERS = [
         f"images, each weighted by its similarity cubed; distances stay those to the query. 0 = plain nearest "
         f"neighbours; default {settings.CBIR_QUERY_EXPANSION}",
     ),
+    OpenApiParameter("like", int, many=True, explode=True, description="relevance feedback: images marked 'more like this'; repeatable"),
+    OpenApiParameter("unlike", int, many=True, explode=True, description="relevance feedback: images marked 'less like this'; repeatable"),
     OpenApiParameter("exclude", bool, description="leave out byte-identical duplicates of the query (default true here)"),
 ]
 ERRORS = {
@@ -109,6 +132,10 @@ ERRORS = {
 
 def _invalid(params) -> Response:
     return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+
+
+def _bad_parameter(field: str, message: str) -> Response:
+    return Response({"error": f"{field}: {message}", "errors": {field: [message]}}, status=status.HTTP_400_BAD_REQUEST)
 
 
 def _ranked(request, hits, params, encoder_id: int, **extra) -> Response:
@@ -146,7 +173,10 @@ class ImageSimilarApi(APIView):
             hits = selectors.image_list_similar(
                 image=image, k=data["k"], offset=data["offset"], filters=params.filters(),
                 exclude_duplicates=data["exclude"] is not False, encoder=encoder, expand=data["expand"],
+                feedback=params.feedback(),
             )
+        except selectors.FeedbackInvalid as exc:
+            return _bad_parameter(exc.field, str(exc))
         except selectors.SearchUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         except selectors.ImageNotIndexed as exc:
@@ -207,18 +237,20 @@ class SearchApi(APIView):
         data = params.validated_data
         upload = data["image"]
         if upload.size > settings.CBIR_MAX_UPLOAD_BYTES:
-            message = f"file larger than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes"
-            return Response({"error": f"image: {message}", "errors": {"image": [message]}}, status=status.HTTP_400_BAD_REQUEST)
+            return _bad_parameter("image", f"file larger than {settings.CBIR_MAX_UPLOAD_BYTES:,} bytes")
         try:
             encoder = selectors.encoder_active()
             hits = selectors.upload_list_similar(
                 data=upload.read(), k=data["k"], offset=data["offset"], filters=params.filters(),
                 exclude_duplicates=bool(data["exclude"]), encoder=encoder, expand=data["expand"], region=data["region"],
+                feedback=params.feedback(),
             )
+        except selectors.FeedbackInvalid as exc:
+            return _bad_parameter(exc.field, str(exc))
         except imaging.RegionTooSmall as exc:
-            return Response({"error": f"region: {exc}", "errors": {"region": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST)
+            return _bad_parameter("region", str(exc))
         except imaging.ImageRejected as exc:
-            return Response({"error": f"image: {exc}", "errors": {"image": [str(exc)]}}, status=status.HTTP_400_BAD_REQUEST)
+            return _bad_parameter("image", str(exc))
         except selectors.SearchUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return _ranked(request, hits, params, encoder.pk)

@@ -208,6 +208,79 @@ def expanded_query(vector: Sequence[float] | np.ndarray, neighbours: Sequence[tu
     return (expanded / max(np.linalg.norm(expanded), 1e-12)).astype(np.float32)
 
 
+# Relevance feedback (Rocchio 1971, with the SMART system's usual weights): the query moved toward
+# the mean of the results a person marked "more like this" and away from the mean of those marked
+# "less like this". Pulling harder than pushing is the classic choice: what is liked says what the
+# person wants, what is disliked only one of many things they do not.
+FEEDBACK_QUERY_WEIGHT = 1.0
+FEEDBACK_LIKED_WEIGHT = 0.75
+FEEDBACK_DISLIKED_WEIGHT = 0.15
+# Marks one search may carry, each way: a person marks a page at a time, over a few rounds.
+MAX_FEEDBACK_IMAGES = 200
+
+
+class FeedbackInvalid(ValueError):
+    """A mark names an image that cannot steer the search: unknown, or without a vector under the
+    encoder. ``field`` is "like" or "unlike"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Images a person marked among the results: ``liked`` ("more like this") and ``disliked``
+    ("less like this"), by id. Empty: the plain search."""
+
+    liked: Sequence[int] = ()
+    disliked: Sequence[int] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.liked or self.disliked)
+
+
+def feedback_query(
+    vector: Sequence[float] | np.ndarray, liked: Sequence[Sequence[float]], disliked: Sequence[Sequence[float]]
+) -> np.ndarray:
+    """The unit vector of Rocchio's refined query: ``vector`` times FEEDBACK_QUERY_WEIGHT, plus the
+    mean of the ``liked`` vectors times FEEDBACK_LIKED_WEIGHT, minus the mean of the ``disliked``
+    ones times FEEDBACK_DISLIKED_WEIGHT, every vector taken at unit length first."""
+
+    def unit_rows(vectors) -> np.ndarray:
+        rows = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    refined = FEEDBACK_QUERY_WEIGHT * unit_rows([vector])[0]
+    if len(liked):
+        refined = refined + FEEDBACK_LIKED_WEIGHT * unit_rows(liked).mean(0)
+    if len(disliked):
+        refined = refined - FEEDBACK_DISLIKED_WEIGHT * unit_rows(disliked).mean(0)
+    return (refined / max(np.linalg.norm(refined), 1e-12)).astype(np.float32)
+
+
+def feedback_vectors(*, feedback: Feedback, encoder: EncoderVersion) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The vectors under ``encoder`` of the liked and the disliked images. Raises ``FeedbackInvalid``
+    for too many marks, an image marked both ways, or one that does not exist or has no vector."""
+    both = set(feedback.liked) & set(feedback.disliked)
+    if both:
+        raise FeedbackInvalid("unlike", f"image {min(both)} is marked both more and less like this")
+    found: dict[int, np.ndarray] = {}
+    wanted = {*feedback.liked, *feedback.disliked}
+    for field, ids in (("like", feedback.liked), ("unlike", feedback.disliked)):
+        if len(set(ids)) > MAX_FEEDBACK_IMAGES:
+            raise FeedbackInvalid(field, f"at most {MAX_FEEDBACK_IMAGES} images can be marked each way")
+    if wanted:
+        rows = Embedding.objects.filter(encoder=encoder, image_id__in=list(wanted)).values_list("image_id", "vector")
+        found = {image_id: np.asarray(vector, dtype=np.float32) for image_id, vector in rows}
+    for field, ids in (("like", feedback.liked), ("unlike", feedback.disliked)):
+        missing = sorted(set(ids) - found.keys())
+        if missing:
+            state = "does not exist" if not Image.objects.filter(pk=missing[0]).exists() else "is not indexed"
+            raise FeedbackInvalid(field, f"image {missing[0]} {state}, so it cannot steer the search")
+    return [found[i] for i in dict.fromkeys(feedback.liked)], [found[i] for i in dict.fromkeys(feedback.disliked)]
+
+
 def _ranked(
     *, vector, encoder: EncoderVersion, k: int, offset: int, filters: SearchFilters, with_vectors: bool = False, anchor=None
 ) -> list[tuple]:
@@ -242,6 +315,7 @@ def vector_list_similar(
     collection_ids: Sequence[int] | None = None,
     exclude_image_ids: Sequence[int] = (),
     expand: int | None = None,
+    feedback: Feedback = Feedback(),
 ) -> list[Hit]:
     """The ``k`` images nearest to ``vector`` by cosine distance under ``encoder``, nearest first,
     skipping the first ``offset`` (pagination). ``collection_ids`` / ``exclude_image_ids`` are
@@ -254,7 +328,14 @@ def vector_list_similar(
     it too). So a page's similarities never run out of order, and its first hit is the nearest
     image whenever the expansion keeps it (it scored P@1 as without expansion on every benchmark
     set). Deterministic: every page of one search takes its images from the same expanded
-    ranking, so pages follow each other without gaps or repeats."""
+    ranking, so pages follow each other without gaps or repeats.
+
+    With ``feedback`` (images marked among the results) ``vector`` is first refined by it
+    (``feedback_query``), and the refined query is what is expanded, ranked and measured against.
+    Raises ``FeedbackInvalid`` for a mark that cannot be used."""
+    if feedback:
+        liked, disliked = feedback_vectors(feedback=feedback, encoder=encoder)
+        vector = feedback_query(vector, liked, disliked)
     if exclude_image_ids:
         filters = replace(filters, exclude_image_ids=(*filters.exclude_image_ids, *exclude_image_ids))
     if collection_ids:
@@ -296,10 +377,11 @@ def image_list_similar(
     exclude_duplicates: bool = True,
     encoder: EncoderVersion | None = None,
     expand: int | None = None,
+    feedback: Feedback = Feedback(),
 ) -> list[Hit]:
     """The ``k`` images most similar to an indexed image. The image itself is always left out;
     with ``exclude_duplicates``, so are byte-identical copies of it. ``encoder`` defaults to the
-    active one; ``expand`` as for ``vector_list_similar``."""
+    active one; ``expand`` and ``feedback`` as for ``vector_list_similar``."""
     encoder = encoder or encoder_active()
     vector = image_vector(image=image, encoder=encoder)
     filters = replace(
@@ -309,13 +391,14 @@ def image_list_similar(
     )
     return vector_list_similar(
         vector=vector, encoder=encoder, k=k, offset=offset, filters=filters, collection_ids=collection_ids, expand=expand,
+        feedback=feedback,
     )
 
 
 def upload_list_similar(
     *, data: bytes, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None, exclude_duplicates: bool = False, encoder: EncoderVersion | None = None,
-    expand: int | None = None, region: imaging.Region | None = None,
+    expand: int | None = None, region: imaging.Region | None = None, feedback: Feedback = Feedback(),
 ) -> list[Hit]:
     """The ``k`` images most similar to an uploaded file, or to ``region`` of it. Raises
     ``ImageRejected`` for bad bytes or a region too small. With ``exclude_duplicates``, stored
@@ -329,20 +412,21 @@ def upload_list_similar(
     picture = imaging.decode_for_encoder(data)
     return picture_list_similar(
         picture=imaging.region_crop(picture, region) if region else picture, k=k, offset=offset, filters=filters, collection_ids=collection_ids, encoder=encoder,
-        expand=expand,
+        expand=expand, feedback=feedback,
     )
 
 
 def picture_list_similar(
     *, picture, k: int, offset: int = 0, filters: SearchFilters = SearchFilters(),
     collection_ids: Sequence[int] | None = None, encoder: EncoderVersion | None = None, expand: int | None = None,
+    feedback: Feedback = Feedback(),
 ) -> list[Hit]:
     """The ``k`` images most similar to a decoded RGB picture, embedded here with ``encoder``
-    (default: the active one); ``expand`` as for ``vector_list_similar``."""
+    (default: the active one); ``expand`` and ``feedback`` as for ``vector_list_similar``."""
     encoder = encoder or encoder_active()
     return vector_list_similar(
         vector=picture_embed(picture=picture, encoder=encoder), encoder=encoder, k=k, offset=offset, filters=filters,
-        collection_ids=collection_ids, expand=expand,
+        collection_ids=collection_ids, expand=expand, feedback=feedback,
     )
 
 

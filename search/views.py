@@ -101,11 +101,19 @@ class SearchForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         cleaned["carried"] = None
+        # the results marked more or less like the query (relevance feedback), unless another
+        # query starts: the marks judged this one's results
+        cleaned["marks"], cleaned["marks_problem"] = selectors.Feedback(), ""
+        if not (cleaned.get("image") or cleaned.get("region") or self.data.get("marks") == "clear"):
+            try:
+                cleaned["marks"] = marks_parse(self.data)
+            except ValueError as exc:
+                cleaned["marks_problem"] = f"Your marks were set aside: {exc}."
         if cleaned.get("image"):
             cleaned["offset"] = cleaned["region"] = None  # a new image starts from its nearest, whole
             return cleaned  # a new image replaces the one carried
-        if cleaned.get("region"):
-            cleaned["offset"] = None
+        if cleaned.get("region") or self.data.get("refine") or self.data.get("marks"):
+            cleaned["offset"] = None  # a new box, or refined marks, start from the nearest
         if (cleaned.get("offset") or 0) + (cleaned.get("k") or 0) > selectors.MAX_DEPTH:
             self.add_error("offset", f"Results go {selectors.MAX_DEPTH:,} deep at most.")
         if not cleaned.get("query"):
@@ -115,6 +123,40 @@ class SearchForm(forms.Form):
         if cleaned["carried"] is None:
             self.add_error("image", "That search is over a day old or was altered; choose the image again.")
         return cleaned
+
+
+def marks_parse(data) -> selectors.Feedback:
+    """The results a person marked on a page (``like`` and ``unlike`` fields of ``data``, a
+    QueryDict, an image id each) as ``Feedback``. Raises ``ValueError`` saying what is wrong."""
+    marks = {}
+    for field in ("like", "unlike"):
+        ids = []
+        for value in data.getlist(field):
+            if not (value.isascii() and value.isdigit() and 0 < len(value) <= 18):  # a bigint id
+                raise ValueError(f"not an image id: {value[:20]}")
+            ids.append(int(value))
+        marks[field] = tuple(dict.fromkeys(ids))
+    return selectors.Feedback(liked=marks["like"], disliked=marks["unlike"])
+
+
+def marks_context(feedback: selectors.Feedback, hits) -> dict:
+    """What ``_hits.html`` needs to draw the marks: the ids marked each way, and the marks of
+    images not on this page, carried as hidden fields so that refining again keeps them."""
+    shown = {hit.image.pk for hit in hits or ()}
+    return {
+        "liked": set(feedback.liked), "disliked": set(feedback.disliked),
+        "carried_marks": [("like", i) for i in feedback.liked if i not in shown]
+        + [("unlike", i) for i in feedback.disliked if i not in shown],
+    }
+
+
+def search_with_marks(search, feedback: selectors.Feedback):
+    """``search(feedback)``'s hits, and the reason the marks were dropped (or ""): a mark that
+    no longer resolves (its image deleted since, say) leaves the plain search, with a word."""
+    try:
+        return search(feedback), feedback, ""
+    except selectors.FeedbackInvalid as exc:
+        return search(selectors.Feedback()), selectors.Feedback(), f"Your marks were set aside: {exc}."
 
 
 def _image_query(image: Image, *, encoder) -> CarriedQuery:
@@ -133,6 +175,7 @@ def search_page(request):
     (the image page's "search with a part of it")."""
     # shown: the query the page carries on; k: the page size of the hits, set with them
     hits, problem, offset, shown, token, k = None, "", 0, None, "", None
+    marks, notice = selectors.Feedback(), ""
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "GET" and "image" in request.GET:
         image_id = request.GET["image"]
@@ -176,10 +219,15 @@ def search_page(request):
                     shown = query  # a region refused leaves the query as it was
                     query = query.cropped(region, encoder=encoder)
                 offset = form.cleaned_data["offset"] or 0
-                hits = selectors.vector_list_similar(
-                    vector=query.vector, encoder=encoder, k=form.cleaned_data["k"], offset=offset,
-                    collection_ids=[collection.pk] if collection else None,
+                marks, notice = form.cleaned_data["marks"], form.cleaned_data["marks_problem"]
+                hits, marks, dropped = search_with_marks(
+                    lambda feedback: selectors.vector_list_similar(
+                        vector=query.vector, encoder=encoder, k=form.cleaned_data["k"], offset=offset,
+                        collection_ids=[collection.pk] if collection else None, feedback=feedback,
+                    ),
+                    marks,
                 )
+                notice = notice or dropped
                 shown, k = query, form.cleaned_data["k"]
         except imaging.RegionTooSmall as exc:
             form.add_error("region", f"That region cannot be searched with: {exc}.")
@@ -196,7 +244,8 @@ def search_page(request):
         request,
         "search/search.html",
         {
-            "form": form, "hits": hits, "problem": problem,
+            "form": form, "hits": hits, "problem": problem, "notice": notice,
+            "feedback_form": "image-search", "marked": bool(marks), **marks_context(marks, hits),
             "query_preview": "data:image/webp;base64," + shown.preview if shown else "",
             "carried_query": token or (shown.dumps() if shown else ""),
             # the region searched with, as percentages of the preview for the box drawn over it

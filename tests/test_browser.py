@@ -238,3 +238,35 @@ def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desk
                 page.close()
         finally:
             browser.close()
+
+
+def test_results_marked_more_or_less_like_the_query_refine_the_search(live_server, indexed, tmp_path):  # noqa: F811
+    from search.selectors import Feedback, encoder_active, image_vector, vector_list_similar
+
+    _, pictures = indexed
+    (tmp_path / "c5.png").write_bytes(pictures["c5.png"])
+    # the upload is the stored c5.png, so its searches are those of the stored vector
+    vector = image_vector(image=Image.objects.get(original_name="c5.png"), encoder=encoder_active())
+    plain = [hit.image.pk for hit in vector_list_similar(vector=vector, encoder=encoder_active(), k=6)]
+    liked, disliked = plain[-1], plain[1]
+    marks = Feedback(liked=(liked,), disliked=(disliked,))
+    refined = [reverse("gallery:image-detail", args=[hit.image.pk]) for hit in vector_list_similar(vector=vector, encoder=encoder_active(), k=6, feedback=marks)]
+    assert refined != [reverse("gallery:image-detail", args=[pk]) for pk in plain]
+    with chromium_page() as (page, errors):
+        page.goto(live_server.url + reverse("search:search-page"))
+        with page.expect_navigation():
+            page.set_input_files("input[type=file]", str(tmp_path / "c5.png"))
+        page.check(f"input[name=like][value='{liked}']")
+        page.check(f"input[name=unlike][value='{disliked}']")
+        with page.expect_navigation():
+            page.click("button:has-text('Refine with my marks')")
+        assert [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()] == refined
+        assert page.locator("h2").inner_text() == "6 most similar, steered by your marks"
+        assert page.is_checked(f"input[name=like][value='{liked}']") and page.is_checked(f"input[name=unlike][value='{disliked}']")
+        with page.expect_navigation():
+            page.click("button:has-text('clear the marks')")
+        assert page.locator("h2").inner_text() == "6 most similar"
+        assert [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()] == [
+            reverse("gallery:image-detail", args=[pk]) for pk in plain
+        ]
+        assert errors == []

@@ -352,3 +352,76 @@ def test_collection_pages_count_from_the_kept_counts_and_from_the_rows_under_a_l
     assert "page 1 of 1" in failed and "125.png" in failed and "124.png" not in failed
     odd = client.get(url, {"label": "odd", "page": 2}).content.decode()  # 65 odd ones: counted from the rows
     assert "page 2 of 2" in odd and "129.png" in odd and "128.png" not in odd
+
+
+def test_image_page_refines_its_similar_images_with_the_results_marked(client, indexed, monkeypatch):  # noqa: F811
+    """Relevance feedback on an image's page: ticked "more like this" / "less" marks go with
+    Refine (a GET form), the page ranks as the selector does with them, shows them ticked, and its
+    pager and its hidden fields carry them on; a mark that no longer resolves is set aside, saying so."""
+    from gallery import views
+    from search.selectors import Feedback, image_list_similar
+
+    monkeypatch.setattr(views, "SIMILAR_PER_PAGE", 2)
+    image = Image.objects.get(original_name="c0.png")
+    url = reverse("gallery:image-detail", args=[image.pk])
+    plain = image_list_similar(image=image, k=5)
+    liked, disliked = plain[-1].image.pk, plain[0].image.pk
+    marks = Feedback(liked=(liked,), disliked=(disliked,))
+
+    def refined(k: int, offset: int = 0) -> list[str]:
+        hits = image_list_similar(image=image, k=k, offset=offset, collection_ids=[image.collection_id], feedback=marks)
+        return [reverse("gallery:image-detail", args=[hit.image.pk]) for hit in hits]
+
+    assert refined(5) != [reverse("gallery:image-detail", args=[hit.image.pk]) for hit in plain]  # the marks change the ranking
+
+    first = client.get(url).content.decode()
+    assert '<form id="feedback" method="get">' in first and "steered by your marks" not in first
+    assert f'name="like" value="{plain[0].image.pk}" form="feedback" data-mark>' in first  # unticked
+
+    page = client.get(url, {"like": liked, "unlike": disliked, "refine": "1"}).content.decode()
+    assert _tiles(page) == refined(2) and "steered by your marks" in page
+    shown = [int(tile.rstrip("/").rsplit("/", 1)[1]) for tile in _tiles(page)]
+    for field, pk in (("like", liked), ("unlike", disliked)):
+        ticked = f'name="{field}" value="{pk}" form="feedback" data-mark checked>'
+        hidden = f'<input type="hidden" name="{field}" value="{pk}" form="feedback">'
+        assert (ticked in page) == (pk in shown) and (hidden in page) == (pk not in shown)
+    assert f'href="?page=2&amp;like={liked}&amp;unlike={disliked}" rel="next"' in page
+    second = client.get(url, {"page": 2, "like": liked, "unlike": disliked}).content.decode()
+    assert _tiles(second) == refined(2, offset=2)
+    assert 'href="?">clear the marks</a>' in page
+
+    for stale, reason in (("999999", "image 999999 does not exist"), ("abc", "not an image id: abc")):
+        set_aside = client.get(url, {"like": stale}).content.decode()
+        assert f"Your marks were set aside: {reason}" in set_aside and _tiles(set_aside) == _tiles(first)
+
+
+def test_search_page_refines_an_upload_search_with_the_results_marked(client, indexed):  # noqa: F811
+    from search.selectors import Feedback, encoder_active, image_vector, vector_list_similar
+
+    _, pictures = indexed
+    url = reverse("search:search-page")
+    query = Image.objects.get(original_name="c0.png")
+    first = client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c0.png"]), "k": 6}).content.decode()
+    carried = _carried_query(first)
+    assert 'form="image-search" data-mark>' in first and "Refine with my marks" in first
+    shown = _tiles(first)
+    liked = int(shown[-1].rstrip("/").rsplit("/", 1)[1])
+    disliked = int(shown[1].rstrip("/").rsplit("/", 1)[1])
+
+    def expected(k: int, offset: int = 0) -> list[str]:
+        vector = image_vector(image=query, encoder=encoder_active())  # the upload is the stored picture
+        hits = vector_list_similar(
+            vector=vector, encoder=encoder_active(), k=k, offset=offset, feedback=Feedback(liked=(liked,), disliked=(disliked,))
+        )
+        return [reverse("gallery:image-detail", args=[hit.image.pk]) for hit in hits]
+
+    marks = {"query": carried, "k": 3, "like": liked, "unlike": disliked}
+    refined = client.post(url, {**marks, "offset": 3, "refine": "1"}).content.decode()  # Refine starts from the nearest
+    assert _tiles(refined) == expected(3) and "steered by your marks" in refined
+    assert _tiles(client.post(url, {**marks, "offset": 3}).content.decode()) == expected(3, offset=3)  # the pager keeps them
+    cleared = client.post(url, {**marks, "marks": "clear"}).content.decode()
+    assert _tiles(cleared) == shown[:3] and "steered by your marks" not in cleared
+    new = client.post(url, {**marks, "image": SimpleUploadedFile("q.png", pictures["c0.png"])}).content.decode()
+    assert _tiles(new) == shown[:3] and "steered" not in new  # a new image: the marks judged the old results
+    stale = client.post(url, {**marks, "like": "999999"}).content.decode()
+    assert "Your marks were set aside: image 999999 does not exist" in stale and _tiles(stale) == shown[:3]

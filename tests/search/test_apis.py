@@ -234,3 +234,70 @@ def test_a_panorama_is_searched_with_without_a_full_size_square(client, indexed,
     assert len(response.json()["results"]) == 2
     squares = [width for width, height in made if width == height]
     assert squares and max(squares) <= imaging.WORKING_SIDE
+
+
+def _refined_similarities(query: Image, liked: list[Image], disliked: list[Image]) -> dict[int, float]:
+    """Every image's cosine similarity to Rocchio's refined query, computed here from the
+    stored vectors: the query's unit vector, plus 0.75 times the liked ones' mean, minus 0.15
+    times the disliked ones' mean."""
+    import numpy as np
+
+    from search.models import Embedding
+
+    vectors = {row.image_id: np.asarray(row.vector, dtype=np.float64) for row in Embedding.objects.all()}
+    unit = {image_id: v / np.linalg.norm(v) for image_id, v in vectors.items()}
+    refined = unit[query.pk] + 0.75 * np.mean([unit[i.pk] for i in liked], 0)
+    if disliked:
+        refined -= 0.15 * np.mean([unit[i.pk] for i in disliked], 0)
+    refined /= np.linalg.norm(refined)
+    return {image_id: float(v @ refined) for image_id, v in unit.items()}
+
+
+def test_marked_results_steer_the_search_toward_what_is_liked(client, indexed):
+    """Relevance feedback: the images marked ``like`` pull the query toward them and those marked
+    ``unlike`` push it away (Rocchio), so the least similar image, liked, climbs the ranking."""
+    query = Image.objects.get(original_name="c0.png")
+    url = reverse("api-image-similar", args=[query.pk])
+    plain = client.get(url, {"k": 5, "expand": 0}).json()["results"]
+    last, first = Image.objects.get(pk=plain[-1]["id"]), Image.objects.get(pk=plain[0]["id"])
+
+    response = client.get(url, {"k": 5, "expand": 0, "like": str(last.pk), "unlike": str(first.pk)})
+    assert response.status_code == 200, response.content
+    refined = response.json()["results"]
+    expected = _refined_similarities(query, [last], [first])
+    del expected[query.pk]  # /similar/ leaves the query out
+    assert [hit["id"] for hit in refined] == sorted(expected, key=lambda image_id: (-expected[image_id], image_id))
+    for hit in refined:
+        assert hit["similarity"] == pytest.approx(expected[hit["id"]], abs=1e-4)
+    ranks = [hit["id"] for hit in refined]
+    assert ranks.index(last.pk) < 4 and ranks.index(first.pk) > 0  # the liked image climbed, the disliked one fell
+
+    # the same marks by an upload search (form fields, and several ids separated by commas)
+    liked = Image.objects.filter(original_name__in=["c4.png", "c5.png"]).order_by("id")
+    uploaded = client.post(
+        reverse("api-search"),
+        {"image": SimpleUploadedFile("q.png", indexed[1]["c0.png"]), "k": 6, "expand": 0, "like": ",".join(str(i.pk) for i in liked)},
+    )
+    assert uploaded.status_code == 200, uploaded.content
+    expected = _refined_similarities(query, list(liked), [])
+    for hit in uploaded.json()["results"]:
+        assert hit["similarity"] == pytest.approx(expected[hit["id"]], abs=1e-3)
+
+
+def test_bad_marks_are_a_400_naming_like_or_unlike(client, indexed):
+    query = Image.objects.get(original_name="c0.png")
+    other = Image.objects.get(original_name="c1.png")
+    failed = Image.objects.get(original_name="bad.png")
+    url = reverse("api-image-similar", args=[query.pk])
+    for params, field, message in (
+        ({"like": "999999"}, "like", "image 999999 does not exist, so it cannot steer the search"),
+        ({"unlike": str(failed.pk)}, "unlike", f"image {failed.pk} is not indexed, so it cannot steer the search"),
+        ({"like": "abc"}, "like", "A valid integer is required."),
+        ({"like": "0"}, "like", "greater than or equal to 1"),
+        ({"like": str(other.pk), "unlike": str(other.pk)}, "unlike", f"image {other.pk} is marked both more and less like this"),
+        ({"like": ",".join(str(i) for i in range(1, 202))}, "like", "no more than 200"),
+    ):
+        response = client.get(url, params)
+        assert response.status_code == 400, params
+        errors = response.json()["errors"]
+        assert list(errors) == [field] and message in str(errors[field]), (params, errors)
