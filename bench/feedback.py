@@ -111,7 +111,7 @@ def discovery(x: np.ndarray, labels: np.ndarray, rounds: int) -> list[dict]:
             page = first_page(x, x[i], i, plain_seen)
             sums[r]["paging on"] += int((labels[page] == labels[i]).sum())
             plain_seen.update(int(j) for j in page)
-            page = first_page(x, feedback_query(x[i], x[liked], x[disliked] if disliked else []), i, seen)
+            page = first_page(x, feedback_query(x[i], x[liked], x[disliked]), i, seen)
             sums[r]["refined"] += int((labels[page] == labels[i]).sum())
             seen.update(int(j) for j in page)
             liked += [int(j) for j in page if labels[j] == labels[i]]

@@ -6,7 +6,7 @@ from django.shortcuts import get_object_or_404, render
 from gallery.models import Collection, Image
 from gallery.selectors import collection_labels, collection_list_with_stats, collection_stats
 from search import selectors as search_selectors
-from search.views import marks_context, marks_parse, search_with_marks
+from search.views import marks_context, marks_read, search_with_marks
 
 IMAGES_PER_PAGE = 60
 # Similar images on an image's page; "more similar" pages on to search.selectors.MAX_DEPTH.
@@ -74,11 +74,8 @@ def image_detail(request, image_id: int):
     pages = search_selectors.MAX_DEPTH // SIMILAR_PER_PAGE
     number = _page_number(request.GET.get("page"), last=pages)
     offset = (number - 1) * SIMILAR_PER_PAGE
-    hits, problem, notice = [], "", ""
-    try:
-        marks = marks_parse(request.GET)
-    except ValueError as exc:
-        marks, notice = search_selectors.Feedback(), f"Your marks were set aside: {exc}."
+    hits, problem = [], ""
+    marks, notice = marks_read(request.GET)
     if image.status == Image.Status.FAILED:
         problem = "This file could not be indexed (the reason is above), so it has no similar images."
     elif image.status == Image.Status.PENDING:
@@ -101,7 +98,7 @@ def image_detail(request, image_id: int):
         "gallery/image_detail.html",
         {
             "image": image, "hits": hits, "problem": problem, "notice": notice, "within": within, "scope": scope,
-            "offset": offset, "last_rank": offset + len(hits), "marked": bool(marks), "feedback_form": "feedback",
+            "offset": offset, "last_rank": offset + len(hits), "feedback_form": "feedback",
             "previous_url": _query(marks, scope=scope, page=str(number - 1) if number > 2 else "") if number > 1 else "",
             "next_url": _query(marks, scope=scope, page=str(number + 1)) if len(hits) == SIMILAR_PER_PAGE and number < pages else "",
             "unmarked_url": _query(scope=scope),

@@ -265,14 +265,11 @@ def feedback_vectors(*, feedback: Feedback, encoder: EncoderVersion) -> tuple[li
     both = set(feedback.liked) & set(feedback.disliked)
     if both:
         raise FeedbackInvalid("unlike", f"image {min(both)} is marked both more and less like this")
-    found: dict[int, np.ndarray] = {}
-    wanted = {*feedback.liked, *feedback.disliked}
     for field, ids in (("like", feedback.liked), ("unlike", feedback.disliked)):
         if len(set(ids)) > MAX_FEEDBACK_IMAGES:
             raise FeedbackInvalid(field, f"at most {MAX_FEEDBACK_IMAGES} images can be marked each way")
-    if wanted:
-        rows = Embedding.objects.filter(encoder=encoder, image_id__in=list(wanted)).values_list("image_id", "vector")
-        found = {image_id: np.asarray(vector, dtype=np.float32) for image_id, vector in rows}
+    rows = Embedding.objects.filter(encoder=encoder, image_id__in=[*feedback.liked, *feedback.disliked])
+    found = {image_id: np.asarray(vector, dtype=np.float32) for image_id, vector in rows.values_list("image_id", "vector")}
     for field, ids in (("like", feedback.liked), ("unlike", feedback.disliked)):
         missing = sorted(set(ids) - found.keys())
         if missing:

@@ -105,10 +105,7 @@ class SearchForm(forms.Form):
         # query starts: the marks judged this one's results
         cleaned["marks"], cleaned["marks_problem"] = selectors.Feedback(), ""
         if not (cleaned.get("image") or cleaned.get("region") or self.data.get("marks") == "clear"):
-            try:
-                cleaned["marks"] = marks_parse(self.data)
-            except ValueError as exc:
-                cleaned["marks_problem"] = f"Your marks were set aside: {exc}."
+            cleaned["marks"], cleaned["marks_problem"] = marks_read(self.data)
         if cleaned.get("image"):
             cleaned["offset"] = cleaned["region"] = None  # a new image starts from its nearest, whole
             return cleaned  # a new image replaces the one carried
@@ -125,26 +122,31 @@ class SearchForm(forms.Form):
         return cleaned
 
 
-def marks_parse(data) -> selectors.Feedback:
+def _set_aside(reason: Exception) -> str:
+    return f"Your marks were set aside: {reason}."
+
+
+def marks_read(data) -> tuple[selectors.Feedback, str]:
     """The results a person marked on a page (``like`` and ``unlike`` fields of ``data``, a
-    QueryDict, an image id each) as ``Feedback``. Raises ``ValueError`` saying what is wrong."""
+    QueryDict, an image id each) as ``Feedback``, with ""; or no marks, with a notice saying why
+    they were set aside (a value that is not an id)."""
     marks = {}
     for field in ("like", "unlike"):
         ids = []
         for value in data.getlist(field):
             if not (value.isascii() and value.isdigit() and 0 < len(value) <= 18):  # a bigint id
-                raise ValueError(f"not an image id: {value[:20]}")
+                return selectors.Feedback(), _set_aside(f"not an image id: {value[:20]}")
             ids.append(int(value))
         marks[field] = tuple(dict.fromkeys(ids))
-    return selectors.Feedback(liked=marks["like"], disliked=marks["unlike"])
+    return selectors.Feedback(liked=marks["like"], disliked=marks["unlike"]), ""
 
 
 def marks_context(feedback: selectors.Feedback, hits) -> dict:
-    """What ``_hits.html`` needs to draw the marks: the ids marked each way, and the marks of
+    """What the pages need to draw the marks: whether any is set, the ids marked each way, and the marks of
     images not on this page, carried as hidden fields so that refining again keeps them."""
     shown = {hit.image.pk for hit in hits or ()}
     return {
-        "liked": set(feedback.liked), "disliked": set(feedback.disliked),
+        "marked": bool(feedback), "liked": set(feedback.liked), "disliked": set(feedback.disliked),
         "carried_marks": [("like", i) for i in feedback.liked if i not in shown]
         + [("unlike", i) for i in feedback.disliked if i not in shown],
     }
@@ -156,7 +158,7 @@ def search_with_marks(search, feedback: selectors.Feedback):
     try:
         return search(feedback), feedback, ""
     except selectors.FeedbackInvalid as exc:
-        return search(selectors.Feedback()), selectors.Feedback(), f"Your marks were set aside: {exc}."
+        return search(selectors.Feedback()), selectors.Feedback(), _set_aside(exc)
 
 
 def _image_query(image: Image, *, encoder) -> CarriedQuery:
@@ -245,7 +247,7 @@ def search_page(request):
         "search/search.html",
         {
             "form": form, "hits": hits, "problem": problem, "notice": notice,
-            "feedback_form": "image-search", "marked": bool(marks), **marks_context(marks, hits),
+            "feedback_form": "image-search", **marks_context(marks, hits),
             "query_preview": "data:image/webp;base64," + shown.preview if shown else "",
             "carried_query": token or (shown.dumps() if shown else ""),
             # the region searched with, as percentages of the preview for the box drawn over it
