@@ -1,7 +1,9 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from gallery.apis import CollectionDetailApi, CollectionImageListApi, CollectionListApi, ImageDetailApi, ImageUploadApi
+from gallery.apis import (
+    CollectionDetailApi, CollectionImageListApi, CollectionListApi, ImageCopiesApi, ImageDetailApi, ImageUploadApi,
+)
 from search.apis import ImageSimilarApi, SearchApi
 from workers.apis import HealthApi
 
@@ -14,6 +16,7 @@ urlpatterns = [
     path("collections/<int:collection_id>/images/", CollectionImageListApi.as_view(), name="api-collection-images"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),
+    path("images/<int:image_id>/copies/", ImageCopiesApi.as_view(), name="api-image-copies"),
     path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),
     path("search/", SearchApi.as_view(), name="api-search"),
     path("health/", HealthApi.as_view(), name="api-health"),

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
 from gallery.models import Collection, Image
-from gallery.selectors import collection_list_with_stats, collection_stats, image_list
+from gallery.selectors import COPY_MIN_SIMILARITY, collection_list_with_stats, collection_stats, image_list, image_list_copies
 from gallery.services import CollectionGone, ImportReport, StorageFailed, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
@@ -279,6 +279,51 @@ class ImageDetailApi(StaffMayDelete, APIView):
         if not images_delete(images=Image.objects.filter(pk=image_id)):
             return Response({"error": f"no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CopyOutputSerializer(ImageDetailOutputSerializer):
+    similarity = serializers.FloatField(help_text=f"of the two pictures' copy signatures (cosine), at least {COPY_MIN_SIMILARITY}")
+    identical = serializers.BooleanField(help_text="the same bytes (SHA-256): the same file, in another collection")
+
+
+class ImageCopiesOutputSerializer(serializers.Serializer):
+    query = serializers.IntegerField()
+    count = serializers.IntegerField()
+    results = CopyOutputSerializer(many=True)
+
+
+class ImageCopiesApi(APIView):
+    @extend_schema(
+        operation_id="image_copies",
+        summary="Copies of an image's picture in every collection: the same picture at another size, quality or format",
+        responses={
+            200: ImageCopiesOutputSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="no such image"),
+            409: OpenApiResponse(ErrorSerializer, description="the image has no copy signature yet"),
+        },
+    )
+    def get(self, request, image_id: int):
+        image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
+        found = image_list_copies(image=image)
+        if not found.found:
+            return Response(
+                {"error": f"image {image_id} has no copy signature: {_why_no_signature(image)}"}, status=status.HTTP_409_CONFLICT
+            )
+        results = [
+            {**image_detail_representation(copy.image, request), "similarity": round(copy.similarity, 4), "identical": copy.identical}
+            for copy in found.copies
+        ]
+        return Response({"query": image.pk, "count": len(results), "results": results})
+
+
+def _why_no_signature(image: Image) -> str:
+    if image.status == Image.Status.PENDING:
+        return "it is still being indexed"
+    if image.status == Image.Status.FAILED:
+        return "its file could not be indexed"
+    if image.thumbnail:
+        return "it was indexed before signatures were recorded (manage.py rebuild_thumbnails gives it one), or its picture is one flat grey"
+    return "it has no thumbnail"
 
 
 IMAGE_PAGE_MAX = 500

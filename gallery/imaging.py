@@ -353,6 +353,36 @@ def fit_within(image: PILImage.Image, side: int) -> PILImage.Image:
     return image.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
 
 
+# A picture's copy signature: the picture at 16x16 in YCbCr, its brightness (Y) at every pixel less
+# its mean, its colour (Cb, Cr) averaged on 2x2 cells (as JPEG keeps it) less the neutral grey,
+# at unit length: Torralba et al.'s "tiny images" (2008), which found copies by the correlation
+# of such miniatures. Two pictures are copies of each other when their signatures' cosine
+# similarity is at least ``gallery.selectors.COPY_MIN_SIMILARITY``: rescaled, recompressed, in
+# another format, a little brighter or darker. The encoder's vectors are not made for this: they
+# whiten away what near-copies share. The binary perceptual hash (pHash) was measured beside it
+# and dropped: clip art's symmetric, mostly flat pictures leave many of its bits to chance
+# (`bench/copies.py`, docs/benchmarks.md).
+SIGNATURE_SIDE = 16
+SIGNATURE_DIM = SIGNATURE_SIDE**2 + 2 * (SIGNATURE_SIDE // 2) ** 2  # 384
+
+
+def copy_signature(picture: PILImage.Image) -> list[float] | None:
+    """The copy signature of ``picture`` (RGB, as ``decode_for_encoder`` gives it, in any size),
+    ``SIGNATURE_DIM`` floats; None for a picture of one grey (white, black), which has none. Taken
+    in sRGB, like the thumbnail."""
+    small = picture.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), PILImage.Resampling.LANCZOS, reducing_gap=2.0)
+    small = to_srgb(small, picture.info.get("icc_profile")).convert("YCbCr")
+    luma, *chroma = (np.asarray(channel, dtype=np.float64) for channel in small.split())
+    half = SIGNATURE_SIDE // 2
+    parts = [(luma - luma.mean()).ravel()]
+    parts += [(channel.reshape(half, 2, half, 2).mean(axis=(1, 3)) - 128).ravel() for channel in chroma]
+    signature = np.concatenate(parts)
+    length = np.linalg.norm(signature)
+    if length < 1e-3:  # a flat grey picture: no direction to compare
+        return None
+    return (signature / length).tolist()
+
+
 def thumbnail_webp(image: PILImage.Image, *, size: int) -> bytes:
     """A WebP thumbnail in sRGB (converted from the picture's profile, if it has one)."""
     thumb = image.copy()

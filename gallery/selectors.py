@@ -1,9 +1,11 @@
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import connection
 from django.db.models import Count, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from pgvector.django import CosineDistance
 
 from gallery.models import Collection, CollectionCount, Image
 
@@ -85,3 +87,46 @@ def image_list(*, collection: Collection, status: str = "", label: str = "", aft
     if label:
         images = images.filter(label=label)
     return list(images[:limit])
+
+
+# Two pictures are copies of each other when their copy signatures (``imaging.copy_signature``) are
+# at least this similar (cosine): rescaled, recompressed, in another format, a little brighter or
+# darker. On the shared sets it finds such copies while distinct pictures seldom come this close
+# (`bench/copies.py`, docs/benchmarks.md, which also says what it misses: crops, mirror images).
+COPY_MIN_SIMILARITY = 0.98
+# Copies listed for one image, at most.
+MAX_COPIES = 50
+
+
+@dataclass(frozen=True)
+class Copy:
+    image: Image
+    similarity: float  # of the copy signatures
+    identical: bool  # the same bytes (SHA-256): the same file, in another collection
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The copies of one picture, nearest first; ``found`` is False when the picture has no
+    signature to compare (not yet thumbnailed, indexed before signatures, or one flat grey)."""
+
+    found: bool
+    copies: list[Copy]
+
+
+def image_list_copies(*, image: Image, limit: int = MAX_COPIES) -> Copies:
+    """The images, in every collection, whose pictures are copies of ``image``'s (its own row
+    left out; byte-identical files in other collections included), nearest first, through the
+    signatures' HNSW index."""
+    signature = Image.objects.filter(pk=image.pk).values_list("signature", flat=True).first()
+    if signature is None:
+        return Copies(found=False, copies=[])
+    rows = (
+        Image.objects.filter(signature__isnull=False)
+        .exclude(pk=image.pk)
+        .annotate(distance=CosineDistance("signature", signature))
+        .filter(distance__lte=1.0 - COPY_MIN_SIMILARITY)
+        .select_related("collection")
+        .order_by("distance", "id")[:limit]
+    )
+    return Copies(found=True, copies=[Copy(image=row, similarity=1.0 - row.distance, identical=row.sha256 == image.sha256) for row in rows])

@@ -402,21 +402,27 @@ def _images_back_to_pending(image_ids: list[int]) -> None:
 # upload: the decoder has seen the whole file (a PNG's eXIf chunk can follow its pixels).
 _RECORD_THUMBNAILS_SQL = """
 UPDATE gallery_image AS image
-SET thumbnail = batch.thumbnail, width = batch.width, height = batch.height
-FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::integer[]) AS batch (id, thumbnail, width, height)
+SET thumbnail = batch.thumbnail, width = batch.width, height = batch.height, signature = batch.signature::halfvec
+FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::integer[], %s::text[]) AS batch (id, thumbnail, width, height, signature)
 WHERE image.id = batch.id
 RETURNING image.id
 """
 
 
+def _halfvec_text(values) -> str:
+    return "[" + ",".join(f"{value:.5g}" for value in values) + "]"
+
+
 def images_record_thumbnails(*, images: list[Image]) -> set[int]:
-    """Record each image's thumbnail (already saved to storage, its name set on the instance)
-    and its width and height as decoded (full size, as shown), in one UPDATE. Returns the ids
-    of the rows updated: an image deleted meanwhile is not among them."""
+    """Record each image's thumbnail (already saved to storage, its name set on the instance),
+    its width and height as decoded (full size, as shown) and its copy signature (a list of
+    floats, or None), in one UPDATE. Returns the ids of the rows updated: an image deleted
+    meanwhile is not among them."""
     if not images:
         return set()
     columns = ([image.id for image in images], [image.thumbnail.name for image in images],
-               [image.width for image in images], [image.height for image in images])
+               [image.width for image in images], [image.height for image in images],
+               [None if image.signature is None else _halfvec_text(image.signature) for image in images])
     with connection.cursor() as cursor:
         cursor.execute(_RECORD_THUMBNAILS_SQL, list(columns))
         return {row[0] for row in cursor.fetchall()}

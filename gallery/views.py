@@ -4,7 +4,7 @@ from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
 
 from gallery.models import Collection, Image
-from gallery.selectors import collection_labels, collection_list_with_stats, collection_stats
+from gallery.selectors import MAX_COPIES, collection_labels, collection_list_with_stats, collection_stats, image_list_copies
 from search import selectors as search_selectors
 from search.views import marks_context, marks_read, search_with_marks
 
@@ -66,9 +66,10 @@ def collection_detail(request, collection_id: int):
 
 
 def image_detail(request, image_id: int):
-    """An image and the images most similar to it, in its collection or in all (``scope``), a page
-    of them at a time (``page``, up to the ranking's depth), steered by the results marked more or
-    less like it (``like``, ``unlike``: relevance feedback)."""
+    """An image, its copies in every collection (rescaled, recompressed: ``image_list_copies``), and
+    the images most similar to it, in its collection or in all (``scope``), a page of them at a
+    time (``page``, up to the ranking's depth), steered by the results marked more or less like it
+    (``like``, ``unlike``: relevance feedback)."""
     image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
     within = request.GET.get("scope", "collection") == "collection"
     pages = search_selectors.MAX_DEPTH // SIMILAR_PER_PAGE
@@ -97,7 +98,7 @@ def image_detail(request, image_id: int):
         request,
         "gallery/image_detail.html",
         {
-            "image": image, "hits": hits, "problem": problem, "notice": notice, "within": within, "scope": scope,
+            "image": image, "copies": image_list_copies(image=image).copies, "max_copies": MAX_COPIES, "hits": hits, "problem": problem, "notice": notice, "within": within, "scope": scope,
             "offset": offset, "last_rank": offset + len(hits), "feedback_form": "feedback",
             "previous_url": _query(marks, scope=scope, page=str(number - 1) if number > 2 else "") if number > 1 else "",
             "next_url": _query(marks, scope=scope, page=str(number + 1)) if len(hits) == SIMILAR_PER_PAGE and number < pages else "",

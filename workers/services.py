@@ -47,6 +47,7 @@ DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 class _Decoded:
     picture: PILImage.Image | None = None
     thumbnail: bytes | None = None
+    signature: list[float] | None = None  # made with the thumbnail, recorded with it
     error: str = ""
 
 
@@ -66,7 +67,8 @@ def _decode_job(name: str, *, make_thumbnail: bool) -> _Decoded:
     # shrunk right after the thumbnail is cut: a batch of large photos waiting for the encoder
     # costs megabytes, not gigabytes (the resize keeps ``info``: the full size and the profile)
     picture = imaging.fit_within(picture, imaging.WORKING_SIDE)
-    return _Decoded(picture=picture, thumbnail=thumbnail)
+    signature = imaging.copy_signature(picture) if make_thumbnail else None
+    return _Decoded(picture=picture, thumbnail=thumbnail, signature=signature)
 
 
 def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> set[int]:
@@ -79,6 +81,7 @@ def _store_thumbnails(pairs: list[tuple[Image, _Decoded]]) -> set[int]:
             file_store(image.thumbnail, "thumb.webp", data=decoded.thumbnail)
             written.append(image.thumbnail.name)
             image.width, image.height = decoded.picture.info["full_size"]
+            image.signature = decoded.signature
         recorded = images_record_thumbnails(images=[image for image, _ in pairs])
     except BaseException:
         stored_files_delete(written)
@@ -261,10 +264,10 @@ def _images_record_stopped_attempt(image_ids: list[int], exc: Exception) -> None
 
 
 def images_rebuild_thumbnails(*, image_ids: list[int]) -> tuple[int, list[tuple[int, str]]]:
-    """Make the thumbnails of these images again, and record their sizes again, as indexing makes
-    them now: for images indexed before a change to either (sizes as shown, colour profiles
-    converted to sRGB). The vectors are left as they are. The old thumbnail files are removed once
-    the new ones are recorded. Returns how many were rebuilt, and (id, reason) for each image whose
+    """Make the thumbnails of these images again, and record their sizes and copy signatures
+    again, as indexing makes them now: for images indexed before a change to any of them (sizes as
+    shown, colour profiles converted to sRGB, signatures). The vectors are left as they are. The
+    old thumbnail files are removed once the new ones are recorded. Returns how many were rebuilt, and (id, reason) for each image whose
     file no longer decodes: it keeps its thumbnail and status (its vector still holds)."""
     # indexed images only: a pending one gets its thumbnail from the worker that indexes it
     images = list(Image.objects.filter(id__in=image_ids, status=Image.Status.INDEXED).exclude(file="").order_by("id"))

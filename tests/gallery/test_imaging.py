@@ -376,3 +376,45 @@ def test_a_grey_or_cmyk_picture_does_not_pass_its_profile_on():
     for mode, fmt in (("L", "PNG"), ("LA", "PNG"), ("CMYK", "JPEG")):
         picture = imaging.decode_rgb(image_bytes(size=(60, 40), mode=mode, fmt=fmt, icc_profile=profile))
         assert "icc_profile" not in picture.info
+
+
+def _picture(data: bytes):
+    return imaging.decode_for_encoder(data)
+
+
+def _similarity(first, second) -> float:
+    return float(np.dot(first, second))
+
+
+def test_a_copy_signature_is_a_unit_vector_and_none_for_a_flat_grey_picture():
+    signature = imaging.copy_signature(_picture(image_bytes(pattern=1, size=(120, 90))))
+    assert len(signature) == imaging.SIGNATURE_DIM and abs(np.linalg.norm(signature) - 1) < 1e-6
+    assert imaging.copy_signature(_picture(image_bytes(color=(255, 255, 255)))) is None
+    assert imaging.copy_signature(_picture(image_bytes(color=(128, 128, 128)))) is None
+    assert imaging.copy_signature(_picture(image_bytes(color=(200, 30, 30)))) is not None  # a colour, not grey
+
+
+@pytest.mark.parametrize("copy", ["smaller JPEG", "larger WebP", "darker"])
+def test_a_rescaled_recompressed_or_darker_copy_keeps_its_signature_and_another_picture_does_not(copy):
+    from gallery.selectors import COPY_MIN_SIMILARITY
+
+    original = PILImage.open(io.BytesIO(image_bytes(pattern=3, size=(320, 240)))).convert("RGB")
+    buffer = io.BytesIO()
+    if copy == "smaller JPEG":
+        original.resize((160, 120), PILImage.Resampling.BICUBIC).save(buffer, format="JPEG", quality=60)
+    elif copy == "larger WebP":
+        original.resize((480, 360), PILImage.Resampling.BICUBIC).save(buffer, format="WEBP", quality=70)
+    else:
+        PILImage.eval(original, lambda value: int(value * 0.85)).save(buffer, format="PNG")
+    signature = imaging.copy_signature(_picture(image_bytes(pattern=3, size=(320, 240))))
+    assert _similarity(signature, imaging.copy_signature(_picture(buffer.getvalue()))) >= COPY_MIN_SIMILARITY
+    other = imaging.copy_signature(_picture(image_bytes(pattern=4, size=(320, 240))))
+    assert _similarity(signature, other) < COPY_MIN_SIMILARITY
+
+
+def test_the_same_picture_in_another_colour_is_not_a_copy():
+    from gallery.selectors import COPY_MIN_SIMILARITY
+
+    red = imaging.copy_signature(_picture(image_bytes(color=(200, 30, 30), pattern=5, size=(160, 120))))
+    blue = imaging.copy_signature(_picture(image_bytes(color=(30, 30, 200), pattern=5, size=(160, 120))))
+    assert _similarity(red, blue) < COPY_MIN_SIMILARITY

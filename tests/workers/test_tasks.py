@@ -97,7 +97,7 @@ def test_rebuilding_thumbnails_brings_images_indexed_before_up_to_date(capsys):
     old_name, untouched_name = tagged_row.thumbnail.name, elsewhere.thumbnail.name
     default_storage.delete(old_name)
     default_storage.save(old_name, ContentFile(image_bytes(color=(255, 0, 0), size=(256, 171), fmt="WEBP")))
-    Image.objects.filter(pk=tagged_row.pk).update(width=600, height=400)
+    Image.objects.filter(pk=tagged_row.pk).update(width=600, height=400, signature=None)  # and before copy signatures
     default_storage.delete(gone.file.name)  # its original lost: it keeps its thumbnail
     vectors = dict(Embedding.objects.values_list("image_id", "vector"))
 
@@ -106,6 +106,7 @@ def test_rebuilding_thumbnails_brings_images_indexed_before_up_to_date(capsys):
     assert "1 thumbnails rebuilt, 1 images could not be read" in out and f"image {gone.pk}: stored file is missing" in err
     tagged_row.refresh_from_db()
     assert (tagged_row.width, tagged_row.height) == (400, 600) and tagged_row.thumbnail.name != old_name
+    assert Image.objects.filter(pk=tagged_row.pk, signature__isnull=False).exists()
     assert not default_storage.exists(old_name)
     with tagged_row.thumbnail.open("rb") as handle:
         thumbnail = PILImage.open(handle).convert("RGB")
