@@ -90,6 +90,6 @@ def test_the_image_page_shows_the_copies_of_its_picture(client, copies):
     assert "Copies of this picture" in page
     for name in ("same-file.png", "small.jpg"):
         assert reverse("gallery:image-detail", args=[copies[name].pk]) in page.split("Most similar")[0]
-    assert "the same file" in page and "200×150" in page
+    assert "the same file" in page and "another file" in page and "200×150" in page
     page = client.get(reverse("gallery:image-detail", args=[copies["other.png"].pk])).content.decode()
     assert "Copies of this picture" not in page
