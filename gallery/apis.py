@@ -305,7 +305,7 @@ class ImageCopiesApi(APIView):
     def get(self, request, image_id: int):
         image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
         found = image_list_copies(image=image)
-        if not found.found:
+        if not found.has_signature:
             return Response(
                 {"error": f"image {image_id} has no copy signature: {_why_no_signature(image)}"}, status=status.HTTP_409_CONFLICT
             )

@@ -5,7 +5,6 @@ from django.db import connection
 from django.db.models import Count, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from pgvector.django import CosineDistance
 
 from gallery.models import Collection, CollectionCount, Image
 
@@ -107,11 +106,23 @@ class Copy:
 
 @dataclass(frozen=True)
 class Copies:
-    """The copies of one picture, nearest first; ``found`` is False when the picture has no
+    """The copies of one picture, nearest first; ``has_signature`` is False when the picture has no
     signature to compare (not yet thumbnailed, indexed before signatures, or one flat grey)."""
 
-    found: bool
+    has_signature: bool
     copies: list[Copy]
+
+
+# The nearest signatures first, then the threshold, as pgvector advises for a distance filter: with
+# the threshold inside, an iterative index scan (the connection's hnsw.iterative_scan) would walk
+# on to hnsw.max_scan_tuples for a picture with fewer copies than the limit, which is nearly all.
+_NEAREST_SIGNATURES_SQL = """
+WITH nearest AS MATERIALIZED (
+    SELECT id, signature <=> %(signature)s::halfvec AS distance FROM gallery_image
+    WHERE signature IS NOT NULL ORDER BY distance LIMIT %(limit)s
+)
+SELECT id, distance FROM nearest WHERE distance <= %(within)s AND id <> %(image)s ORDER BY distance, id
+"""
 
 
 def image_list_copies(*, image: Image, limit: int = MAX_COPIES) -> Copies:
@@ -120,13 +131,15 @@ def image_list_copies(*, image: Image, limit: int = MAX_COPIES) -> Copies:
     signatures' HNSW index."""
     signature = Image.objects.filter(pk=image.pk).values_list("signature", flat=True).first()
     if signature is None:
-        return Copies(found=False, copies=[])
-    rows = (
-        Image.objects.filter(signature__isnull=False)
-        .exclude(pk=image.pk)
-        .annotate(distance=CosineDistance("signature", signature))
-        .filter(distance__lte=1.0 - COPY_MIN_SIMILARITY)
-        .select_related("collection")
-        .order_by("distance", "id")[:limit]
-    )
-    return Copies(found=True, copies=[Copy(image=row, similarity=1.0 - row.distance, identical=row.sha256 == image.sha256) for row in rows])
+        return Copies(has_signature=False, copies=[])
+    with connection.cursor() as cursor:
+        cursor.execute(_NEAREST_SIGNATURES_SQL, {
+            "signature": "[" + ",".join(str(float(value)) for value in signature) + "]", "limit": limit + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "image": image.pk,
+        })
+        nearest = cursor.fetchall()[:limit]
+    rows = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in nearest])
+    copies = [
+        Copy(image=rows[image_id], similarity=1.0 - distance, identical=rows[image_id].sha256 == image.sha256)
+        for image_id, distance in nearest if image_id in rows  # one deleted meanwhile is left out
+    ]
+    return Copies(has_signature=True, copies=copies)

@@ -42,18 +42,18 @@ def copies():
 @pytest.mark.django_db
 def test_the_copies_of_a_picture_are_found_in_every_collection_and_nothing_else(copies):
     found = image_list_copies(image=copies["original.png"])
-    assert found.found
+    assert found.has_signature
     assert [copy.image.original_name for copy in found.copies] == ["same-file.png", "small.jpg"]  # nearest first
     same, small = found.copies
     assert same.identical and same.similarity == pytest.approx(1.0, abs=1e-3)
     assert not small.identical and COPY_MIN_SIMILARITY <= small.similarity < 1.0
     assert same.image.collection.name == "archive"
     other = image_list_copies(image=copies["other.png"])
-    assert other.found and other.copies == []
+    assert other.has_signature and other.copies == []
     # a flat grey picture has no signature, nor does an image indexed before signatures
-    assert not image_list_copies(image=copies["grey.png"]).found
+    assert not image_list_copies(image=copies["grey.png"]).has_signature
     Image.objects.filter(pk=copies["small.jpg"].pk).update(signature=None)
-    assert not image_list_copies(image=copies["small.jpg"]).found
+    assert not image_list_copies(image=copies["small.jpg"]).has_signature
     assert [copy.image.original_name for copy in image_list_copies(image=copies["original.png"]).copies] == ["same-file.png"]
 
 
