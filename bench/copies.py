@@ -140,9 +140,8 @@ def threshold_for_pairs(similarities: np.ndarray, pairs: int) -> float:
     return float(np.nextafter(ranked[pairs], np.inf)) if pairs < len(ranked) else float(ranked[-1])
 
 
-def cosine(x: np.ndarray) -> np.ndarray:
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return unit @ unit.T
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def copy_scores(originals: np.ndarray, copies: np.ndarray, similarity, threshold: float) -> dict:
@@ -214,13 +213,12 @@ def run_set(name: str, limit: int | None) -> dict:
         return torch.cat([model.encode(x[i : i + 256].float() / 255) for i in range(0, len(x), 256)]).numpy()
 
     vectors = embed(pictures)
-    vec_sim = cosine(vectors)
+    vec_sim = unit_rows(vectors) @ unit_rows(vectors).T
     threshold = threshold_for_pairs(vec_sim, pairs)
     passing, share = pairs_at_or_above(vec_sim, threshold)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     row["encoder_same_false_pairs"] = {
         "threshold": round(threshold, 4), "distinct_pairs_passing": passing, "pictures_with_a_false_copy": round(share, 4),
-        "copies": {kind: copy_scores(unit(vectors), unit(embed(copies[kind])), lambda a, b: a @ b.T, threshold) for kind in KINDS},
+        "copies": {kind: copy_scores(unit_rows(vectors), unit_rows(embed(copies[kind])), lambda a, b: a @ b.T, threshold) for kind in KINDS},
     }
     row["timing"] = timing(pictures[:TIMING_PICTURES])
     return row

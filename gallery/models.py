@@ -101,8 +101,9 @@ def _thumbnail_upload_to(instance: "Image", filename: str) -> str:
 
 class ImageManager(models.Manager):
     def get_queryset(self):
-        # The copy signature (768 bytes a row, 3.6 KB as text, 0.07 ms to parse) is read only where
-        # copies are found, not with every page of images; ``save`` leaves a deferred field alone.
+        # The copy signature (384 numbers, sent as text and parsed in Python when loaded) is read
+        # only where copies are found, not with every page of images; ``save`` leaves a deferred
+        # field alone.
         return super().get_queryset().defer("signature")
 
 
@@ -136,7 +137,7 @@ class Image(models.Model):
     # The picture's copy signature (``imaging.copy_signature``), recorded with its thumbnail: what
     # finds its copies in every collection (``gallery.selectors.image_list_copies``). Null until a
     # worker made the thumbnail, for a flat grey picture, and for images indexed before signatures
-    # (``manage.py rebuild_thumbnails`` gives them one). Half precision: 768 bytes a row.
+    # (``manage.py rebuild_thumbnails`` gives them one). Half precision: 2 bytes a number in pgvector.
     signature = HalfVectorField(dimensions=SIGNATURE_DIM, null=True, blank=True, editable=False)
 
     objects = ImageManager()

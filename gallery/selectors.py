@@ -129,12 +129,13 @@ def image_list_copies(*, image: Image, limit: int = MAX_COPIES) -> Copies:
     """The images, in every collection, whose pictures are copies of ``image``'s (its own row
     left out; byte-identical files in other collections included), nearest first, through the
     signatures' HNSW index."""
-    signature = Image.objects.filter(pk=image.pk).values_list("signature", flat=True).first()
-    if signature is None:
-        return Copies(has_signature=False, copies=[])
     with connection.cursor() as cursor:
+        cursor.execute("SELECT signature::text FROM gallery_image WHERE id = %s AND signature IS NOT NULL", [image.pk])
+        row = cursor.fetchone()
+        if row is None:
+            return Copies(has_signature=False, copies=[])
         cursor.execute(_NEAREST_SIGNATURES_SQL, {
-            "signature": "[" + ",".join(str(float(value)) for value in signature) + "]", "limit": limit + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "image": image.pk,
+            "signature": row[0], "limit": limit + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "image": image.pk,
         })
         nearest = cursor.fetchall()[:limit]
     rows = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in nearest])

@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
+from pgvector import HalfVector
 
 from gallery import imaging
 from gallery.media import media_marker_write
@@ -409,10 +410,6 @@ RETURNING image.id
 """
 
 
-def _halfvec_text(values) -> str:
-    return "[" + ",".join(f"{value:.5g}" for value in values) + "]"
-
-
 def images_record_thumbnails(*, images: list[Image]) -> set[int]:
     """Record each image's thumbnail (already saved to storage, its name set on the instance),
     its width and height as decoded (full size, as shown) and its copy signature (a list of
@@ -422,7 +419,7 @@ def images_record_thumbnails(*, images: list[Image]) -> set[int]:
         return set()
     columns = ([image.id for image in images], [image.thumbnail.name for image in images],
                [image.width for image in images], [image.height for image in images],
-               [None if image.signature is None else _halfvec_text(image.signature) for image in images])
+               [None if image.signature is None else HalfVector(image.signature).to_text() for image in images])
     with connection.cursor() as cursor:
         cursor.execute(_RECORD_THUMBNAILS_SQL, list(columns))
         return {row[0] for row in cursor.fetchall()}

@@ -160,3 +160,13 @@ def make_encoder(*, status: str = "active", image_size: int = 32, seed: int = 0)
         name="test encoder", arch=config.arch, dim=config.dim, config={"model": config.to_dict()},
         checkpoint=f"checkpoints/{name}", status=status,
     )
+
+
+def models_as_of(app_label: str, migration: str):
+    """The app registry of the models as they were at ``migration`` of ``app_label``: what a test
+    that migrates back must write rows with, since today's models have the columns later
+    migrations add."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    return MigrationExecutor(connection).loader.project_state((app_label, migration)).apps

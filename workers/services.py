@@ -267,8 +267,9 @@ def images_rebuild_thumbnails(*, image_ids: list[int]) -> tuple[int, list[tuple[
     """Make the thumbnails of these images again, and record their sizes and copy signatures
     again, as indexing makes them now: for images indexed before a change to any of them (sizes as
     shown, colour profiles converted to sRGB, signatures). The vectors are left as they are. The
-    old thumbnail files are removed once the new ones are recorded. Returns how many were rebuilt, and (id, reason) for each image whose
-    file no longer decodes: it keeps its thumbnail and status (its vector still holds)."""
+    old thumbnail files are removed once the new ones are recorded. Returns how many were rebuilt,
+    and (id, reason) for each image whose file no longer decodes: it keeps its thumbnail and status
+    (its vector still holds)."""
     # indexed images only: a pending one gets its thumbnail from the worker that indexes it
     images = list(Image.objects.filter(id__in=image_ids, status=Image.Status.INDEXED).exclude(file="").order_by("id"))
     with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") as pool:

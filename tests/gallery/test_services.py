@@ -13,7 +13,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
-from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 
 from gallery.models import Collection, Image
@@ -30,7 +29,7 @@ from gallery.services import (
     media_orphans_delete,
 )
 from tests.conftest import wait_for
-from tests.utils import image_bytes
+from tests.utils import image_bytes, models_as_of
 
 pytestmark = pytest.mark.django_db
 
@@ -629,8 +628,7 @@ def test_the_migration_writes_old_names_and_labels_on_one_line():
     one are left as they are, and a collection whose escaped name is taken gets a number."""
     call_command("migrate", "gallery", "0006", verbosity=0)
     try:
-        # the models as they were then: today's have columns that later migrations add
-        then = MigrationExecutor(connection).loader.project_state(("gallery", "0006_collection_name_one_line")).apps
+        then = models_as_of("gallery", "0006_collection_name_one_line")
         OldCollection, OldImage = then.get_model("gallery", "Collection"), then.get_model("gallery", "Image")
         bell = OldCollection.objects.create(name="a\x07b")  # the ORM does not run the name's validator
         OldCollection.objects.create(name="two\nlines")
@@ -656,8 +654,9 @@ def test_the_migration_writes_old_encoder_names_on_one_line():
     checked as collection names are: such a version could not be saved in the admin any more."""
     call_command("migrate", "search", "0002", verbosity=0)
     try:
-        escape = EncoderVersion.objects.create(name="red\x1b[31m", arch="patch_kmeans", dim=16)
-        plain = EncoderVersion.objects.create(name="café on demo", arch="patch_kmeans", dim=16)
+        OldEncoderVersion = models_as_of("search", "0002_ingestion_progress").get_model("search", "EncoderVersion")
+        escape = OldEncoderVersion.objects.create(name="red\x1b[31m", arch="patch_kmeans", dim=16)
+        plain = OldEncoderVersion.objects.create(name="café on demo", arch="patch_kmeans", dim=16)
     finally:
         call_command("migrate", "search", verbosity=0)
 
