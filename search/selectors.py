@@ -64,9 +64,9 @@ class SearchFilters:
     min_similarity: float | None = None
     exclude_image_ids: Sequence[int] = ()
     exclude_sha256: Sequence[str] = ()
-    # True: exhaustive scan (ground truth); None: exhaustive when the collection and label filters
-    # leave few candidates (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index, and exhaustive after
-    # all if a filtered index scan comes back short of k; False: always the index.
+    # True: exhaustive scan (ground truth); None: exhaustive when the encoder has few vectors, or
+    # the collection and label filters leave few (EXACT_SCAN_MAX_CANDIDATES), else the HNSW index,
+    # and exhaustive after all if an index scan comes back short of k; False: always the index.
     exact: bool | None = None
 
 
@@ -84,8 +84,8 @@ def similar_queryset(
     over one encoder's vectors, yielding (image_id, distance). Images are fetched by id
     afterwards, so the top-k itself stays a single-table scan that the HNSW index serves.
 
-    When the search is exact (``filters.exact``, or automatically when the collection and label
-    filters leave few candidates) it ranks by ``(vector <=> query) + 0`` instead: an expression no index
+    When the search is exact (``filters.exact``, or automatically when the encoder has few vectors
+    or the collection and label filters leave few) it ranks by ``(vector <=> query) + 0`` instead: an expression no index
     can serve, so the planner scans the filtered rows exhaustively. That keeps the exact path one
     statement, with no session settings and no transaction around it. ``with_vectors`` adds each
     row's vector as a third value.
@@ -153,8 +153,9 @@ def hnsw_session(*, k: int):
         yield
 
 
-# Below this many candidate vectors (after the collection and label filters) an exhaustive scan
-# is both exact and about as fast as the index, so it is used automatically.
+# Below this many candidate vectors (the encoder's, or those the collection and label filters
+# leave) an exhaustive scan is exact and fast enough (docs/benchmarks.md: p95 12.7 ms for 20,000),
+# so it is used automatically. Under a narrow filter it is faster than the index too.
 EXACT_SCAN_MAX_CANDIDATES = 20_000
 
 
@@ -165,11 +166,12 @@ FEW_CANDIDATES_CACHE_S = 300
 
 
 def _few_candidates(encoder: EncoderVersion, filters: SearchFilters) -> bool:
-    """Whether the collection and label filters leave at most EXACT_SCAN_MAX_CANDIDATES vectors.
-    A rare label is the sharpest filter of all: an index scan would wade through most of the
-    graph to find its few images, where the exhaustive scan of those images is instant."""
-    if not filters.collection_ids and not filters.label:
-        return False
+    """Whether the collection and label filters (none: the whole encoder) leave at most
+    EXACT_SCAN_MAX_CANDIDATES vectors. A rare label is the sharpest filter of all: an index scan
+    would wade through most of the graph to find its few images, where the exhaustive scan of
+    those images is instant. A small library is searched exactly as a whole: the approximate index
+    buys it no speed worth having, and can miss rows (see ``_ranked``), which would also let one
+    page of a search skip an image that the next page does not show either."""
     collections = ",".join(map(str, sorted(filters.collection_ids)))
     digest = hashlib.sha256(filters.label.encode()).hexdigest()[:16] if filters.label else ""
     key = f"cbir:few-candidates:{encoder.pk}:{collections}:{digest}"

@@ -68,6 +68,15 @@ def test_pages_neither_repeat_nor_skip_images_at_equal_distances(expand):
     assert paged[:12] == [image.pk for image in copies]  # equal distances go by id
 
 
+def test_a_small_library_is_searched_exactly_as_a_whole(world):
+    # Through the index a row can be missed, and a page could skip an image the next one does not
+    # show either; under EXACT_SCAN_MAX_CANDIDATES vectors the whole encoder is scanned instead.
+    encoder, *_ = world
+    assert selectors._few_candidates(encoder, selectors.SearchFilters())
+    plan = selectors.similar_queryset(vector=vector((0, 1.0)), encoder=encoder, k=3).explain()
+    assert "embedding_vector_hnsw" not in plan, plan
+
+
 def test_k_limits_and_no_collection_means_all(world):
     encoder, *_ = world
     hits = selectors.vector_list_similar(vector=vector((0, 1.0)), encoder=encoder, k=2, expand=0)
