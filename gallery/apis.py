@@ -9,7 +9,16 @@ from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
 from gallery.models import Collection, Image
-from gallery.selectors import COPY_MIN_SIMILARITY, collection_list_with_stats, collection_stats, image_list, image_list_copies
+from gallery.selectors import (
+    COPY_CHECKS_PER_PAGE,
+    COPY_GROUPS_PER_PAGE,
+    COPY_MIN_SIMILARITY,
+    collection_list_copy_groups,
+    collection_list_with_stats,
+    collection_stats,
+    image_list,
+    image_list_copies,
+)
 from gallery.services import CollectionGone, ImportReport, StorageFailed, collection_delete, images_create, images_delete, uploads_to_incoming
 
 
@@ -309,11 +318,66 @@ class ImageCopiesApi(APIView):
             return Response(
                 {"error": f"image {image_id} has no copy signature: {_why_no_signature(image)}"}, status=status.HTTP_409_CONFLICT
             )
-        results = [
-            {**image_detail_representation(copy.image, request), "similarity": round(copy.similarity, 4), "identical": copy.identical}
-            for copy in found.copies
-        ]
+        results = [copy_representation(copy, request) for copy in found.copies]
         return Response({"query": image.pk, "count": len(results), "results": results})
+
+
+def copy_representation(copy, request) -> dict:
+    return {**image_detail_representation(copy.image, request), "similarity": round(copy.similarity, 4), "identical": copy.identical}
+
+
+class CopyGroupsInputSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(
+        choices=["collection", "all"], required=False, default="collection",
+        help_text="collection: copies within the collection; all: copies in every collection",
+    )
+    after = serializers.IntegerField(
+        required=False, min_value=0, default=0, help_text="check only images with a larger id (the `next` link sets it)"
+    )
+
+
+class CopyGroupOutputSerializer(serializers.Serializer):
+    image = ImageDetailOutputSerializer(help_text="the group's first picture in the collection, by id")
+    copies = CopyOutputSerializer(many=True, help_text="its copies, nearest first")
+
+
+class CopyGroupsOutputSerializer(serializers.Serializer):
+    checked = serializers.IntegerField(help_text="how many of the collection's images this page checked")
+    next = serializers.URLField(allow_null=True, help_text="the next page, checking the images after these; null after the last")
+    results = CopyGroupOutputSerializer(many=True)
+
+
+class CollectionCopiesApi(APIView):
+    @extend_schema(
+        operation_id="collection_copies",
+        summary="A collection's pictures that are there more than once (or, with scope=all, anywhere), each with its copies",
+        description=(
+            f"Checks the collection's images in id order, up to {COPY_CHECKS_PER_PAGE:,} a page, and stops at the "
+            f"{COPY_GROUPS_PER_PAGE}th picture with copies: follow `next` until it is null. A page may list no group "
+            "and still have a `next`."
+        ),
+        parameters=[CopyGroupsInputSerializer],
+        responses={
+            200: CopyGroupsOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="a bad parameter"),
+            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
+        },
+    )
+    def get(self, request, collection_id: int):
+        collection = get_object_or_404(Collection, pk=collection_id)
+        params = CopyGroupsInputSerializer(data=request.query_params)
+        if not params.is_valid():
+            return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+        found = collection_list_copy_groups(
+            collection=collection, after=params.validated_data["after"], everywhere=params.validated_data["scope"] == "all",
+            groups=COPY_GROUPS_PER_PAGE, checks=COPY_CHECKS_PER_PAGE,
+        )
+        results = [
+            {"image": image_detail_representation(group.image, request), "copies": [copy_representation(copy, request) for copy in group.copies]}
+            for group in found.groups
+        ]
+        next_url = None if found.done else next_page_url(request, after=found.checked_to)
+        return Response({"checked": found.checked, "next": next_url, "results": results})
 
 
 def _why_no_signature(image: Image) -> str:

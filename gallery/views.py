@@ -1,10 +1,22 @@
 from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.core.paginator import Paginator
-from django.shortcuts import get_object_or_404, render
+from django.http import HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
 
 from gallery.models import Collection, Image
-from gallery.selectors import MAX_COPIES, collection_labels, collection_list_with_stats, collection_stats, image_list_copies
+from gallery.selectors import (
+    COPY_GROUPS_PER_PAGE,
+    MAX_COPIES,
+    collection_labels,
+    collection_list_copy_groups,
+    collection_list_with_stats,
+    collection_stats,
+    image_list_copies,
+)
+from gallery.services import images_delete
 from search import selectors as search_selectors
 from search.views import marks_context, marks_read, search_with_marks
 
@@ -13,6 +25,8 @@ IMAGES_PER_PAGE = 60
 SIMILAR_PER_PAGE = 20
 # Label links listed on a collection's page; past them, a label is typed into the filter box.
 LABELS_SHOWN = 300
+# Groups one POST of the copies page may name: a page's worth, with room to spare.
+COPY_GROUPS_PER_POST = 4 * COPY_GROUPS_PER_PAGE
 
 
 def collection_list(request):
@@ -63,6 +77,75 @@ def collection_detail(request, collection_id: int):
             "page_query": _query(label=label, status=status)[1:],
         },
     )
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def collection_copies(request, collection_id: int):
+    """The collection's pictures that have copies (``collection_list_copy_groups``), in it or in
+    every collection (``scope=all``), a page of groups at a time (``after``: the last image the
+    previous page checked; ``seen``: how many images the pages before checked). A user who may
+    delete images ticks the copies to drop and POSTs them (``delete``): each group keeps at least
+    one image, and only images of the groups on the page go."""
+    collection = get_object_or_404(Collection, pk=collection_id)
+    scope = "all" if request.GET.get("scope") == "all" else ""
+    after, seen = _natural(request.GET.get("after")), _natural(request.GET.get("seen"))
+    may_delete = request.user.has_perm("gallery.delete_image")
+    if request.method == "POST":
+        if not may_delete:
+            return HttpResponseForbidden("Deleting images needs the permission to delete images.")
+        _delete_copies(request)
+        return redirect(request.get_full_path())
+    found = collection_list_copy_groups(collection=collection, after=after, everywhere=bool(scope))
+    stats = collection_stats(collection=collection)
+    return render(
+        request,
+        "gallery/collection_copies.html",
+        {
+            "collection": collection, "found": found, "scope": scope, "may_delete": may_delete, "stats": stats,
+            "first_checked": seen + 1, "last_checked": seen + found.checked,
+            "next_url": "" if found.done else _query(scope=scope, after=str(found.checked_to), seen=str(seen + found.checked)),
+            "first_url": _query(scope=scope) if after else "",
+            "this_collection_url": _query(), "all_collections_url": _query(scope="all"),
+        },
+    )
+
+
+def _natural(value: str | None) -> int:
+    """``value`` from the query string as a whole number, 0 for anything else."""
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _delete_copies(request) -> None:
+    """Deletes the images ticked in the POSTed groups (``group``: a group's image ids, comma
+    separated; ``delete``: the ids ticked) that are copies of an image their group keeps, so every
+    group keeps at least one picture and nothing but a copy of a kept picture goes (whatever the
+    form said), and says what it did as a message."""
+    ticked = {_natural(value) for value in request.POST.getlist("delete")} - {0}
+    doomed, refused = set(), 0
+    for group in request.POST.getlist("group")[:COPY_GROUPS_PER_POST]:
+        ids = {_natural(value) for value in group.split(",")[: MAX_COPIES + 1]} - {0}
+        if not ids & ticked:
+            continue
+        kept = ids - ticked
+        if not kept:
+            refused += 1  # every picture of the group ticked: keep them all
+            continue
+        copies = {copy.image.pk for image in Image.objects.filter(pk__in=kept) for copy in image_list_copies(image=image).copies}
+        doomed |= ids & ticked & copies
+    deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
+    if deleted:
+        messages.success(request, f"Deleted {deleted} cop{'y' if deleted == 1 else 'ies'}.")
+    if refused:
+        messages.error(
+            request,
+            f"{refused} group{'s were' if refused > 1 else ' was'} left as {'they were' if refused > 1 else 'it was'}: "
+            "every picture of it was ticked, and a group keeps at least one.",
+        )
+    if not deleted and not refused:
+        messages.info(request, "Nothing was deleted: no copy was ticked.")
 
 
 def image_detail(request, image_id: int):
