@@ -151,7 +151,10 @@ def image_list_copies(*, image: Image, limit: int = MAX_COPIES) -> Copies:
 # stops sooner once it has a page of groups. The next page goes on after the last image checked.
 COPY_GROUPS_PER_PAGE = 20
 COPY_CHECKS_PER_PAGE = 5_000
-_COPY_CHECK_BATCH = 500
+# Images looked up in one statement: the first batch is twice the groups wanted (in a collection
+# full of copies it is enough), each next one twice the last, up to the most. What a page does not
+# reach in its last batch was looked up for nothing.
+_COPY_CHECK_BATCH_MAX = 500
 
 # Each image of the batch with the copies among its nearest signatures, in one statement: a
 # lateral join runs the signature index's nearest-neighbour scan once per image. ``everywhere``
@@ -171,7 +174,7 @@ ORDER BY image.id, near.distance, near.id
 
 @dataclass(frozen=True)
 class CopyGroup:
-    """A picture of the collection (``image``, the first of its copies there by id) and its copies."""
+    """A picture of the collection (``image``) and its copies, nearest first."""
 
     image: Image
     copies: list[Copy]
@@ -189,6 +192,16 @@ class CopyGroups:
     done: bool
 
 
+def _nearest_copies(cursor, ids: list[int], everywhere: bool) -> dict[int, list[tuple[int, float, bool]]]:
+    """For each of ``ids`` with copies: (copy id, distance, whether in the same collection), nearest
+    first, in one statement (``_BATCH_COPIES_SQL``)."""
+    cursor.execute(_BATCH_COPIES_SQL, {"ids": ids, "limit": MAX_COPIES + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "everywhere": everywhere})
+    near: dict[int, list[tuple[int, float, bool]]] = {}
+    for image_id, copy_id, distance, same_collection in cursor.fetchall():
+        near.setdefault(image_id, []).append((copy_id, distance, same_collection))
+    return near
+
+
 def collection_list_copy_groups(
     *,
     collection: Collection,
@@ -198,17 +211,19 @@ def collection_list_copy_groups(
     checks: int = COPY_CHECKS_PER_PAGE,
 ) -> CopyGroups:
     """The pictures of ``collection`` that have copies (``image_list_copies``), each with them, for
-    the images with an id above ``after``: in the collection itself, or with ``everywhere`` in
-    every collection. A group is listed once, under its first image in the collection: an image
-    with a copy of a lower id there is listed in that one's group. (Copies are alike at 0.98, so a
-    chain A~B~C where A and C are less alike lists C under neither; ``image_list_copies`` on B
-    finds it.) Checks at most ``checks`` images, stopping at the image that makes ``groups`` groups,
-    so a page costs the same at a million images as at a hundred."""
+    the images with an id above ``after``: copies in the collection itself, or with ``everywhere``
+    in every collection. Every pair of copies is listed together once, in the group of the lower
+    id: an image is left out when one of its copies of a lower id in the collection has, among its
+    own copies, every other copy of it (so that one's group, or one listed for it in turn, shows
+    them all). Copies are alike at 0.98, so in a chain A~B~C where A and C are less alike, B is
+    listed after A, with both. Checks at most ``checks`` images, stopping at the image that makes
+    ``groups`` groups, so a page costs the same at a million images as at a hundred."""
     found: list[tuple[int, list[tuple[int, float]]]] = []
-    checked, checked_to, done = 0, after, False
+    checked, checked_to, done, batch_size = 0, after, False, 2 * groups
     with connection.cursor() as cursor:
         while len(found) < groups and checked < checks:
-            size = min(_COPY_CHECK_BATCH, checks - checked)
+            size = min(batch_size, _COPY_CHECK_BATCH_MAX, checks - checked)
+            batch_size *= 2
             cursor.execute(
                 "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL ORDER BY id LIMIT %s",
                 [collection.pk, checked_to, size],
@@ -217,19 +232,22 @@ def collection_list_copy_groups(
             if not batch:
                 done = True
                 break
-            cursor.execute(_BATCH_COPIES_SQL, {
-                "ids": batch, "limit": MAX_COPIES + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "everywhere": everywhere,
-            })
-            near: dict[int, list[tuple[int, float, bool]]] = {}
-            for image_id, copy_id, distance, same_collection in cursor.fetchall():
-                near.setdefault(image_id, []).append((copy_id, distance, same_collection))
+            near = _nearest_copies(cursor, batch, everywhere)
+            earlier = {  # the copies of a lower id in the collection, whose own copies decide
+                copy_id for image_id, copies in near.items() for copy_id, _, same in copies if same and copy_id < image_id
+            } - set(near)
+            if earlier:
+                near |= _nearest_copies(cursor, sorted(earlier), everywhere)
             for image_id in batch:
                 checked, checked_to = checked + 1, image_id
                 copies = near.get(image_id, [])
-                if copies and not any(same and copy_id < image_id for copy_id, _, same in copies):
-                    found.append((image_id, [(copy_id, distance) for copy_id, distance, _ in copies[:MAX_COPIES]]))
-                    if len(found) == groups:
-                        break
+                lower = [copy_id for copy_id, _, same in copies if same and copy_id < image_id]
+                rest = {copy_id for copy_id, _, _ in copies} - set(lower)
+                if not rest or any(rest <= {copy_id for copy_id, _, _ in near.get(other, [])} for other in lower):
+                    continue
+                found.append((image_id, [(copy_id, distance) for copy_id, distance, _ in copies[:MAX_COPIES]]))
+                if len(found) == groups:
+                    break
             if len(batch) < size and checked_to == batch[-1]:
                 done = True
                 break

@@ -2,6 +2,8 @@
 the page (with the deletion of ticked copies) and the API."""
 import io
 
+import numpy as np
+
 import pytest
 from django.urls import reverse
 from PIL import Image as PILImage
@@ -152,3 +154,25 @@ def test_the_apis_next_links_walk_every_group_once(client, library, monkeypatch)
         url = body["next"]
         assert url is None or "scope=all" in url
     assert seen == ["seven.png", "eight.png", "nine.png"]
+
+
+def test_a_chain_of_copies_lists_every_pair_together():
+    # q ~ p and p ~ c at 0.99, but q and c only 0.96 alike: q's group cannot show c, so p is
+    # listed too, with both; with a third copy of q that p shares, p would add nothing.
+    from gallery.models import Collection
+
+    chain = Collection.objects.create(name="chain")
+    angle = np.arccos(0.99)
+
+    def at(turn: float) -> list[float]:
+        signature = np.zeros(384)
+        signature[:2] = np.cos(turn * angle), np.sin(turn * angle)
+        return signature.tolist()
+
+    rows = {
+        name: Image.objects.create(collection=chain, original_name=name, sha256=name, status="indexed", signature=at(turn))
+        for name, turn in (("q", 0), ("p", 1), ("c", 2))
+    }
+    assert _names(collection_list_copy_groups(collection=chain)) == [("q", ["p"]), ("p", ["q", "c"])]
+    Image.objects.filter(pk=rows["c"].pk).update(signature=at(0.5))  # now a copy of both: q's group has it
+    assert _names(collection_list_copy_groups(collection=chain)) == [("q", ["c", "p"])]

@@ -1,0 +1,199 @@
+"""What finding a collection's copies costs, and what it misses: the product's
+``collection_list_copy_groups``, walked page by page over a collection as the copies page and API
+do, against an exhaustive comparison of every pair (the ground truth) and against looking up each
+image's copies one query at a time (``image_list_copies``, what the image page does), in one run.
+
+    .venv/bin/python bench/copy_groups.py [--sets openmoji fashion-mnist] [--filler N]
+
+Loads into the product's own tables under var/bench-copies (its own embedded PostgreSQL), after
+emptying them. For each set: every picture (deduplicated by bytes, decoded as the workers decode)
+and one copy of it (``copies.make_copy``'s rescaled JPEG, seeded), their signatures as the workers
+record them, in one collection, in a seeded random order. ``--filler`` adds that many random
+signatures in another collection first, so that the signature index is that much larger (random
+signatures are far apart: none is a copy of anything). The HNSW index is built after loading, as
+``manage.py migrate`` defines it.
+
+Reported per set:
+- ``walk``: seconds to walk the collection's pages (median of 3 walks), pages, images checked per
+  second, and groups listed;
+- ``planted_found``: the share of pictures listed in one group with their planted copy;
+- ``pairs``: pairs of the collection at least ``COPY_MIN_SIMILARITY`` alike by the exhaustive
+  comparison (on the signatures as stored, at half precision) that a group lists together,
+  against all of them (a chain A~B~C lists C with neither A nor B when A and C are less alike);
+- ``one_query_per_image``: milliseconds per image for ``image_list_copies`` over the first 1,000
+  images (median of 3 rounds), and the walk's milliseconds per image as a ratio of it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import project
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var" / "bench-copies"
+SEED = 0
+WALKS = 3
+PER_IMAGE_SAMPLE = 1000
+
+
+def load_set(name: str) -> list[tuple[str, np.ndarray]]:
+    """(name, signature) of every picture of the set and of its rescaled JPEG copy, pictures with
+    no signature (one flat grey) left out."""
+    from copies import load, make_copy
+    from gallery import imaging
+    from quality import dataset_tree
+
+    files, names = load(dataset_tree(name), None)
+    rng = np.random.default_rng(SEED)
+    rows = []
+    for data, picture_name in zip(files, names):
+        picture = imaging.fit_within(imaging.decode_for_encoder(data), imaging.WORKING_SIDE)
+        copy = imaging.decode_for_encoder(make_copy(picture, "rescaled JPEG", rng))
+        for label, pixels in ((picture_name, picture), (f"{picture_name} (copy)", copy)):
+            signature = imaging.copy_signature(pixels)
+            if signature is not None:
+                rows.append((label, np.asarray(signature, dtype=np.float32)))
+    return rows
+
+
+def reset_tables(filler: int) -> tuple[int, str]:
+    """Empty tables, ``filler`` random signatures in a collection of their own, and the signature
+    index dropped for the load. Returns the filler collection's id and the index's definition."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from gallery.models import Collection
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'image_signature_hnsw'")
+        (index,) = cursor.fetchone()
+        cursor.execute("TRUNCATE search_embedding, gallery_image, gallery_collection RESTART IDENTITY CASCADE")
+        cursor.execute("DROP INDEX image_signature_hnsw")
+    others = Collection.objects.create(name="filler")
+    rng = np.random.default_rng(SEED + 1)
+    for start in range(0, filler, 50_000):
+        block = rng.normal(size=(min(50_000, filler - start), 384)).astype(np.float32)
+        insert(others.pk, [(f"filler {start + i}", row / np.linalg.norm(row)) for i, row in enumerate(block)])
+    return others.pk, index
+
+
+def insert(collection_id: int, rows: list[tuple[str, np.ndarray]]) -> list[int]:
+    """COPY ``rows`` (name, signature) into gallery_image as indexed images of the collection;
+    returns their ids in order."""
+    from django.db import connection
+    from pgvector import HalfVector
+
+    connection.ensure_connection()
+    with connection.connection.cursor() as cursor:
+        cursor.execute("SELECT nextval('gallery_image_id_seq') FROM generate_series(1, %s)", [len(rows)])
+        ids = [row[0] for row in cursor.fetchall()]
+        with cursor.copy(
+            "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at, signature) FROM STDIN"
+        ) as copy:
+            for image_id, (name, signature) in zip(ids, rows):
+                digest = hashlib.sha256(name.encode()).hexdigest()
+                copy.write_row((image_id, collection_id, "", "", name, "", digest, "indexed", "", "now", "now", HalfVector(signature).to_text()))
+    connection.commit()
+    return ids
+
+
+def exhaustive_pairs(signatures: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """(i, j), i < j, of every pair at least ``threshold`` alike, in blocks."""
+    found = set()
+    for start in range(0, len(signatures), 2048):
+        block = signatures[start : start + 2048] @ signatures.T
+        for i, j in zip(*np.nonzero(block >= threshold)):
+            if start + i < j:
+                found.add((start + int(i), int(j)))
+    return found
+
+
+def walk(collection) -> tuple[float, int, list]:
+    from gallery.selectors import collection_list_copy_groups
+
+    started, after, pages, groups = time.perf_counter(), 0, 0, []
+    while True:
+        found = collection_list_copy_groups(collection=collection, after=after)
+        pages, groups, after = pages + 1, groups + found.groups, found.checked_to
+        if found.done:
+            return time.perf_counter() - started, pages, groups
+
+
+def run_set(name: str, filler: int) -> dict:
+    from django.db import connection
+
+    from gallery.models import Collection, Image
+    from gallery.selectors import COPY_MIN_SIMILARITY, image_list_copies
+
+    rows = load_set(name)
+    order = np.random.default_rng(SEED).permutation(len(rows))
+    rows = [rows[i] for i in order]
+    _, index = reset_tables(filler)
+    collection = Collection.objects.create(name=name)
+    ids = insert(collection.pk, rows)
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(index)
+        cursor.execute("ANALYZE gallery_image")
+    index_seconds = time.perf_counter() - started
+    position = {image_id: i for i, image_id in enumerate(ids)}
+
+    walks = [walk(collection) for _ in range(WALKS)]
+    seconds = float(np.median([w[0] for w in walks]))
+    _, pages, groups = walks[0]
+    listed = {
+        tuple(sorted((position[group.image.pk], position[copy.image.pk]))) for group in groups for copy in group.copies
+    }
+    listed |= {  # copies listed together in a group are alike too, when the exhaustive comparison says so
+        tuple(sorted((position[a.image.pk], position[b.image.pk]))) for group in groups for a in group.copies for b in group.copies if a is not b
+    }
+    halves = np.stack([signature.astype(np.float16).astype(np.float32) for _, signature in rows])
+    halves /= np.linalg.norm(halves, axis=1, keepdims=True)
+    truth = exhaustive_pairs(halves, COPY_MIN_SIMILARITY)
+    names = {row[0]: i for i, row in enumerate(rows)}
+    planted = [(names[label], names[f"{label} (copy)"]) for label, _ in rows if not label.endswith(" (copy)") and f"{label} (copy)" in names]
+    planted_found = sum(tuple(sorted(pair)) in listed for pair in planted) / len(planted)
+
+    sample = list(Image.objects.filter(collection=collection).order_by("id")[:PER_IMAGE_SAMPLE])
+    rounds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for image in sample:
+            image_list_copies(image=image)
+        rounds.append((time.perf_counter() - started) / len(sample) * 1000)
+    per_image_ms = float(np.median(rounds))
+    walk_ms = seconds / len(rows) * 1000
+    return {
+        "set": name, "images": len(rows), "table_images": len(rows) + filler, "index_build_s": round(index_seconds, 1),
+        "walk": {"seconds": round(seconds, 2), "pages": pages, "checked_per_s": round(len(rows) / seconds), "groups": len(groups), "ms_per_image": round(walk_ms, 4)},
+        "planted_found": round(planted_found, 4),
+        "pairs": {"exhaustive": len(truth), "listed_together": len(truth & listed), "share": round(len(truth & listed) / max(len(truth), 1), 4)},
+        "one_query_per_image": {"ms_per_image": round(per_image_ms, 4), "walk_ratio": round(walk_ms / per_image_ms, 3)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=["openmoji", "fashion-mnist"])
+    parser.add_argument("--filler", type=int, default=0, help="random signatures in another collection, to make the index this much larger")
+    args = parser.parse_args()
+    project.setup_django(VAR, DJANGO_DEBUG="0", DJANGO_SECRET_KEY="bench-only")
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(sys.argv), "results": [run_set(name, args.filler) for name in args.sets],
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
