@@ -71,14 +71,14 @@ def reset_tables(filler: int) -> tuple[int, str]:
     from django.core.management import call_command
     from django.db import connection
 
-    from gallery.models import Collection
+    from gallery.models import Collection, Image
 
     call_command("migrate", verbosity=0)
+    with connection.schema_editor() as editor:  # the index as the model defines it
+        index = str(next(i for i in Image._meta.indexes if i.name == "image_signature_hnsw").create_sql(Image, editor))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'image_signature_hnsw'")
-        (index,) = cursor.fetchone()
         cursor.execute("TRUNCATE search_embedding, gallery_image, gallery_collection RESTART IDENTITY CASCADE")
-        cursor.execute("DROP INDEX image_signature_hnsw")
+        cursor.execute("DROP INDEX IF EXISTS image_signature_hnsw")
     others = Collection.objects.create(name="filler")
     rng = np.random.default_rng(SEED + 1)
     for start in range(0, filler, 50_000):

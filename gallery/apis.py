@@ -69,6 +69,18 @@ class ErrorSerializer(serializers.Serializer):
     status = serializers.CharField(required=False, help_text="the image's status (409 only)")
 
 
+def invalid_parameters(errors) -> Response:
+    """The 400 for bad parameters: ``errors`` names each one, as a serializer's errors do."""
+    return Response({"error": "invalid parameters", "errors": errors}, status=status.HTTP_400_BAD_REQUEST)
+
+
+# What a GET of one collection's listing answers besides its 200.
+COLLECTION_LISTING_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="a bad parameter"),
+    404: OpenApiResponse(ErrorSerializer, description="no such collection"),
+}
+
+
 class CollectionRefOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -227,7 +239,7 @@ class ImageUploadApi(APIView):
         if not files:
             errors["files"] = ["upload one or more files in the multipart field 'files'"]
         if errors:
-            return Response({"error": "invalid parameters", "errors": errors}, status=status.HTTP_400_BAD_REQUEST)
+            return invalid_parameters(errors)
         collection = params.validated_data["collection"]
         report = ImportReport()
         incoming = uploads_to_incoming(
@@ -357,17 +369,13 @@ class CollectionCopiesApi(APIView):
             "and still have a `next`."
         ),
         parameters=[CopyGroupsInputSerializer],
-        responses={
-            200: CopyGroupsOutputSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="a bad parameter"),
-            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
-        },
+        responses={200: CopyGroupsOutputSerializer, **COLLECTION_LISTING_ERRORS},
     )
     def get(self, request, collection_id: int):
         collection = get_object_or_404(Collection, pk=collection_id)
         params = CopyGroupsInputSerializer(data=request.query_params)
         if not params.is_valid():
-            return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+            return invalid_parameters(params.errors)
         found = collection_list_copy_groups(
             collection=collection, after=params.validated_data["after"], everywhere=params.validated_data["scope"] == "all",
             groups=COPY_GROUPS_PER_PAGE, checks=COPY_CHECKS_PER_PAGE,
@@ -410,17 +418,13 @@ class CollectionImageListApi(APIView):
         operation_id="collection_image_list",
         summary="A collection's images in id order, by status or label: e.g. the failed ones with their reasons",
         parameters=[ImageListInputSerializer],
-        responses={
-            200: ImageListOutputSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="a bad parameter"),
-            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
-        },
+        responses={200: ImageListOutputSerializer, **COLLECTION_LISTING_ERRORS},
     )
     def get(self, request, collection_id: int):
         collection = get_object_or_404(Collection, pk=collection_id)
         params = ImageListInputSerializer(data=request.query_params)
         if not params.is_valid():
-            return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
+            return invalid_parameters(params.errors)
         limit = params.validated_data["limit"]
         images = image_list(
             collection=collection,

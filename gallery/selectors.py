@@ -220,6 +220,8 @@ def collection_list_copy_groups(
     ``groups`` groups, so a page costs the same at a million images as at a hundred."""
     found: list[tuple[int, list[tuple[int, float]]]] = []
     checked, checked_to, done, batch_size = 0, after, False, 2 * groups
+    near: dict[int, list[tuple[int, float, bool]]] = {}  # the copies of the images looked up on this page
+    looked_up: set[int] = set()
     with connection.cursor() as cursor:
         while len(found) < groups and checked < checks:
             size = min(batch_size, _COPY_CHECK_BATCH_MAX, checks - checked)
@@ -232,12 +234,17 @@ def collection_list_copy_groups(
             if not batch:
                 done = True
                 break
-            near = _nearest_copies(cursor, batch, everywhere)
-            earlier = {  # the copies of a lower id in the collection, whose own copies decide
-                copy_id for image_id, copies in near.items() for copy_id, _, same in copies if same and copy_id < image_id
-            } - set(near)
+            near |= _nearest_copies(cursor, batch, everywhere)
+            looked_up |= set(batch)
+            earlier = set()  # the copies of a lower id in the collection, whose own copies decide
+            for image_id in batch:
+                lower = {copy_id for copy_id, _, same in near.get(image_id, []) if same and copy_id < image_id}
+                if len(lower) < len(near.get(image_id, [])):  # it has other copies: is it listed?
+                    earlier |= lower
+            earlier -= looked_up
             if earlier:
                 near |= _nearest_copies(cursor, sorted(earlier), everywhere)
+                looked_up |= earlier
             for image_id in batch:
                 checked, checked_to = checked + 1, image_id
                 copies = near.get(image_id, [])

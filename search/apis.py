@@ -11,7 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gallery import imaging
-from gallery.apis import CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation, next_page_url
+from gallery.apis import (
+    CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation, invalid_parameters, next_page_url,
+)
 from gallery.models import Image
 from search import selectors
 
@@ -130,10 +132,6 @@ ERRORS = {
 }
 
 
-def _invalid(params) -> Response:
-    return Response({"error": "invalid parameters", "errors": params.errors}, status=status.HTTP_400_BAD_REQUEST)
-
-
 def _bad_parameter(field: str, message: str) -> Response:
     return Response({"error": f"{field}: {message}", "errors": {field: [message]}}, status=status.HTTP_400_BAD_REQUEST)
 
@@ -165,7 +163,7 @@ class ImageSimilarApi(APIView):
     def get(self, request, image_id: int):
         params = SearchParamsSerializer(data=request.query_params)
         if not params.is_valid():
-            return _invalid(params)
+            return invalid_parameters(params.errors)
         image = get_object_or_404(Image.objects.select_related("collection"), pk=image_id)
         data = params.validated_data
         try:
@@ -233,7 +231,7 @@ class SearchApi(APIView):
     def post(self, request):
         params = self.InputSerializer(data=_form_and_query(request))
         if not params.is_valid():
-            return _invalid(params)
+            return invalid_parameters(params.errors)
         data = params.validated_data
         upload = data["image"]
         if upload.size > settings.CBIR_MAX_UPLOAD_BYTES:
