@@ -141,11 +141,11 @@ def _delete_copies(request) -> None:
     if refused:
         messages.error(
             request,
-            f"{refused} group{'s were' if refused > 1 else ' was'} left as {'they were' if refused > 1 else 'it was'}: "
-            "every picture of it was ticked, and a group keeps at least one.",
+            "1 group was left as it was: every picture of it was ticked, and a group keeps at least one." if refused == 1 else
+            f"{refused} groups were left as they were: every picture of each was ticked, and a group keeps at least one.",
         )
     if not deleted and not refused:
-        messages.info(request, "Nothing was deleted: no copy was ticked.")
+        messages.info(request, "Nothing was deleted: no copy of a picture its group keeps was ticked.")
 
 
 def image_detail(request, image_id: int):

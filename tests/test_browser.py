@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from gallery.models import Image
 from gallery.services import collection_get_or_create
+from tests.gallery.test_copy_groups import library  # noqa: F401  (fixture)
 from tests.search.test_apis import indexed  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium")
@@ -270,3 +271,28 @@ def test_results_marked_more_or_less_like_the_query_refine_the_search(live_serve
             reverse("gallery:image-detail", args=[pk]) for pk in plain
         ]
         assert errors == []
+
+
+def test_an_admin_keeps_the_largest_picture_of_each_group_of_copies(live_server, library, django_user_model):  # noqa: F811
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+    photos = library["seven.png"].collection_id
+    copies_url = live_server.url + reverse("gallery:collection-copies", args=[photos])
+    with chromium_page() as (page, errors):
+        page.goto(f"{live_server.url}{reverse('admin:login')}?next={copies_url}")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "a-long-password")
+        page.click("input[type=submit]")
+        page.wait_for_url(copies_url)
+        page.click("#tick-smaller")
+        ticked = page.eval_on_selector_all("input[name=delete]:checked", "boxes => boxes.map(box => Number(box.value))")
+        page.click("text=Delete the ticked copies")
+        page.wait_for_url(copies_url)
+        message = page.inner_text(".messages")
+        groups_left = page.locator("section.copy-group").count()
+    assert not errors
+    # seven (400x300) over its 200x150 JPEG; nine's 800x600 WebP over nine (400x300)
+    assert sorted(ticked) == sorted([library["seven-small.jpg"].pk, library["nine.png"].pk])
+    assert "Deleted 2 copies" in message and groups_left == 0
+    assert set(Image.objects.filter(collection_id=photos).values_list("original_name", flat=True)) == {
+        "seven.png", "eight.png", "nine-large.webp", "ten.png",
+    }
