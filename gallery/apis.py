@@ -349,7 +349,7 @@ class CopyGroupsInputSerializer(serializers.Serializer):
 
 
 class CopyGroupOutputSerializer(serializers.Serializer):
-    image = ImageDetailOutputSerializer(help_text="the group's first picture in the collection, by id")
+    image = ImageDetailOutputSerializer(help_text="a picture of the collection that has copies")
     copies = CopyOutputSerializer(many=True, help_text="its copies, nearest first")
 
 

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -113,52 +114,12 @@ class Copies:
     copies: list[Copy]
 
 
-# The nearest signatures first, then the threshold, as pgvector advises for a distance filter: with
-# the threshold inside, an iterative index scan (the connection's hnsw.iterative_scan) would walk
-# on to hnsw.max_scan_tuples for a picture with fewer copies than the limit, which is nearly all.
-_NEAREST_SIGNATURES_SQL = """
-WITH nearest AS MATERIALIZED (
-    SELECT id, signature <=> %(signature)s::halfvec AS distance FROM gallery_image
-    WHERE signature IS NOT NULL ORDER BY distance LIMIT %(limit)s
-)
-SELECT id, distance FROM nearest WHERE distance <= %(within)s AND id <> %(image)s ORDER BY distance, id
-"""
-
-
-def image_list_copies(*, image: Image, limit: int = MAX_COPIES) -> Copies:
-    """The images, in every collection, whose pictures are copies of ``image``'s (its own row
-    left out; byte-identical files in other collections included), nearest first, through the
-    signatures' HNSW index."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT signature::text FROM gallery_image WHERE id = %s AND signature IS NOT NULL", [image.pk])
-        row = cursor.fetchone()
-        if row is None:
-            return Copies(has_signature=False, copies=[])
-        cursor.execute(_NEAREST_SIGNATURES_SQL, {
-            "signature": row[0], "limit": limit + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "image": image.pk,
-        })
-        nearest = cursor.fetchall()[:limit]
-    rows = Image.objects.select_related("collection").in_bulk([image_id for image_id, _ in nearest])
-    copies = [
-        Copy(image=rows[image_id], similarity=1.0 - distance, identical=rows[image_id].sha256 == image.sha256)
-        for image_id, distance in nearest if image_id in rows  # one deleted meanwhile is left out
-    ]
-    return Copies(has_signature=True, copies=copies)
-
-
-# A collection's copies are found a page at a time, checking its images in id order: each page
-# checks up to this many (one HNSW lookup each, a fraction of a millisecond: bench/copies.py) and
-# stops sooner once it has a page of groups. The next page goes on after the last image checked.
-COPY_GROUPS_PER_PAGE = 20
-COPY_CHECKS_PER_PAGE = 5_000
-# Images looked up in one statement: the first batch is twice the groups wanted (in a collection
-# full of copies it is enough), each next one twice the last, up to the most. What a page does not
-# reach in its last batch was looked up for nothing.
-_COPY_CHECK_BATCH_MAX = 500
-
 # Each image of the batch with the copies among its nearest signatures, in one statement: a
-# lateral join runs the signature index's nearest-neighbour scan once per image. ``everywhere``
-# keeps copies in other collections; otherwise only those in the image's own collection.
+# lateral join runs the signature index's nearest-neighbour scan once per image. The threshold is
+# applied outside the scan's LIMIT, as pgvector advises for a distance filter: inside it, an
+# iterative index scan (the connection's hnsw.iterative_scan) would walk on to
+# hnsw.max_scan_tuples for a picture with fewer copies than the limit, which is nearly all.
+# ``everywhere`` keeps copies in other collections; otherwise only those in the image's own.
 _BATCH_COPIES_SQL = """
 SELECT image.id, near.id, near.distance, near.collection_id = image.collection_id
 FROM gallery_image AS image
@@ -171,6 +132,58 @@ WHERE image.id = ANY(%(ids)s) AND near.distance <= %(within)s AND near.id <> ima
 ORDER BY image.id, near.distance, near.id
 """
 
+
+def _nearest_copies(cursor, ids: list[int], everywhere: bool) -> dict[int, list[tuple[int, float, bool]]]:
+    """For each of ``ids`` with copies: (copy id, distance, whether in the same collection), nearest
+    first, in one statement (``_BATCH_COPIES_SQL``)."""
+    cursor.execute(_BATCH_COPIES_SQL, {"ids": ids, "limit": MAX_COPIES + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "everywhere": everywhere})
+    near: dict[int, list[tuple[int, float, bool]]] = {}
+    for image_id, copy_id, distance, same_collection in cursor.fetchall():
+        near.setdefault(image_id, []).append((copy_id, distance, same_collection))
+    return near
+
+
+def image_list_copies(*, image: Image) -> Copies:
+    """The images, in every collection, whose pictures are copies of ``image``'s (its own row
+    left out; byte-identical files in other collections included), nearest first, at most
+    MAX_COPIES, through the signatures' HNSW index."""
+    with connection.cursor() as cursor:
+        near = _nearest_copies(cursor, [image.pk], everywhere=True).get(image.pk)
+        if near is None:  # no copies, or no signature to look them up by
+            cursor.execute("SELECT signature IS NOT NULL FROM gallery_image WHERE id = %s", [image.pk])
+            row = cursor.fetchone()
+            return Copies(has_signature=bool(row and row[0]), copies=[])
+    nearest = [(copy_id, distance) for copy_id, distance, _ in near]
+    rows = Image.objects.select_related("collection").in_bulk([copy_id for copy_id, _ in nearest])
+    return Copies(has_signature=True, copies=_copies_of(image, nearest, rows))
+
+
+def images_copy_ids(*, image_ids: Sequence[int]) -> dict[int, set[int]]:
+    """For each of ``image_ids``, the ids of the images in every collection whose pictures are
+    copies of its picture (as ``image_list_copies`` finds them), in one statement."""
+    with connection.cursor() as cursor:
+        near = _nearest_copies(cursor, list(image_ids), everywhere=True)
+    return {image_id: {copy_id for copy_id, _, _ in copies} for image_id, copies in near.items()}
+
+
+def _copies_of(image: Image, nearest: list[tuple[int, float]], rows: dict[int, Image]) -> list[Copy]:
+    """``nearest`` ((copy id, signature distance) of ``image``'s copies) as ``Copy``s of the images
+    in ``rows``: one deleted meanwhile is left out."""
+    return [
+        Copy(image=rows[copy_id], similarity=1.0 - distance, identical=rows[copy_id].sha256 == image.sha256)
+        for copy_id, distance in nearest if copy_id in rows
+    ]
+
+
+# A collection's copies are found a page at a time, checking its images in id order: each page
+# checks up to this many (0.6 to 1.1 ms an image on the shared sets: bench/copy_groups.py) and
+# stops sooner once it has a page of groups. The next page goes on after the last image checked.
+COPY_GROUPS_PER_PAGE = 20
+COPY_CHECKS_PER_PAGE = 5_000
+# Images looked up in one statement: the first batch is twice the groups wanted (in a collection
+# full of copies it is enough), each next one twice the last, up to the most. What a page does not
+# reach in its last batch was looked up for nothing.
+_COPY_CHECK_BATCH_MAX = 500
 
 @dataclass(frozen=True)
 class CopyGroup:
@@ -190,16 +203,6 @@ class CopyGroups:
     checked: int
     checked_to: int
     done: bool
-
-
-def _nearest_copies(cursor, ids: list[int], everywhere: bool) -> dict[int, list[tuple[int, float, bool]]]:
-    """For each of ``ids`` with copies: (copy id, distance, whether in the same collection), nearest
-    first, in one statement (``_BATCH_COPIES_SQL``)."""
-    cursor.execute(_BATCH_COPIES_SQL, {"ids": ids, "limit": MAX_COPIES + 1, "within": 1.0 - COPY_MIN_SIMILARITY, "everywhere": everywhere})
-    near: dict[int, list[tuple[int, float, bool]]] = {}
-    for image_id, copy_id, distance, same_collection in cursor.fetchall():
-        near.setdefault(image_id, []).append((copy_id, distance, same_collection))
-    return near
 
 
 def collection_list_copy_groups(
@@ -236,23 +239,24 @@ def collection_list_copy_groups(
                 break
             near |= _nearest_copies(cursor, batch, everywhere)
             looked_up |= set(batch)
-            earlier = set()  # the copies of a lower id in the collection, whose own copies decide
+            # each image's copies of a lower id in the collection, and its other copies: it is
+            # listed unless a lower one's own copies include all the others
+            lower, rest = {}, {}
             for image_id in batch:
-                lower = {copy_id for copy_id, _, same in near.get(image_id, []) if same and copy_id < image_id}
-                if len(lower) < len(near.get(image_id, [])):  # it has other copies: is it listed?
-                    earlier |= lower
-            earlier -= looked_up
+                copies = near.get(image_id, [])
+                lower[image_id] = {copy_id for copy_id, _, same in copies if same and copy_id < image_id}
+                rest[image_id] = {copy_id for copy_id, _, _ in copies} - lower[image_id]
+            earlier = set().union(*(lower[image_id] for image_id in batch if rest[image_id])) - looked_up
             if earlier:
                 near |= _nearest_copies(cursor, sorted(earlier), everywhere)
                 looked_up |= earlier
             for image_id in batch:
                 checked, checked_to = checked + 1, image_id
-                copies = near.get(image_id, [])
-                lower = [copy_id for copy_id, _, same in copies if same and copy_id < image_id]
-                rest = {copy_id for copy_id, _, _ in copies} - set(lower)
-                if not rest or any(rest <= {copy_id for copy_id, _, _ in near.get(other, [])} for other in lower):
+                if not rest[image_id] or any(
+                    rest[image_id] <= {copy_id for copy_id, _, _ in near.get(other, [])} for other in lower[image_id]
+                ):
                     continue
-                found.append((image_id, [(copy_id, distance) for copy_id, distance, _ in copies[:MAX_COPIES]]))
+                found.append((image_id, [(copy_id, distance) for copy_id, distance, _ in near[image_id]]))
                 if len(found) == groups:
                     break
             if len(batch) < size and checked_to == batch[-1]:
@@ -265,11 +269,7 @@ def collection_list_copy_groups(
     for image_id, copies in found:
         if image_id not in rows:  # deleted meanwhile
             continue
-        image = rows[image_id]
-        kept = [
-            Copy(image=rows[copy_id], similarity=1.0 - distance, identical=rows[copy_id].sha256 == image.sha256)
-            for copy_id, distance in copies if copy_id in rows
-        ]
+        kept = _copies_of(rows[image_id], copies, rows)
         if kept:
-            listed.append(CopyGroup(image=image, copies=kept))
+            listed.append(CopyGroup(image=rows[image_id], copies=kept))
     return CopyGroups(groups=listed, checked=checked, checked_to=checked_to, done=done)

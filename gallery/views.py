@@ -15,6 +15,7 @@ from gallery.selectors import (
     collection_list_with_stats,
     collection_stats,
     image_list_copies,
+    images_copy_ids,
 )
 from gallery.services import images_delete
 from search import selectors as search_selectors
@@ -124,17 +125,17 @@ def _delete_copies(request) -> None:
     group keeps at least one picture and nothing but a copy of a kept picture goes (whatever the
     form said), and says what it did as a message."""
     ticked = {_natural(value) for value in request.POST.getlist("delete")} - {0}
-    doomed, refused = set(), 0
+    groups, refused = [], 0  # groups: (ids, the ids kept) of those with something ticked
     for group in request.POST.getlist("group")[:COPY_GROUPS_PER_POST]:
         ids = {_natural(value) for value in group.split(",")[: MAX_COPIES + 1]} - {0}
-        if not ids & ticked:
-            continue
-        kept = ids - ticked
-        if not kept:
+        if ids & ticked and ids <= ticked:
             refused += 1  # every picture of the group ticked: keep them all
-            continue
-        copies = {copy.image.pk for image in Image.objects.filter(pk__in=kept) for copy in image_list_copies(image=image).copies}
-        doomed |= ids & ticked & copies
+        elif ids & ticked:
+            groups.append((ids, ids - ticked))
+    copy_ids = images_copy_ids(image_ids=sorted(set().union(*(kept for _, kept in groups)))) if groups else {}
+    doomed = set()
+    for ids, kept in groups:
+        doomed |= ids & ticked & set().union(*(copy_ids.get(image_id, set()) for image_id in kept))
     deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
     if deleted:
         messages.success(request, f"Deleted {deleted} cop{'y' if deleted == 1 else 'ies'}.")

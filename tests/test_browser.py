@@ -37,6 +37,19 @@ def chromium_page():
             browser.close()
 
 
+ADMIN_PASSWORD = "a-long-password"
+
+
+def sign_in_as_admin(page, live_server, then: str) -> None:
+    """Signs ``page`` in through the admin's form as the test's superuser "admin" (password
+    ADMIN_PASSWORD), and waits for ``then``, the absolute URL it goes on to."""
+    page.goto(f"{live_server.url}{reverse('admin:login')}?next={then}")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(then)
+
+
 # Builds a File from base64 and hands it to the page as a user's drop or paste would.
 DROP = """([data, name]) => {
     const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
@@ -153,18 +166,14 @@ def test_the_admin_uploads_a_folder_picked_in_the_browser_with_labels_from_its_f
     from gallery.services import collection_get_or_create
     from tests.utils import image_bytes
 
-    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
     collection = collection_get_or_create(name="picked")
     for folder, pattern in (("red", 1), ("blue", 2)):
         (tmp_path / "shots" / folder).mkdir(parents=True)
         (tmp_path / "shots" / folder / f"{folder}.png").write_bytes(image_bytes(pattern=pattern))
     upload_url = live_server.url + reverse("admin:gallery_collection_upload", args=[collection.pk])
     with chromium_page() as (page, errors):
-        page.goto(f"{live_server.url}{reverse('admin:login')}?next={upload_url}")
-        page.fill("#id_username", "admin")
-        page.fill("#id_password", "a-long-password")
-        page.click("input[type=submit]")
-        page.wait_for_url(upload_url)
+        sign_in_as_admin(page, live_server, upload_url)
         page.set_input_files("#id_folder", str(tmp_path / "shots"))
         page.check("#id_labels_from_dirs")
         # more files than the server takes: the page says so and sends nothing
@@ -207,7 +216,7 @@ def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desk
     columns of words ("Search / by / image", "Sign / out / admin")."""
     from playwright.sync_api import sync_playwright
 
-    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
     collection, _ = indexed
     collection.name = "Holiday" + "o" * 180 + "Photos"
     collection.save()
@@ -224,11 +233,7 @@ def test_long_names_without_spaces_wrap_inside_their_boxes_on_a_phone_and_a_desk
         try:
             for width, height in ((390, 844), (1280, 900)):
                 page = browser.new_page(viewport={"width": width, "height": height})
-                page.goto(f"{live_server.url}{reverse('admin:login')}?next=/")
-                page.fill("#id_username", "admin")
-                page.fill("#id_password", "a-long-password")
-                with page.expect_navigation():
-                    page.click("input[type=submit]")
+                sign_in_as_admin(page, live_server, live_server.url + reverse("gallery:collection-list"))
                 for path in paths:
                     page.goto(live_server.url + path)
                     assert page.evaluate(OVERFLOWING) == [], (width, path)
@@ -274,15 +279,11 @@ def test_results_marked_more_or_less_like_the_query_refine_the_search(live_serve
 
 
 def test_an_admin_keeps_the_largest_picture_of_each_group_of_copies(live_server, library, django_user_model):  # noqa: F811
-    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
     photos = library["seven.png"].collection_id
     copies_url = live_server.url + reverse("gallery:collection-copies", args=[photos])
     with chromium_page() as (page, errors):
-        page.goto(f"{live_server.url}{reverse('admin:login')}?next={copies_url}")
-        page.fill("#id_username", "admin")
-        page.fill("#id_password", "a-long-password")
-        page.click("input[type=submit]")
-        page.wait_for_url(copies_url)
+        sign_in_as_admin(page, live_server, copies_url)
         page.click("#tick-smaller")
         ticked = page.eval_on_selector_all("input[name=delete]:checked", "boxes => boxes.map(box => Number(box.value))")
         page.click("text=Delete the ticked copies")
