@@ -13,8 +13,10 @@ from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import (
     CollectionGone,
     ImportReport,
+    QueueUnavailable,
     StorageFailed,
     collection_delete,
+    collection_remove_copies_queue,
     folder_uploads_to_incoming,
     images_create,
     images_delete,
@@ -28,7 +30,7 @@ class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "total", "indexed", "pending", "failed", "upload_link"]
     search_fields = ["name"]
     readonly_fields = ["progress", "upload_link"]
-    actions = ["train_encoder"]
+    actions = ["train_encoder", "remove_copies"]
 
     @admin.action(description="Train an encoder on this collection, then activate it (in a worker)")
     def train_encoder(self, request, queryset):
@@ -46,6 +48,20 @@ class CollectionAdmin(admin.ModelAdmin):
                 format_html('Training <a href="{}">{}</a> queued; its progress shows on its page.', link, encoder),
                 messages.SUCCESS,
             )
+
+    @admin.action(description="Remove the copies in these collections, keeping the largest picture of each (in a worker)", permissions=["remove_copies"])
+    def remove_copies(self, request, queryset):
+        for collection in queryset:
+            link = reverse("gallery:collection-copies", args=[collection.pk])
+            try:
+                collection_remove_copies_queue(collection=collection, keep="largest")
+            except QueueUnavailable as exc:
+                self.message_user(request, format_html('<a href="{}">{}</a>: {}', link, collection, str(exc)), messages.ERROR)
+                continue
+            self.message_user(request, format_html('The workers are removing the copies in <a href="{}">{}</a>.', link, collection), messages.SUCCESS)
+
+    def has_remove_copies_permission(self, request) -> bool:
+        return request.user.has_perm("gallery.delete_image")
 
     @admin.display(description="progress")
     def progress(self, obj):

@@ -12,6 +12,7 @@ from gallery.models import Collection, Image
 from gallery.selectors import (
     COPY_CHECKS_PER_PAGE,
     COPY_GROUPS_PER_PAGE,
+    COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
     collection_list_copy_groups,
     collection_list_with_stats,
@@ -19,7 +20,17 @@ from gallery.selectors import (
     image_list,
     image_list_copies,
 )
-from gallery.services import CollectionGone, ImportReport, StorageFailed, collection_delete, images_create, images_delete, uploads_to_incoming
+from gallery.services import (
+    CollectionGone,
+    ImportReport,
+    QueueUnavailable,
+    StorageFailed,
+    collection_delete,
+    collection_remove_copies_queue,
+    images_create,
+    images_delete,
+    uploads_to_incoming,
+)
 
 
 # How a staff user proves it where a call needs one: an API token or HTTP Basic auth (API clients),
@@ -359,7 +370,49 @@ class CopyGroupsOutputSerializer(serializers.Serializer):
     results = CopyGroupOutputSerializer(many=True)
 
 
-class CollectionCopiesApi(APIView):
+class CopyRemovalInputSerializer(serializers.Serializer):
+    keep = serializers.ChoiceField(
+        choices=list(COPY_KEEP_RULES), required=False, default="largest",
+        help_text="which picture of a set of copies stays: largest (the most pixels, then the oldest) or oldest (the first imported)",
+    )
+
+
+class CopyRemovalOutputSerializer(serializers.Serializer):
+    queued = serializers.BooleanField(help_text="the workers were asked to remove the copies")
+    keep = serializers.CharField()
+
+
+class CollectionCopiesApi(StaffMayDelete, APIView):
+    @extend_schema(
+        operation_id="collection_copies_remove",
+        summary="Delete every copy within a collection, keeping one picture of each (staff only; done by the workers)",
+        description=(
+            "Answers 202 once the workers are asked: they check the collection's images in id order and delete each "
+            "image that is a copy of one that stays, with its vectors and files. Copies in other collections are left "
+            "alone, and an image is deleted only while a copy of it stays. Follow the collection's counts to see it done."
+        ),
+        parameters=[CopyRemovalInputSerializer],
+        responses={
+            202: CopyRemovalOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="an unknown `keep`"),
+            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
+            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
+            503: OpenApiResponse(ErrorSerializer, description="the workers' queue cannot be reached; nothing was removed"),
+        },
+    )
+    def delete(self, request, collection_id: int):
+        collection = get_object_or_404(Collection, pk=collection_id)
+        params = CopyRemovalInputSerializer(data=request.query_params)
+        if not params.is_valid():
+            return invalid_parameters(params.errors)
+        keep = params.validated_data["keep"]
+        try:
+            collection_remove_copies_queue(collection=collection, keep=keep)
+        except QueueUnavailable as exc:
+            return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"queued": True, "keep": keep}, status=status.HTTP_202_ACCEPTED)
+
     @extend_schema(
         operation_id="collection_copies",
         summary="A collection's pictures that are there more than once (or, with scope=all, anywhere), each with its copies",

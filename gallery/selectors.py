@@ -273,3 +273,80 @@ def collection_list_copy_groups(
         if kept:
             listed.append(CopyGroup(image=rows[image_id], copies=kept))
     return CopyGroups(groups=listed, checked=checked, checked_to=checked_to, done=done)
+
+
+# How a collection's copies are removed in one go (``collection_plan_copy_removal``): which
+# picture of a set of copies stays. "largest": the most pixels, then the oldest (lowest id);
+# "oldest": the first imported.
+COPY_KEEP_RULES = ("largest", "oldest")
+
+
+@dataclass(frozen=True)
+class CopyRemovalPlan:
+    """A stretch of a collection checked for copies to remove: ``doomed`` maps each image to
+    remove to the image it is a copy of, which stays. ``checked``, ``checked_to`` and ``done`` as in
+    ``CopyGroups``: the next stretch goes on after ``checked_to``."""
+
+    doomed: dict[int, int]
+    checked: int
+    checked_to: int
+    done: bool
+
+
+def _keep_ranks(cursor, ids: set[int], keep: str) -> dict[int, tuple[int, int]]:
+    """A rank for each of ``ids`` (images gone meanwhile left out): of two copies, the higher
+    rank stays."""
+    cursor.execute("SELECT id, COALESCE(width, 0)::bigint * COALESCE(height, 0) FROM gallery_image WHERE id = ANY(%s)", [sorted(ids)])
+    return {image_id: ((pixels if keep == "largest" else 0), -image_id) for image_id, pixels in cursor.fetchall()}
+
+
+def collection_plan_copy_removal(
+    *, collection: Collection, keep: str = "largest", after: int = 0, checks: int = COPY_CHECKS_PER_PAGE,
+) -> CopyRemovalPlan:
+    """Which images of ``collection`` with an id above ``after`` to remove as copies of others in
+    it (``image_list_copies``, limited to the collection), checking at most ``checks`` images in id
+    order. ``keep`` (``COPY_KEEP_RULES``) ranks copies; a picture that has no copy of a higher rank
+    is a keeper. An image is removed when one of its copies is a keeper; the one of the highest
+    rank is named as the copy it is of.
+
+    The rule needs no memory of earlier stretches and never removes a keeper, so every image removed
+    has a copy that stays: removing images that are not keepers can make more images keepers (a
+    higher copy gone), never fewer. An image with higher copies of which none is a keeper (the
+    middle of a chain A~B~C whose ends are less alike) stays."""
+    if keep not in COPY_KEEP_RULES:
+        raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
+    doomed: dict[int, int] = {}
+    checked, checked_to, done, size = 0, after, False, 2 * COPY_GROUPS_PER_PAGE
+    with connection.cursor() as cursor:
+        while checked < checks:
+            size = min(size, _COPY_CHECK_BATCH_MAX, checks - checked)
+            cursor.execute(
+                "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL ORDER BY id LIMIT %s",
+                [collection.pk, checked_to, size],
+            )
+            batch = [row[0] for row in cursor.fetchall()]
+            checked, checked_to = checked + len(batch), batch[-1] if batch else checked_to
+            if len(batch) < size:
+                done = True
+            near = {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, batch, everywhere=False).items()} if batch else {}
+            ranks = _keep_ranks(cursor, set(near) | {copy_id for copies in near.values() for copy_id in copies}, keep)
+            higher = {
+                image_id: [copy_id for copy_id in copies if copy_id in ranks and ranks[copy_id] > ranks[image_id]]
+                for image_id, copies in near.items() if image_id in ranks
+            }
+            candidates = {copy_id for copies in higher.values() for copy_id in copies} - set(near)
+            if candidates:  # their own copies decide whether they are keepers
+                near |= {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, sorted(candidates), everywhere=False).items()}
+                ranks |= _keep_ranks(cursor, {copy_id for image_id in candidates for copy_id in near.get(image_id, [])} - set(ranks), keep)
+
+            def is_keeper(image_id: int) -> bool:
+                return not any(copy_id in ranks and ranks[copy_id] > ranks[image_id] for copy_id in near.get(image_id, []))
+
+            for image_id, copies in higher.items():
+                keepers = [copy_id for copy_id in copies if is_keeper(copy_id)]
+                if keepers:
+                    doomed[image_id] = max(keepers, key=ranks.__getitem__)
+            if done:
+                break
+            size *= 2
+    return CopyRemovalPlan(doomed=doomed, checked=checked, checked_to=checked_to, done=done)

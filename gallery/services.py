@@ -24,6 +24,7 @@ from pgvector import HalfVector
 from gallery import imaging
 from gallery.media import media_marker_write
 from gallery.models import Collection, Image, checked_for_field, one_line
+from gallery.selectors import COPY_CHECKS_PER_PAGE, COPY_KEEP_RULES, CopyRemovalPlan, collection_plan_copy_removal
 
 logger = logging.getLogger(__name__)
 
@@ -483,6 +484,55 @@ def images_delete(*, images: QuerySet[Image]) -> int:
     transaction.on_commit(lambda: stored_files_delete_soon(names), robust=True)
     return len(rows)
 
+
+
+@dataclass(frozen=True)
+class CopyRemoval:
+    """What one stretch of ``collection_remove_copies`` did: its plan, and how many of the images
+    it named were deleted (fewer when some went meanwhile, or their kept copy did)."""
+
+    plan: CopyRemovalPlan
+    deleted: int
+
+
+def collection_remove_copies(
+    *, collection: Collection, keep: str = "largest", after: int = 0, checks: int = COPY_CHECKS_PER_PAGE, dry_run: bool = False,
+) -> CopyRemoval:
+    """Delete the copies among ``collection``'s images with an id above ``after``, checking at most
+    ``checks`` of them: each image that ``collection_plan_copy_removal`` names goes, with its vectors
+    and files (``images_delete``), and the copy it is of stays. Call again after ``plan.checked_to``
+    until ``plan.done``; a stretch done twice deletes nothing more. The kept copies are locked until
+    the deletion commits, so a deletion elsewhere cannot take a kept copy while its copies go; an
+    image whose kept copy went meanwhile stays. ``dry_run`` deletes nothing."""
+    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=after, checks=checks)
+    if dry_run or not plan.doomed:
+        return CopyRemoval(plan=plan, deleted=0)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM gallery_image WHERE id = ANY(%s) FOR SHARE", [sorted(set(plan.doomed.values()))])
+            kept = {row[0] for row in cursor.fetchall()}
+        doomed = [image_id for image_id, copy_of in plan.doomed.items() if copy_of in kept]
+        deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
+    return CopyRemoval(plan=plan, deleted=deleted)
+
+
+class QueueUnavailable(Exception):
+    """The broker could not take a task; nothing was queued."""
+
+
+def collection_remove_copies_queue(*, collection: Collection, keep: str = "largest") -> None:
+    """Ask the workers to remove ``collection``'s copies (``collection_remove_copies``, a stretch
+    a task: ``workers.tasks.remove_copies``), keeping a picture of each by ``keep``. Raises
+    ValueError for an unknown rule, and QueueUnavailable when the broker cannot be reached, since
+    no sweep would find this work again."""
+    from workers.tasks import remove_copies
+
+    if keep not in COPY_KEEP_RULES:
+        raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
+    try:
+        remove_copies.apply_async(args=(collection.pk, keep), retry=False)
+    except Exception as exc:  # broker down or unreachable
+        raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was removed") from exc
 
 # Folders of media storage whose files belong to image rows, and the Image field that names them:
 # images/<collection id>/ holds originals, thumbnails/<collection id>/ thumbnails (upload_to).

@@ -17,7 +17,7 @@ from gallery.selectors import (
     image_list_copies,
     images_copy_ids,
 )
-from gallery.services import images_delete
+from gallery.services import QueueUnavailable, collection_remove_copies_queue, images_delete
 from search import selectors as search_selectors
 from search.views import marks_context, marks_read, search_with_marks
 
@@ -86,7 +86,8 @@ def collection_copies(request, collection_id: int):
     every collection (``scope=all``), a page of groups at a time (``after``: the last image the
     previous page checked; ``seen``: how many images the pages before checked). A user who may
     delete images ticks the copies to drop and POSTs them (``delete``): each group keeps at least
-    one image, and only images of the groups on the page go."""
+    one image, and only images of the groups on the page go. Or they ask the workers to remove
+    every copy in the collection (``remove=all``, ``keep``: which picture of each stays)."""
     collection = get_object_or_404(Collection, pk=collection_id)
     scope = "all" if request.GET.get("scope") == "all" else ""
     after, seen = _natural(request.GET.get("after")), _natural(request.GET.get("seen"))
@@ -94,7 +95,10 @@ def collection_copies(request, collection_id: int):
     if request.method == "POST":
         if not may_delete:
             return HttpResponseForbidden("Deleting images needs the permission to delete images.")
-        _delete_copies(request)
+        if request.POST.get("remove") == "all":
+            _remove_all_copies(request, collection)
+        else:
+            _delete_copies(request)
         return redirect(request.get_full_path())
     found = collection_list_copy_groups(collection=collection, after=after, everywhere=bool(scope))
     stats = collection_stats(collection=collection)
@@ -117,6 +121,23 @@ def _natural(value: str | None) -> int:
         return max(int(value), 0)
     except (TypeError, ValueError):
         return 0
+
+
+def _remove_all_copies(request, collection: Collection) -> None:
+    keep = request.POST.get("keep", "largest")
+    try:
+        collection_remove_copies_queue(collection=collection, keep=keep)
+    except ValueError:
+        messages.error(request, "Nothing was removed: choose to keep the largest or the first imported picture of each.")
+    except QueueUnavailable:
+        messages.error(request, "Nothing was removed: the workers cannot be reached now. Try again later.")
+    else:
+        rule = "the largest picture" if keep == "largest" else "the first imported picture"
+        messages.success(
+            request,
+            f"The workers are removing every copy in {collection.name}, keeping {rule} of each. "
+            "Reload this page to see what is left.",
+        )
 
 
 def _delete_copies(request) -> None:

@@ -1,16 +1,21 @@
 """A collection's pictures that are there more than once, found a page at a time: the selector,
-the page (with the deletion of ticked copies) and the API."""
+the page (with the deletion of ticked copies) and the API; and every copy in a collection removed
+in one go, keeping one picture of each: the plan, the service, the command, the workers' task from
+the page and from the API."""
 import io
 
 import numpy as np
 
 import pytest
+from django.core.files.storage import default_storage
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from gallery.selectors import collection_list_copy_groups
-from gallery.services import IncomingFile, collection_get_or_create, images_create
+from gallery.selectors import collection_list_copy_groups, collection_plan_copy_removal
+from gallery.services import IncomingFile, collection_get_or_create, collection_remove_copies, images_create
+from tests.conftest import wait_for
 from tests.utils import image_bytes, make_encoder
 from workers.services import images_index
 
@@ -156,23 +161,170 @@ def test_the_apis_next_links_walk_every_group_once(client, library, monkeypatch)
     assert seen == ["seven.png", "eight.png", "nine.png"]
 
 
-def test_a_chain_of_copies_lists_every_pair_together():
-    # q ~ p and p ~ c at 0.99, but q and c only 0.96 alike: q's group cannot show c, so p is
-    # listed too, with both; with a third copy of q that p shares, p would add nothing.
+def _signature_at(turn: float) -> list[float]:
+    """A signature ``turn`` steps along a circle where one step is 0.99 alike (two steps: 0.96)."""
+    angle = np.arccos(0.99)
+    signature = np.zeros(384)
+    signature[:2] = np.cos(turn * angle), np.sin(turn * angle)
+    return signature.tolist()
+
+
+def _chain(*, sizes=(100, 100, 100)) -> dict[str, Image]:
+    """q ~ p and p ~ c at 0.99, but q and c only 0.96 alike: no copies of each other. Square
+    pictures of these sides, in that order."""
     from gallery.models import Collection
 
     chain = Collection.objects.create(name="chain")
-    angle = np.arccos(0.99)
-
-    def at(turn: float) -> list[float]:
-        signature = np.zeros(384)
-        signature[:2] = np.cos(turn * angle), np.sin(turn * angle)
-        return signature.tolist()
-
-    rows = {
-        name: Image.objects.create(collection=chain, original_name=name, sha256=name, status="indexed", signature=at(turn))
-        for name, turn in (("q", 0), ("p", 1), ("c", 2))
+    return {
+        name: Image.objects.create(
+            collection=chain, original_name=name, sha256=name, status="indexed", signature=_signature_at(turn), width=side, height=side,
+        )
+        for (name, turn), side in zip((("q", 0), ("p", 1), ("c", 2)), sizes)
     }
+
+
+def test_a_chain_of_copies_lists_every_pair_together():
+    # q's group cannot show c, so p is listed too, with both; with a third copy of q that p
+    # shares, p would add nothing.
+    rows = _chain()
+    chain = rows["q"].collection
     assert _names(collection_list_copy_groups(collection=chain)) == [("q", ["p"]), ("p", ["q", "c"])]
-    Image.objects.filter(pk=rows["c"].pk).update(signature=at(0.5))  # now a copy of both: q's group has it
+    Image.objects.filter(pk=rows["c"].pk).update(signature=_signature_at(0.5))  # now a copy of both: q's group has it
     assert _names(collection_list_copy_groups(collection=chain)) == [("q", ["c", "p"])]
+
+
+def _plan(collection, **options) -> dict[str, str]:
+    rows = Image.objects.in_bulk()
+    plan = collection_plan_copy_removal(collection=collection, **options)
+    return {rows[image_id].original_name: rows[copy_of].original_name for image_id, copy_of in plan.doomed.items()}
+
+
+def test_removal_keeps_the_largest_or_the_first_imported_picture_of_each(library):
+    photos = library["seven.png"].collection
+    assert _plan(photos) == {"seven-small.jpg": "seven.png", "nine.png": "nine-large.webp"}
+    assert _plan(photos, keep="oldest") == {"seven-small.jpg": "seven.png", "nine-large.webp": "nine.png"}
+    # eight's file is in the archive too: another collection's copy is no reason to remove it
+    assert _plan(library["eight-again.png"].collection) == {}
+    with pytest.raises(ValueError, match="keep takes one of largest, oldest"):
+        collection_plan_copy_removal(collection=photos, keep="newest")
+    removal = collection_remove_copies(collection=photos, dry_run=True)
+    assert removal.deleted == 0 and removal.plan.done and removal.plan.checked == 6
+    assert Image.objects.count() == 7
+
+
+def test_removing_copies_deletes_them_with_their_vectors_and_files_once(library, django_capture_on_commit_callbacks):
+    from search.models import Embedding
+
+    photos = library["seven.png"].collection
+    doomed = [library["seven-small.jpg"], library["nine.png"]]
+    files = [name for image in doomed for name in (image.file.name, image.thumbnail.name)]
+    assert all(default_storage.exists(name) for name in files)
+    with django_capture_on_commit_callbacks(execute=True):
+        removal = collection_remove_copies(collection=photos)
+    assert removal.deleted == 2
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["eight-again.png", "eight.png", "nine-large.webp", "seven.png", "ten.png"]
+    assert not Embedding.objects.filter(image_id__in=[image.pk for image in doomed]).exists()
+    assert not any(default_storage.exists(name) for name in files)
+    again = collection_remove_copies(collection=photos)
+    assert again.deleted == 0 and again.plan.doomed == {}
+
+
+def test_removal_in_stretches_removes_what_one_go_does(library):
+    photos = library["seven.png"].collection
+    stretches, after, done = [], 0, False
+    while not done:
+        removal = collection_remove_copies(collection=photos, after=after, checks=2)
+        stretches.append(removal.plan.checked)
+        after, done = removal.plan.checked_to, removal.plan.done
+    assert stretches == [2, 2, 2, 0]  # six images, two a stretch; the last finds none left
+    assert sorted(Image.objects.filter(collection=photos).values_list("original_name", flat=True)) == ["eight.png", "nine-large.webp", "seven.png", "ten.png"]
+
+
+@pytest.mark.parametrize(("keep", "sizes", "removed"), [
+    ("largest", (100, 200, 300), {"p": "c"}),  # c stays; q's larger copy p is no keeper, so q stays too
+    ("largest", (300, 200, 100), {"p": "q"}),
+    ("oldest", (100, 200, 300), {"p": "q"}),
+    ("largest", (200, 300, 200), {"q": "p", "c": "p"}),  # p is the copy of both that stays
+])
+def test_no_picture_of_a_chain_of_copies_is_lost(keep, sizes, removed):
+    rows = _chain(sizes=sizes)
+    chain = rows["q"].collection
+    assert _plan(chain, keep=keep) == removed
+    collection_remove_copies(collection=chain, keep=keep)
+    assert collection_remove_copies(collection=chain, keep=keep).plan.doomed == {}  # nothing more once done
+    left = set(Image.objects.filter(collection=chain).values_list("original_name", flat=True))
+    assert left == {"q", "p", "c"} - set(removed)
+    assert all(copy_of in left for copy_of in removed.values())  # every picture removed has a copy left
+
+
+def test_the_command_lists_what_it_would_remove_then_removes_it(library, capsys):
+    with pytest.raises(CommandError, match="no collection is named 'nowhere'"):
+        call_command("remove_copies", "--collection", "nowhere")
+    with pytest.raises(CommandError, match="invalid choice: 'newest'"):
+        call_command("remove_copies", "--collection", "photos", "--keep", "newest")
+    call_command("remove_copies", "--collection", "photos", "--dry-run")
+    out = capsys.readouterr().out
+    small, seven = library["seven-small.jpg"], library["seven.png"]
+    assert f"seven-small.jpg (#{small.pk}, 200x150) is a copy of seven.png (#{seven.pk}, 400x300)" in out
+    assert "photos: 2 copies would be deleted, keeping the largest picture of each." in out
+    assert Image.objects.count() == 7
+    Image.objects.filter(pk=library["ten.png"].pk).update(signature=None)
+    call_command("remove_copies", "--collection", "photos", "--keep", "oldest")
+    out = capsys.readouterr().out
+    assert "photos: deleted 2 copies, keeping the oldest picture of each." in out
+    assert "1 images were not checked: they have no copy signature yet" in out
+    assert not Image.objects.filter(original_name__in=["seven-small.jpg", "nine-large.webp"]).exists()
+
+
+def test_a_user_who_may_delete_has_the_workers_remove_every_copy(admin_client, client, django_user_model, library, celery_worker):
+    photos = library["seven.png"].collection
+    url = reverse("gallery:collection-copies", args=[photos.pk])
+    assert "Remove every copy in this collection" not in client.get(url).content.decode()
+    assert 'name="remove"' not in admin_client.get(url, {"scope": "all"}).content.decode()
+    assert client.post(url, {"remove": "all"}).status_code == 403
+    page = admin_client.post(url, {"remove": "all", "keep": "newest"}, follow=True).content.decode()
+    assert "Nothing was removed: choose to keep the largest or the first imported picture of each." in page
+    assert Image.objects.count() == 7
+    page = admin_client.post(url, {"remove": "all", "keep": "largest"}, follow=True).content.decode()
+    assert "The workers are removing every copy in photos, keeping the largest picture of each." in page
+    wait_for(lambda: Image.objects.filter(collection=photos).count() == 4, message="the worker to remove two copies")
+    assert not Image.objects.filter(pk__in=[library["seven-small.jpg"].pk, library["nine.png"].pk]).exists()
+    assert Image.objects.filter(pk=library["eight-again.png"].pk).exists()
+
+
+def test_the_api_has_the_workers_remove_every_copy(admin_client, client, library, celery_worker, monkeypatch):
+    photos = library["seven.png"].collection
+    url = reverse("api-collection-copies", args=[photos.pk])
+    assert client.delete(url).status_code in (401, 403)
+    response = admin_client.delete(url + "?keep=newest")
+    assert response.status_code == 400 and "keep" in response.json()["errors"]
+    assert admin_client.delete(reverse("api-collection-copies", args=[999_999])).status_code == 404
+    response = admin_client.delete(url + "?keep=oldest")
+    assert response.status_code == 202 and response.json() == {"queued": True, "keep": "oldest"}
+    wait_for(lambda: Image.objects.filter(collection=photos).count() == 4, message="the worker to remove two copies")
+    assert not Image.objects.filter(pk__in=[library["seven-small.jpg"].pk, library["nine-large.webp"].pk]).exists()
+    # a broker that cannot be reached: told, and nothing queued or removed
+    from workers.tasks import remove_copies
+
+    def unreachable(*args, **kwargs):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(remove_copies, "apply_async", unreachable)
+    response = admin_client.delete(url)
+    assert response.status_code == 503 and "cannot be reached (connection refused); nothing was removed" in response.json()["error"]
+
+
+def test_the_admin_has_the_workers_remove_the_copies_of_the_collections_ticked(admin_client, client, django_user_model, library, celery_worker):
+    photos, archive = library["seven.png"].collection, library["eight-again.png"].collection
+    changelist = reverse("admin:gallery_collection_changelist")
+    page = admin_client.post(changelist, {"action": "remove_copies", "_selected_action": [photos.pk, archive.pk]}, follow=True).content.decode()
+    assert "The workers are removing the copies in" in page
+    wait_for(lambda: Image.objects.filter(collection=photos).count() == 4, message="the worker to remove two copies")
+    assert Image.objects.filter(collection=archive).count() == 1
+    # staff who may not delete images are not offered the action
+    editor = django_user_model.objects.create_user("editor", password="x-long-password-1", is_staff=True)
+    from django.contrib.auth.models import Permission
+
+    editor.user_permissions.add(Permission.objects.get(codename="view_collection"))
+    client.force_login(editor)
+    assert 'value="remove_copies"' not in client.get(changelist).content.decode()

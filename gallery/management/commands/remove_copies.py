@@ -1,0 +1,74 @@
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery.media import MediaStorageUnavailable, media_storage_check
+from gallery.models import Collection, Image
+from gallery.selectors import COPY_KEEP_RULES
+from gallery.services import collection_remove_copies
+
+PAIRS_SHOWN = 20
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete the copies in a collection (the same picture at another size, quality or format, as its "
+        "copies page finds them), keeping one picture of each: the largest, or the oldest. Only images of "
+        "the collection are compared and deleted. --dry-run lists what would go."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--collection", required=True, help="collection name")
+        parser.add_argument(
+            "--keep", choices=COPY_KEEP_RULES, default="largest",
+            help="which picture of a set of copies stays: the most pixels (then the oldest), or the first imported",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+
+    def handle(self, *args, collection: str, keep: str, dry_run: bool, **options):
+        target = Collection.objects.filter(name=collection).first()
+        if target is None:
+            raise CommandError(f"no collection is named {collection!r}")
+        if not dry_run:
+            try:
+                media_storage_check()  # else the rows would go and their files stay behind
+            except MediaStorageUnavailable as exc:
+                raise CommandError(str(exc)) from None
+        unsigned = Image.objects.filter(collection=target, signature__isnull=True).count()
+        total = Image.objects.filter(collection=target).count() - unsigned
+        doomed: dict[int, int] = {}
+        deleted, after = 0, 0
+        with tqdm(total=total, desc="checking", unit="img") as bar:
+            while True:
+                removal = collection_remove_copies(collection=target, keep=keep, after=after, dry_run=dry_run)
+                doomed |= removal.plan.doomed
+                deleted += removal.deleted
+                bar.update(removal.plan.checked)
+                bar.set_postfix(copies=len(doomed), refresh=False)
+                if removal.plan.done:
+                    break
+                after = removal.plan.checked_to
+        rule = "the largest" if keep == "largest" else "the oldest"
+        if dry_run:
+            self._show(doomed)
+            self.stdout.write(f"{target.name}: {len(doomed)} copies would be deleted, keeping {rule} picture of each.")
+        else:
+            self.stdout.write(f"{target.name}: deleted {deleted} copies, keeping {rule} picture of each.")
+        if unsigned:
+            self.stdout.write(
+                f"{unsigned} images were not checked: they have no copy signature yet (still pending, or indexed before "
+                "signatures: `manage.py rebuild_thumbnails` gives them one)."
+            )
+
+    def _show(self, doomed: dict[int, int]) -> None:
+        pairs = sorted(doomed.items())[:PAIRS_SHOWN]
+        rows = Image.objects.in_bulk([image_id for pair in pairs for image_id in pair])
+        for image_id, copy_of in pairs:
+            self.stdout.write(f"  {self._describe(rows.get(image_id), image_id)} is a copy of {self._describe(rows.get(copy_of), copy_of)}")
+        if len(doomed) > PAIRS_SHOWN:
+            self.stdout.write(f"  ... and {len(doomed) - PAIRS_SHOWN} more")
+
+    @staticmethod
+    def _describe(image: Image | None, image_id: int) -> str:
+        if image is None:  # deleted meanwhile
+            return f"#{image_id}"
+        return f"{image.original_name} (#{image_id}, {image.width}x{image.height})"
