@@ -21,7 +21,14 @@ Reported per set:
   comparison (on the signatures as stored, at half precision) that a group lists together,
   against all of them (a chain A~B~C lists C with neither A nor B when A and C are less alike);
 - ``one_query_per_image``: milliseconds per image for ``image_list_copies`` over the first 1,000
-  images (median of 3 rounds), and the walk's milliseconds per image as a ratio of it.
+  images (median of 3 rounds), and the walk's milliseconds per image as a ratio of it;
+- ``removal``, last, as it deletes: every copy removed with ``collection_remove_copies``
+  (keep=largest), stretch by stretch and round by round as the workers' task does. Its seconds,
+  and as a ratio of the walk's (the baseline: reading every group without deleting); images
+  deleted, in all and in each round; the share of them
+  with an image at least ``COPY_MIN_SIMILARITY`` alike left (exhaustive, on the stored signatures);
+  planted pairs with one picture left, with both left, with none; of the pairs of unequal sizes,
+  the share whose larger picture is the one left; and the groups a walk still lists afterwards.
 """
 from __future__ import annotations
 
@@ -45,9 +52,9 @@ WALKS = 3
 PER_IMAGE_SAMPLE = 1000
 
 
-def load_set(name: str) -> list[tuple[str, np.ndarray]]:
-    """(name, signature) of every picture of the set and of its rescaled JPEG copy, pictures with
-    no signature (one flat grey) left out."""
+def load_set(name: str) -> list[tuple[str, np.ndarray, tuple[int, int]]]:
+    """(name, signature, size) of every picture of the set and of its rescaled JPEG copy, pictures
+    with no signature (one flat grey) left out."""
     from copies import load, make_copy
     from gallery import imaging
     from quality import dataset_tree
@@ -61,7 +68,7 @@ def load_set(name: str) -> list[tuple[str, np.ndarray]]:
         for label, pixels in ((picture_name, picture), (f"{picture_name} (copy)", copy)):
             signature = imaging.copy_signature(pixels)
             if signature is not None:
-                rows.append((label, np.asarray(signature, dtype=np.float32)))
+                rows.append((label, np.asarray(signature, dtype=np.float32), pixels.size))
     return rows
 
 
@@ -83,13 +90,13 @@ def reset_tables(filler: int) -> tuple[int, str]:
     rng = np.random.default_rng(SEED + 1)
     for start in range(0, filler, 50_000):
         block = rng.normal(size=(min(50_000, filler - start), 384)).astype(np.float32)
-        insert(others.pk, [(f"filler {start + i}", row / np.linalg.norm(row)) for i, row in enumerate(block)])
+        insert(others.pk, [(f"filler {start + i}", row / np.linalg.norm(row), (0, 0)) for i, row in enumerate(block)])
     return others.pk, index
 
 
-def insert(collection_id: int, rows: list[tuple[str, np.ndarray]]) -> list[int]:
-    """COPY ``rows`` (name, signature) into gallery_image as indexed images of the collection;
-    returns their ids in order."""
+def insert(collection_id: int, rows: list[tuple[str, np.ndarray, tuple[int, int]]]) -> list[int]:
+    """COPY ``rows`` (name, signature, size) into gallery_image as indexed images of the
+    collection; returns their ids in order."""
     from django.db import connection
     from pgvector import HalfVector
 
@@ -98,11 +105,14 @@ def insert(collection_id: int, rows: list[tuple[str, np.ndarray]]) -> list[int]:
         cursor.execute("SELECT nextval('gallery_image_id_seq') FROM generate_series(1, %s)", [len(rows)])
         ids = [row[0] for row in cursor.fetchall()]
         with cursor.copy(
-            "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at, signature) FROM STDIN"
+            "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at, signature, width, height) FROM STDIN"
         ) as copy:
-            for image_id, (name, signature) in zip(ids, rows):
+            for image_id, (name, signature, (width, height)) in zip(ids, rows):
                 digest = hashlib.sha256(name.encode()).hexdigest()
-                copy.write_row((image_id, collection_id, "", "", name, "", digest, "indexed", "", "now", "now", HalfVector(signature).to_text()))
+                copy.write_row((
+                    image_id, collection_id, "", "", name, "", digest, "indexed", "", "now", "now", HalfVector(signature).to_text(),
+                    width or None, height or None,
+                ))
     connection.commit()
     return ids
 
@@ -157,11 +167,11 @@ def run_set(name: str, filler: int) -> dict:
     listed |= {  # copies listed together in a group are alike too, when the exhaustive comparison says so
         tuple(sorted((position[a.image.pk], position[b.image.pk]))) for group in groups for a in group.copies for b in group.copies if a is not b
     }
-    halves = np.stack([signature.astype(np.float16).astype(np.float32) for _, signature in rows])
+    halves = np.stack([signature.astype(np.float16).astype(np.float32) for _, signature, _ in rows])
     halves /= np.linalg.norm(halves, axis=1, keepdims=True)
     truth = exhaustive_pairs(halves, COPY_MIN_SIMILARITY)
     names = {row[0]: i for i, row in enumerate(rows)}
-    planted = [(names[label], names[f"{label} (copy)"]) for label, _ in rows if not label.endswith(" (copy)") and f"{label} (copy)" in names]
+    planted = [(names[label], names[f"{label} (copy)"]) for label, _, _ in rows if not label.endswith(" (copy)") and f"{label} (copy)" in names]
     planted_found = sum(tuple(sorted(pair)) in listed for pair in planted) / len(planted)
 
     sample = list(Image.objects.filter(collection=collection).order_by("id")[:PER_IMAGE_SAMPLE])
@@ -173,12 +183,50 @@ def run_set(name: str, filler: int) -> dict:
         rounds.append((time.perf_counter() - started) / len(sample) * 1000)
     per_image_ms = float(np.median(rounds))
     walk_ms = seconds / len(rows) * 1000
+    removal = remove_all(collection, rows, ids, halves, planted, walk_seconds=seconds)
     return {
         "set": name, "images": len(rows), "table_images": len(rows) + filler, "index_build_s": round(index_seconds, 1),
         "walk": {"seconds": round(seconds, 2), "pages": pages, "checked_per_s": round(len(rows) / seconds), "groups": len(groups), "ms_per_image": round(walk_ms, 4)},
         "planted_found": round(planted_found, 4),
         "pairs": {"exhaustive": len(truth), "listed_together": len(truth & listed), "share": round(len(truth & listed) / max(len(truth), 1), 4)},
         "one_query_per_image": {"ms_per_image": round(per_image_ms, 4), "walk_ratio": round(walk_ms / per_image_ms, 3)},
+        "removal": removal,
+    }
+
+
+def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: list[tuple[int, int]], *, walk_seconds: float) -> dict:
+    """Every copy of the collection removed (keep=largest), as the module's docstring says."""
+    from gallery.models import Image
+    from gallery.selectors import COPY_MIN_SIMILARITY
+    from gallery.services import CopyRemovalStep, collection_remove_copies
+
+    started, step, stretches, by_round = time.perf_counter(), CopyRemovalStep(), 0, {}
+    while step is not None:
+        removal = collection_remove_copies(collection=collection, keep="largest", step=step)
+        stretches, by_round[step.round] = stretches + 1, by_round.get(step.round, 0) + removal.deleted
+        step = removal.next
+    seconds = time.perf_counter() - started
+    deleted = sum(by_round.values())
+    left_ids = set(Image.objects.filter(collection=collection).values_list("id", flat=True))
+    left = np.array([image_id in left_ids for image_id in ids])
+    removed = np.flatnonzero(~left)
+    kept_signatures = halves[left]
+    with_copy_left = sum(
+        int(((halves[removed[start : start + 2048]] @ kept_signatures.T) >= COPY_MIN_SIMILARITY).any(axis=1).sum())
+        for start in range(0, len(removed), 2048)
+    )
+    one_left = sum(left[a] != left[b] for a, b in planted)
+    both_left = sum(left[a] and left[b] for a, b in planted)
+    sizes = [rows[i][2][0] * rows[i][2][1] for i in range(len(rows))]
+    unequal = [(a, b) for a, b in planted if sizes[a] != sizes[b] and left[a] != left[b]]
+    larger_left = sum(left[a if sizes[a] > sizes[b] else b] for a, b in unequal)
+    _, _, groups_after = walk(collection)
+    return {
+        "seconds": round(seconds, 2), "stretches": stretches, "ratio_to_walk": round(seconds / walk_seconds, 3),
+        "deleted": deleted, "deleted_by_round": list(by_round.values()), "deleted_with_a_copy_left": round(with_copy_left / max(len(removed), 1), 4),
+        "planted": {"one_left": round(one_left / len(planted), 4), "both_left": round(both_left / len(planted), 4), "none_left": round((len(planted) - one_left - both_left) / len(planted), 4)},
+        "larger_of_unequal_left": round(larger_left / max(len(unequal), 1), 4),
+        "groups_after": len(groups_after),
     }
 
 

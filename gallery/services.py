@@ -486,34 +486,62 @@ def images_delete(*, images: QuerySet[Image]) -> int:
 
 
 
+# Removing an image can make one of its copies a keeper (its higher copy gone), whose own lower
+# copies a later round then removes; a round that removes nothing ends it. Chains of copies, each of
+# a higher rank than the last, take a round a link; past this many rounds, what is left stays.
+COPY_REMOVAL_ROUNDS_MAX = 10
+
+
+@dataclass(frozen=True)
+class CopyRemovalStep:
+    """Where a collection's copy removal stands: the next stretch checks the images with an id
+    above ``after``, in round ``round``, which has deleted ``deleted_in_round`` images so far."""
+
+    after: int = 0
+    round: int = 1
+    deleted_in_round: int = 0
+
+
 @dataclass(frozen=True)
 class CopyRemoval:
-    """What one stretch of ``collection_remove_copies`` did: its plan, and how many of the images
-    it named were deleted (fewer when some went meanwhile, or their kept copy did)."""
+    """What one stretch of ``collection_remove_copies`` did: its plan, how many of the images it
+    named were deleted (fewer when some went meanwhile, or their kept copy did), and the step to do
+    next (None when the removal is over)."""
 
     plan: CopyRemovalPlan
     deleted: int
+    next: CopyRemovalStep | None
 
 
 def collection_remove_copies(
-    *, collection: Collection, keep: str = "largest", after: int = 0, checks: int = COPY_CHECKS_PER_PAGE, dry_run: bool = False,
+    *, collection: Collection, keep: str = "largest", step: CopyRemovalStep = CopyRemovalStep(), checks: int = COPY_CHECKS_PER_PAGE,
+    dry_run: bool = False,
 ) -> CopyRemoval:
-    """Delete the copies among ``collection``'s images with an id above ``after``, checking at most
-    ``checks`` of them: each image that ``collection_plan_copy_removal`` names goes, with its vectors
-    and files (``images_delete``), and the copy it is of stays. Call again after ``plan.checked_to``
-    until ``plan.done``; a stretch done twice deletes nothing more. The kept copies are locked until
-    the deletion commits, so a deletion elsewhere cannot take a kept copy while its copies go; an
-    image whose kept copy went meanwhile stays. ``dry_run`` deletes nothing."""
-    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=after, checks=checks)
-    if dry_run or not plan.doomed:
-        return CopyRemoval(plan=plan, deleted=0)
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT id FROM gallery_image WHERE id = ANY(%s) FOR SHARE", [sorted(set(plan.doomed.values()))])
-            kept = {row[0] for row in cursor.fetchall()}
-        doomed = [image_id for image_id, copy_of in plan.doomed.items() if copy_of in kept]
-        deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
-    return CopyRemoval(plan=plan, deleted=deleted)
+    """Delete the copies among ``collection``'s images with an id above ``step.after``, checking at
+    most ``checks`` of them: each image that ``collection_plan_copy_removal`` names goes, with its
+    vectors and files (``images_delete``), and the copy it is of stays. Call again with ``next``
+    until it is None: the stretches walk the collection in id order, in rounds until one deletes
+    nothing (at most COPY_REMOVAL_ROUNDS_MAX), after which no two images left are copies. A stretch
+    done twice deletes nothing more. The kept copies are locked until the deletion commits, so a
+    deletion elsewhere cannot take a kept copy while its copies go; an image whose kept copy went
+    meanwhile stays. ``dry_run`` deletes nothing, and so stops after its first round."""
+    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=step.after, checks=checks)
+    deleted = 0
+    if plan.doomed and not dry_run:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM gallery_image WHERE id = ANY(%s) FOR SHARE", [sorted(set(plan.doomed.values()))])
+                kept = {row[0] for row in cursor.fetchall()}
+            doomed = [image_id for image_id, copy_of in plan.doomed.items() if copy_of in kept]
+            deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
+    in_round = step.deleted_in_round + deleted
+    if not plan.done:
+        following = CopyRemovalStep(after=plan.checked_to, round=step.round, deleted_in_round=in_round)
+    elif in_round and not dry_run and step.round < COPY_REMOVAL_ROUNDS_MAX:
+        following = CopyRemovalStep(round=step.round + 1)
+    else:
+        following = None
+    return CopyRemoval(plan=plan, deleted=deleted, next=following)
 
 
 class QueueUnavailable(Exception):

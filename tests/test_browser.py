@@ -297,3 +297,30 @@ def test_an_admin_keeps_the_largest_picture_of_each_group_of_copies(live_server,
     assert set(Image.objects.filter(collection_id=photos).values_list("original_name", flat=True)) == {
         "seven.png", "eight.png", "nine-large.webp", "ten.png",
     }
+
+
+def test_an_admin_has_the_workers_remove_every_copy_after_confirming(live_server, library, django_user_model, celery_worker):  # noqa: F811
+    from tests.conftest import wait_for
+
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
+    photos = library["seven.png"].collection_id
+    copies_url = live_server.url + reverse("gallery:collection-copies", args=[photos])
+    asked, posted = [], []
+    with chromium_page() as (page, errors):
+        sign_in_as_admin(page, live_server, copies_url)
+        page.on("request", lambda request: request.method == "POST" and posted.append(request.post_data))
+        page.check("input[name=keep][value=oldest]")
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+        page.click("text=Remove the copies")
+        page.wait_for_timeout(500)
+        sent_when_dismissed = list(posted)
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+        page.click("text=Remove the copies")
+        page.wait_for_selector(".messages")
+        message = page.inner_text(".messages")
+    assert not errors
+    assert asked == ["Delete every copy in this collection, keeping the first imported picture of each?"] * 2
+    assert sent_when_dismissed == [] and len(posted) == 1 and "remove=all" in posted[0] and "keep=oldest" in posted[0]
+    assert "The workers are removing every copy in photos, keeping the first imported picture of each." in message
+    wait_for(lambda: Image.objects.filter(collection_id=photos).count() == 4, message="the worker to remove two copies")
+    assert set(Image.objects.filter(collection_id=photos).values_list("original_name", flat=True)) == {"seven.png", "eight.png", "nine.png", "ten.png"}

@@ -99,16 +99,17 @@ def delete_collection_files(collection_id: int) -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
-def remove_copies(collection_id: int, keep: str, after: int = 0) -> None:
+def remove_copies(collection_id: int, keep: str, after: int = 0, round_number: int = 1, deleted_in_round: int = 0) -> None:
     """One stretch of a collection's copy removal (``collection_remove_copies``) per run, then
-    re-enqueue after it: a million images never hold a worker for long, and a run killed midway is
+    re-enqueue the next: a million images never hold a worker for long, and a run killed midway is
     delivered again (a stretch done twice deletes nothing more)."""
     from gallery.models import Collection
-    from gallery.services import collection_remove_copies
+    from gallery.services import CopyRemovalStep, collection_remove_copies
 
     collection = Collection.objects.filter(pk=collection_id).first()
     if collection is None:  # deleted meanwhile: its copies went with it
         return
-    removal = collection_remove_copies(collection=collection, keep=keep, after=after)
-    if not removal.plan.done:
-        remove_copies.delay(collection_id, keep, removal.plan.checked_to)
+    step = CopyRemovalStep(after=after, round=round_number, deleted_in_round=deleted_in_round)
+    following = collection_remove_copies(collection=collection, keep=keep, step=step).next
+    if following is not None:
+        remove_copies.delay(collection_id, keep, following.after, following.round, following.deleted_in_round)

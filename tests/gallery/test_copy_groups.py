@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from gallery.selectors import collection_list_copy_groups, collection_plan_copy_removal
-from gallery.services import IncomingFile, collection_get_or_create, collection_remove_copies, images_create
+from gallery.services import CopyRemovalStep, IncomingFile, collection_get_or_create, collection_remove_copies, images_create
 from tests.conftest import wait_for
 from tests.utils import image_bytes, make_encoder
 from workers.services import images_index
@@ -170,8 +170,8 @@ def _signature_at(turn: float) -> list[float]:
 
 
 def _chain(*, sizes=(100, 100, 100)) -> dict[str, Image]:
-    """q ~ p and p ~ c at 0.99, but q and c only 0.96 alike: no copies of each other. Square
-    pictures of these sides, in that order."""
+    """q ~ p and p ~ c at 0.99, but q and c only 0.96 alike: no copies of each other (with a
+    fourth size, d ~ c too). Square pictures of these sides, in that order."""
     from gallery.models import Collection
 
     chain = Collection.objects.create(name="chain")
@@ -179,7 +179,7 @@ def _chain(*, sizes=(100, 100, 100)) -> dict[str, Image]:
         name: Image.objects.create(
             collection=chain, original_name=name, sha256=name, status="indexed", signature=_signature_at(turn), width=side, height=side,
         )
-        for (name, turn), side in zip((("q", 0), ("p", 1), ("c", 2)), sizes)
+        for (name, turn), side in zip((("q", 0), ("p", 1), ("c", 2), ("d", 3)), sizes)
     }
 
 
@@ -229,15 +229,24 @@ def test_removing_copies_deletes_them_with_their_vectors_and_files_once(library,
     assert again.deleted == 0 and again.plan.doomed == {}
 
 
-def test_removal_in_stretches_removes_what_one_go_does(library):
+def _remove_all(collection, **options) -> list[tuple[int, int, int]]:
+    """Every stretch of ``collection_remove_copies``, as the workers' task follows them: (round,
+    images checked, images deleted) of each."""
+    stretches, step = [], CopyRemovalStep()
+    while step is not None:
+        removal = collection_remove_copies(collection=collection, step=step, **options)
+        stretches.append((step.round, removal.plan.checked, removal.deleted))
+        step = removal.next
+    return stretches
+
+
+def test_removal_goes_in_stretches_and_rounds_until_a_round_removes_nothing(library):
     photos = library["seven.png"].collection
-    stretches, after, done = [], 0, False
-    while not done:
-        removal = collection_remove_copies(collection=photos, after=after, checks=2)
-        stretches.append(removal.plan.checked)
-        after, done = removal.plan.checked_to, removal.plan.done
-    assert stretches == [2, 2, 2, 0]  # six images, two a stretch; the last finds none left
+    # six images, two a stretch: the first round deletes seven-small.jpg, then nine.png; the
+    # second finds nothing (its last stretch checks none), which ends it
+    assert _remove_all(photos, checks=2) == [(1, 2, 1), (1, 2, 1), (1, 2, 0), (1, 0, 0), (2, 2, 0), (2, 2, 0), (2, 0, 0)]
     assert sorted(Image.objects.filter(collection=photos).values_list("original_name", flat=True)) == ["eight.png", "nine-large.webp", "seven.png", "ten.png"]
+    assert _remove_all(photos, dry_run=True) == [(1, 4, 0)]  # a dry run stops after its round
 
 
 @pytest.mark.parametrize(("keep", "sizes", "removed"), [
@@ -250,11 +259,19 @@ def test_no_picture_of_a_chain_of_copies_is_lost(keep, sizes, removed):
     rows = _chain(sizes=sizes)
     chain = rows["q"].collection
     assert _plan(chain, keep=keep) == removed
-    collection_remove_copies(collection=chain, keep=keep)
-    assert collection_remove_copies(collection=chain, keep=keep).plan.doomed == {}  # nothing more once done
+    assert [deleted for _, _, deleted in _remove_all(chain, keep=keep)] == [len(removed), 0]  # the second round finds nothing more
     left = set(Image.objects.filter(collection=chain).values_list("original_name", flat=True))
     assert left == {"q", "p", "c"} - set(removed)
     assert all(copy_of in left for copy_of in removed.values())  # every picture removed has a copy left
+
+
+def test_a_later_round_removes_the_copies_of_a_picture_that_became_the_one_kept():
+    # q < p < c < d in size, each a copy of the next: the first round removes c (d stays); p had a
+    # larger copy, c, so it was no keeper then; with c gone it is, and the second round removes q
+    rows = _chain(sizes=(100, 200, 300, 400))
+    chain = rows["q"].collection
+    assert _remove_all(chain) == [(1, 4, 1), (2, 3, 1), (3, 2, 0)]
+    assert set(Image.objects.filter(collection=chain).values_list("original_name", flat=True)) == {"p", "d"}  # 0.96 alike: no copies
 
 
 def test_the_command_lists_what_it_would_remove_then_removes_it(library, capsys):
@@ -266,12 +283,12 @@ def test_the_command_lists_what_it_would_remove_then_removes_it(library, capsys)
     out = capsys.readouterr().out
     small, seven = library["seven-small.jpg"], library["seven.png"]
     assert f"seven-small.jpg (#{small.pk}, 200x150) is a copy of seven.png (#{seven.pk}, 400x300)" in out
-    assert "photos: 2 copies would be deleted, keeping the largest picture of each." in out
+    assert "photos: 2 copies would be deleted, keeping the largest picture of each (a dry run shows the first round" in out
     assert Image.objects.count() == 7
     Image.objects.filter(pk=library["ten.png"].pk).update(signature=None)
     call_command("remove_copies", "--collection", "photos", "--keep", "oldest")
     out = capsys.readouterr().out
-    assert "photos: deleted 2 copies, keeping the oldest picture of each." in out
+    assert "photos: deleted 2 copies in 2 rounds, keeping the oldest picture of each." in out
     assert "1 images were not checked: they have no copy signature yet" in out
     assert not Image.objects.filter(original_name__in=["seven-small.jpg", "nine-large.webp"]).exists()
 

@@ -4,7 +4,7 @@ from tqdm import tqdm
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, Image
 from gallery.selectors import COPY_KEEP_RULES
-from gallery.services import collection_remove_copies
+from gallery.services import CopyRemovalStep, collection_remove_copies
 
 PAIRS_SHOWN = 20
 
@@ -36,23 +36,31 @@ class Command(BaseCommand):
         unsigned = Image.objects.filter(collection=target, signature__isnull=True).count()
         total = Image.objects.filter(collection=target).count() - unsigned
         doomed: dict[int, int] = {}
-        deleted, after = 0, 0
-        with tqdm(total=total, desc="checking", unit="img") as bar:
-            while True:
-                removal = collection_remove_copies(collection=target, keep=keep, after=after, dry_run=dry_run)
-                doomed |= removal.plan.doomed
-                deleted += removal.deleted
-                bar.update(removal.plan.checked)
-                bar.set_postfix(copies=len(doomed), refresh=False)
-                if removal.plan.done:
-                    break
-                after = removal.plan.checked_to
+        deleted, step, rounds = 0, CopyRemovalStep(), 0
+        bar = tqdm(total=total, desc="checking", unit="img")
+        while step is not None:
+            if step.round != rounds:  # a new round checks the images left again
+                rounds = step.round
+                bar.reset(total=total - deleted)
+                bar.set_description(f"round {rounds}, checking")
+            removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=dry_run)
+            doomed |= removal.plan.doomed
+            deleted += removal.deleted
+            bar.update(removal.plan.checked)
+            bar.set_postfix(copies=deleted if not dry_run else len(doomed), refresh=False)
+            step = removal.next
+        bar.close()
         rule = "the largest" if keep == "largest" else "the oldest"
         if dry_run:
             self._show(doomed)
-            self.stdout.write(f"{target.name}: {len(doomed)} copies would be deleted, keeping {rule} picture of each.")
+            self.stdout.write(
+                f"{target.name}: {len(doomed)} copies would be deleted, keeping {rule} picture of each "
+                "(a dry run shows the first round: removing them can take more rounds, and find more)."
+            )
         else:
-            self.stdout.write(f"{target.name}: deleted {deleted} copies, keeping {rule} picture of each.")
+            self.stdout.write(
+                f"{target.name}: deleted {deleted} copies in {rounds} round{'s' if rounds > 1 else ''}, keeping {rule} picture of each."
+            )
         if unsigned:
             self.stdout.write(
                 f"{unsigned} images were not checked: they have no copy signature yet (still pending, or indexed before "
