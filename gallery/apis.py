@@ -175,14 +175,18 @@ class CollectionListApi(APIView):
         )
 
 
-def _delete_responses(thing: str) -> dict:
-    """The answers of a staff-only DELETE, for the schema."""
+def _staff_refusals(thing: str) -> dict:
+    """The refusals of a staff-only call on a ``thing``, for the schema."""
     return {
-        204: None,
         401: OpenApiResponse(ErrorSerializer, description="no credentials"),
         403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
         404: OpenApiResponse(ErrorSerializer, description=f"no such {thing}"),
     }
+
+
+def _delete_responses(thing: str) -> dict:
+    """The answers of a staff-only DELETE, for the schema."""
+    return {204: None, **_staff_refusals(thing)}
 
 
 class CollectionDetailApi(StaffMayDelete, APIView):
@@ -396,9 +400,7 @@ class CollectionCopiesApi(StaffMayDelete, APIView):
         responses={
             202: CopyRemovalOutputSerializer,
             400: OpenApiResponse(ErrorSerializer, description="an unknown `keep`"),
-            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
-            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
-            404: OpenApiResponse(ErrorSerializer, description="no such collection"),
+            **_staff_refusals("collection"),
             503: OpenApiResponse(ErrorSerializer, description="the workers' queue cannot be reached; nothing was removed"),
         },
     )
