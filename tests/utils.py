@@ -1,6 +1,7 @@
 """Images made in the test, with PIL (no datasets, no fixtures on disk)."""
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -54,6 +55,7 @@ def png_with_orientation_after_the_pixels(*, size=(60, 40), orientation: int = 6
     return data[:-12] + chunk + data[-12:]  # before the IEND chunk (12 bytes)
 
 
+@functools.cache  # one profile for the run: Pillow stamps each one it builds with the time, to the second
 def swapped_primaries_profile() -> bytes:
     """An ICC profile of an RGB space whose red and green primaries are sRGB's green and red
     (sRGB's own profile, as Pillow builds it, with the two tags' places exchanged and a name of
