@@ -25,7 +25,8 @@ Reported per set:
 - ``removal``, last, as it deletes: every copy removed with ``collection_remove_copies``
   (keep=largest), stretch by stretch and round by round as the workers' task does. Its seconds,
   and as a ratio of the walk's (the baseline: reading every group without deleting); images
-  deleted, in all and in each round; the share of them
+  deleted, in all and in each round; the images its last round left although their signatures
+  match a picture of a higher rank (not alike region by region); the share of them
   with an image at least ``COPY_MIN_SIMILARITY`` alike left (exhaustive, on the stored signatures);
   planted pairs with one picture left, with both left, with none; of the pairs of unequal sizes,
   the share whose larger picture is the one left; and the groups a walk still lists afterwards.
@@ -37,6 +38,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,10 +54,12 @@ WALKS = 3
 PER_IMAGE_SAMPLE = 1000
 
 
-def load_set(name: str) -> list[tuple[str, np.ndarray, tuple[int, int]]]:
-    """(name, signature, size) of every picture of the set and of its rescaled JPEG copy, pictures
-    with no signature (one flat grey) left out."""
+def load_set(name: str) -> list[tuple[str, np.ndarray, tuple[int, int], bytes]]:
+    """(name, signature, size, thumbnail) of every picture of the set and of its rescaled JPEG
+    copy, as the workers make them; pictures with no signature (one flat grey) left out."""
     from copies import load, make_copy
+    from django.conf import settings
+
     from gallery import imaging
     from quality import dataset_tree
 
@@ -68,13 +72,15 @@ def load_set(name: str) -> list[tuple[str, np.ndarray, tuple[int, int]]]:
         for label, pixels in ((picture_name, picture), (f"{picture_name} (copy)", copy)):
             signature = imaging.copy_signature(pixels)
             if signature is not None:
-                rows.append((label, np.asarray(signature, dtype=np.float32), pixels.size))
+                thumbnail = imaging.thumbnail_webp(pixels, size=settings.CBIR_THUMBNAIL_SIZE)
+                rows.append((label, np.asarray(signature, dtype=np.float32), pixels.size, thumbnail))
     return rows
 
 
 def reset_tables(filler: int) -> tuple[int, str]:
     """Empty tables, ``filler`` random signatures in a collection of their own, and the signature
     index dropped for the load. Returns the filler collection's id and the index's definition."""
+    from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
 
@@ -83,6 +89,7 @@ def reset_tables(filler: int) -> tuple[int, str]:
     call_command("migrate", verbosity=0)
     with connection.schema_editor() as editor:  # the index as the model defines it
         index = str(next(i for i in Image._meta.indexes if i.name == "image_signature_hnsw").create_sql(Image, editor))
+    shutil.rmtree(Path(settings.MEDIA_ROOT) / "thumbnails", ignore_errors=True)
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE search_embedding, gallery_image, gallery_collection RESTART IDENTITY CASCADE")
         cursor.execute("DROP INDEX IF EXISTS image_signature_hnsw")
@@ -90,15 +97,19 @@ def reset_tables(filler: int) -> tuple[int, str]:
     rng = np.random.default_rng(SEED + 1)
     for start in range(0, filler, 50_000):
         block = rng.normal(size=(min(50_000, filler - start), 384)).astype(np.float32)
-        insert(others.pk, [(f"filler {start + i}", row / np.linalg.norm(row), (0, 0)) for i, row in enumerate(block)])
+        insert(others.pk, [(f"filler {start + i}", row / np.linalg.norm(row), (0, 0), b"") for i, row in enumerate(block)])
     return others.pk, index
 
 
-def insert(collection_id: int, rows: list[tuple[str, np.ndarray, tuple[int, int]]]) -> list[int]:
-    """COPY ``rows`` (name, signature, size) into gallery_image as indexed images of the
-    collection; returns their ids in order."""
+def insert(collection_id: int, rows: list[tuple[str, np.ndarray, tuple[int, int], bytes]]) -> list[int]:
+    """COPY ``rows`` (name, signature, size, thumbnail) into gallery_image as indexed images of the
+    collection, their thumbnails into media storage; returns their ids in order."""
+    from django.conf import settings
     from django.db import connection
     from pgvector import HalfVector
+
+    folder = Path(settings.MEDIA_ROOT) / "thumbnails" / str(collection_id)
+    folder.mkdir(parents=True, exist_ok=True)
 
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
@@ -107,10 +118,13 @@ def insert(collection_id: int, rows: list[tuple[str, np.ndarray, tuple[int, int]
         with cursor.copy(
             "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at, signature, width, height) FROM STDIN"
         ) as copy:
-            for image_id, (name, signature, (width, height)) in zip(ids, rows):
+            for image_id, (name, signature, (width, height), thumbnail) in zip(ids, rows):
                 digest = hashlib.sha256(name.encode()).hexdigest()
+                thumbnail_name = f"thumbnails/{collection_id}/{image_id}.webp" if thumbnail else ""
+                if thumbnail:
+                    (folder / f"{image_id}.webp").write_bytes(thumbnail)
                 copy.write_row((
-                    image_id, collection_id, "", "", name, "", digest, "indexed", "", "now", "now", HalfVector(signature).to_text(),
+                    image_id, collection_id, "", thumbnail_name, name, "", digest, "indexed", "", "now", "now", HalfVector(signature).to_text(),
                     width or None, height or None,
                 ))
     connection.commit()
@@ -167,11 +181,11 @@ def run_set(name: str, filler: int) -> dict:
     listed |= {  # copies listed together in a group are alike too, when the exhaustive comparison says so
         tuple(sorted((position[a.image.pk], position[b.image.pk]))) for group in groups for a in group.copies for b in group.copies if a is not b
     }
-    halves = np.stack([signature.astype(np.float16).astype(np.float32) for _, signature, _ in rows])
+    halves = np.stack([signature.astype(np.float16).astype(np.float32) for _, signature, _, _ in rows])
     halves /= np.linalg.norm(halves, axis=1, keepdims=True)
     truth = exhaustive_pairs(halves, COPY_MIN_SIMILARITY)
     names = {row[0]: i for i, row in enumerate(rows)}
-    planted = [(names[label], names[f"{label} (copy)"]) for label, _, _ in rows if not label.endswith(" (copy)") and f"{label} (copy)" in names]
+    planted = [(names[label], names[f"{label} (copy)"]) for label, _, _, _ in rows if not label.endswith(" (copy)") and f"{label} (copy)" in names]
     planted_found = sum(tuple(sorted(pair)) in listed for pair in planted) / len(planted)
 
     sample = list(Image.objects.filter(collection=collection).order_by("id")[:PER_IMAGE_SAMPLE])
@@ -200,10 +214,11 @@ def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: li
     from gallery.selectors import COPY_MIN_SIMILARITY
     from gallery.services import CopyRemovalStep, collection_remove_copies
 
-    started, step, stretches, by_round = time.perf_counter(), CopyRemovalStep(), 0, {}
+    started, step, stretches, by_round, unlike = time.perf_counter(), CopyRemovalStep(), 0, {}, {}
     while step is not None:
         removal = collection_remove_copies(collection=collection, keep="largest", step=step)
         stretches, by_round[step.round] = stretches + 1, by_round.get(step.round, 0) + removal.deleted
+        unlike[step.round] = unlike.get(step.round, 0) + removal.plan.unlike
         step = removal.next
     seconds = time.perf_counter() - started
     deleted = sum(by_round.values())
@@ -223,7 +238,7 @@ def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: li
     _, _, groups_after = walk(collection)
     return {
         "seconds": round(seconds, 2), "stretches": stretches, "ratio_to_walk": round(seconds / walk_seconds, 3),
-        "deleted": deleted, "deleted_by_round": list(by_round.values()), "deleted_with_a_copy_left": round(with_copy_left / max(len(removed), 1), 4),
+        "deleted": deleted, "deleted_by_round": list(by_round.values()), "left_as_unlike": unlike[max(unlike)], "deleted_with_a_copy_left": round(with_copy_left / max(len(removed), 1), 4),
         "planted": {"one_left": round(one_left / len(planted), 4), "both_left": round(both_left / len(planted), 4), "none_left": round((len(planted) - one_left - both_left) / len(planted), 4)},
         "larger_of_unequal_left": round(larger_left / max(len(unequal), 1), 4),
         "groups_after": len(groups_after),

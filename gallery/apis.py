@@ -392,7 +392,8 @@ class CollectionCopiesApi(StaffMayDelete, APIView):
         summary="Delete every copy within a collection, keeping one picture of each (staff only; done by the workers)",
         description=(
             "Answers 202 once the workers are asked: they check the collection's images in id order and delete each "
-            "image that is a copy of one that stays, with its vectors and files, in rounds until one deletes nothing. "
+            "image that is a copy of one that stays (alike by signature, and region by region on their thumbnails), with "
+            "its vectors and files, in rounds until one deletes nothing. "
             "Copies in other collections are left alone, and an image is deleted only while a copy of it stays. Follow "
             "the collection's counts to see it done."
         ),

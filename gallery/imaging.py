@@ -383,6 +383,44 @@ def copy_signature(picture: PILImage.Image) -> list[float] | None:
     return (signature / length).tolist()
 
 
+# Before a copy is deleted as the copy of another picture, the two are compared region by region,
+# which the signature's 16x16 average cannot do: clip art drawn alike overall (flags that differ in
+# one badge, a face with another mouth) is 0.98 alike there. Both pictures at up to 32x32 in YCbCr
+# (no finer than the smaller of the two holds: a 14 px copy has no more to compare), brightness
+# less its mean over its spread (so a brighter copy compares equal), colour less the neutral grey;
+# the pair's mean difference on each of 8x8 regions, brightness plus half the colour, must stay at
+# most COPY_REGION_MAX_DIFFERENCE everywhere. What it keeps and refuses on the shared sets:
+# bench/copy_groups.py's removal part (docs/benchmarks.md).
+DETAIL_REGIONS = 8
+DETAIL_MAX_SIDE = 32
+COPY_REGION_MAX_DIFFERENCE = 0.5
+
+
+def detail_side(smaller_side: int) -> int:
+    """The side at which two pictures whose smaller side (of either) is ``smaller_side`` pixels are
+    compared by ``copies_alike_everywhere``: a multiple of DETAIL_REGIONS, at most DETAIL_MAX_SIDE."""
+    return max(DETAIL_REGIONS, min(DETAIL_MAX_SIDE, smaller_side // DETAIL_REGIONS * DETAIL_REGIONS))
+
+
+def copy_detail(picture: PILImage.Image, *, side: int = DETAIL_MAX_SIDE) -> np.ndarray:
+    """``picture`` (in sRGB, as a thumbnail is) as ``copies_alike_everywhere`` compares it: a
+    (3, side, side) array."""
+    small = picture.convert("RGB").resize((side, side), PILImage.Resampling.LANCZOS, reducing_gap=2.0)
+    luma, blue, red = (np.asarray(channel, dtype=np.float64) for channel in small.convert("YCbCr").split())
+    luma = (luma - luma.mean()) / max(luma.std(), 8.0)  # a flat picture's spread is not magnified
+    return np.stack([luma, (blue - 128) / 32, (red - 128) / 32]).astype(np.float32)
+
+
+def copies_alike_everywhere(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two ``copy_detail`` arrays of one side differ by at most COPY_REGION_MAX_DIFFERENCE
+    on every one of DETAIL_REGIONS x DETAIL_REGIONS regions."""
+    difference = np.abs(first - second)
+    difference = difference[0] + 0.5 * (difference[1] + difference[2])
+    region = difference.shape[0] // DETAIL_REGIONS
+    worst = difference.reshape(DETAIL_REGIONS, region, DETAIL_REGIONS, region).mean(axis=(1, 3)).max()
+    return float(worst) <= COPY_REGION_MAX_DIFFERENCE
+
+
 def thumbnail_webp(image: PILImage.Image, *, size: int) -> bytes:
     """A WebP thumbnail in sRGB (converted from the picture's profile, if it has one)."""
     thumb = image.copy()

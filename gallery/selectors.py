@@ -2,11 +2,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
+from django.core.files.storage import default_storage
 from django.db import connection
 from django.db.models import Count, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from PIL import Image as PILImage
 
+from gallery import imaging
 from gallery.models import Collection, CollectionCount, Image
 
 # The indexing rate is measured over this window; or since the first image indexed in it, but
@@ -284,13 +288,59 @@ COPY_KEEP_RULES = ("largest", "oldest")
 @dataclass(frozen=True)
 class CopyRemovalPlan:
     """A stretch of a collection checked for copies to remove: ``doomed`` maps each image to
-    remove to the image it is a copy of, which stays. ``checked``, ``checked_to`` and ``done`` as in
-    ``CopyGroups``: the next stretch goes on after ``checked_to``."""
+    remove to the image it is a copy of, which stays. ``unlike`` counts the images left although
+    their signatures match a picture of a higher rank, because no such picture is alike region by
+    region (``imaging.copies_alike_everywhere``, on the thumbnails) or has a thumbnail to compare.
+    ``checked``, ``checked_to`` and ``done`` as in ``CopyGroups``: the next stretch goes on after
+    ``checked_to``."""
 
     doomed: dict[int, int]
+    unlike: int
     checked: int
     checked_to: int
     done: bool
+
+
+class _Details:
+    """Images' thumbnails as ``imaging.copies_alike_everywhere`` compares them, each read from media
+    storage once, when first compared; nothing for an image with no thumbnail, or one that cannot
+    be read (then it is alike nothing). ``know`` looks up many images' thumbnails and sizes in one
+    statement."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[str, int]] = {}  # thumbnail name, smaller side
+        self._pictures: dict[int, PILImage.Image | None] = {}
+        self._details: dict[tuple[int, int], np.ndarray] = {}
+
+    def know(self, ids: set[int]) -> None:
+        missing = sorted(ids - self._known.keys())
+        if missing:
+            self._known |= {image_id: ("", 0) for image_id in missing}
+            for image_id, name, width, height in Image.objects.filter(pk__in=missing).values_list("pk", "thumbnail", "width", "height"):
+                self._known[image_id] = (name, min(width or imaging.DETAIL_MAX_SIDE, height or imaging.DETAIL_MAX_SIDE))
+
+    def alike(self, first: int, second: int) -> bool:
+        self.know({first, second})
+        side = imaging.detail_side(min(self._known[first][1], self._known[second][1]))
+        one, other = self._detail(first, side), self._detail(second, side)
+        return one is not None and other is not None and imaging.copies_alike_everywhere(one, other)
+
+    def _detail(self, image_id: int, side: int) -> np.ndarray | None:
+        if image_id not in self._pictures:
+            self._pictures[image_id] = None
+            if name := self._known[image_id][0]:
+                try:
+                    with default_storage.open(name, "rb") as stored:  # kept small: a stretch reads thousands
+                        self._pictures[image_id] = PILImage.open(stored).convert("RGB").resize(
+                            (2 * imaging.DETAIL_MAX_SIDE,) * 2, PILImage.Resampling.LANCZOS, reducing_gap=2.0,
+                        )
+                except (OSError, ValueError, PILImage.DecompressionBombError):  # gone, or not a picture: no comparison
+                    pass
+        if self._pictures[image_id] is None:
+            return None
+        if (image_id, side) not in self._details:
+            self._details[image_id, side] = imaging.copy_detail(self._pictures[image_id], side=side)
+        return self._details[image_id, side]
 
 
 def _keep_ranks(cursor, ids: set[int], keep: str) -> dict[int, tuple[int, int]]:
@@ -305,9 +355,11 @@ def collection_plan_copy_removal(
 ) -> CopyRemovalPlan:
     """Which images of ``collection`` with an id above ``after`` to remove as copies of others in
     it (``image_list_copies``, limited to the collection), checking at most ``checks`` images in id
-    order. ``keep`` (``COPY_KEEP_RULES``) ranks copies; a picture that has no copy of a higher rank
-    is a keeper. An image is removed when one of its copies is a keeper; the one of the highest
-    rank is named as the copy it is of.
+    order. Here a copy must also be alike region by region (``imaging.copies_alike_everywhere``, on
+    the thumbnails): clip art drawn alike overall is alike by signature, and only a picture that is
+    the same everywhere may stand for the one deleted. ``keep`` (``COPY_KEEP_RULES``) ranks copies;
+    a picture that has no such copy of a higher rank is a keeper. An image is removed when one of
+    its copies is a keeper; the keeper of the highest rank is named as the copy it is of.
 
     The rule needs no memory of earlier stretches and never removes a keeper, so every image removed
     has a copy that stays: removing images that are not keepers can make more images keepers (a
@@ -316,6 +368,20 @@ def collection_plan_copy_removal(
     if keep not in COPY_KEEP_RULES:
         raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
     doomed: dict[int, int] = {}
+    details, unlike = _Details(), 0
+    near: dict[int, list[int]] = {}  # each image's copies in the collection, for those looked up
+    ranks: dict[int, tuple[int, int]] = {}
+    alike_higher: dict[int, list[int]] = {}
+
+    def _higher(image_id: int) -> list[int]:
+        return [copy_id for copy_id in near.get(image_id, []) if copy_id in ranks and ranks[copy_id] > ranks[image_id]]
+
+    def _higher_alike(image_id: int) -> list[int]:
+        """Its copies of a higher rank whose pictures are alike region by region too."""
+        if image_id not in alike_higher:
+            alike_higher[image_id] = [copy_id for copy_id in _higher(image_id) if details.alike(image_id, copy_id)]
+        return alike_higher[image_id]
+
     checked, checked_to, done, size = 0, after, False, 2 * COPY_GROUPS_PER_PAGE
     with connection.cursor() as cursor:
         while checked < checks:
@@ -328,25 +394,23 @@ def collection_plan_copy_removal(
             checked, checked_to = checked + len(batch), batch[-1] if batch else checked_to
             if len(batch) < size:
                 done = True
-            near = {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, batch, everywhere=False).items()} if batch else {}
-            ranks = _keep_ranks(cursor, set(near) | {copy_id for copies in near.values() for copy_id in copies}, keep)
-            higher = {
-                image_id: [copy_id for copy_id in copies if copy_id in ranks and ranks[copy_id] > ranks[image_id]]
-                for image_id, copies in near.items() if image_id in ranks
-            }
-            candidates = {copy_id for copies in higher.values() for copy_id in copies} - set(near)
+            near |= {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, batch, everywhere=False).items()} if batch else {}
+            ranks |= _keep_ranks(cursor, {image_id for image_id in near if image_id not in ranks} | {copy_id for copies in near.values() for copy_id in copies} - ranks.keys(), keep)
+            details.know(set(near) | {copy_id for copies in near.values() for copy_id in copies})
+            looked_up = [image_id for image_id in batch if image_id in near and image_id in ranks]
+            for image_id in looked_up:
+                if _higher(image_id) and not _higher_alike(image_id):
+                    unlike += 1
+            candidates = {copy_id for image_id in looked_up for copy_id in _higher_alike(image_id)} - near.keys()
             if candidates:  # their own copies decide whether they are keepers
                 near |= {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, sorted(candidates), everywhere=False).items()}
-                ranks |= _keep_ranks(cursor, {copy_id for image_id in candidates for copy_id in near.get(image_id, [])} - set(ranks), keep)
-
-            def is_keeper(image_id: int) -> bool:
-                return not any(copy_id in ranks and ranks[copy_id] > ranks[image_id] for copy_id in near.get(image_id, []))
-
-            for image_id, copies in higher.items():
-                keepers = [copy_id for copy_id in copies if is_keeper(copy_id)]
+                ranks |= _keep_ranks(cursor, {copy_id for image_id in candidates for copy_id in near.get(image_id, [])} - ranks.keys(), keep)
+                details.know({copy_id for image_id in candidates for copy_id in near.get(image_id, [])})
+            for image_id in looked_up:
+                keepers = [copy_id for copy_id in _higher_alike(image_id) if not _higher_alike(copy_id)]
                 if keepers:
                     doomed[image_id] = max(keepers, key=ranks.__getitem__)
             if done:
                 break
             size *= 2
-    return CopyRemovalPlan(doomed=doomed, checked=checked, checked_to=checked_to, done=done)
+    return CopyRemovalPlan(doomed=doomed, unlike=unlike, checked=checked, checked_to=checked_to, done=done)

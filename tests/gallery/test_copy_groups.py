@@ -7,11 +7,13 @@ import io
 import numpy as np
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import Image as PILImage
 
+from gallery import imaging
 from gallery.models import Image
 from gallery.selectors import collection_list_copy_groups, collection_plan_copy_removal
 from gallery.services import CopyRemovalStep, IncomingFile, collection_get_or_create, collection_remove_copies, images_create
@@ -171,13 +173,16 @@ def _signature_at(turn: float) -> list[float]:
 
 def _chain(*, sizes=(100, 100, 100)) -> dict[str, Image]:
     """q ~ p and p ~ c at 0.99, but q and c only 0.96 alike: no copies of each other (with a
-    fourth size, d ~ c too). Square pictures of these sides, in that order."""
+    fourth size, d ~ c too). Square pictures of these sides, in that order, with thumbnails of one
+    picture (alike in every region: the signatures alone decide)."""
     from gallery.models import Collection
 
     chain = Collection.objects.create(name="chain")
+    thumbnail = imaging.thumbnail_webp(PILImage.open(io.BytesIO(image_bytes(pattern=3, size=(100, 100)))), size=256)
     return {
         name: Image.objects.create(
             collection=chain, original_name=name, sha256=name, status="indexed", signature=_signature_at(turn), width=side, height=side,
+            thumbnail=default_storage.save(f"thumbnails/chain/{name}.webp", ContentFile(thumbnail)),
         )
         for (name, turn), side in zip((("q", 0), ("p", 1), ("c", 2), ("d", 3)), sizes)
     }
@@ -345,3 +350,38 @@ def test_the_admin_has_the_workers_remove_the_copies_of_the_collections_ticked(a
     editor.user_permissions.add(Permission.objects.get(codename="view_collection"))
     client.force_login(editor)
     assert 'value="remove_copies"' not in client.get(changelist).content.decode()
+
+
+def _flag(badge: tuple[int, int, int], *, size=(256, 128), fmt="PNG") -> bytes:
+    """A flag drawn as clip art is: flat fields, and a round badge of 20 px in ``badge``'s colour."""
+    from PIL import ImageDraw
+
+    flag = PILImage.new("RGB", (256, 128), (20, 40, 140))
+    draw = ImageDraw.Draw(flag)
+    draw.rectangle([0, 0, 100, 60], fill=(200, 30, 30))
+    draw.ellipse([170, 40, 190, 60], fill=badge)
+    buffer = io.BytesIO()
+    flag.resize(size, PILImage.Resampling.BICUBIC).save(buffer, format=fmt, quality=85)
+    return buffer.getvalue()
+
+
+def test_pictures_alike_overall_but_not_in_every_region_are_not_removed(capsys):
+    # two flags that differ only in their badge's colour are copies by signature (0.98 alike), and
+    # listed so; removing copies keeps both, and removes only the true copy, a rescaled JPEG
+    make_encoder()
+    flags = collection_get_or_create(name="flags")
+    for name, data in (
+        ("white-badge.png", _flag((240, 240, 240))), ("white-badge-small.jpg", _flag((240, 240, 240), size=(128, 64), fmt="JPEG")),
+        ("yellow-badge-large.png", _flag((240, 200, 40), size=(512, 256))),
+    ):
+        images_create(collection=flags, files=[IncomingFile(name=name, data=data)])
+    images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
+    assert _names(collection_list_copy_groups(collection=flags)) == [("white-badge.png", ["white-badge-small.jpg", "yellow-badge-large.png"])]
+    plan = collection_plan_copy_removal(collection=flags)
+    # the white one's larger copy by signature is the yellow one: no keeper of its own picture
+    assert plan.doomed == {Image.objects.get(original_name="white-badge-small.jpg").pk: Image.objects.get(original_name="white-badge.png").pk}
+    assert plan.unlike == 1
+    call_command("remove_copies", "--collection", "flags")
+    out = capsys.readouterr().out
+    assert "flags: deleted 1 copies in 2 rounds" in out and "1 images were left although their copy signatures match a picture kept" in out
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["white-badge.png", "yellow-badge-large.png"]

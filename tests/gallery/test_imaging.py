@@ -418,3 +418,15 @@ def test_the_same_picture_in_another_colour_is_not_a_copy():
     red = imaging.copy_signature(_picture(image_bytes(color=(200, 30, 30), pattern=5, size=(160, 120))))
     blue = imaging.copy_signature(_picture(image_bytes(color=(30, 30, 200), pattern=5, size=(160, 120))))
     assert _similarity(red, blue) < COPY_MIN_SIMILARITY
+
+
+def test_pictures_are_compared_region_by_region_no_finer_than_the_smaller_holds():
+    assert [imaging.detail_side(side) for side in (3, 14, 28, 31, 32, 4000)] == [8, 8, 24, 24, 32, 32]
+    picture = _picture(image_bytes(pattern=4, size=(256, 192)))
+    darker = PILImage.eval(picture, lambda value: round(value * 0.85))
+    marked = picture.copy()
+    marked.paste((255, 255, 0), (200, 150, 232, 182))  # a yellow square on an eighth of each side
+    detail = imaging.copy_detail(picture)
+    assert detail.shape == (3, 32, 32) and imaging.copy_detail(picture, side=8).shape == (3, 8, 8)
+    assert imaging.copies_alike_everywhere(detail, imaging.copy_detail(darker))  # brightness is compared relative to the picture's
+    assert not imaging.copies_alike_everywhere(detail, imaging.copy_detail(marked))

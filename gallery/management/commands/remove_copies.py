@@ -36,16 +36,17 @@ class Command(BaseCommand):
         unsigned = Image.objects.filter(collection=target, signature__isnull=True).count()
         total = Image.objects.filter(collection=target).count() - unsigned
         doomed: dict[int, int] = {}
-        deleted, step, rounds = 0, CopyRemovalStep(), 0
+        deleted, step, rounds, unlike = 0, CopyRemovalStep(), 0, 0
         bar = tqdm(total=total, desc="checking", unit="img")
         while step is not None:
             if step.round != rounds:  # a new round checks the images left again
-                rounds = step.round
+                rounds, unlike = step.round, 0  # the images left as unlike are found again each round
                 bar.reset(total=total - deleted)
                 bar.set_description(f"round {rounds}, checking")
             removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=dry_run)
             doomed |= removal.plan.doomed
             deleted += removal.deleted
+            unlike += removal.plan.unlike
             bar.update(removal.plan.checked)
             bar.set_postfix(copies=deleted if not dry_run else len(doomed), refresh=False)
             step = removal.next
@@ -60,6 +61,12 @@ class Command(BaseCommand):
         else:
             self.stdout.write(
                 f"{target.name}: deleted {deleted} copies in {rounds} round{'s' if rounds > 1 else ''}, keeping {rule} picture of each."
+            )
+        if unlike:
+            self.stdout.write(
+                f"{unlike} images were left although their copy signatures match a picture kept: the pictures differ in a "
+                "region (clip art drawn alike, flags with another badge), or one has no thumbnail to compare. Their copies "
+                "page lists them."
             )
         if unsigned:
             self.stdout.write(
