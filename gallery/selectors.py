@@ -382,6 +382,7 @@ def collection_plan_copy_removal(
             alike_higher[image_id] = [copy_id for copy_id in _higher(image_id) if details.alike(image_id, copy_id)]
         return alike_higher[image_id]
 
+    waiting: list[int] = []  # the images of this stretch with copies, not removed
     checked, checked_to, done, size = 0, after, False, 2 * COPY_GROUPS_PER_PAGE
     with connection.cursor() as cursor:
         while checked < checks:
@@ -406,10 +407,21 @@ def collection_plan_copy_removal(
                 near |= {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, sorted(candidates), everywhere=False).items()}
                 ranks |= _keep_ranks(cursor, {copy_id for image_id in candidates for copy_id in near.get(image_id, [])} - ranks.keys(), keep)
                 details.know({copy_id for image_id in candidates for copy_id in near.get(image_id, [])})
-            for image_id in looked_up:
-                keepers = [copy_id for copy_id in _higher_alike(image_id) if not _higher_alike(copy_id)]
-                if keepers:
-                    doomed[image_id] = max(keepers, key=ranks.__getitem__)
+            # A copy is a keeper once every higher copy of it is to go. What this stretch removes can
+            # make keepers of copies it passed over, so its images are decided again until nothing
+            # changes: a round of the whole collection less for each time.
+            waiting.extend(looked_up)
+            settled = False
+            while not settled:
+                settled = True
+                for image_id in waiting:
+                    keepers = [
+                        copy_id for copy_id in _higher_alike(image_id)
+                        if copy_id not in doomed and all(higher in doomed for higher in _higher_alike(copy_id))
+                    ]
+                    if keepers:
+                        doomed[image_id], settled = max(keepers, key=ranks.__getitem__), False
+                waiting = [image_id for image_id in waiting if image_id not in doomed]
             if done:
                 break
             size *= 2
