@@ -485,10 +485,9 @@ def images_delete(*, images: QuerySet[Image]) -> int:
     return len(rows)
 
 
-
-# Removing an image can make one of its copies a keeper (its higher copy gone), whose own lower
-# copies a later round then removes; a round that removes nothing ends it. Chains of copies, each of
-# a higher rank than the last, take a round a link; past this many rounds, what is left stays.
+# Removing an image can make one of its copies a keeper (its higher copy gone). A stretch settles
+# that among its own images; across stretches a later round removes the new keeper's copies, and
+# a round that removes nothing ends it. Past this many rounds, what is left stays.
 COPY_REMOVAL_ROUNDS_MAX = 10
 
 
@@ -521,7 +520,8 @@ def collection_remove_copies(
     most ``checks`` of them: each image that ``collection_plan_copy_removal`` names goes, with its
     vectors and files (``images_delete``), and the copy it is of stays. Call again with ``next``
     until it is None: the stretches walk the collection in id order, in rounds until one deletes
-    nothing (at most COPY_REMOVAL_ROUNDS_MAX), after which no two images left are copies. A stretch
+    nothing (at most COPY_REMOVAL_ROUNDS_MAX), after which no two images left are copies alike in
+    every region (the plan's ``unlike`` ones are alike by signature only). A stretch
     done twice deletes nothing more. The kept copies are locked until the deletion commits, so a
     deletion elsewhere cannot take a kept copy while its copies go; an image whose kept copy went
     meanwhile stays. ``dry_run`` deletes nothing, and so stops after its first round."""
@@ -561,6 +561,7 @@ def collection_remove_copies_queue(*, collection: Collection, keep: str = "large
         remove_copies.apply_async(args=(collection.pk, keep), retry=False)
     except Exception as exc:  # broker down or unreachable
         raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was removed") from exc
+
 
 # Folders of media storage whose files belong to image rows, and the Image field that names them:
 # images/<collection id>/ holds originals, thumbnails/<collection id>/ thumbnails (upload_to).
