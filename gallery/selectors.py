@@ -302,22 +302,27 @@ class CopyRemovalPlan:
 
 
 class _Details:
-    """Images' thumbnails as ``imaging.copies_alike_everywhere`` compares them, each read from media
-    storage once, when first compared; nothing for an image with no thumbnail, or one that cannot
-    be read (then it is alike nothing). ``know`` looks up many images' thumbnails and sizes in one
-    statement."""
+    """What the copy removal knows of images, read once each: a rank by the ``keep`` rule (of two
+    copies, the higher rank stays; images gone meanwhile have none), and their thumbnails as
+    ``imaging.copies_alike_everywhere`` compares them. ``know`` reads many images' rows in one
+    statement; a thumbnail is read from media storage when first compared, and an image with none,
+    or one that cannot be read, is alike nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: str) -> None:
+        self.keep = keep
+        self.ranks: dict[int, tuple[int, int]] = {}
         self._known: dict[int, tuple[str, int]] = {}  # thumbnail name, smaller side
         self._pictures: dict[int, PILImage.Image | None] = {}
         self._details: dict[tuple[int, int], np.ndarray] = {}
 
     def know(self, ids: set[int]) -> None:
         missing = sorted(ids - self._known.keys())
-        if missing:
-            self._known |= {image_id: ("", 0) for image_id in missing}
-            for image_id, name, width, height in Image.objects.filter(pk__in=missing).values_list("pk", "thumbnail", "width", "height"):
-                self._known[image_id] = (name, min(width or imaging.DETAIL_MAX_SIDE, height or imaging.DETAIL_MAX_SIDE))
+        if not missing:
+            return
+        self._known |= {image_id: ("", 0) for image_id in missing}
+        for image_id, name, width, height in Image.objects.filter(pk__in=missing).values_list("pk", "thumbnail", "width", "height"):
+            self.ranks[image_id] = ((width or 0) * (height or 0) if self.keep == "largest" else 0, -image_id)
+            self._known[image_id] = (name, min(width or imaging.DETAIL_MAX_SIDE, height or imaging.DETAIL_MAX_SIDE))
 
     def alike(self, first: int, second: int) -> bool:
         self.know({first, second})
@@ -343,13 +348,6 @@ class _Details:
         return self._details[image_id, side]
 
 
-def _keep_ranks(cursor, ids: set[int], keep: str) -> dict[int, tuple[int, int]]:
-    """A rank for each of ``ids`` (images gone meanwhile left out): of two copies, the higher
-    rank stays."""
-    cursor.execute("SELECT id, COALESCE(width, 0)::bigint * COALESCE(height, 0) FROM gallery_image WHERE id = ANY(%s)", [sorted(ids)])
-    return {image_id: ((pixels if keep == "largest" else 0), -image_id) for image_id, pixels in cursor.fetchall()}
-
-
 def collection_plan_copy_removal(
     *, collection: Collection, keep: str = "largest", after: int = 0, checks: int = COPY_CHECKS_PER_PAGE,
 ) -> CopyRemovalPlan:
@@ -368,9 +366,9 @@ def collection_plan_copy_removal(
     if keep not in COPY_KEEP_RULES:
         raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
     doomed: dict[int, int] = {}
-    details, unlike = _Details(), 0
+    details, unlike = _Details(keep), 0
     near: dict[int, list[int]] = {}  # each image's copies in the collection, for those looked up
-    ranks: dict[int, tuple[int, int]] = {}
+    ranks = details.ranks
     alike_higher: dict[int, list[int]] = {}
 
     def _higher(image_id: int) -> list[int]:
@@ -395,18 +393,18 @@ def collection_plan_copy_removal(
             checked, checked_to = checked + len(batch), batch[-1] if batch else checked_to
             if len(batch) < size:
                 done = True
-            near |= {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, batch, everywhere=False).items()} if batch else {}
-            ranks |= _keep_ranks(cursor, {image_id for image_id in near if image_id not in ranks} | {copy_id for copies in near.values() for copy_id in copies} - ranks.keys(), keep)
-            details.know(set(near) | {copy_id for copies in near.values() for copy_id in copies})
+            found = {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, batch, everywhere=False).items()} if batch else {}
+            near |= found
+            details.know(set(found) | {copy_id for copies in found.values() for copy_id in copies})
             looked_up = [image_id for image_id in batch if image_id in near and image_id in ranks]
             for image_id in looked_up:
                 if _higher(image_id) and not _higher_alike(image_id):
                     unlike += 1
             candidates = {copy_id for image_id in looked_up for copy_id in _higher_alike(image_id)} - near.keys()
             if candidates:  # their own copies decide whether they are keepers
-                near |= {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, sorted(candidates), everywhere=False).items()}
-                ranks |= _keep_ranks(cursor, {copy_id for image_id in candidates for copy_id in near.get(image_id, [])} - ranks.keys(), keep)
-                details.know({copy_id for image_id in candidates for copy_id in near.get(image_id, [])})
+                found = {image_id: [copy_id for copy_id, _, _ in copies] for image_id, copies in _nearest_copies(cursor, sorted(candidates), everywhere=False).items()}
+                near |= found
+                details.know({copy_id for copies in found.values() for copy_id in copies})
             # A copy is a keeper once every higher copy of it is to go. What this stretch removes can
             # make keepers of copies it passed over, so its images are decided again until nothing
             # changes: a round of the whole collection less for each time.

@@ -214,9 +214,10 @@ def test_import_wait_follows_images_deleted_while_it_waits(monkeypatch, tmp_path
     assert Image.objects.filter(collection__name="thinned").count() == 2
 
 
-@pytest.mark.parametrize("command", ["rebuild_thumbnails", "prune_media"])
+@pytest.mark.parametrize("command", [["rebuild_thumbnails"], ["prune_media"], ["remove_copies", "--collection", "c", "--dry-run"]])
 def test_media_commands_refuse_to_run_where_the_media_volume_is_not_mounted(command, settings, tmp_path):
-    """They used to report every image unreadable, or find nothing to prune and say all was clean."""
+    """They used to report every image unreadable, or find nothing to prune and say all was clean
+    (remove_copies: every copy unlike, its thumbnail unread)."""
     settings.MEDIA_ROOT = tmp_path / "not-mounted"
     with pytest.raises(CommandError, match=r"media storage is not mounted on .*not-mounted has no \.cbir-media file"):
-        call_command(command)
+        call_command(*command)

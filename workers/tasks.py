@@ -98,7 +98,7 @@ def delete_collection_files(collection_id: int) -> int:
     return collection_files_delete(collection_id)
 
 
-@shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=8)
+@shared_task(acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8)
 def remove_copies(collection_id: int, keep: str, after: int = 0, round_number: int = 1, deleted_in_round: int = 0) -> None:
     """One stretch of a collection's copy removal (``collection_remove_copies``) per run, then
     re-enqueue the next: a million images never hold a worker for long, and a run killed midway is
@@ -106,6 +106,7 @@ def remove_copies(collection_id: int, keep: str, after: int = 0, round_number: i
     from gallery.models import Collection
     from gallery.services import CopyRemovalStep, collection_remove_copies
 
+    media_storage_check()  # it compares thumbnails: without them every copy would look unlike, and stay
     collection = Collection.objects.filter(pk=collection_id).first()
     if collection is None:  # deleted meanwhile: its copies went with it
         return

@@ -25,14 +25,13 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
 
     def handle(self, *args, collection: str, keep: str, dry_run: bool, **options):
+        try:
+            media_storage_check()  # else no thumbnail could be compared, and the rows' files would stay behind
+        except MediaStorageUnavailable as exc:
+            raise CommandError(str(exc)) from None
         target = Collection.objects.filter(name=collection).first()
         if target is None:
             raise CommandError(f"no collection is named {collection!r}")
-        if not dry_run:
-            try:
-                media_storage_check()  # else the rows would go and their files stay behind
-            except MediaStorageUnavailable as exc:
-                raise CommandError(str(exc)) from None
         unsigned = Image.objects.filter(collection=target, signature__isnull=True).count()
         total = Image.objects.filter(collection=target).count() - unsigned
         doomed: dict[int, int] = {}
