@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 
 import project
@@ -76,9 +73,7 @@ def main() -> None:
     medians = {way: statistics.median(found) * 1000 for way, found in times.items()}
     plain = medians["basic, plain (DRF)"]
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv),
+        **project.report_header(),
         "hasher": user.password.split("$")[0] + " " + user.password.split("$")[1] + " iterations",
         "median_ms": {way: round(value, 2) for way, value in medians.items()},
         "ratio_to_plain": {way: round(value / plain, 4) for way, value in medians.items()},

@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -93,8 +90,7 @@ def main() -> None:
         times["tagged"].append(per_image_ms(tagged))
     medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
     print(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv), "images": args.images, "rounds": args.rounds, "mode": "CMYK" if args.cmyk else "L" if args.grey else "RGB",
+        **project.report_header(), "images": args.images, "rounds": args.rounds, "mode": "CMYK" if args.cmyk else "L" if args.grey else "RGB",
         "ms_per_image": medians, "all_rounds_ms": {name: [round(v, 3) for v in values] for name, values in times.items()},
         "ratio_tagged_to_untagged": round(medians["tagged"] / medians["untagged"], 3),
     }, indent=2))

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from encoder_variants import SEED, plain_and_expanded, project, scores
+from project import report_header
 from heldout import load
 from quality import dataset_tree
 
@@ -159,8 +159,7 @@ def main() -> None:
     device = pick_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}",
-        "command": " ".join(sys.argv), "results": {},
+        **report_header(device=device), "results": {},
     }
     for name in args.sets:
         report["results"][name] = run(name, args.epochs, device)

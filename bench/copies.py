@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+import project
 from quality import dataset_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,8 +230,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="score this many pictures of each set, drawn at random (seed 0)")
     args = parser.parse_args()
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv), "results": [run_set(name, args.limit) for name in args.sets],
+        **project.report_header(), "results": [run_set(name, args.limit) for name in args.sets],
     }
     print(json.dumps(report, indent=1))
 

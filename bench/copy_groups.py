@@ -36,10 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -252,8 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     project.setup_django(VAR, DJANGO_DEBUG="0", DJANGO_SECRET_KEY="bench-only")
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv), "results": [run_set(name, args.filler) for name in args.sets],
+        **project.report_header(), "results": [run_set(name, args.filler) for name in args.sets],
     }
     print(json.dumps(report, indent=1))
 

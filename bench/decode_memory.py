@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+
+import project
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +93,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv), "results": {}}
+    report = {**project.report_header(), "results": {}}
     with tempfile.TemporaryDirectory() as folder:
         for mode, path in pictures(args.side, Path(folder)).items():
             runs = {"product": [], "earlier": []}

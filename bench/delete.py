@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -183,8 +181,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     before, now = results
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv), "images": args.images, "results": results,
+        **project.report_header(), "images": args.images, "results": results,
         "request_speedup": round(before["request_s"] / max(now["request_s"], 1e-3), 1),
     }
     print(json.dumps(report, indent=2))

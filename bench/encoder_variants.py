@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from heldout import embed, load
+from project import report_header
 from quality import dataset_tree, exact_knn_scores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +317,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     train = TrainingConfig(epochs=15, seed=SEED, device="cpu")
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv), "results": {}}
+    report = {**report_header(), "results": {}}
     baseline_parts = [part for part in args.parts if part not in ("settings", "hubness", "widths")]  # those fitted from BASELINE
     for name in args.sets:
         result = report["results"][name] = {}

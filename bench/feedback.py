@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+import project
 from heldout import embed, load
 from quality import dataset_tree
 
@@ -125,8 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of marks after the first page")
     args = parser.parse_args()
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, cpu",
-        "command": " ".join(sys.argv), "expansion": [EXPANSION, QUERY_EXPANSION_POWER], "results": [],
+        **project.report_header(device="cpu"), "expansion": [EXPANSION, QUERY_EXPANSION_POWER], "results": [],
     }
     config = EncoderConfig(arch="patch_kmeans")
     for name in args.sets:

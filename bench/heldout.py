@@ -16,8 +16,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import project
 from quality import dataset_tree, exact_knn_scores, rgb_on_white
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device("auto")
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}",
-        "command": " ".join(sys.argv), "results": [],
+        **project.report_header(device=device), "results": [],
     }
     config = EncoderConfig(arch="patch_kmeans")
     for name in args.sets:

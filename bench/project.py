@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import platform
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +43,10 @@ def servers_stopped_at_exit(var: Path) -> None:
         embedded.stop_all()
 
     atexit.register(stop)
+
+
+def report_header(*, device: str = "") -> dict:
+    """What a benchmark's report begins with, as docs/benchmarks.md records it: the date, the
+    machine (and the device the work ran on, where it says one) and the exact command."""
+    machine = f"{platform.machine()}, {os.cpu_count()} cores" + (f", {device}" if device else "")
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine, "command": " ".join(sys.argv)}

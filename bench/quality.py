@@ -18,7 +18,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -167,9 +166,7 @@ def main() -> None:
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "WARNING"], cwd=ROOT, env=env
     )
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join(sys.argv),
+        **project.report_header(),
         "results": [],
     }
     try:
