@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery.apis import (
-    CollectionCopiesApi, CollectionDetailApi, CollectionImageListApi, CollectionListApi, ImageCopiesApi, ImageDetailApi, ImageUploadApi,
+    CollectionCopiesApi, CollectionCopyRemovalApi, CollectionDetailApi, CollectionImageListApi, CollectionListApi, ImageCopiesApi, ImageDetailApi, ImageUploadApi,
 )
 from search.apis import ImageSimilarApi, SearchApi
 from workers.apis import HealthApi
@@ -14,6 +14,7 @@ urlpatterns = [
     path("collections/", CollectionListApi.as_view(), name="api-collection-list"),
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
     path("collections/<int:collection_id>/copies/", CollectionCopiesApi.as_view(), name="api-collection-copies"),
+    path("collections/<int:collection_id>/copies/removal/", CollectionCopyRemovalApi.as_view(), name="api-collection-copy-removal"),
     path("collections/<int:collection_id>/images/", CollectionImageListApi.as_view(), name="api-collection-images"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),

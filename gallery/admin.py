@@ -8,15 +8,16 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from gallery.forms import UploadImagesForm
-from gallery.models import Collection, Image
+from gallery.models import Collection, CopyRemovalRun, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import (
     CollectionGone,
+    CopyRemovalUnderway,
     ImportReport,
     QueueUnavailable,
     StorageFailed,
     collection_delete,
-    collection_remove_copies_queue,
+    copy_removal_start,
     folder_uploads_to_incoming,
     images_create,
     images_delete,
@@ -54,11 +55,17 @@ class CollectionAdmin(admin.ModelAdmin):
         for collection in queryset:
             link = reverse("gallery:collection-copies", args=[collection.pk])
             try:
-                collection_remove_copies_queue(collection=collection, keep="largest")
+                copy_removal_start(collection=collection, keep="largest")
+            except CopyRemovalUnderway as exc:
+                self.message_user(request, format_html('<a href="{}">{}</a>: {}; its progress shows there.', link, collection, str(exc)), messages.WARNING)
+                continue
             except QueueUnavailable as exc:
                 self.message_user(request, format_html('<a href="{}">{}</a>: {}', link, collection, str(exc)), messages.ERROR)
                 continue
-            self.message_user(request, format_html('The workers are removing the copies in <a href="{}">{}</a>.', link, collection), messages.SUCCESS)
+            self.message_user(
+                request, format_html('The workers are removing the copies in <a href="{}">{}</a>; its progress shows there.', link, collection),
+                messages.SUCCESS,
+            )
 
     def has_remove_copies_permission(self, request) -> bool:
         return request.user.has_perm("gallery.delete_image")
@@ -192,3 +199,21 @@ class ImageAdmin(admin.ModelAdmin):
         if not obj.display_url:
             return "—"
         return format_html('<img src="{}" style="height:64px;width:64px;object-fit:contain">', obj.display_url)
+
+
+@admin.register(CopyRemovalRun)
+class CopyRemovalRunAdmin(admin.ModelAdmin):
+    """Each removal of a collection's copies: started from the Collections action, the copies page,
+    the API or ``manage.py remove_copies``, and done by the workers. Read only: the workers write it."""
+
+    list_display = ["collection", "status", "keep", "round", "checked", "deleted", "unlike", "started_at", "finished_at"]
+    list_filter = ["status", "keep"]
+    list_select_related = ["collection"]
+    search_fields = ["collection__name"]
+    date_hierarchy = "started_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -8,12 +8,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
-from gallery.models import Collection, Image
+from gallery.models import Collection, CopyRemovalRun, Image
 from gallery.selectors import (
     COPY_CHECKS_PER_PAGE,
     COPY_GROUPS_PER_PAGE,
     COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
+    collection_copy_removal_latest,
     collection_list_copy_groups,
     collection_list_with_stats,
     collection_stats,
@@ -22,11 +23,12 @@ from gallery.selectors import (
 )
 from gallery.services import (
     CollectionGone,
+    CopyRemovalUnderway,
     ImportReport,
     QueueUnavailable,
     StorageFailed,
     collection_delete,
-    collection_remove_copies_queue,
+    copy_removal_start,
     images_create,
     images_delete,
     uploads_to_incoming,
@@ -381,9 +383,29 @@ class CopyRemovalInputSerializer(serializers.Serializer):
     )
 
 
-class CopyRemovalOutputSerializer(serializers.Serializer):
-    queued = serializers.BooleanField(help_text="the workers were asked to remove the copies")
-    keep = serializers.CharField()
+class CopyRemovalOutputSerializer(serializers.ModelSerializer):
+    status = serializers.ChoiceField(
+        choices=CopyRemovalRun.Status.choices,
+        help_text="running; done; or failed (a stretch of images stopped its worker again and again: see `error`)",
+    )
+    keep = serializers.ChoiceField(choices=list(COPY_KEEP_RULES))
+    round = serializers.IntegerField(help_text="the round under way, or the last one; each checks the images left again")
+    checked = serializers.IntegerField(help_text="images checked so far, over every round")
+    deleted = serializers.IntegerField(help_text="copies deleted so far")
+    unlike = serializers.IntegerField(
+        help_text="images of the round under way (or the last) left although their copy signatures match a picture kept: "
+        "they differ in a region; the copies listing shows them",
+    )
+    error = serializers.CharField(help_text="why the last try of a stretch failed, or why the removal stopped; empty if none")
+
+    class Meta:
+        model = CopyRemovalRun
+        fields = ["id", "status", "keep", "round", "checked", "deleted", "unlike", "error", "started_at", "progress_at", "finished_at"]
+
+
+class CopyRemovalUnderwaySerializer(serializers.Serializer):
+    error = serializers.CharField()
+    removal = CopyRemovalOutputSerializer()
 
 
 class CollectionCopiesApi(StaffMayDelete, APIView):
@@ -394,14 +416,16 @@ class CollectionCopiesApi(StaffMayDelete, APIView):
             "Answers 202 once the workers are asked: they check the collection's images in id order and delete each "
             "image that is a copy of one that stays (alike by signature, and region by region on their thumbnails), with "
             "its vectors and files, in rounds until one deletes nothing. "
-            "Copies in other collections are left alone, and an image is deleted only while a copy of it stays. Follow "
-            "the collection's counts to see it done."
+            "Copies in other collections are left alone, and an image is deleted only while a copy of it stays. The answer "
+            "is the removal as it starts; follow it at `copies/removal/`. One removal runs at a time per collection: "
+            "while one runs, the answer is 409 with it."
         ),
         parameters=[CopyRemovalInputSerializer],
         responses={
             202: CopyRemovalOutputSerializer,
             400: OpenApiResponse(ErrorSerializer, description="an unknown `keep`"),
             **_staff_refusals("collection"),
+            409: OpenApiResponse(CopyRemovalUnderwaySerializer, description="a removal of this collection's copies is under way"),
             503: OpenApiResponse(ErrorSerializer, description="the workers' queue cannot be reached; nothing was removed"),
         },
     )
@@ -412,10 +436,14 @@ class CollectionCopiesApi(StaffMayDelete, APIView):
             return invalid_parameters(params.errors)
         keep = params.validated_data["keep"]
         try:
-            collection_remove_copies_queue(collection=collection, keep=keep)
+            run = copy_removal_start(collection=collection, keep=keep)
+        except CopyRemovalUnderway as exc:
+            return Response(
+                {"error": str(exc), "removal": CopyRemovalOutputSerializer(exc.run).data}, status=status.HTTP_409_CONFLICT,
+            )
         except QueueUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return Response({"queued": True, "keep": keep}, status=status.HTTP_202_ACCEPTED)
+        return Response(CopyRemovalOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         operation_id="collection_copies",
@@ -457,6 +485,22 @@ def _why_no_signature(image: Image) -> str:
 
 IMAGE_PAGE_MAX = 500
 
+
+
+class CollectionCopyRemovalApi(APIView):
+    @extend_schema(
+        operation_id="collection_copy_removal",
+        summary="The removal of a collection's copies running now, else the last one (started by DELETE on copies/)",
+        responses={
+            200: CopyRemovalOutputSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="no such collection, or no removal of its copies ever started"),
+        },
+    )
+    def get(self, request, collection_id: int):
+        removal = collection_copy_removal_latest(collection=get_object_or_404(Collection, pk=collection_id))
+        if removal is None:
+            return Response({"error": "no removal of this collection's copies has started"}, status=status.HTTP_404_NOT_FOUND)
+        return Response(CopyRemovalOutputSerializer(removal).data)
 
 class ImageListInputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Image.Status.values, required=False, help_text="only images with this status")

@@ -183,3 +183,46 @@ class CollectionCount(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["collection", "status", "shard"], name="one_count_per_shard")]
+
+
+class CopyRemovalRun(models.Model):
+    """A removal of every copy in a collection (``gallery.services.copy_removal_start``): where its
+    walk stands, what it did so far and how it ended. The workers do it a stretch at a time
+    (``copy_removal_advance``); the position here is committed with each stretch's deletions, so a
+    stretch killed midway is done again from the same place, and the sweep restarts a removal whose
+    next stretch was never queued or never ran. At most one runs per collection."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="copy_removals")
+    keep = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    # The next stretch: the images with an id above ``after``, in round ``round``, which has
+    # deleted ``deleted_in_round`` images so far (``gallery.services.CopyRemovalStep``).
+    round = models.PositiveSmallIntegerField(default=1)
+    after = models.BigIntegerField(default=0)
+    deleted_in_round = models.PositiveIntegerField(default=0)
+    checked = models.PositiveBigIntegerField(default=0)  # images checked, over every round
+    deleted = models.PositiveIntegerField(default=0)
+    # Images left this round (the last one, once it ended) although their signatures match a
+    # picture kept: not alike in every region (``CopyRemovalPlan.unlike``).
+    unlike = models.PositiveIntegerField(default=0)
+    # Starts of the next stretch that did not finish (a killed worker, an error): past
+    # ``gallery.services.COPY_REMOVAL_TRIES_MAX`` the removal stops, as failed.
+    tries = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    progress_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["collection"], condition=models.Q(status="running"), name="one_copy_removal_running_per_collection"),
+        ]
+        indexes = [models.Index(fields=["collection", "-started_at"], name="copy_removal_latest")]
+
+    def __str__(self) -> str:
+        return f"copy removal #{self.pk} of collection {self.collection_id} ({self.status})"

@@ -11,7 +11,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import imaging
-from gallery.models import Collection, CollectionCount, Image
+from gallery.models import Collection, CollectionCount, CopyRemovalRun, Image
 
 # The indexing rate is measured over this window; or since the first image indexed in it, but
 # over no less than a few seconds, so that one image indexed a moment ago is not a huge rate.
@@ -283,6 +283,11 @@ def collection_list_copy_groups(
 # picture of a set of copies stays. "largest": the most pixels, then the oldest (lowest id);
 # "oldest": the first imported.
 COPY_KEEP_RULES = ("largest", "oldest")
+
+
+def collection_copy_removal_latest(*, collection: Collection) -> CopyRemovalRun | None:
+    """The collection's copy removal running now, else the last one to start; None if none ever did."""
+    return collection.copy_removals.order_by("-started_at", "-pk").first()
 
 
 @dataclass(frozen=True)

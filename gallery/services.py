@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
@@ -23,7 +23,7 @@ from pgvector import HalfVector
 
 from gallery import imaging
 from gallery.media import media_marker_write
-from gallery.models import Collection, Image, checked_for_field, one_line
+from gallery.models import Collection, CopyRemovalRun, Image, checked_for_field, one_line
 from gallery.selectors import COPY_CHECKS_PER_PAGE, COPY_KEEP_RULES, CopyRemovalPlan, collection_plan_copy_removal
 
 logger = logging.getLogger(__name__)
@@ -548,19 +548,125 @@ class QueueUnavailable(Exception):
     """The broker could not take a task; nothing was queued."""
 
 
-def collection_remove_copies_queue(*, collection: Collection, keep: str = "largest") -> None:
-    """Ask the workers to remove ``collection``'s copies (``collection_remove_copies``, a stretch
-    a task: ``workers.tasks.remove_copies``), keeping a picture of each by ``keep``. Raises
-    ValueError for an unknown rule, and QueueUnavailable when the broker cannot be reached, since
-    no sweep would find this work again."""
-    from workers.tasks import remove_copies
+class CopyRemovalUnderway(Exception):
+    """A removal of the collection's copies is running already (``run``); no second one starts."""
 
+    def __init__(self, run: CopyRemovalRun) -> None:
+        super().__init__(f"a removal of this collection's copies is under way (round {run.round}, {run.deleted} deleted so far)")
+        self.run = run
+
+
+# A stretch of a copy removal started this many times without finishing (its worker killed, an
+# error each time) stops the removal, as failed, instead of being tried for ever.
+COPY_REMOVAL_TRIES_MAX = 3
+
+
+def copy_removal_record(*, collection: Collection, keep: str = "largest") -> CopyRemovalRun:
+    """Record a new removal of ``collection``'s copies, at its start, for ``copy_removal_advance``
+    to walk. Raises ValueError for an unknown rule and CopyRemovalUnderway while one runs."""
     if keep not in COPY_KEEP_RULES:
         raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
     try:
-        remove_copies.apply_async(args=(collection.pk, keep), retry=False)
+        with transaction.atomic():
+            return CopyRemovalRun.objects.create(collection=collection, keep=keep, progress_at=timezone.now())
+    except IntegrityError:  # one_copy_removal_running_per_collection
+        running = CopyRemovalRun.objects.filter(collection=collection, status=CopyRemovalRun.Status.RUNNING).first()
+        if running is None:  # it ended meanwhile
+            return copy_removal_record(collection=collection, keep=keep)
+        raise CopyRemovalUnderway(running) from None
+
+
+def copy_removal_start(*, collection: Collection, keep: str = "largest") -> CopyRemovalRun:
+    """Start removing ``collection``'s copies (``collection_remove_copies``), keeping a picture of
+    each by ``keep``: records the run and asks the workers for its first stretch
+    (``workers.tasks.remove_copies``). Raises ValueError for an unknown rule, CopyRemovalUnderway
+    while one runs, and QueueUnavailable when the broker cannot be reached (then nothing is
+    recorded either)."""
+    from workers.tasks import remove_copies
+
+    run = copy_removal_record(collection=collection, keep=keep)
+    try:
+        remove_copies.apply_async(args=(run.pk, run.round, run.after), retry=False)
     except Exception as exc:  # broker down or unreachable
+        run.delete()
         raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was removed") from exc
+    return run
+
+
+# Takes the run's next stretch, if no one else holds it and it is still where the caller saw it: a
+# second message for the same stretch (the sweep's, after a slow queue) then does nothing.
+_COPY_REMOVAL_TAKE_SQL = """
+    UPDATE gallery_copyremovalrun SET tries = tries + 1, progress_at = now()
+    WHERE id = (
+        SELECT id FROM gallery_copyremovalrun
+        WHERE id = %(run)s AND status = 'running' AND round = %(round)s AND after = %(after)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING tries
+"""
+
+
+def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyRemoval | None:
+    """Do the stretch of copy removal ``run_id`` that starts after image ``after`` in round
+    ``round_number``, and record it: the run's next position and counts are committed with the
+    stretch's deletions, so a stretch killed midway leaves the run where it was. Returns what the
+    stretch did, or None when there is nothing to do: the run ended or went, another worker holds
+    it, or it is past that position. A stretch started COPY_REMOVAL_TRIES_MAX times without
+    finishing ends the run as failed."""
+    with connection.cursor() as cursor:  # committed apart: a killed worker's start still counts
+        cursor.execute(_COPY_REMOVAL_TAKE_SQL, {"run": run_id, "round": round_number, "after": after})
+        taken = cursor.fetchone()
+    if taken is None:
+        return None
+    if taken[0] > COPY_REMOVAL_TRIES_MAX:
+        CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(
+            status=CopyRemovalRun.Status.FAILED, finished_at=timezone.now(),
+            error=f"stopped: the images after #{after} in round {round_number} were started {COPY_REMOVAL_TRIES_MAX} times "
+            "and never finished (a worker killed or an error each time; see the workers' log)",
+        )
+        return None
+    with transaction.atomic():
+        run = CopyRemovalRun.objects.select_for_update(skip_locked=True).select_related("collection").filter(
+            pk=run_id, status=CopyRemovalRun.Status.RUNNING, round=round_number, after=after,
+        ).first()
+        if run is None:  # taken meanwhile
+            return None
+        step = CopyRemovalStep(after=run.after, round=run.round, deleted_in_round=run.deleted_in_round)
+        removal = collection_remove_copies(collection=run.collection, keep=run.keep, step=step)
+        run.checked += removal.plan.checked
+        run.deleted += removal.deleted
+        run.unlike += removal.plan.unlike
+        run.tries, run.error, run.progress_at = 0, "", timezone.now()
+        following = removal.next
+        if following is None:
+            run.status, run.finished_at = CopyRemovalRun.Status.DONE, run.progress_at
+        else:
+            if following.round != run.round:
+                run.unlike = 0  # the images left are checked again: the last round's count is the one that holds
+            run.round, run.after, run.deleted_in_round = following.round, following.after, following.deleted_in_round
+        run.save()
+    return removal
+
+
+def copy_removal_record_error(*, run_id: int, error: str) -> None:
+    """Note why the last start of a copy removal's stretch failed; the run goes on (or stops) by its tries."""
+    CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(error=error[:2000])
+
+
+def copy_removals_resume(*, older_than: timedelta) -> int:
+    """Queue again the next stretch of each running copy removal that made no progress for
+    ``older_than`` (its message lost, the broker down when a worker queued it, a worker killed).
+    Returns how many were queued."""
+    from workers.tasks import remove_copies
+
+    cutoff = timezone.now() - older_than
+    quiet = CopyRemovalRun.objects.filter(status=CopyRemovalRun.Status.RUNNING, progress_at__lt=cutoff)
+    resumed = 0
+    for run_id, round_number, after in list(quiet.values_list("id", "round", "after")):
+        if CopyRemovalRun.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
+            task_send_safely(remove_copies, run_id, round_number, after)
+            resumed += 1
+    return resumed
 
 
 # Folders of media storage whose files belong to image rows, and the Image field that names them:

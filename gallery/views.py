@@ -10,6 +10,7 @@ from gallery.models import Collection, Image
 from gallery.selectors import (
     COPY_GROUPS_PER_PAGE,
     MAX_COPIES,
+    collection_copy_removal_latest,
     collection_labels,
     collection_list_copy_groups,
     collection_list_with_stats,
@@ -17,7 +18,7 @@ from gallery.selectors import (
     image_list_copies,
     images_copy_ids,
 )
-from gallery.services import QueueUnavailable, collection_remove_copies_queue, images_delete
+from gallery.services import CopyRemovalUnderway, QueueUnavailable, copy_removal_start, images_delete
 from search import selectors as search_selectors
 from search.views import marks_context, marks_read, search_with_marks
 
@@ -107,6 +108,7 @@ def collection_copies(request, collection_id: int):
         "gallery/collection_copies.html",
         {
             "collection": collection, "found": found, "scope": scope, "may_delete": may_delete, "stats": stats,
+            "removal": collection_copy_removal_latest(collection=collection),
             "first_checked": seen + 1, "last_checked": seen + found.checked,
             "next_url": "" if found.done else _query(scope=scope, after=str(found.checked_to), seen=str(seen + found.checked)),
             "first_url": _query(scope=scope) if after else "",
@@ -126,18 +128,16 @@ def _natural(value: str | None) -> int:
 def _remove_all_copies(request, collection: Collection) -> None:
     keep = request.POST.get("keep", "largest")
     try:
-        collection_remove_copies_queue(collection=collection, keep=keep)
+        copy_removal_start(collection=collection, keep=keep)
     except ValueError:
         messages.error(request, "Nothing was removed: choose to keep the largest or the first imported picture of each.")
+    except CopyRemovalUnderway:
+        messages.info(request, "A removal of this collection's copies is under way already: its progress is shown below.")
     except QueueUnavailable:
         messages.error(request, "Nothing was removed: the workers cannot be reached now. Try again later.")
     else:
         rule = "the largest picture" if keep == "largest" else "the first imported picture"
-        messages.success(
-            request,
-            f"The workers are removing every copy in {collection.name}, keeping {rule} of each. "
-            "Reload this page to see what is left.",
-        )
+        messages.success(request, f"The workers are removing every copy in {collection.name}, keeping {rule} of each.")
 
 
 def _delete_copies(request) -> None:

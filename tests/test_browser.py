@@ -324,3 +324,22 @@ def test_an_admin_has_the_workers_remove_every_copy_after_confirming(live_server
     assert "The workers are removing every copy in photos, keeping the first imported picture of each." in message
     wait_for(lambda: Image.objects.filter(collection_id=photos).count() == 4, message="the worker to remove two copies")
     assert set(Image.objects.filter(collection_id=photos).values_list("original_name", flat=True)) == {"seven.png", "eight.png", "nine.png", "ten.png"}
+
+
+def test_the_copies_page_follows_a_removal_until_it_ends(live_server, library, celery_worker):  # noqa: F811
+    from gallery.services import copy_removal_record
+    from workers.tasks import remove_copies
+
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)  # running, its first stretch not yet asked for
+    with chromium_page() as (page, errors):
+        page.goto(live_server.url + reverse("gallery:collection-copies", args=[photos.pk]))
+        running = page.inner_text("#copy-removal")
+        remove_copies.delay(run.pk, run.round, run.after)
+        page.wait_for_selector("#copy-removal.done", timeout=30_000)  # read back, then the page loaded again
+        done = page.inner_text("#copy-removal")
+        groups_left = page.locator(".copy-group").count()
+    assert not errors
+    assert "The workers are removing every copy here" in running and "0 images checked and 0 copies deleted so far" in running
+    assert "The last removal of copies here deleted 2 copies in 2 rounds, keeping the largest picture of each." in done
+    assert groups_left == 0

@@ -54,15 +54,16 @@ def backfill_embeddings(encoder_id: int) -> None:
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3)
 def sweep_pending() -> int:
-    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding, and
-    remove what deleted collections left in media storage."""
+    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding and
+    copy removals, and remove what deleted collections left in media storage."""
     from django.conf import settings
 
-    from gallery.services import deleted_collections_files_delete
+    from gallery.services import copy_removals_resume, deleted_collections_files_delete
     from workers.services import pending_sweep
 
     older_than = timedelta(seconds=settings.CBIR_SWEEP_AFTER_S)
     deleted_collections_files_delete(older_than=older_than)
+    copy_removals_resume(older_than=older_than)
     return pending_sweep(older_than=older_than)
 
 
@@ -99,18 +100,20 @@ def delete_collection_files(collection_id: int) -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8)
-def remove_copies(collection_id: int, keep: str, after: int = 0, round_number: int = 1, deleted_in_round: int = 0) -> None:
-    """One stretch of a collection's copy removal (``collection_remove_copies``) per run, then
-    re-enqueue the next: a million images never hold a worker for long, and a run killed midway is
-    delivered again (a stretch done twice deletes nothing more)."""
-    from gallery.models import Collection
-    from gallery.services import CopyRemovalStep, collection_remove_copies
+def remove_copies(run_id: int, round_number: int, after: int) -> None:
+    """One stretch of a copy removal (``copy_removal_advance``: round ``round_number``, the images
+    after ``after``) per run, then queue the next: a million images never hold a worker for long.
+    A run killed midway is delivered again and does the stretch again; a message for a stretch
+    already done does nothing; a removal whose next message was lost is queued again by the sweep."""
+    from gallery.services import copy_removal_advance, copy_removal_record_error
 
     media_storage_check()  # it compares thumbnails: without them every copy would look unlike, and stay
-    collection = Collection.objects.filter(pk=collection_id).first()
-    if collection is None:  # deleted meanwhile: its copies went with it
-        return
-    step = CopyRemovalStep(after=after, round=round_number, deleted_in_round=deleted_in_round)
-    following = collection_remove_copies(collection=collection, keep=keep, step=step).next
-    if following is not None:
-        remove_copies.delay(collection_id, keep, following.after, following.round, following.deleted_in_round)
+    try:
+        removal = copy_removal_advance(run_id=run_id, round_number=round_number, after=after)
+    except MEDIA_ERRORS:
+        raise
+    except Exception as exc:  # shown on the copies page while the tries last
+        copy_removal_record_error(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if removal is not None and removal.next is not None:
+        remove_copies.delay(run_id, removal.next.round, removal.next.after)

@@ -3,6 +3,7 @@ the page (with the deletion of ticked copies) and the API; and every copy in a c
 in one go, keeping one picture of each: the plan, the service, the command, the workers' task from
 the page and from the API."""
 import io
+from datetime import timedelta
 
 import numpy as np
 
@@ -11,12 +12,24 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import imaging
-from gallery.models import Image
-from gallery.selectors import collection_list_copy_groups, collection_plan_copy_removal
-from gallery.services import CopyRemovalStep, IncomingFile, collection_get_or_create, collection_remove_copies, images_create
+from gallery.models import CopyRemovalRun, Image
+from gallery.selectors import collection_copy_removal_latest, collection_list_copy_groups, collection_plan_copy_removal
+from gallery.services import (
+    COPY_REMOVAL_TRIES_MAX,
+    CopyRemovalStep,
+    CopyRemovalUnderway,
+    IncomingFile,
+    collection_get_or_create,
+    collection_remove_copies,
+    copy_removal_advance,
+    copy_removal_record,
+    copy_removals_resume,
+    images_create,
+)
 from tests.conftest import wait_for
 from tests.utils import image_bytes, make_encoder
 from workers.services import images_index
@@ -325,10 +338,17 @@ def test_the_api_has_the_workers_remove_every_copy(admin_client, client, library
     response = admin_client.delete(url + "?keep=newest")
     assert response.status_code == 400 and "keep" in response.json()["errors"]
     assert admin_client.delete(reverse("api-collection-copies", args=[999_999])).status_code == 404
+    removal_url = reverse("api-collection-copy-removal", args=[photos.pk])
+    assert client.get(removal_url).status_code == 404  # none started yet
     response = admin_client.delete(url + "?keep=oldest")
-    assert response.status_code == 202 and response.json() == {"queued": True, "keep": "oldest"}
-    wait_for(lambda: Image.objects.filter(collection=photos).count() == 4, message="the worker to remove two copies")
+    started = response.json()
+    assert response.status_code == 202 and started["keep"] == "oldest" and started["status"] == "running"
+    wait_for(lambda: client.get(removal_url).json()["status"] == "done", message="the worker to end the removal")
     assert not Image.objects.filter(pk__in=[library["seven-small.jpg"].pk, library["nine-large.webp"].pk]).exists()
+    assert Image.objects.filter(collection=photos).count() == 4
+    done = client.get(removal_url).json()
+    assert done["id"] == started["id"] and (done["deleted"], done["round"], done["error"]) == (2, 2, "")
+    assert done["checked"] == 6 + 4 and done["finished_at"]  # every image in round 1, the four left in round 2
     # a broker that cannot be reached: told, and nothing queued or removed
     from workers.tasks import remove_copies
 
@@ -347,6 +367,9 @@ def test_the_admin_has_the_workers_remove_the_copies_of_the_collections_ticked(a
     assert "The workers are removing the copies in" in page
     wait_for(lambda: Image.objects.filter(collection=photos).count() == 4, message="the worker to remove two copies")
     assert Image.objects.filter(collection=archive).count() == 1
+    wait_for(lambda: not CopyRemovalRun.objects.filter(status="running").exists(), message="both removals to end")
+    runs = admin_client.get(reverse("admin:gallery_copyremovalrun_changelist")).content.decode()
+    assert runs.count('<td class="field-status">Done</td>') == 2  # each collection's removal, listed
     # staff who may not delete images are not offered the action
     editor = django_user_model.objects.create_user("editor", password="x-long-password-1", is_staff=True)
     from django.contrib.auth.models import Permission
@@ -391,3 +414,107 @@ def test_pictures_alike_overall_but_not_in_every_region_are_not_removed(capsys):
     out = capsys.readouterr().out
     assert "flags: deleted 1 copies in 2 rounds" in out and "1 images were left although their copy signatures match a picture kept" in out
     assert sorted(Image.objects.values_list("original_name", flat=True)) == ["white-badge.png", "yellow-badge-large.png"]
+
+
+def _run(collection) -> CopyRemovalRun:
+    return CopyRemovalRun.objects.get(collection=collection)
+
+
+def test_a_removal_walks_its_recorded_position_and_a_message_for_a_stretch_done_does_nothing(library):
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos, keep="largest")
+    assert copy_removal_advance(run_id=run.pk, round_number=1, after=run.after + 1) is None  # not where the run is
+    first = copy_removal_advance(run_id=run.pk, round_number=1, after=0)
+    assert first.deleted == 2 and first.next == CopyRemovalStep(round=2)
+    run.refresh_from_db()
+    assert (run.status, run.round, run.after, run.checked, run.deleted, run.tries) == ("running", 2, 0, 6, 2, 0)
+    assert copy_removal_advance(run_id=run.pk, round_number=1, after=0) is None  # the same message again: done already
+    last = copy_removal_advance(run_id=run.pk, round_number=2, after=0)
+    assert last.deleted == 0 and last.next is None
+    run.refresh_from_db()
+    assert (run.status, run.round, run.checked, run.deleted) == ("done", 2, 10, 2) and run.finished_at
+    assert copy_removal_advance(run_id=run.pk, round_number=2, after=0) is None
+    assert Image.objects.filter(collection=photos).count() == 4
+
+
+def test_one_removal_runs_at_a_time_in_a_collection(admin_client, library):
+    photos, archive = library["seven.png"].collection, library["eight-again.png"].collection
+    running = copy_removal_record(collection=photos)
+    with pytest.raises(CopyRemovalUnderway) as refused:
+        copy_removal_record(collection=photos, keep="oldest")
+    assert refused.value.run == running
+    copy_removal_record(collection=archive)  # another collection's runs beside it
+    response = admin_client.delete(reverse("api-collection-copies", args=[photos.pk]))
+    assert response.status_code == 409 and response.json()["removal"]["id"] == running.pk
+    url = reverse("gallery:collection-copies", args=[photos.pk])
+    page = admin_client.post(url, {"remove": "all", "keep": "largest"}, follow=True).content.decode()
+    assert "A removal of this collection&#x27;s copies is under way already" in page
+    assert "The workers are removing every copy here" in page and 'id="remove-copies"' not in page  # its progress, no second form
+    assert CopyRemovalRun.objects.filter(collection=photos).count() == 1 and Image.objects.count() == 7
+    # once it ends, another may start
+    CopyRemovalRun.objects.filter(pk=running.pk).update(status=CopyRemovalRun.Status.DONE)
+    assert 'id="remove-copies"' in admin_client.get(url).content.decode()
+    assert copy_removal_record(collection=photos).pk != running.pk
+
+
+def test_a_stretch_that_never_finishes_is_tried_again_then_stops_the_removal(admin_client, library, monkeypatch):
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)
+
+    def broken(**kwargs):
+        Image.objects.filter(pk=library["seven-small.jpg"].pk).delete()  # undone with the stretch
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr("gallery.services.collection_remove_copies", broken)
+    for tries in range(1, COPY_REMOVAL_TRIES_MAX + 1):
+        with pytest.raises(RuntimeError):
+            copy_removal_advance(run_id=run.pk, round_number=1, after=0)
+        run.refresh_from_db()
+        assert (run.status, run.tries) == ("running", tries)
+    assert Image.objects.count() == 7
+    assert copy_removal_advance(run_id=run.pk, round_number=1, after=0) is None
+    run.refresh_from_db()
+    assert run.status == "failed" and run.finished_at and f"were started {COPY_REMOVAL_TRIES_MAX} times and never finished" in run.error
+    page = admin_client.get(reverse("gallery:collection-copies", args=[photos.pk])).content.decode()
+    assert "The last removal of copies here stopped in round 1, having deleted 0 copies" in page
+    assert 'id="remove-copies"' in page  # it can be started again
+
+
+def test_the_workers_record_the_error_of_a_stretch_and_the_page_shows_it(admin_client, library, monkeypatch):
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)
+    monkeypatch.setattr("gallery.services.collection_remove_copies", lambda **kwargs: 1 / 0)
+    from workers.tasks import remove_copies
+
+    with pytest.raises(ZeroDivisionError):
+        remove_copies.run(run.pk, 1, 0)
+    run.refresh_from_db()
+    assert run.status == "running" and run.error == "ZeroDivisionError: division by zero"
+    page = admin_client.get(reverse("gallery:collection-copies", args=[photos.pk])).content.decode()
+    assert "The last try of a stretch failed (ZeroDivisionError: division by zero); the workers try it again." in page
+
+
+def test_the_sweep_takes_up_a_removal_whose_next_stretch_was_lost(client, library, celery_worker):
+    photos, archive = library["seven.png"].collection, library["eight-again.png"].collection
+    quiet = copy_removal_record(collection=photos)  # recorded, its message never sent
+    recent = copy_removal_record(collection=archive)
+    CopyRemovalRun.objects.filter(pk=quiet.pk).update(progress_at=timezone.now() - timedelta(minutes=10))
+    assert copy_removals_resume(older_than=timedelta(minutes=5)) == 1
+    wait_for(lambda: _run(photos).status == "done", message="the worker to end the resumed removal")
+    assert _run(photos).deleted == 2 and Image.objects.filter(collection=photos).count() == 4
+    assert _run(archive).status == "running" and _run(archive).progress_at == recent.progress_at  # not quiet: left alone
+    page = client.get(reverse("gallery:collection-copies", args=[photos.pk])).content.decode()
+    assert "The last removal of copies here deleted 2 copies in 2 rounds, keeping the largest picture of each." in page
+
+
+def test_the_command_records_its_removal_and_waits_for_none_running(library, capsys):
+    photos = library["seven.png"].collection
+    call_command("remove_copies", "--collection", "photos")
+    run = _run(photos)
+    assert (run.status, run.deleted, run.round, run.keep) == ("done", 2, 2, "largest")
+    running = copy_removal_record(collection=photos)
+    with pytest.raises(CommandError, match="photos: a removal of this collection's copies is under way"):
+        call_command("remove_copies", "--collection", "photos")
+    call_command("remove_copies", "--collection", "photos", "--dry-run")  # a dry run records nothing
+    assert CopyRemovalRun.objects.filter(collection=photos).count() == 2
+    assert collection_copy_removal_latest(collection=photos) == running

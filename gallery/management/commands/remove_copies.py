@@ -2,9 +2,16 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery.media import MediaStorageUnavailable, media_storage_check
-from gallery.models import Collection, Image
+from gallery.models import Collection, CopyRemovalRun, Image
 from gallery.selectors import COPY_KEEP_RULES
-from gallery.services import CopyRemovalStep, collection_remove_copies
+from gallery.services import (
+    CopyRemovalStep,
+    CopyRemovalUnderway,
+    collection_remove_copies,
+    copy_removal_advance,
+    copy_removal_record,
+    copy_removal_record_error,
+)
 
 PAIRS_SHOWN = 20
 
@@ -34,43 +41,77 @@ class Command(BaseCommand):
             raise CommandError(f"no collection is named {collection!r}")
         unsigned = Image.objects.filter(collection=target, signature__isnull=True).count()
         total = Image.objects.filter(collection=target).count() - unsigned
-        doomed: dict[int, int] = {}
-        deleted, step, rounds, unlike = 0, CopyRemovalStep(), 0, 0
-        bar = tqdm(total=total, desc="checking", unit="img")
-        while step is not None:
-            if step.round != rounds:  # a new round checks the images left again
-                rounds, unlike = step.round, 0  # the images left as unlike are found again each round
-                bar.reset(total=total - deleted)
-                bar.set_description(f"round {rounds}, checking")
-            removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=dry_run)
-            doomed |= removal.plan.doomed
-            deleted += removal.deleted
-            unlike += removal.plan.unlike
-            bar.update(removal.plan.checked)
-            bar.set_postfix(copies=deleted if not dry_run else len(doomed), refresh=False)
-            step = removal.next
-        bar.close()
         rule = "the largest" if keep == "largest" else "the oldest"
         if dry_run:
-            self._show(doomed)
-            self.stdout.write(
-                f"{target.name}: {len(doomed)} copies would be deleted, keeping {rule} picture of each "
-                "(a dry run shows the first round: removing them can take more rounds, and find more)."
-            )
+            self._dry_run(target, keep, total, rule)
         else:
+            self._remove(target, keep, total, rule)
+        if unsigned:
             self.stdout.write(
-                f"{target.name}: deleted {deleted} copies in {rounds} round{'s' if rounds > 1 else ''}, keeping {rule} picture of each."
+                f"{unsigned} images were not checked: they have no copy signature yet (still pending, or indexed before "
+                "signatures: `manage.py rebuild_thumbnails` gives them one)."
             )
+
+    def _dry_run(self, target: Collection, keep: str, total: int, rule: str) -> None:
+        doomed: dict[int, int] = {}
+        unlike, step = 0, CopyRemovalStep()
+        with tqdm(total=total, desc="checking", unit="img") as bar:
+            while step is not None:
+                removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=True)
+                doomed |= removal.plan.doomed
+                unlike += removal.plan.unlike
+                bar.update(removal.plan.checked)
+                bar.set_postfix(copies=len(doomed), refresh=False)
+                step = removal.next
+        self._show(doomed)
+        self.stdout.write(
+            f"{target.name}: {len(doomed)} copies would be deleted, keeping {rule} picture of each "
+            "(a dry run shows the first round: removing them can take more rounds, and find more)."
+        )
+        self._unlike(unlike)
+
+    def _remove(self, target: Collection, keep: str, total: int, rule: str) -> None:
+        """The walk of ``copy_removal_advance``, here instead of in the workers, recorded as a run
+        like theirs: the copies page shows its progress, and if this command stops midway the
+        workers' sweep takes the run up where it stopped."""
+        try:
+            run = copy_removal_record(collection=target, keep=keep)
+        except CopyRemovalUnderway as exc:
+            raise CommandError(f"{target.name}: {exc}; its copies page shows its progress") from None
+        bar = tqdm(total=total, unit="img")
+        rounds = 0
+        while run.status == CopyRemovalRun.Status.RUNNING:
+            if run.round != rounds:  # a new round checks the images left again
+                rounds = run.round
+                bar.reset(total=total - run.deleted)
+                bar.set_description(f"round {rounds}, checking")
+            try:
+                removal = copy_removal_advance(run_id=run.pk, round_number=run.round, after=run.after)
+            except Exception as exc:
+                copy_removal_record_error(run_id=run.pk, error=f"{type(exc).__name__}: {exc}")
+                raise
+            run.refresh_from_db()
+            if removal is None:
+                break
+            bar.update(removal.plan.checked)
+            bar.set_postfix(copies=run.deleted, refresh=False)
+        bar.close()
+        if run.status == CopyRemovalRun.Status.RUNNING:  # the workers' sweep took it up meanwhile
+            self.stdout.write(f"{target.name}: deleted {run.deleted} copies so far; the workers go on with the rest.")
+            return
+        if run.status == CopyRemovalRun.Status.FAILED:
+            raise CommandError(f"{target.name}: deleted {run.deleted} copies, then {run.error}")
+        self.stdout.write(
+            f"{target.name}: deleted {run.deleted} copies in {run.round} round{'s' if run.round > 1 else ''}, keeping {rule} picture of each."
+        )
+        self._unlike(run.unlike)
+
+    def _unlike(self, unlike: int) -> None:
         if unlike:
             self.stdout.write(
                 f"{unlike} images were left although their copy signatures match a picture kept: the pictures differ in a "
                 "region (clip art drawn alike, flags with another badge), or one has no thumbnail to compare. Their copies "
                 "page lists them."
-            )
-        if unsigned:
-            self.stdout.write(
-                f"{unsigned} images were not checked: they have no copy signature yet (still pending, or indexed before "
-                "signatures: `manage.py rebuild_thumbnails` gives them one)."
             )
 
     def _show(self, doomed: dict[int, int]) -> None:
