@@ -473,20 +473,6 @@ class CollectionCopiesApi(StaffMayDelete, APIView):
         return Response({"checked": found.checked, "next": next_url, "results": results})
 
 
-def _why_no_signature(image: Image) -> str:
-    if image.status == Image.Status.PENDING:
-        return "it is still being indexed"
-    if image.status == Image.Status.FAILED:
-        return "its file could not be indexed"
-    if image.thumbnail:
-        return "it was indexed before signatures were recorded (manage.py rebuild_thumbnails gives it one), or its picture is one flat grey"
-    return "it has no thumbnail"
-
-
-IMAGE_PAGE_MAX = 500
-
-
-
 class CollectionCopyRemovalApi(APIView):
     @extend_schema(
         operation_id="collection_copy_removal",
@@ -501,6 +487,20 @@ class CollectionCopyRemovalApi(APIView):
         if removal is None:
             return Response({"error": "no removal of this collection's copies has started"}, status=status.HTTP_404_NOT_FOUND)
         return Response(CopyRemovalOutputSerializer(removal).data)
+
+
+def _why_no_signature(image: Image) -> str:
+    if image.status == Image.Status.PENDING:
+        return "it is still being indexed"
+    if image.status == Image.Status.FAILED:
+        return "its file could not be indexed"
+    if image.thumbnail:
+        return "it was indexed before signatures were recorded (manage.py rebuild_thumbnails gives it one), or its picture is one flat grey"
+    return "it has no thumbnail"
+
+
+IMAGE_PAGE_MAX = 500
+
 
 class ImageListInputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Image.Status.values, required=False, help_text="only images with this status")
