@@ -22,8 +22,13 @@ Reported per set:
   against all of them (a chain A~B~C lists C with neither A nor B when A and C are less alike);
 - ``one_query_per_image``: milliseconds per image for ``image_list_copies`` over the first 1,000
   images (median of 3 rounds), and the walk's milliseconds per image as a ratio of it;
-- ``removal``, last, as it deletes: every copy removed with ``collection_remove_copies``
-  (keep=largest), stretch by stretch and round by round as the workers' task does. Its seconds,
+- ``dry_run``: ``collection_remove_copies(dry_run=True)`` followed round by round, as
+  ``manage.py remove_copies --dry-run`` does: its seconds, as a ratio of the walk's, its rounds,
+  and how the images it names compare with those the removal then deletes (named and deleted,
+  named only, deleted only);
+- ``removal``, last, as it deletes: every copy removed as a recorded run (``copy_removal_record``,
+  then ``copy_removal_advance`` stretch by stretch and round by round, as the workers' task and
+  the command do), keep=largest. Its seconds,
   and as a ratio of the walk's (the baseline: reading every group without deleting); images
   deleted, in all and in each round; the images its last round left although their signatures
   match a picture of a higher rank (not alike region by region); the share of them
@@ -209,17 +214,28 @@ def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: li
     """Every copy of the collection removed (keep=largest), as the module's docstring says."""
     from gallery.models import Image
     from gallery.selectors import COPY_MIN_SIMILARITY
-    from gallery.services import CopyRemovalStep, collection_remove_copies
+    from gallery.models import CopyRemovalRun
+    from gallery.services import CopyRemovalStep, collection_remove_copies, copy_removal_advance, copy_removal_record
 
-    started, step, stretches, by_round, unlike = time.perf_counter(), CopyRemovalStep(), 0, {}, {}
+    started, step, named, dry_rounds = time.perf_counter(), CopyRemovalStep(), set(), 0
     while step is not None:
-        removal = collection_remove_copies(collection=collection, keep="largest", step=step)
-        stretches, by_round[step.round] = stretches + 1, by_round.get(step.round, 0) + removal.deleted
-        unlike[step.round] = unlike.get(step.round, 0) + removal.plan.unlike
-        step = removal.next
+        removal = collection_remove_copies(collection=collection, keep="largest", step=step, dry_run=True)
+        named |= removal.plan.doomed.keys()
+        dry_rounds, step = step.round, removal.next
+    dry_seconds = time.perf_counter() - started
+
+    started, stretches, by_round, unlike = time.perf_counter(), 0, {}, {}
+    run = copy_removal_record(collection=collection, keep="largest")
+    while run.status == CopyRemovalRun.Status.RUNNING:
+        round_number = run.round
+        removal = copy_removal_advance(run_id=run.pk, round_number=round_number, after=run.after)
+        stretches, by_round[round_number] = stretches + 1, by_round.get(round_number, 0) + removal.deleted
+        unlike[round_number] = unlike.get(round_number, 0) + removal.plan.unlike
+        run.refresh_from_db()
     seconds = time.perf_counter() - started
     deleted = sum(by_round.values())
     left_ids = set(Image.objects.filter(collection=collection).values_list("id", flat=True))
+    gone_ids = set(ids) - left_ids
     left = np.array([image_id in left_ids for image_id in ids])
     removed = np.flatnonzero(~left)
     kept_signatures = halves[left]
@@ -234,6 +250,10 @@ def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: li
     larger_left = sum(left[a if sizes[a] > sizes[b] else b] for a, b in unequal)
     _, _, groups_after = walk(collection)
     return {
+        "dry_run": {
+            "seconds": round(dry_seconds, 2), "ratio_to_walk": round(dry_seconds / walk_seconds, 3), "rounds": dry_rounds,
+            "named": len(named), "named_and_deleted": len(named & gone_ids), "named_only": len(named - gone_ids), "deleted_only": len(gone_ids - named),
+        },
         "seconds": round(seconds, 2), "stretches": stretches, "ratio_to_walk": round(seconds / walk_seconds, 3),
         "deleted": deleted, "deleted_by_round": list(by_round.values()), "left_as_unlike": unlike[max(unlike)], "deleted_with_a_copy_left": round(with_copy_left / max(len(removed), 1), 4),
         "planted": {"one_left": round(one_left / len(planted), 4), "both_left": round(both_left / len(planted), 4), "none_left": round((len(planted) - one_left - both_left) / len(planted), 4)},

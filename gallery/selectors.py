@@ -313,8 +313,8 @@ class _Details:
     statement; a thumbnail is read from media storage when first compared, and an image with none,
     or one that cannot be read, is alike nothing."""
 
-    def __init__(self, keep: str) -> None:
-        self.keep = keep
+    def __init__(self, keep: str, gone: frozenset[int] = frozenset()) -> None:
+        self.keep, self.gone = keep, gone
         self.ranks: dict[int, tuple[int, int]] = {}
         self._known: dict[int, tuple[str, int]] = {}  # thumbnail name, smaller side
         self._pictures: dict[int, PILImage.Image | None] = {}
@@ -325,7 +325,8 @@ class _Details:
         if not missing:
             return
         self._known |= {image_id: ("", 0) for image_id in missing}
-        for image_id, name, width, height in Image.objects.filter(pk__in=missing).values_list("pk", "thumbnail", "width", "height"):
+        rows = Image.objects.filter(pk__in=missing).exclude(pk__in=self.gone) if self.gone else Image.objects.filter(pk__in=missing)
+        for image_id, name, width, height in rows.values_list("pk", "thumbnail", "width", "height"):
             self.ranks[image_id] = ((width or 0) * (height or 0) if self.keep == "largest" else 0, -image_id)
             self._known[image_id] = (name, min(width or imaging.DETAIL_MAX_SIDE, height or imaging.DETAIL_MAX_SIDE))
 
@@ -355,6 +356,7 @@ class _Details:
 
 def collection_plan_copy_removal(
     *, collection: Collection, keep: str = "largest", after: int = 0, checks: int = COPY_CHECKS_PER_PAGE,
+    gone: frozenset[int] = frozenset(),
 ) -> CopyRemovalPlan:
     """Which images of ``collection`` with an id above ``after`` to remove as copies of others in
     it (``image_list_copies``, limited to the collection), checking at most ``checks`` images in id
@@ -367,11 +369,15 @@ def collection_plan_copy_removal(
     The rule needs no memory of earlier stretches and never removes a keeper, so every image removed
     has a copy that stays: removing images that are not keepers can make more images keepers (a
     higher copy gone), never fewer. An image with higher copies of which none is a keeper (the
-    middle of a chain A~B~C whose ends are less alike) stays."""
+    middle of a chain A~B~C whose ends are less alike) stays.
+
+    ``gone``: images to plan as if they were deleted already (a dry run's later rounds). They still
+    take their places among an image's nearest copies, so with very many copies of one picture a
+    real round can find a copy that the plan does not."""
     if keep not in COPY_KEEP_RULES:
         raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
     doomed: dict[int, int] = {}
-    details, unlike = _Details(keep), 0
+    details, unlike = _Details(keep, gone), 0
     near: dict[int, list[int]] = {}  # each image's copies in the collection, for those looked up
     ranks = details.ranks
     alike_higher: dict[int, list[int]] = {}
@@ -391,8 +397,9 @@ def collection_plan_copy_removal(
         while checked < checks:
             size = min(size, _COPY_CHECK_BATCH_MAX, checks - checked)
             cursor.execute(
-                "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL ORDER BY id LIMIT %s",
-                [collection.pk, checked_to, size],
+                "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL AND id <> ALL(%s) "
+                "ORDER BY id LIMIT %s",
+                [collection.pk, checked_to, sorted(gone), size],
             )
             batch = [row[0] for row in cursor.fetchall()]
             checked, checked_to = checked + len(batch), batch[-1] if batch else checked_to

@@ -494,11 +494,13 @@ COPY_REMOVAL_ROUNDS_MAX = 10
 @dataclass(frozen=True)
 class CopyRemovalStep:
     """Where a collection's copy removal stands: the next stretch checks the images with an id
-    above ``after``, in round ``round``, which has deleted ``deleted_in_round`` images so far."""
+    above ``after``, in round ``round``, which has deleted ``deleted_in_round`` images so far. A
+    dry run deletes nothing, so it carries the images it would have deleted (``gone``)."""
 
     after: int = 0
     round: int = 1
     deleted_in_round: int = 0
+    gone: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -524,8 +526,9 @@ def collection_remove_copies(
     every region (the plan's ``unlike`` ones are alike by signature only). A stretch
     done twice deletes nothing more. The kept copies are locked until the deletion commits, so a
     deletion elsewhere cannot take a kept copy while its copies go; an image whose kept copy went
-    meanwhile stays. ``dry_run`` deletes nothing, and so stops after its first round."""
-    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=step.after, checks=checks)
+    meanwhile stays. ``dry_run`` deletes nothing: it plans each stretch as if what it named so far
+    were gone (``CopyRemovalStep.gone``), round after round as a removal would go."""
+    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=step.after, checks=checks, gone=step.gone)
     deleted = 0
     if plan.doomed and not dry_run:
         with transaction.atomic():
@@ -534,11 +537,12 @@ def collection_remove_copies(
                 kept = {row[0] for row in cursor.fetchall()}
             doomed = [image_id for image_id, copy_of in plan.doomed.items() if copy_of in kept]
             deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
-    in_round = step.deleted_in_round + deleted
+    in_round = step.deleted_in_round + (len(plan.doomed) if dry_run else deleted)
+    gone = step.gone.union(plan.doomed) if dry_run else frozenset()
     if not plan.done:
-        following = CopyRemovalStep(after=plan.checked_to, round=step.round, deleted_in_round=in_round)
-    elif in_round and not dry_run and step.round < COPY_REMOVAL_ROUNDS_MAX:
-        following = CopyRemovalStep(round=step.round + 1)
+        following = CopyRemovalStep(after=plan.checked_to, round=step.round, deleted_in_round=in_round, gone=gone)
+    elif in_round and step.round < COPY_REMOVAL_ROUNDS_MAX:
+        following = CopyRemovalStep(round=step.round + 1, gone=gone)
     else:
         following = None
     return CopyRemoval(plan=plan, deleted=deleted, next=following)

@@ -264,7 +264,7 @@ def test_removal_goes_in_stretches_and_rounds_until_a_round_removes_nothing(libr
     # second finds nothing (its last stretch checks none), which ends it
     assert _remove_all(photos, checks=2) == [(1, 2, 1), (1, 2, 1), (1, 2, 0), (1, 0, 0), (2, 2, 0), (2, 2, 0), (2, 0, 0)]
     assert sorted(Image.objects.filter(collection=photos).values_list("original_name", flat=True)) == ["eight.png", "nine-large.webp", "seven.png", "ten.png"]
-    assert _remove_all(photos, dry_run=True) == [(1, 4, 0)]  # a dry run stops after its round
+    assert _remove_all(photos, dry_run=True) == [(1, 4, 0)]  # nothing to delete: one round
 
 
 @pytest.mark.parametrize(("keep", "sizes", "removed"), [
@@ -289,8 +289,16 @@ def test_a_later_round_removes_the_copies_of_a_picture_that_became_the_one_kept(
     # settles that by itself; stretches of one image each need a second round for it.
     rows = _chain(sizes=(100, 200, 300, 400))
     chain = rows["q"].collection
-    assert _remove_all(chain, dry_run=True) == [(1, 4, 0)] and _plan(chain) == {"c": "d", "q": "p"}
-    assert _remove_all(chain, checks=1) == [
+    assert _remove_all(chain, dry_run=True) == [(1, 4, 0), (2, 2, 0)] and _plan(chain) == {"c": "d", "q": "p"}
+    # a dry run in stretches of one image goes through the rounds the removal will, as if it deleted
+    stretches, step, named = [], CopyRemovalStep(), set()
+    while step is not None:
+        removal = collection_remove_copies(collection=chain, step=step, checks=1, dry_run=True)
+        stretches.append((step.round, removal.plan.checked, len(removal.plan.doomed)))
+        named |= removal.plan.doomed.keys()
+        step = removal.next
+    assert Image.objects.filter(collection=chain).count() == 4 and named == {rows["c"].pk, rows["q"].pk}
+    assert _remove_all(chain, checks=1) == stretches == [
         (1, 1, 0), (1, 1, 0), (1, 1, 1), (1, 1, 0), (1, 0, 0), (2, 1, 1), (2, 1, 0), (2, 1, 0), (2, 0, 0), (3, 1, 0), (3, 1, 0), (3, 0, 0),
     ]
     assert set(Image.objects.filter(collection=chain).values_list("original_name", flat=True)) == {"p", "d"}  # 0.96 alike: no copies
@@ -305,7 +313,7 @@ def test_the_command_lists_what_it_would_remove_then_removes_it(library, capsys)
     out = capsys.readouterr().out
     small, seven = library["seven-small.jpg"], library["seven.png"]
     assert f"seven-small.jpg (#{small.pk}, 200x150) is a copy of seven.png (#{seven.pk}, 400x300)" in out
-    assert "photos: 2 copies would be deleted, keeping the largest picture of each (a dry run shows the first round" in out
+    assert "photos: 2 copies would be deleted in 2 rounds, keeping the largest picture of each." in out
     assert Image.objects.count() == 7
     Image.objects.filter(pk=library["ten.png"].pk).update(signature=None)
     call_command("remove_copies", "--collection", "photos", "--keep", "oldest")

@@ -53,20 +53,27 @@ class Command(BaseCommand):
             )
 
     def _dry_run(self, target: Collection, keep: str, total: int, rule: str) -> None:
+        """The rounds a removal would go through, each planned as if what the ones before named were
+        deleted; what each names is listed."""
         doomed: dict[int, int] = {}
-        unlike, step = 0, CopyRemovalStep()
-        with tqdm(total=total, desc="checking", unit="img") as bar:
-            while step is not None:
-                removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=True)
-                doomed |= removal.plan.doomed
-                unlike += removal.plan.unlike
-                bar.update(removal.plan.checked)
-                bar.set_postfix(copies=len(doomed), refresh=False)
-                step = removal.next
+        unlike, rounds, step = 0, 0, CopyRemovalStep()
+        bar = tqdm(total=total, unit="img")
+        while step is not None:
+            if step.round != rounds:
+                rounds, unlike = step.round, 0  # the images left as unlike are found again each round
+                bar.reset(total=total - len(doomed))
+                bar.set_description(f"round {rounds}, checking")
+            removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=True)
+            doomed |= removal.plan.doomed
+            unlike += removal.plan.unlike
+            bar.update(removal.plan.checked)
+            bar.set_postfix(copies=len(doomed), refresh=False)
+            step = removal.next
+        bar.close()
         self._show(doomed)
         self.stdout.write(
-            f"{target.name}: {len(doomed)} copies would be deleted, keeping {rule} picture of each "
-            "(a dry run shows the first round: removing them can take more rounds, and find more)."
+            f"{target.name}: {len(doomed)} copies would be deleted in {rounds} round{'s' if rounds > 1 else ''}, keeping {rule} "
+            "picture of each."
         )
         self._unlike(unlike)
 
