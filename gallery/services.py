@@ -644,6 +644,11 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
         following = removal.next
         if following is None:
             run.status, run.finished_at = CopyRemovalRun.Status.DONE, run.progress_at
+            if run.deleted_in_round + removal.deleted:  # the last round still deleted: the cap ended it
+                run.error = (
+                    f"it stopped after round {COPY_REMOVAL_ROUNDS_MAX}, which still deleted {run.deleted_in_round + removal.deleted}: "
+                    "copies may be left; removing them again goes on"
+                )
         else:
             if following.round != run.round:
                 run.unlike = 0  # the images left are checked again: the last round's count is the one that holds

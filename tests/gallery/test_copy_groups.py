@@ -442,7 +442,23 @@ def test_a_removal_walks_its_recorded_position_and_a_message_for_a_stretch_done_
     run.refresh_from_db()
     assert (run.status, run.round, run.checked, run.deleted) == ("done", 2, 10, 2) and run.finished_at
     assert copy_removal_advance(run_id=run.pk, round_number=2, after=0) is None
-    assert Image.objects.filter(collection=photos).count() == 4
+    assert Image.objects.filter(collection=photos).count() == 4 and run.error == ""
+
+
+def test_a_removal_that_reaches_the_last_round_still_deleting_says_so(admin_client, monkeypatch):
+    # the four-link chain needs a round that deletes and one that finds nothing more; with one
+    # allowed, the first still deletes when it ends the removal
+    monkeypatch.setattr("gallery.services.COPY_REMOVAL_ROUNDS_MAX", 1)
+    rows = _chain(sizes=(100, 200, 300, 400))
+    chain = rows["q"].collection
+    run = copy_removal_record(collection=chain)
+    while run.status == "running":
+        copy_removal_advance(run_id=run.pk, round_number=run.round, after=run.after)
+        run.refresh_from_db()
+    assert (run.status, run.round, run.deleted) == ("done", 1, 2)
+    assert run.error == "it stopped after round 1, which still deleted 2: copies may be left; removing them again goes on"
+    page = admin_client.get(reverse("gallery:collection-copies", args=[chain.pk])).content.decode()
+    assert "which still deleted 2: copies may be left; removing them again goes on." in page
 
 
 def test_one_removal_runs_at_a_time_in_a_collection(admin_client, library):
