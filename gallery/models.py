@@ -226,3 +226,8 @@ class CopyRemovalRun(models.Model):
 
     def __str__(self) -> str:
         return f"copy removal #{self.pk} of collection {self.collection_id} ({self.status})"
+
+    @property
+    def kept(self) -> str:
+        """Which picture of a set of copies the removal keeps, in words: "largest" or "first imported"."""
+        return "largest" if self.keep == "largest" else "first imported"

@@ -325,8 +325,8 @@ class _Details:
         if not missing:
             return
         self._known |= {image_id: ("", 0) for image_id in missing}
-        rows = Image.objects.filter(pk__in=missing).exclude(pk__in=self.gone) if self.gone else Image.objects.filter(pk__in=missing)
-        for image_id, name, width, height in rows.values_list("pk", "thumbnail", "width", "height"):
+        present = [image_id for image_id in missing if image_id not in self.gone]
+        for image_id, name, width, height in Image.objects.filter(pk__in=present).values_list("pk", "thumbnail", "width", "height"):
             self.ranks[image_id] = ((width or 0) * (height or 0) if self.keep == "largest" else 0, -image_id)
             self._known[image_id] = (name, min(width or imaging.DETAIL_MAX_SIDE, height or imaging.DETAIL_MAX_SIDE))
 

@@ -108,7 +108,7 @@ def collection_copies(request, collection_id: int):
         "gallery/collection_copies.html",
         {
             "collection": collection, "found": found, "scope": scope, "may_delete": may_delete, "stats": stats,
-            "removal": collection_copy_removal_latest(collection=collection),
+            "removal": None if scope else collection_copy_removal_latest(collection=collection),  # shown for this collection only
             "first_checked": seen + 1, "last_checked": seen + found.checked,
             "next_url": "" if found.done else _query(scope=scope, after=str(found.checked_to), seen=str(seen + found.checked)),
             "first_url": _query(scope=scope) if after else "",
@@ -128,7 +128,7 @@ def _natural(value: str | None) -> int:
 def _remove_all_copies(request, collection: Collection) -> None:
     keep = request.POST.get("keep", "largest")
     try:
-        copy_removal_start(collection=collection, keep=keep)
+        run = copy_removal_start(collection=collection, keep=keep)
     except ValueError:
         messages.error(request, "Nothing was removed: choose to keep the largest or the first imported picture of each.")
     except CopyRemovalUnderway:
@@ -136,8 +136,7 @@ def _remove_all_copies(request, collection: Collection) -> None:
     except QueueUnavailable:
         messages.error(request, "Nothing was removed: the workers cannot be reached now. Try again later.")
     else:
-        rule = "the largest picture" if keep == "largest" else "the first imported picture"
-        messages.success(request, f"The workers are removing every copy in {collection.name}, keeping {rule} of each.")
+        messages.success(request, f"The workers are removing every copy in {collection.name}, keeping the {run.kept} picture of each.")
 
 
 def _delete_copies(request) -> None:

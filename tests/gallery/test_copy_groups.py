@@ -531,7 +531,7 @@ def test_the_sweep_takes_up_a_removal_whose_next_stretch_was_lost(client, librar
     assert "The last removal of copies here deleted 2 copies in 2 rounds, keeping the largest picture of each." in page
 
 
-def test_the_command_records_its_removal_and_waits_for_none_running(library, capsys):
+def test_the_command_records_its_removal_and_refuses_while_one_runs(library, capsys):
     photos = library["seven.png"].collection
     call_command("remove_copies", "--collection", "photos")
     run = _run(photos)
