@@ -18,6 +18,7 @@ from gallery.services import (
     StorageFailed,
     collection_delete,
     copy_removal_start,
+    copy_removal_stop,
     folder_uploads_to_incoming,
     images_create,
     images_delete,
@@ -211,6 +212,23 @@ class CopyRemovalRunAdmin(admin.ModelAdmin):
     list_select_related = ["collection"]
     search_fields = ["collection__name"]
     date_hierarchy = "started_at"
+    actions = ["stop"]
+
+    @admin.action(description="Stop these removals (those still running), once the images a worker is on are done", permissions=["stop"])
+    def stop(self, request, queryset):
+        for collection in Collection.objects.filter(copy_removals__in=queryset.filter(status=CopyRemovalRun.Status.RUNNING)).distinct():
+            link = reverse("gallery:collection-copies", args=[collection.pk])
+            run = copy_removal_stop(collection=collection)
+            if run is None:
+                self.message_user(request, format_html('<a href="{}">{}</a>: its removal had ended meanwhile.', link, collection), messages.INFO)
+                continue
+            self.message_user(
+                request, format_html('The removal in <a href="{}">{}</a> is stopped, after {} copies deleted.', link, collection, run.deleted),
+                messages.SUCCESS,
+            )
+
+    def has_stop_permission(self, request) -> bool:
+        return request.user.has_perm("gallery.delete_image")
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -29,6 +29,7 @@ from gallery.services import (
     StorageFailed,
     collection_delete,
     copy_removal_start,
+    copy_removal_stop,
     images_create,
     images_delete,
     uploads_to_incoming,
@@ -386,7 +387,8 @@ class CopyRemovalInputSerializer(serializers.Serializer):
 class CopyRemovalOutputSerializer(serializers.ModelSerializer):
     status = serializers.ChoiceField(
         choices=CopyRemovalRun.Status.choices,
-        help_text="running; done; or failed (a stretch of images stopped its worker again and again: see `error`)",
+        help_text="running; done; failed (a stretch of images stopped its worker again and again: see `error`); or stopped "
+        "(by a person: DELETE on copies/removal/)",
     )
     keep = serializers.ChoiceField(choices=list(COPY_KEEP_RULES))
     round = serializers.IntegerField(help_text="the round under way, or the last one; each checks the images left again")
@@ -473,7 +475,12 @@ class CollectionCopiesApi(StaffMayDelete, APIView):
         return Response({"checked": found.checked, "next": next_url, "results": results})
 
 
-class CollectionCopyRemovalApi(APIView):
+class CopyRemovalNotRunningSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    removal = CopyRemovalOutputSerializer(allow_null=True, help_text="the last removal, as it ended; null if none ever started")
+
+
+class CollectionCopyRemovalApi(StaffMayDelete, APIView):
     @extend_schema(
         operation_id="collection_copy_removal",
         summary="The removal of a collection's copies running now, else the last one (started by DELETE on copies/)",
@@ -486,6 +493,35 @@ class CollectionCopyRemovalApi(APIView):
         removal = collection_copy_removal_latest(collection=get_object_or_404(Collection, pk=collection_id))
         if removal is None:
             return Response({"error": "no removal of this collection's copies has started"}, status=status.HTTP_404_NOT_FOUND)
+        return Response(CopyRemovalOutputSerializer(removal).data)
+
+    @extend_schema(
+        operation_id="collection_copy_removal_stop",
+        summary="Stop the removal of a collection's copies running now (staff only)",
+        description=(
+            "The stretch of images a worker is on finishes first (the answer waits for it), and no other starts. "
+            "The copies deleted so far stay deleted; a new removal starts from what is left. Answers 200 with the "
+            "removal, now `stopped`, or 409 when none runs, with the last one as it ended."
+        ),
+        request=None,
+        responses={
+            200: CopyRemovalOutputSerializer,
+            **_staff_refusals("collection"),
+            409: OpenApiResponse(CopyRemovalNotRunningSerializer, description="no removal of this collection's copies is running"),
+        },
+    )
+    def delete(self, request, collection_id: int):
+        collection = get_object_or_404(Collection, pk=collection_id)
+        removal = copy_removal_stop(collection=collection)
+        if removal is None:
+            last = collection_copy_removal_latest(collection=collection)
+            return Response(
+                {
+                    "error": "no removal of this collection's copies is running",
+                    "removal": None if last is None else CopyRemovalOutputSerializer(last).data,
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
         return Response(CopyRemovalOutputSerializer(removal).data)
 
 

@@ -190,12 +190,14 @@ class CopyRemovalRun(models.Model):
     walk stands, what it did so far and how it ended. The workers do it a stretch at a time
     (``copy_removal_advance``); the position here is committed with each stretch's deletions, so a
     stretch killed midway is done again from the same place, and the sweep restarts a removal whose
-    next stretch was never queued or never ran. At most one runs per collection."""
+    next stretch was never queued or never ran. At most one runs per collection; a person may stop it
+    (``copy_removal_stop``)."""
 
     class Status(models.TextChoices):
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
+        STOPPED = "stopped"  # by a person, between two stretches
 
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="copy_removals")
     keep = models.CharField(max_length=16)

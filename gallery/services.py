@@ -662,6 +662,21 @@ def copy_removal_record_error(*, run_id: int, error: str) -> None:
     CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(error=error[:2000])
 
 
+def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:
+    """Stop ``collection``'s running copy removal. A stretch under way finishes first (this waits
+    for it: its deletions commit with the run's position), and no other starts: a message for the
+    next one finds the run stopped and does nothing. What was deleted stays deleted, and a new
+    removal starts from what is left. Returns the run as it stopped, or None when none was running
+    (it may have ended while this waited)."""
+    with transaction.atomic():
+        run = CopyRemovalRun.objects.select_for_update().filter(collection=collection, status=CopyRemovalRun.Status.RUNNING).first()
+        if run is None:
+            return None
+        run.status, run.finished_at, run.error = CopyRemovalRun.Status.STOPPED, timezone.now(), ""
+        run.save(update_fields=["status", "finished_at", "error"])
+    return run
+
+
 def copy_removals_resume(*, older_than: timedelta) -> int:
     """Queue again the next stretch of each running copy removal that made no progress for
     ``older_than`` (its message lost, the broker down when a worker queued it, a worker killed).

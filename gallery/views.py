@@ -18,7 +18,7 @@ from gallery.selectors import (
     image_list_copies,
     images_copy_ids,
 )
-from gallery.services import CopyRemovalUnderway, QueueUnavailable, copy_removal_start, images_delete
+from gallery.services import CopyRemovalUnderway, QueueUnavailable, copy_removal_start, copy_removal_stop, images_delete
 from search import selectors as search_selectors
 from search.views import marks_context, marks_read, search_with_marks
 
@@ -98,6 +98,8 @@ def collection_copies(request, collection_id: int):
             return HttpResponseForbidden("Deleting images needs the permission to delete images.")
         if request.POST.get("remove") == "all":
             _remove_all_copies(request, collection)
+        elif request.POST.get("remove") == "stop":
+            _stop_removal(request, collection)
         else:
             _delete_copies(request)
         return redirect(request.get_full_path())
@@ -137,6 +139,14 @@ def _remove_all_copies(request, collection: Collection) -> None:
         messages.error(request, "Nothing was removed: the workers cannot be reached now. Try again later.")
     else:
         messages.success(request, f"The workers are removing every copy in {collection.name}, keeping the {run.kept} picture of each.")
+
+
+def _stop_removal(request, collection: Collection) -> None:
+    run = copy_removal_stop(collection=collection)
+    if run is None:
+        messages.info(request, "No removal of copies was running here: it had ended. Its outcome is shown below.")
+    else:
+        messages.success(request, f"The removal is stopped, after {run.deleted:,} cop{'y' if run.deleted == 1 else 'ies'} deleted.")
 
 
 def _delete_copies(request) -> None:

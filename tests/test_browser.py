@@ -343,3 +343,25 @@ def test_the_copies_page_follows_a_removal_until_it_ends(live_server, library, c
     assert "The workers are removing every copy here" in running and "0 images checked and 0 copies deleted so far" in running
     assert "The last removal of copies here deleted 2 copies in 2 rounds, keeping the largest picture of each." in done
     assert groups_left == 0
+
+
+def test_an_admin_stops_a_removal_from_the_copies_page(live_server, library, django_user_model):  # noqa: F811
+    from gallery.models import CopyRemovalRun
+    from gallery.services import copy_removal_record
+
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)  # running, its first stretch not yet asked for
+    copies_url = live_server.url + reverse("gallery:collection-copies", args=[photos.pk])
+    with chromium_page() as (page, errors):
+        sign_in_as_admin(page, live_server, copies_url)
+        start_form_while_running = page.locator("#remove-copies").count()
+        page.click("text=Stop the removal")
+        page.wait_for_selector("#copy-removal.stopped")
+        message, status = page.inner_text(".messages"), page.inner_text("#copy-removal")
+        start_form_after = page.locator("#remove-copies").count()
+    assert not errors
+    assert start_form_while_running == 0 and start_form_after == 1
+    assert "The removal is stopped, after 0 copies deleted." in message
+    assert "The last removal of copies here was stopped in round 1" in status and "having deleted 0 copies" in status
+    assert CopyRemovalRun.objects.get(pk=run.pk).status == "stopped" and Image.objects.count() == 7

@@ -1,4 +1,5 @@
 """Celery tasks: ids in, a service call, retries on transient errors."""
+import logging
 from datetime import timedelta
 
 from celery import shared_task
@@ -7,6 +8,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from gallery.media import MediaStorageUnavailable, media_storage_check
+
+logger = logging.getLogger(__name__)
 
 # Errors after which the same request is simply tried again (autoretry): the database went away
 # for a moment. They say nothing about the images, so they never count as an attempt on them.
@@ -100,13 +103,17 @@ def delete_collection_files(collection_id: int) -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8)
-def remove_copies(run_id: int, round_number: int, after: int) -> None:
+def remove_copies(run_id: int, round_number: int | str, after: int = 0) -> None:
     """One stretch of a copy removal (``copy_removal_advance``: round ``round_number``, the images
     after ``after``) per run, then queue the next: a million images never hold a worker for long.
     A run killed midway is delivered again and does the stretch again; a message for a stretch
-    already done does nothing; a removal whose next message was lost is queued again by the sweep."""
+    already done, or of a removal stopped, does nothing; a removal whose next message was lost is
+    queued again by the sweep."""
     from gallery.services import copy_removal_advance, copy_removal_record_error
 
+    if isinstance(round_number, str):  # queued before removals were recorded: (collection id, keep, after)
+        _remove_copies_unrecorded(collection_id=run_id, keep=round_number)
+        return
     media_storage_check()  # it compares thumbnails: without them every copy would look unlike, and stay
     try:
         removal = copy_removal_advance(run_id=run_id, round_number=round_number, after=after)
@@ -117,3 +124,22 @@ def remove_copies(run_id: int, round_number: int, after: int) -> None:
         raise
     if removal is not None and removal.next is not None:
         remove_copies.delay(run_id, removal.next.round, removal.next.after)
+
+
+def _remove_copies_unrecorded(*, collection_id: int, keep: str) -> None:
+    """A removal asked for before an upgrade that records them, its message still queued: it
+    starts over as a recorded one, unless the collection went, the rule is unknown, or a removal
+    runs there already. Its stretches done before the upgrade deleted what they deleted; the new
+    run checks what is left."""
+    from gallery.models import Collection
+    from gallery.services import CopyRemovalUnderway, copy_removal_start
+
+    collection = Collection.objects.filter(pk=collection_id).first()
+    if collection is None:
+        return
+    try:
+        copy_removal_start(collection=collection, keep=keep)
+    except CopyRemovalUnderway:
+        logger.info("collection %s: a removal of its copies runs already; an old message asking for one is dropped", collection_id)
+    except ValueError as exc:
+        logger.warning("collection %s: an old message asking to remove its copies is dropped: %s", collection_id, exc)

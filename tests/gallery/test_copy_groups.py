@@ -27,6 +27,7 @@ from gallery.services import (
     collection_remove_copies,
     copy_removal_advance,
     copy_removal_record,
+    copy_removal_stop,
     copy_removals_resume,
     images_create,
 )
@@ -378,15 +379,19 @@ def test_the_admin_has_the_workers_remove_the_copies_of_the_collections_ticked(a
     wait_for(lambda: not CopyRemovalRun.objects.filter(status="running").exists(), message="both removals to end")
     runs = admin_client.get(reverse("admin:gallery_copyremovalrun_changelist")).content.decode()
     assert runs.count('<td class="field-status">Done</td>') == 2  # each collection's removal, listed
-    # staff who may not delete images are not offered the action
-    editor = django_user_model.objects.create_user("editor", password="x-long-password-1", is_staff=True)
+    _offered_only_to_those_who_may_delete(admin_client, client, django_user_model, changelist, action="remove_copies", view="view_collection")
+
+
+def _offered_only_to_those_who_may_delete(admin_client, client, django_user_model, changelist: str, *, action: str, view: str) -> None:
+    """The admin's ``changelist`` offers ``action`` to a superuser, not to staff who may only ``view``."""
     from django.contrib.auth.models import Permission
 
-    editor.user_permissions.add(Permission.objects.get(codename="view_collection"))
-    client.force_login(editor)
-    assert 'value="remove_copies"' in admin_client.get(changelist).content.decode()
+    viewer = django_user_model.objects.create_user("viewer", password="x-long-password-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename=view))
+    client.force_login(viewer)
+    assert f'value="{action}"' in admin_client.get(changelist).content.decode()
     response = client.get(changelist)
-    assert response.status_code == 200 and 'value="remove_copies"' not in response.content.decode()
+    assert response.status_code == 200 and f'value="{action}"' not in response.content.decode()
 
 
 def _flag(badge: tuple[int, int, int], *, size=(256, 128), fmt="PNG") -> bytes:
@@ -542,3 +547,137 @@ def test_the_command_records_its_removal_and_refuses_while_one_runs(library, cap
     call_command("remove_copies", "--collection", "photos", "--dry-run")  # a dry run records nothing
     assert CopyRemovalRun.objects.filter(collection=photos).count() == 2
     assert collection_copy_removal_latest(collection=photos) == running
+
+
+def test_a_stopped_removal_goes_no_further_and_another_may_start(admin_client, client, library):
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)
+    assert copy_removal_advance(run_id=run.pk, round_number=1, after=0).deleted == 2
+    url = reverse("api-collection-copy-removal", args=[photos.pk])
+    assert client.delete(url).status_code in (401, 403)
+    assert admin_client.delete(reverse("api-collection-copy-removal", args=[999_999])).status_code == 404
+    response = admin_client.delete(url)
+    stopped = response.json()
+    assert response.status_code == 200 and (stopped["id"], stopped["status"], stopped["round"], stopped["deleted"]) == (run.pk, "stopped", 2, 2)
+    assert stopped["finished_at"] and stopped["error"] == ""
+    assert copy_removal_advance(run_id=run.pk, round_number=2, after=0) is None  # its next message does nothing
+    run.refresh_from_db()
+    assert (run.status, run.checked, run.deleted) == ("stopped", 6, 2) and Image.objects.filter(collection=photos).count() == 4
+    response = admin_client.delete(url)  # none running now
+    assert response.status_code == 409 and response.json()["removal"]["id"] == run.pk
+    page = admin_client.get(reverse("gallery:collection-copies", args=[photos.pk])).content.decode()
+    assert "The last removal of copies here was stopped in round 2" in page and "having deleted 2 copies" in page
+    assert 'id="remove-copies"' in page and 'id="stop-removal"' not in page
+    assert copy_removal_record(collection=photos).pk != run.pk
+
+
+def test_the_copies_page_stops_a_removal_for_a_user_who_may_delete(admin_client, client, library):
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)  # running, its first stretch not yet done
+    url = reverse("gallery:collection-copies", args=[photos.pk])
+    assert 'id="stop-removal"' not in client.get(url).content.decode()
+    assert client.post(url, {"remove": "stop"}).status_code == 403
+    assert 'id="stop-removal"' in admin_client.get(url).content.decode()
+    page = admin_client.post(url, {"remove": "stop"}, follow=True).content.decode()
+    assert "The removal is stopped, after 0 copies deleted." in page and 'id="remove-copies"' in page
+    from workers.tasks import remove_copies
+
+    remove_copies.run(run.pk, 1, 0)  # its first message, late: nothing is deleted
+    assert Image.objects.count() == 7 and _run(photos).status == "stopped"
+    page = admin_client.post(url, {"remove": "stop"}, follow=True).content.decode()
+    assert "No removal of copies was running here: it had ended." in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stopping_waits_for_the_stretch_under_way_which_keeps_its_deletions(library, monkeypatch):
+    import threading
+
+    from django.db import connection
+
+    from gallery import services
+
+    photos = library["seven.png"].collection
+    run = copy_removal_record(collection=photos)
+    inside, go = threading.Event(), threading.Event()
+    real = services.collection_remove_copies
+
+    def held(**kwargs):
+        removal = real(**kwargs)
+        inside.set()
+        go.wait(timeout=60)
+        return removal
+
+    monkeypatch.setattr("gallery.services.collection_remove_copies", held)
+
+    def in_thread(work, out):
+        try:
+            out.append(work())
+        finally:
+            connection.close()
+
+    advanced, stopped = [], []
+    stretch = threading.Thread(target=in_thread, args=(lambda: copy_removal_advance(run_id=run.pk, round_number=1, after=0), advanced))
+    stretch.start()
+    assert inside.wait(timeout=60)
+    stopping = threading.Thread(target=in_thread, args=(lambda: copy_removal_stop(collection=photos), stopped))
+    stopping.start()
+    stopping.join(timeout=1)
+    assert stopping.is_alive()  # waits for the stretch's row lock
+    go.set()
+    stretch.join(timeout=60)
+    stopping.join(timeout=60)
+    assert advanced[0].deleted == 2 and stopped[0].pk == run.pk
+    run.refresh_from_db()
+    assert (run.status, run.round, run.deleted) == ("stopped", 2, 2)  # the stretch's position and deletions, then the stop
+    assert Image.objects.filter(collection=photos).count() == 4
+
+
+def test_the_command_stops_a_removal_and_an_interrupted_one_stops_itself(library, capsys, monkeypatch):
+    photos = library["seven.png"].collection
+    with pytest.raises(CommandError, match="photos: no removal of its copies is running"):
+        call_command("remove_copies", "--collection", "photos", "--stop")
+    run = copy_removal_record(collection=photos)
+    call_command("remove_copies", "--collection", "photos", "--stop")
+    assert "photos: the removal is stopped in round 1, after 0 copies deleted." in capsys.readouterr().out
+    assert _run(photos).status == "stopped"
+    # Ctrl-C in the command's second round: the first round's deletions stay, the run stops
+    from gallery import services
+
+    real = services.collection_remove_copies
+
+    def interrupted(**kwargs):
+        if kwargs["step"].round == 2:
+            raise KeyboardInterrupt
+        return real(**kwargs)
+
+    monkeypatch.setattr("gallery.services.collection_remove_copies", interrupted)
+    with pytest.raises(CommandError, match="photos: interrupted; the removal is stopped after 2 copies deleted"):
+        call_command("remove_copies", "--collection", "photos")
+    last = collection_copy_removal_latest(collection=photos)
+    assert last.pk != run.pk and (last.status, last.round, last.deleted) == ("stopped", 2, 2)
+
+
+def test_a_removal_asked_for_before_removals_were_recorded_starts_as_a_recorded_one(library, celery_worker):
+    from workers.tasks import remove_copies
+
+    photos = library["seven.png"].collection
+    remove_copies.run(photos.pk, "largest", 3)  # an old message: (collection id, keep, after)
+    wait_for(lambda: _run(photos).status == "done", message="the worker to end the removal")
+    assert _run(photos).deleted == 2 and Image.objects.filter(collection=photos).count() == 4
+    remove_copies.run(photos.pk, "newest", 0)  # an unknown rule, or a collection gone: nothing
+    remove_copies.run(999_999, "largest", 0)
+    running = copy_removal_record(collection=photos)
+    remove_copies.run(photos.pk, "largest", 0)  # one runs already: dropped
+    assert CopyRemovalRun.objects.filter(collection=photos).count() == 2 and collection_copy_removal_latest(collection=photos) == running
+
+
+def test_the_admin_stops_the_running_removals_ticked(admin_client, client, django_user_model, library):
+    photos, archive = library["seven.png"].collection, library["eight-again.png"].collection
+    running = copy_removal_record(collection=photos)
+    ended = copy_removal_record(collection=archive)
+    CopyRemovalRun.objects.filter(pk=ended.pk).update(status=CopyRemovalRun.Status.DONE)
+    changelist = reverse("admin:gallery_copyremovalrun_changelist")
+    page = admin_client.post(changelist, {"action": "stop", "_selected_action": [running.pk, ended.pk]}, follow=True).content.decode()
+    assert "The removal in" in page and "is stopped, after 0 copies deleted." in page
+    assert _run(photos).status == "stopped" and _run(archive).status == "done"  # an ended one stays as it ended
+    _offered_only_to_those_who_may_delete(admin_client, client, django_user_model, changelist, action="stop", view="view_copyremovalrun")

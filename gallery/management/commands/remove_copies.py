@@ -11,6 +11,7 @@ from gallery.services import (
     copy_removal_advance,
     copy_removal_record,
     copy_removal_record_error,
+    copy_removal_stop,
 )
 
 PAIRS_SHOWN = 20
@@ -20,7 +21,8 @@ class Command(BaseCommand):
     help = (
         "Delete the copies in a collection (the same picture at another size, quality or format, as its "
         "copies page finds them), keeping one picture of each: the largest, or the oldest. Only images of "
-        "the collection are compared and deleted. --dry-run lists what would go."
+        "the collection are compared and deleted. --dry-run lists what would go; --stop stops a removal "
+        "running there (started here, on the copies page, in the admin or by the API)."
     )
 
     def add_arguments(self, parser):
@@ -30,8 +32,15 @@ class Command(BaseCommand):
             help="which picture of a set of copies stays: the most pixels (then the oldest), or the first imported",
         )
         parser.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+        parser.add_argument(
+            "--stop", action="store_true",
+            help="stop the removal running in the collection once the images a worker is on are done; nothing else",
+        )
 
-    def handle(self, *args, collection: str, keep: str, dry_run: bool, **options):
+    def handle(self, *args, collection: str, keep: str, dry_run: bool, stop: bool, **options):
+        if stop:
+            self._stop(collection)
+            return
         try:
             media_storage_check()  # else no thumbnail could be compared, and the rows' files would stay behind
         except MediaStorageUnavailable as exc:
@@ -51,6 +60,15 @@ class Command(BaseCommand):
                 f"{unsigned} images were not checked: they have no copy signature yet (still pending, or indexed before "
                 "signatures: `manage.py rebuild_thumbnails` gives them one)."
             )
+
+    def _stop(self, collection: str) -> None:
+        target = Collection.objects.filter(name=collection).first()
+        if target is None:
+            raise CommandError(f"no collection is named {collection!r}")
+        run = copy_removal_stop(collection=target)
+        if run is None:
+            raise CommandError(f"{target.name}: no removal of its copies is running")
+        self.stdout.write(f"{target.name}: the removal is stopped in round {run.round}, after {run.deleted} copies deleted.")
 
     def _dry_run(self, target: Collection, keep: str, total: int, rule: str) -> None:
         """The rounds a removal would go through, each planned as if what the ones before named were
@@ -79,13 +97,36 @@ class Command(BaseCommand):
 
     def _remove(self, target: Collection, keep: str, total: int, rule: str) -> None:
         """The walk of ``copy_removal_advance``, here instead of in the workers, recorded as a run
-        like theirs: the copies page shows its progress, and if this command stops midway the
-        workers' sweep takes the run up where it stopped."""
+        like theirs: the copies page shows its progress and can stop it. Interrupted (Ctrl-C), the
+        command stops the run; if it dies otherwise midway, the workers' sweep takes the run up where
+        it stopped."""
         try:
             run = copy_removal_record(collection=target, keep=keep)
         except CopyRemovalUnderway as exc:
             raise CommandError(f"{target.name}: {exc}; its copies page shows its progress") from None
         bar = tqdm(total=total, unit="img")
+        try:
+            self._walk(run, total, bar)
+        except KeyboardInterrupt:  # a stretch under way was rolled back
+            bar.close()
+            stopped = copy_removal_stop(collection=target)
+            deleted = (stopped or CopyRemovalRun.objects.get(pk=run.pk)).deleted
+            raise CommandError(f"{target.name}: interrupted; the removal is stopped after {deleted} copies deleted") from None
+        bar.close()
+        if run.status == CopyRemovalRun.Status.RUNNING:  # the workers' sweep took it up meanwhile
+            self.stdout.write(f"{target.name}: deleted {run.deleted} copies so far; the workers go on with the rest.")
+            return
+        if run.status == CopyRemovalRun.Status.FAILED:
+            raise CommandError(f"{target.name}: deleted {run.deleted} copies, then {run.error}")
+        if run.status == CopyRemovalRun.Status.STOPPED:
+            raise CommandError(f"{target.name}: the removal was stopped (on the copies page, in the admin or by the API) after {run.deleted} copies deleted")
+        self.stdout.write(
+            f"{target.name}: deleted {run.deleted} copies in {run.round} round{'s' if run.round > 1 else ''}, keeping {rule} picture of each."
+        )
+        self._unlike(run.unlike)
+
+    @staticmethod
+    def _walk(run: CopyRemovalRun, total: int, bar: tqdm) -> None:
         rounds = 0
         while run.status == CopyRemovalRun.Status.RUNNING:
             if run.round != rounds:  # a new round checks the images left again
@@ -99,19 +140,9 @@ class Command(BaseCommand):
                 raise
             run.refresh_from_db()
             if removal is None:
-                break
+                return
             bar.update(removal.plan.checked)
             bar.set_postfix(copies=run.deleted, refresh=False)
-        bar.close()
-        if run.status == CopyRemovalRun.Status.RUNNING:  # the workers' sweep took it up meanwhile
-            self.stdout.write(f"{target.name}: deleted {run.deleted} copies so far; the workers go on with the rest.")
-            return
-        if run.status == CopyRemovalRun.Status.FAILED:
-            raise CommandError(f"{target.name}: deleted {run.deleted} copies, then {run.error}")
-        self.stdout.write(
-            f"{target.name}: deleted {run.deleted} copies in {run.round} round{'s' if run.round > 1 else ''}, keeping {rule} picture of each."
-        )
-        self._unlike(run.unlike)
 
     def _unlike(self, unlike: int) -> None:
         if unlike:
