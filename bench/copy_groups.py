@@ -30,7 +30,9 @@ Reported per set:
   then ``copy_removal_advance`` stretch by stretch and round by round, as the workers' task and
   the command do), keep=largest. Its seconds,
   and as a ratio of the walk's (the baseline: reading every group without deleting); images
-  deleted, in all and in each round; the images its last round left although their signatures
+  deleted, in all and in each round; images checked in each round (a later round checks only
+  those the round before left with a copy of a higher rank), beside the images the collection held
+  at the start of each round (what a round checking every image would read); the images its last round left although their signatures
   match a picture of a higher rank (not alike region by region); the share of them
   with an image at least ``COPY_MIN_SIMILARITY`` alike left (exhaustive, on the stored signatures);
   planted pairs with one picture left, with both left, with none; of the pairs of unequal sizes,
@@ -224,13 +226,16 @@ def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: li
         dry_rounds, step = step.round, removal.next
     dry_seconds = time.perf_counter() - started
 
-    started, stretches, by_round, unlike = time.perf_counter(), 0, {}, {}
+    started, stretches, by_round, unlike, checked, there = time.perf_counter(), 0, {}, {}, {}, {}
     run = copy_removal_record(collection=collection, keep="largest")
     while run.status == CopyRemovalRun.Status.RUNNING:
         round_number = run.round
+        if round_number not in there:  # what a round that checked every image would read (not timed apart)
+            there[round_number] = Image.objects.filter(collection=collection, signature__isnull=False).count()
         removal = copy_removal_advance(run_id=run.pk, round_number=round_number, after=run.after)
         stretches, by_round[round_number] = stretches + 1, by_round.get(round_number, 0) + removal.deleted
         unlike[round_number] = unlike.get(round_number, 0) + removal.plan.unlike
+        checked[round_number] = checked.get(round_number, 0) + removal.plan.checked
         run.refresh_from_db()
     seconds = time.perf_counter() - started
     deleted = sum(by_round.values())
@@ -255,7 +260,8 @@ def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: li
             "named": len(named), "named_and_deleted": len(named & gone_ids), "named_only": len(named - gone_ids), "deleted_only": len(gone_ids - named),
         },
         "seconds": round(seconds, 2), "stretches": stretches, "ratio_to_walk": round(seconds / walk_seconds, 3),
-        "deleted": deleted, "deleted_by_round": list(by_round.values()), "left_as_unlike": unlike[max(unlike)], "deleted_with_a_copy_left": round(with_copy_left / max(len(removed), 1), 4),
+        "deleted": deleted, "deleted_by_round": list(by_round.values()),
+        "checked_by_round": list(checked.values()), "images_at_each_round": list(there.values()), "left_as_unlike": unlike[max(unlike)], "deleted_with_a_copy_left": round(with_copy_left / max(len(removed), 1), 4),
         "planted": {"one_left": round(one_left / len(planted), 4), "both_left": round(both_left / len(planted), 4), "none_left": round((len(planted) - one_left - both_left) / len(planted), 4)},
         "larger_of_unequal_left": round(larger_left / max(len(unequal), 1), 4),
         "groups_after": len(groups_after),

@@ -391,7 +391,9 @@ class CopyRemovalOutputSerializer(serializers.ModelSerializer):
         "(by a person: DELETE on copies/removal/)",
     )
     keep = serializers.ChoiceField(choices=list(COPY_KEEP_RULES))
-    round = serializers.IntegerField(help_text="the round under way, or the last one; each checks the images left again")
+    round = serializers.IntegerField(
+        help_text="the round under way, or the last one: the first checks every image, each later one the images the round before left with a copy of a higher rank",
+    )
     checked = serializers.IntegerField(help_text="images checked so far, over every round")
     deleted = serializers.IntegerField(help_text="copies deleted so far")
     unlike = serializers.IntegerField(

@@ -233,3 +233,17 @@ class CopyRemovalRun(models.Model):
     def kept(self) -> str:
         """Which picture of a set of copies the removal keeps, in words: "largest" or "first imported"."""
         return "largest" if self.keep == "largest" else "first imported"
+
+
+class CopyRemovalCandidate(models.Model):
+    """An image that round ``round`` of copy removal ``run`` left although it has a copy of a
+    higher rank (or more copies than a lookup lists): the next round checks these images only, as
+    no other can go then. Written with the stretch that left it; a round's go once the round after
+    it ends."""
+
+    run = models.ForeignKey(CopyRemovalRun, on_delete=models.CASCADE, related_name="candidates")
+    round = models.PositiveSmallIntegerField()
+    image_id = models.BigIntegerField()  # not a key: the image may go meanwhile, and the row with it
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "round", "image_id"], name="copy_removal_candidate_once")]

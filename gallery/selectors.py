@@ -297,13 +297,24 @@ class CopyRemovalPlan:
     their signatures match a picture of a higher rank, because no such picture is alike region by
     region (``imaging.copies_alike_everywhere``, on the thumbnails) or has a thumbnail to compare.
     ``checked``, ``checked_to`` and ``done`` as in ``CopyGroups``: the next stretch goes on after
-    ``checked_to``."""
+    ``checked_to``. ``left``: the images checked that stay although they have a copy of a higher
+    rank, or more copies than a lookup lists (``MAX_COPIES``): those a later round may remove."""
 
     doomed: dict[int, int]
     unlike: int
     checked: int
     checked_to: int
     done: bool
+    left: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class CopyRemovalLeft:
+    """The images that round ``round`` of copy removal ``run_id`` left (``CopyRemovalCandidate``):
+    those the next round checks."""
+
+    run_id: int
+    round: int
 
 
 class _Details:
@@ -356,7 +367,7 @@ class _Details:
 
 def collection_plan_copy_removal(
     *, collection: Collection, keep: str = "largest", after: int = 0, checks: int = COPY_CHECKS_PER_PAGE,
-    gone: frozenset[int] = frozenset(),
+    gone: frozenset[int] = frozenset(), among: frozenset[int] | CopyRemovalLeft | None = None,
 ) -> CopyRemovalPlan:
     """Which images of ``collection`` with an id above ``after`` to remove as copies of others in
     it (``image_list_copies``, limited to the collection), checking at most ``checks`` images in id
@@ -373,7 +384,8 @@ def collection_plan_copy_removal(
 
     ``gone``: images to plan as if they were deleted already (a dry run's later rounds). They still
     take their places among an image's nearest copies, so with very many copies of one picture a
-    real round can find a copy that the plan does not."""
+    real round can find a copy that the plan does not. ``among``: check only these images (a later
+    round: those the round before left, ``CopyRemovalPlan.left``), or None for every one."""
     if keep not in COPY_KEEP_RULES:
         raise ValueError(f"keep takes one of {', '.join(COPY_KEEP_RULES)}")
     doomed: dict[int, int] = {}
@@ -396,12 +408,7 @@ def collection_plan_copy_removal(
     with connection.cursor() as cursor:
         while checked < checks:
             size = min(size, _COPY_CHECK_BATCH_MAX, checks - checked)
-            cursor.execute(
-                "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL AND id <> ALL(%s) "
-                "ORDER BY id LIMIT %s",
-                [collection.pk, checked_to, sorted(gone), size],
-            )
-            batch = [row[0] for row in cursor.fetchall()]
+            batch = _stretch_ids(cursor, collection=collection, after=checked_to, size=size, gone=gone, among=among)
             checked, checked_to = checked + len(batch), batch[-1] if batch else checked_to
             if len(batch) < size:
                 done = True
@@ -435,4 +442,26 @@ def collection_plan_copy_removal(
             if done:
                 break
             size *= 2
-    return CopyRemovalPlan(doomed=doomed, unlike=unlike, checked=checked, checked_to=checked_to, done=done)
+    # What stays with a higher copy may go once that copy is a keeper; with a full list, a copy
+    # beyond it may be. Nothing else can go in a later round: deletions make no new copies.
+    left = frozenset(image_id for image_id in waiting if _higher(image_id) or len(near[image_id]) >= MAX_COPIES)
+    return CopyRemovalPlan(doomed=doomed, unlike=unlike, checked=checked, checked_to=checked_to, done=done, left=left)
+
+
+def _stretch_ids(cursor, *, collection: Collection, after: int, size: int, gone: frozenset[int], among) -> list[int]:
+    """The ids of the next ``size`` images of ``collection`` to check for copy removal, after
+    ``after`` in id order: of every image with a signature, or only of those ``among`` names."""
+    if isinstance(among, CopyRemovalLeft):
+        cursor.execute(
+            "SELECT image.id FROM gallery_copyremovalcandidate AS left_by JOIN gallery_image AS image ON image.id = left_by.image_id "
+            "WHERE left_by.run_id = %s AND left_by.round = %s AND left_by.image_id > %s AND image.signature IS NOT NULL "
+            "ORDER BY left_by.image_id LIMIT %s",
+            [among.run_id, among.round, after, size],
+        )
+    else:
+        cursor.execute(
+            "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL AND id <> ALL(%s) "
+            f"{'' if among is None else 'AND id = ANY(%s) '}ORDER BY id LIMIT %s",
+            [collection.pk, after, sorted(gone), *([] if among is None else [sorted(among)]), size],
+        )
+    return [row[0] for row in cursor.fetchall()]

@@ -23,8 +23,8 @@ from pgvector import HalfVector
 
 from gallery import imaging
 from gallery.media import media_marker_write
-from gallery.models import Collection, CopyRemovalRun, Image, checked_for_field, one_line
-from gallery.selectors import COPY_CHECKS_PER_PAGE, COPY_KEEP_RULES, CopyRemovalPlan, collection_plan_copy_removal
+from gallery.models import Collection, CopyRemovalCandidate, CopyRemovalRun, Image, checked_for_field, one_line
+from gallery.selectors import COPY_CHECKS_PER_PAGE, COPY_KEEP_RULES, CopyRemovalLeft, CopyRemovalPlan, collection_plan_copy_removal
 
 logger = logging.getLogger(__name__)
 
@@ -487,31 +487,41 @@ def images_delete(*, images: QuerySet[Image]) -> int:
 
 # Removing an image can make one of its copies a keeper (its higher copy gone). A stretch settles
 # that among its own images; across stretches a later round removes the new keeper's copies, and
-# a round that removes nothing ends it. Past this many rounds, what is left stays.
+# a round that removes nothing ends it. A later round checks only the images the round before left
+# with a copy of a higher rank (``CopyRemovalPlan.left``): no other can go. Past this many rounds,
+# what is left stays.
 COPY_REMOVAL_ROUNDS_MAX = 10
 
 
 @dataclass(frozen=True)
 class CopyRemovalStep:
     """Where a collection's copy removal stands: the next stretch checks the images with an id
-    above ``after``, in round ``round``, which has deleted ``deleted_in_round`` images so far. A
-    dry run deletes nothing, so it carries the images it would have deleted (``gone``)."""
+    above ``after``, in round ``round``, which has deleted ``deleted_in_round`` images so far.
+    ``among``: the images this round checks (those the round before left, ``CopyRemovalPlan.left``),
+    or None for every one, as in the first; ``left``: those this round left so far, which the next
+    round checks. A recorded removal keeps them in the database instead (``CopyRemovalCandidate``,
+    ``copy_removal_advance``). A dry run deletes nothing, so it carries the images it would have
+    deleted (``gone``)."""
 
     after: int = 0
     round: int = 1
     deleted_in_round: int = 0
     gone: frozenset[int] = frozenset()
+    among: frozenset[int] | CopyRemovalLeft | None = None
+    left: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
 class CopyRemoval:
     """What one stretch of ``collection_remove_copies`` did: its plan, how many of the images it
-    named were deleted (fewer when some went meanwhile, or their kept copy did), and the step to do
-    next (None when the removal is over)."""
+    named were deleted (fewer when some went meanwhile, or their kept copy did), the step to do
+    next (None when the removal is over), and the images it left for the next round to check
+    (the plan's ``left``, and those named whose kept copy went meanwhile)."""
 
     plan: CopyRemovalPlan
     deleted: int
     next: CopyRemovalStep | None
+    left: frozenset[int] = frozenset()
 
 
 def collection_remove_copies(
@@ -528,8 +538,8 @@ def collection_remove_copies(
     deletion elsewhere cannot take a kept copy while its copies go; an image whose kept copy went
     meanwhile stays. ``dry_run`` deletes nothing: it plans each stretch as if what it named so far
     were gone (``CopyRemovalStep.gone``), round after round as a removal would go."""
-    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=step.after, checks=checks, gone=step.gone)
-    deleted = 0
+    plan = collection_plan_copy_removal(collection=collection, keep=keep, after=step.after, checks=checks, gone=step.gone, among=step.among)
+    deleted, left = 0, plan.left
     if plan.doomed and not dry_run:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -537,15 +547,17 @@ def collection_remove_copies(
                 kept = {row[0] for row in cursor.fetchall()}
             doomed = [image_id for image_id, copy_of in plan.doomed.items() if copy_of in kept]
             deleted = images_delete(images=Image.objects.filter(pk__in=doomed)) if doomed else 0
+        left = left.union(image_id for image_id, copy_of in plan.doomed.items() if copy_of not in kept)
     in_round = step.deleted_in_round + (len(plan.doomed) if dry_run else deleted)
     gone = step.gone.union(plan.doomed) if dry_run else frozenset()
+    left_in_round = step.left | left
     if not plan.done:
-        following = CopyRemovalStep(after=plan.checked_to, round=step.round, deleted_in_round=in_round, gone=gone)
+        following = CopyRemovalStep(after=plan.checked_to, round=step.round, deleted_in_round=in_round, gone=gone, among=step.among, left=left_in_round)
     elif in_round and step.round < COPY_REMOVAL_ROUNDS_MAX:
-        following = CopyRemovalStep(round=step.round + 1, gone=gone)
+        following = CopyRemovalStep(round=step.round + 1, gone=gone, among=left_in_round)
     else:
         following = None
-    return CopyRemoval(plan=plan, deleted=deleted, next=following)
+    return CopyRemoval(plan=plan, deleted=deleted, next=following, left=left)
 
 
 class QueueUnavailable(Exception):
@@ -560,6 +572,8 @@ class CopyRemovalUnderway(Exception):
         self.run = run
 
 
+# Images a worker checks in one stretch of a recorded copy removal (one task, one transaction).
+COPY_REMOVAL_CHECKS = COPY_CHECKS_PER_PAGE
 # A stretch of a copy removal started this many times without finishing (its worker killed, an
 # error each time) stops the removal, as failed, instead of being tried for ever.
 COPY_REMOVAL_TRIES_MAX = 3
@@ -628,6 +642,7 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
             error=f"stopped: the images after #{after} in round {round_number} were started {COPY_REMOVAL_TRIES_MAX} times "
             "and never finished (a worker killed or an error each time; see the workers' log)",
         )
+        CopyRemovalCandidate.objects.filter(run_id=run_id).delete()
         return None
     with transaction.atomic():
         run = CopyRemovalRun.objects.select_for_update(skip_locked=True).select_related("collection").filter(
@@ -635,13 +650,22 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
         ).first()
         if run is None:  # taken meanwhile
             return None
-        step = CopyRemovalStep(after=run.after, round=run.round, deleted_in_round=run.deleted_in_round)
-        removal = collection_remove_copies(collection=run.collection, keep=run.keep, step=step)
+        among = CopyRemovalLeft(run_id=run.pk, round=run.round - 1) if run.round > 1 else None
+        step = CopyRemovalStep(after=run.after, round=run.round, deleted_in_round=run.deleted_in_round, among=among)
+        removal = collection_remove_copies(collection=run.collection, keep=run.keep, step=step, checks=COPY_REMOVAL_CHECKS)
+        CopyRemovalCandidate.objects.bulk_create(
+            [CopyRemovalCandidate(run=run, round=run.round, image_id=image_id) for image_id in sorted(removal.left)],
+            ignore_conflicts=True, batch_size=5000,
+        )
         run.checked += removal.plan.checked
         run.deleted += removal.deleted
         run.unlike += removal.plan.unlike
         run.tries, run.error, run.progress_at = 0, "", timezone.now()
         following = removal.next
+        if following is None:
+            run.candidates.all().delete()
+        elif following.round != run.round:  # the next round reads this one's; those of the rounds before go
+            run.candidates.filter(round__lt=run.round).delete()
         if following is None:
             run.status, run.finished_at = CopyRemovalRun.Status.DONE, run.progress_at
             if run.deleted_in_round + removal.deleted:  # the last round still deleted: the cap ended it
@@ -674,6 +698,7 @@ def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:
             return None
         run.status, run.finished_at, run.error = CopyRemovalRun.Status.STOPPED, timezone.now(), ""
         run.save(update_fields=["status", "finished_at", "error"])
+        run.candidates.all().delete()
     return run
 
 

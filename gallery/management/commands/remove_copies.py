@@ -79,7 +79,7 @@ class Command(BaseCommand):
         while step is not None:
             if step.round != rounds:
                 rounds, unlike = step.round, 0  # the images left as unlike are found again each round
-                bar.reset(total=total - len(doomed))
+                bar.reset(total=total if step.among is None else len(step.among))  # a later round checks what the one before left
                 bar.set_description(f"round {rounds}, checking")
             removal = collection_remove_copies(collection=target, keep=keep, step=step, dry_run=True)
             doomed |= removal.plan.doomed
@@ -129,9 +129,9 @@ class Command(BaseCommand):
     def _walk(run: CopyRemovalRun, total: int, bar: tqdm) -> None:
         rounds = 0
         while run.status == CopyRemovalRun.Status.RUNNING:
-            if run.round != rounds:  # a new round checks the images left again
+            if run.round != rounds:  # a later round checks the images the one before left with copies
                 rounds = run.round
-                bar.reset(total=total - run.deleted)
+                bar.reset(total=total if rounds == 1 else run.candidates.filter(round=rounds - 1).count())
                 bar.set_description(f"round {rounds}, checking")
             try:
                 removal = copy_removal_advance(run_id=run.pk, round_number=run.round, after=run.after)
