@@ -454,9 +454,9 @@ def _stretch_ids(cursor, *, collection: Collection, after: int, size: int, gone:
     if isinstance(among, CopyRemovalLeft):
         cursor.execute(
             "SELECT image.id FROM gallery_copyremovalcandidate AS left_by JOIN gallery_image AS image ON image.id = left_by.image_id "
-            "WHERE left_by.run_id = %s AND left_by.round = %s AND left_by.image_id > %s AND image.signature IS NOT NULL "
-            "ORDER BY left_by.image_id LIMIT %s",
-            [among.run_id, among.round, after, size],
+            "WHERE left_by.run_id = %s AND left_by.round = %s AND left_by.image_id > %s AND image.collection_id = %s "
+            "AND image.signature IS NOT NULL ORDER BY left_by.image_id LIMIT %s",  # one moved meanwhile is no longer the run's
+            [among.run_id, among.round, after, collection.pk, size],
         )
     else:
         cursor.execute(

@@ -664,9 +664,6 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
         following = removal.next
         if following is None:
             run.candidates.all().delete()
-        elif following.round != run.round:  # the next round reads this one's; those of the rounds before go
-            run.candidates.filter(round__lt=run.round).delete()
-        if following is None:
             run.status, run.finished_at = CopyRemovalRun.Status.DONE, run.progress_at
             if run.deleted_in_round + removal.deleted:  # the last round still deleted: the cap ended it
                 run.error = (
@@ -676,6 +673,7 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
         else:
             if following.round != run.round:
                 run.unlike = 0  # the images left are checked again: the last round's count is the one that holds
+                run.candidates.filter(round__lt=run.round).delete()  # the next round reads this one's only
             run.round, run.after, run.deleted_in_round = following.round, following.after, following.deleted_in_round
         run.save()
     return removal
