@@ -214,9 +214,8 @@ def run_set(name: str, filler: int) -> dict:
 
 def remove_all(collection, rows, ids: list[int], halves: np.ndarray, planted: list[tuple[int, int]], *, walk_seconds: float) -> dict:
     """Every copy of the collection removed (keep=largest), as the module's docstring says."""
-    from gallery.models import Image
+    from gallery.models import CopyRemovalRun, Image
     from gallery.selectors import COPY_MIN_SIMILARITY
-    from gallery.models import CopyRemovalRun
     from gallery.services import CopyRemovalStep, collection_remove_copies, copy_removal_advance, copy_removal_record
 
     started, step, named, dry_rounds = time.perf_counter(), CopyRemovalStep(), set(), 0

@@ -426,7 +426,7 @@ def collection_plan_copy_removal(
                 details.know({copy_id for copies in found.values() for copy_id in copies})
             # A copy is a keeper once every higher copy of it is to go. What this stretch removes can
             # make keepers of copies it passed over, so its images are decided again until nothing
-            # changes: a round of the whole collection less for each time.
+            # changes: a later round less for each time.
             waiting.extend(looked_up)
             settled = False
             while not settled:
@@ -458,10 +458,10 @@ def _stretch_ids(cursor, *, collection: Collection, after: int, size: int, gone:
             "AND image.signature IS NOT NULL ORDER BY left_by.image_id LIMIT %s",  # one moved meanwhile is no longer the run's
             [among.run_id, among.round, after, collection.pk, size],
         )
-    else:
+    else:  # what a round left was never named by it or a round before: none of it is in ``gone``
         cursor.execute(
             "SELECT id FROM gallery_image WHERE collection_id = %s AND id > %s AND signature IS NOT NULL AND id <> ALL(%s) "
             f"{'' if among is None else 'AND id = ANY(%s) '}ORDER BY id LIMIT %s",
-            [collection.pk, after, sorted(gone), *([] if among is None else [sorted(among)]), size],
+            [collection.pk, after, sorted(gone) if among is None else [], *([] if among is None else [sorted(among)]), size],
         )
     return [row[0] for row in cursor.fetchall()]

@@ -103,7 +103,7 @@ def delete_collection_files(collection_id: int) -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8)
-def remove_copies(run_id: int, round_number: int | str, after: int = 0) -> None:
+def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_round_and_count: int) -> None:
     """One stretch of a copy removal (``copy_removal_advance``: round ``round_number``, the images
     after ``after``) per run, then queue the next: a million images never hold a worker for long.
     A run killed midway is delivered again and does the stretch again; a message for a stretch
@@ -111,7 +111,8 @@ def remove_copies(run_id: int, round_number: int | str, after: int = 0) -> None:
     queued again by the sweep."""
     from gallery.services import copy_removal_advance, copy_removal_record_error
 
-    if isinstance(round_number, str):  # queued before removals were recorded: (collection id, keep, after)
+    # Queued before removals were recorded: (collection id, keep[, after[, round, deleted in round]]).
+    if isinstance(round_number, str):
         _remove_copies_unrecorded(collection_id=run_id, keep=round_number)
         return
     media_storage_check()  # it compares thumbnails: without them every copy would look unlike, and stay

@@ -679,6 +679,8 @@ def test_a_removal_asked_for_before_removals_were_recorded_starts_as_a_recorded_
     running = copy_removal_record(collection=photos)
     remove_copies.run(photos.pk, "largest", 0)  # one runs already: dropped
     assert CopyRemovalRun.objects.filter(collection=photos).count() == 2 and collection_copy_removal_latest(collection=photos) == running
+    remove_copies.run(photos.pk, "largest", 3, 2, 1)  # a later stretch's old message: (..., round, deleted in round)
+    assert CopyRemovalRun.objects.filter(collection=photos).count() == 2  # read as one, and dropped while one runs
 
 
 def test_the_admin_stops_the_running_removals_ticked(admin_client, client, django_user_model, library):

@@ -17,6 +17,13 @@ from gallery.services import (
 PAIRS_SHOWN = 20
 
 
+def _named(name: str) -> Collection:
+    target = Collection.objects.filter(name=name).first()
+    if target is None:
+        raise CommandError(f"no collection is named {name!r}")
+    return target
+
+
 class Command(BaseCommand):
     help = (
         "Delete the copies in a collection (the same picture at another size, quality or format, as its "
@@ -39,15 +46,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, collection: str, keep: str, dry_run: bool, stop: bool, **options):
         if stop:
-            self._stop(collection)
+            self._stop(_named(collection))
             return
         try:
             media_storage_check()  # else no thumbnail could be compared, and the rows' files would stay behind
         except MediaStorageUnavailable as exc:
             raise CommandError(str(exc)) from None
-        target = Collection.objects.filter(name=collection).first()
-        if target is None:
-            raise CommandError(f"no collection is named {collection!r}")
+        target = _named(collection)
         unsigned = Image.objects.filter(collection=target, signature__isnull=True).count()
         total = Image.objects.filter(collection=target).count() - unsigned
         rule = "the largest" if keep == "largest" else "the oldest"
@@ -61,10 +66,7 @@ class Command(BaseCommand):
                 "signatures: `manage.py rebuild_thumbnails` gives them one)."
             )
 
-    def _stop(self, collection: str) -> None:
-        target = Collection.objects.filter(name=collection).first()
-        if target is None:
-            raise CommandError(f"no collection is named {collection!r}")
+    def _stop(self, target: Collection) -> None:
         run = copy_removal_stop(collection=target)
         if run is None:
             raise CommandError(f"{target.name}: no removal of its copies is running")
