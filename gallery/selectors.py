@@ -93,6 +93,53 @@ def image_list(*, collection: Collection, status: str = "", label: str = "", aft
     return list(images[:limit])
 
 
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of a collection's images, as the gallery shows it."""
+
+    images: list[Image]
+    number: int  # from 1
+    pages: int  # how many there are, at least 1
+    has_previous: bool
+    has_next: bool
+
+
+def image_page(
+    *, images: QuerySet[Image], count: int, per_page: int, number: int, after: int | None = None, before: int | None = None
+) -> ImagePage:
+    """Page ``number`` of ``images`` (a queryset in id order; ``count`` of them). Reached from the
+    page before it, ``after`` is that page's last id, and the page is the ``per_page`` images after
+    it (keyset), so page 8,000 of a million images costs what the first does, and an image added
+    or deleted meanwhile neither repeats nor skips one. From the page after it, ``before`` is that
+    page's first id. Without either, or when they find no full page (the images around them are
+    gone), the page is counted from the start (OFFSET), as a page typed into the address is.
+    Fewer than a page before ``before`` is the first page."""
+    pages = max(1, -(-count // per_page))
+    if after is not None and number > 1:
+        found = list(images.filter(id__gt=after)[:per_page])
+        if found:
+            return _keyset_page(images, found, number, pages)
+    if before is not None and number > 1:
+        found = list(images.filter(id__lt=before).order_by("-id")[:per_page])[::-1]
+        if len(found) == per_page:
+            return _keyset_page(images, found, number, pages)
+        number = 1  # fewer than a page before it: the first page is what comes before
+    number = min(max(number, 1), pages)
+    found = list(images[(number - 1) * per_page : number * per_page])
+    return ImagePage(images=found, number=number, pages=pages, has_previous=number > 1, has_next=number < pages)
+
+
+def _keyset_page(images: QuerySet[Image], found: list[Image], number: int, pages: int) -> ImagePage:
+    """``found``, page ``number`` as its link counted; whether pages come before and after it is
+    asked of the rows (two index probes). Where images went or came since the pages before were
+    shown, the number goes on following the links, and the count of pages is at least that."""
+    has_previous = images.filter(id__lt=found[0].pk).exists()
+    has_next = images.filter(id__gt=found[-1].pk).exists()
+    if not has_previous:
+        number = 1
+    return ImagePage(images=found, number=number, pages=max(pages, number + has_next), has_previous=has_previous, has_next=has_next)
+
+
 # Two pictures are copies of each other when their copy signatures (``imaging.copy_signature``) are
 # at least this similar (cosine): rescaled, recompressed, in another format, a little brighter or
 # darker. On the shared sets it finds such copies while distinct pictures seldom come this close

@@ -1,7 +1,6 @@
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
@@ -10,11 +9,13 @@ from gallery.models import Collection, Image
 from gallery.selectors import (
     COPY_GROUPS_PER_PAGE,
     MAX_COPIES,
+    ImagePage,
     collection_copy_removal_latest,
     collection_labels,
     collection_list_copy_groups,
     collection_list_with_stats,
     collection_stats,
+    image_page,
     image_list_copies,
     images_copy_ids,
 )
@@ -57,10 +58,12 @@ def collection_detail(request, collection_id: int):
     else:
         status = ""
     stats = collection_stats(collection=collection)
-    paginator = Paginator(images, IMAGES_PER_PAGE)
-    if not label:  # the kept counts say how many there are, instead of a COUNT over the collection's rows
-        paginator.count = stats[status or "total"]
-    page = paginator.get_page(request.GET.get("page"))
+    # the kept counts say how many there are, instead of a COUNT over the collection's rows
+    count = images.count() if label else stats[status or "total"]
+    page = image_page(
+        images=images, count=count, per_page=IMAGES_PER_PAGE, number=_natural(request.GET.get("page")) or 1,
+        after=_image_id(request.GET.get("after")), before=_image_id(request.GET.get("before")),
+    )
     labels = collection_labels(collection=collection, limit=LABELS_SHOWN + 1)
     return render(
         request,
@@ -76,9 +79,23 @@ def collection_detail(request, collection_id: int):
             # each status link keeps the label, each label link the status, the pager both
             "status_urls": {"all": _query(label=label), **{name: _query(label=label, status=name) for name in Image.Status.values}},
             "all_labels_url": _query(status=status),
-            "page_query": _query(label=label, status=status)[1:],
+            **_pager_urls(page, label=label, status=status),
         },
     )
+
+
+def _pager_urls(page: ImagePage, **params: str) -> dict[str, str]:
+    """The links to the pages before and after ``page`` (or ""), keeping ``params``. Each names the
+    image its page starts after (or ends before), so the database seeks to it instead of counting
+    the pages before it; the first page needs neither."""
+    previous = next_ = ""
+    if page.has_previous:
+        previous = _query(**params)
+        if page.number > 2:
+            previous = _query(**params, page=str(page.number - 1), before=str(page.images[0].pk) if page.images else "")
+    if page.has_next:
+        next_ = _query(**params, page=str(page.number + 1), after=str(page.images[-1].pk) if page.images else "")
+    return {"previous_url": previous, "next_url": next_}
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
@@ -117,6 +134,11 @@ def collection_copies(request, collection_id: int):
             "this_collection_url": _query(), "all_collections_url": _query(scope="all"),
         },
     )
+
+
+def _image_id(value: str | None) -> int | None:
+    """``value`` from the query string as an image id (digits that fit a bigint), else None."""
+    return int(value) if value and value.isascii() and value.isdigit() and len(value) <= 18 else None
 
 
 def _natural(value: str | None) -> int:

@@ -354,6 +354,93 @@ def test_collection_pages_count_from_the_kept_counts_and_from_the_rows_under_a_l
     assert "page 2 of 2" in odd and "129.png" in odd and "128.png" not in odd
 
 
+def _pager(page: str) -> dict[str, str]:
+    """The pager's links on a collection page, by rel, unescaped."""
+    import html
+    import re
+
+    return {rel: html.unescape(href) for href, rel in re.findall(r'<a href="([^"]*)" rel="(prev|next)">', page)}
+
+
+def _names(page: str) -> list[str]:
+    import re
+
+    return re.findall(r'<span title="([^"]+)">', page)
+
+
+def test_collection_pages_follow_on_from_the_last_image_shown_while_images_come_and_go(client, monkeypatch):
+    """The pager's links seek to the image a page starts after (or ends before): no OFFSET, and
+    images deleted or added meanwhile neither skip nor repeat one. Labels and statuses stay."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from gallery import views
+    from gallery.services import collection_get_or_create
+
+    monkeypatch.setattr(views, "IMAGES_PER_PAGE", 4)
+    big = collection_get_or_create(name="big")
+    Image.objects.bulk_create(
+        Image(collection=big, original_name=f"{i:02d}.png", sha256=str(i), label="odd" if i % 2 else "even") for i in range(20)
+    )
+    url = reverse("gallery:collection-detail", args=[big.pk])
+    first = client.get(url).content.decode()
+    assert _names(first) == ["even", "odd", "even", "odd"] and "page 1 of 5" in first
+    links = _pager(first)
+    assert "prev" not in links and links["next"].startswith("?page=2&after=")
+    Image.objects.filter(original_name__in=["00.png", "01.png"]).delete()  # from the page already seen
+    with CaptureQueriesContext(connection) as queries:
+        second = client.get(url + links["next"]).content.decode()
+    assert not [q["sql"] for q in queries if "OFFSET" in q["sql"].upper()]
+    ids = sorted(Image.objects.filter(collection=big).values_list("pk", flat=True))
+    shown = [int(href.split("/")[-2]) for href in _tiles(second)]
+    assert shown == ids[2:6] and "page 2 of 5" in second  # 04..07; counted from the start, 04 and 05 would be skipped
+    back = _pager(second)
+    assert back["prev"] == "?"  # the first page needs no seek
+    third = client.get(url + back["next"]).content.decode()
+    assert [int(href.split("/")[-2]) for href in _tiles(third)] == ids[6:10] and "page 3 of 5" in third
+    Image.objects.bulk_create([Image(collection=big, original_name="new.png", sha256="new")])  # after every page seen
+    with CaptureQueriesContext(connection) as queries:
+        again = client.get(url + _pager(third)["prev"]).content.decode()
+    assert _pager(third)["prev"].startswith("?page=2&before=")
+    assert not [q["sql"] for q in queries if "OFFSET" in q["sql"].upper()]
+    assert _tiles(again) == _tiles(second) and "page 2 of 5" in again
+    seen, page = _tiles(second) + _tiles(third), third
+    while "next" in _pager(page):
+        page = client.get(url + _pager(page)["next"]).content.decode()
+        seen += _tiles(page)
+    assert [int(href.split("/")[-2]) for href in seen] == ids[2:] + [Image.objects.get(original_name="new.png").pk]
+    assert "page 6 of 6" in page  # as the links counted: two images went from the first page since
+
+    odd = client.get(url, {"label": "odd", "status": "pending"}).content.decode()
+    following = _pager(odd)["next"]
+    assert following.startswith("?label=odd&status=pending&page=2&after=")
+    assert set(_names(client.get(url + following).content.decode())) == {"odd"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"page": "2", "after": "abc"}, {"page": "2", "after": "-1"}, {"page": "2", "after": "9" * 19},
+        {"page": "2", "before": "１２"}, {"page": "x2", "after": "1"}, {"page": "2", "after": "999999999"},
+    ],
+)
+def test_collection_pages_count_from_the_start_for_a_link_they_cannot_seek_by(client, monkeypatch, query):
+    """A mistyped, hostile or stale seek (no image after it any more) is the page counted from
+    the start, as a page number alone is."""
+    from gallery import views
+    from gallery.services import collection_get_or_create
+
+    monkeypatch.setattr(views, "IMAGES_PER_PAGE", 4)
+    big = collection_get_or_create(name="big")
+    Image.objects.bulk_create(Image(collection=big, original_name=f"{i:02d}.png", sha256=str(i)) for i in range(10))
+    url = reverse("gallery:collection-detail", args=[big.pk])
+    response = client.get(url, query)
+    number = 1 if query["page"] == "x2" else 2
+    assert response.status_code == 200
+    assert _tiles(response.content.decode()) == _tiles(client.get(url, {"page": number}).content.decode())
+    assert f"page {number} of 3" in response.content.decode()
+
+
 def test_image_page_refines_its_similar_images_with_the_results_marked(client, indexed, monkeypatch):  # noqa: F811
     """Relevance feedback on an image's page: ticked "more like this" / "less" marks go with
     Refine (a GET form), the page ranks as the selector does with them, shows them ticked, and its
