@@ -262,19 +262,45 @@ def test_results_marked_more_or_less_like_the_query_refine_the_search(live_serve
         page.goto(live_server.url + reverse("search:search-page"))
         with page.expect_navigation():
             page.set_input_files("input[type=file]", str(tmp_path / "c5.png"))
+        # a window too short for the results: the refine bar stays at its foot, saying what it sends
+        page.set_viewport_size({"width": 1000, "height": 420})
+        assert page.locator("#results .hit").last.bounding_box()["y"] + 100 > 420  # results go on below the window
+        button = page.locator("button[name=refine]").bounding_box()
+        assert 0 <= button["y"] and button["y"] + button["height"] <= 420
+        assert page.locator("[data-marked-now]").inner_text() == ""
         page.check(f"input[name=like][value='{liked}']")
+        assert page.locator("[data-marked-now]").inner_text() == "Refining sends 1 more, 0 less."
         page.check(f"input[name=unlike][value='{disliked}']")
+        assert page.locator("[data-marked-now]").inner_text() == "Refining sends 1 more, 1 less."
         with page.expect_navigation():
             page.click("button:has-text('Refine with my marks')")
         assert [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()] == refined
         assert page.locator("h2").inner_text() == "6 most similar, steered by your marks"
         assert page.is_checked(f"input[name=like][value='{liked}']") and page.is_checked(f"input[name=unlike][value='{disliked}']")
+        page.uncheck(f"input[name=like][value='{liked}']")  # the marks shown ticked count as they stand
+        assert page.locator("[data-marked-now]").inner_text() == "Refining sends 0 more, 1 less."
+        page.check(f"input[name=like][value='{liked}']")
         with page.expect_navigation():
             page.click("button:has-text('clear the marks')")
         assert page.locator("h2").inner_text() == "6 most similar"
         assert [tile.get_attribute("href") for tile in page.locator("#results a.tile").all()] == [
             reverse("gallery:image-detail", args=[pk]) for pk in plain
         ]
+        assert errors == []
+
+
+def test_the_refine_bar_counts_the_marks_carried_from_other_pages(live_server, indexed, monkeypatch):  # noqa: F811
+    from gallery import views
+    from search.selectors import image_list_similar
+
+    monkeypatch.setattr(views, "SIMILAR_PER_PAGE", 2)
+    image = Image.objects.get(original_name="c0.png")
+    first, second = image_list_similar(image=image, k=2), image_list_similar(image=image, k=2, offset=2)
+    url = reverse("gallery:image-detail", args=[image.pk])
+    with chromium_page() as (page, errors):
+        page.goto(f"{live_server.url}{url}?page=2&like={first[0].image.pk}")  # marked on page 1
+        page.check(f"input[name=unlike][value='{second[1].image.pk}']")
+        assert page.locator("[data-marked-now]").inner_text() == "Refining sends 1 more, 1 less."
         assert errors == []
 
 

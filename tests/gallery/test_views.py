@@ -470,7 +470,7 @@ def test_image_page_refines_its_similar_images_with_the_results_marked(client, i
     shown = [int(tile.rstrip("/").rsplit("/", 1)[1]) for tile in _tiles(page)]
     for field, pk in (("like", liked), ("unlike", disliked)):
         ticked = f'name="{field}" value="{pk}" form="feedback" data-mark checked>'
-        hidden = f'<input type="hidden" name="{field}" value="{pk}" form="feedback">'
+        hidden = f'<input type="hidden" name="{field}" value="{pk}" form="feedback" data-carried-mark>'
         assert (ticked in page) == (pk in shown) and (hidden in page) == (pk not in shown)
     assert f'href="?page=2&amp;like={liked}&amp;unlike={disliked}" rel="next"' in page
     second = client.get(url, {"page": 2, "like": liked, "unlike": disliked}).content.decode()
