@@ -1,6 +1,7 @@
 """Search at scale: HNSW vs exact scan on 1,000,000 vectors in the real table.
 
-    .venv/bin/python bench/search_scale.py [--vectors 1000000] [--queries 200] [--skip-load] [--expansion-only]
+    .venv/bin/python bench/search_scale.py [--vectors 1000000] [--queries 200] [--skip-load]
+        [--expansion-only | --feedback-only | --pages-only]
 
 Loads into the product's own tables (gallery_image, search_embedding) under var/bench-search
 (embedded PostgreSQL 18 + pgvector): clustered synthetic vectors of the encoder's width, made
@@ -20,8 +21,11 @@ Then, in one run:
   product's query expansion (the default) and with expand=0;
 - the product's search with query expansion against without it, in alternating rounds
   (``--expansion-only``: that and the API latencies alone);
+- the same API plain against refined by relevance feedback (marks on its first page), request
+  by request (``--feedback-only``: that alone);
 - with ``--pages-only``, only the gallery pages and list endpoints on the big collection
-  (medians through Django's test client, in process).
+  (medians through Django's test client, in process), page 8,000 both as its pager links reach
+  it (keyset) and counted from the start (OFFSET).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -213,32 +218,46 @@ def recall(approx, exact, k):
     return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
 
 
-def api_latency(ids, ef: int, port=8765, query: str = "k=10") -> dict:
+def _http_latencies(paths: dict[str, list[str]], ef: int, port=8765) -> dict[str, dict]:
+    """Each list of ``paths`` (GETs on the site, each answering 10 results) timed over HTTP
+    (gunicorn, 2 workers, hnsw.ef_search = ef), the lists taken in turn request by request, so
+    drift of the machine hits them alike, each first in turn: p50/p95/p99 in ms by name, after
+    a warm-up."""
     env = {**os.environ, "CBIR_HNSW_EF_SEARCH": str(ef)}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "cbir_site.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}/api/images/{{}}/similar/?{query}"
+        first = next(iter(paths.values()))[0]
         for _ in range(100):
             try:
-                urllib.request.urlopen(url.format(ids[0]), timeout=5).read()
+                urllib.request.urlopen(base + first, timeout=5).read()
                 break
             except OSError:
                 time.sleep(0.3)
-        for image_id in ids[:20]:  # warm both workers
-            urllib.request.urlopen(url.format(image_id)).read()
-        latencies = []
-        for image_id in ids:
-            started = time.perf_counter()
-            body = urllib.request.urlopen(url.format(image_id)).read()
-            latencies.append((time.perf_counter() - started) * 1000)
-            assert json.loads(body)["count"] == 10
-        return {"p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99)}
+        for listed in paths.values():
+            for path in listed[:20]:  # warm both workers
+                urllib.request.urlopen(base + path).read()
+        latencies = {name: [] for name in paths}
+        for turn, requests in enumerate(zip(*paths.values())):
+            # each list goes first in turn: the first request of a query warms the pages of the
+            # graph and the table that the others then find in memory
+            shift = turn % len(paths)
+            for name, path in (list(zip(paths, requests)) * 2)[shift : shift + len(paths)]:
+                started = time.perf_counter()
+                body = urllib.request.urlopen(base + path).read()
+                latencies[name].append((time.perf_counter() - started) * 1000)
+                assert json.loads(body)["count"] == 10, path
+        return {name: {"p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95), "p99_ms": pct(ms, 99)} for name, ms in latencies.items()}
     finally:
         server.terminate()
         server.wait(30)
+
+
+def api_latency(ids, ef: int, port=8765, query: str = "k=10") -> dict:
+    return _http_latencies({"similar": [f"/api/images/{image_id}/similar/?{query}" for image_id in ids]}, ef, port)["similar"]
 
 
 def api_latencies(embedding_ids, ef) -> dict:
@@ -254,22 +273,52 @@ def api_latencies(embedding_ids, ef) -> dict:
     }
 
 
+def feedback_latencies(embedding_ids, ef) -> dict:
+    """What relevance feedback costs a search: GET /api/images/{id}/similar/?k=10 for the images
+    of these embeddings, plain, against the same refined by marks on its first page as a person
+    would make them (the 3 nearest "more like this", the 2 farthest "less"), request by request
+    over HTTP. The refined one reads the 5 marked images' vectors and moves the query first."""
+    from gallery.models import Image
+    from search.models import Embedding
+    from search.selectors import image_list_similar
+
+    image_ids = list(Embedding.objects.filter(id__in=embedding_ids).order_by("id").values_list("image_id", flat=True))
+    plain, refined = [], []
+    for image_id in image_ids:
+        first = image_list_similar(image=Image.objects.get(pk=image_id), k=10)
+        marks = f"&like={','.join(str(hit.image.pk) for hit in first[:3])}&unlike={','.join(str(hit.image.pk) for hit in first[-2:])}"
+        plain.append(f"/api/images/{image_id}/similar/?k=10")
+        refined.append(plain[-1] + marks)
+    timed = _http_latencies({"plain": plain, "refined": refined}, ef)
+    return {
+        "api_similar_ef_search": ef, **timed,
+        "ratio_p50": round(timed["refined"]["p50_ms"] / timed["plain"]["p50_ms"], 2),
+        "ratio_p95": round(timed["refined"]["p95_ms"] / timed["plain"]["p95_ms"], 2),
+    }
+
+
 def page_latencies(rounds: int = 7) -> dict:
     """Median time of the browsing pages and list endpoints on the 990,000-image collection,
     through Django's test client in this process (no HTTP, no gunicorn): what counting and paging
     a big collection costs the web process and the database."""
     from django.test import Client
 
-    from gallery.models import Collection
+    from gallery.models import Collection, Image
 
     big = Collection.objects.get(name="big").pk
     client = Client()
+    # page 8,000 as its neighbours' pager links reach it: seeking to the last image of page 7,999,
+    # or to the first of page 8,001 (keyset), against the same page counted from the start (OFFSET)
+    ids = Image.objects.filter(collection_id=big).order_by("id").values_list("id", flat=True)
+    after, before = ids[7999 * 60 - 1], ids[8000 * 60]
     urls = [
-        "/", f"/collections/{big}/", f"/collections/{big}/?page=8000", f"/collections/{big}/?status=failed",
+        "/", f"/collections/{big}/", f"/collections/{big}/?page=8000",
+        f"/collections/{big}/?page=8000&after={after}", f"/collections/{big}/?page=8000&before={before}",
+        f"/collections/{big}/?status=failed",
         "/api/collections/", f"/api/collections/{big}/",
         f"/api/collections/{big}/images/", f"/api/collections/{big}/images/?status=indexed&after=900000",
     ]
-    result = {}
+    result, pages = {}, {}
     for url in urls:
         client.get(url)  # warm-up
         times = []
@@ -278,7 +327,11 @@ def page_latencies(rounds: int = 7) -> dict:
             response = client.get(url)
             times.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200, (url, response.status_code)
-        result[url.replace(str(big), "{big}")] = round(float(np.median(times)), 1)
+        name = url.replace(f"={after}", "={last of page 7999}").replace(f"={before}", "={first of page 8001}")
+        result[name.replace(f"/{big}/", "/{big}/")] = round(float(np.median(times)), 1)
+        if "page=8000" in url:  # each way to page 8,000 shows the same images
+            tiles = re.findall(r'<a class="tile[^"]*" href="([^"]+)"', response.content.decode())
+            assert len(tiles) == 60 and tiles == pages.setdefault("page 8000", tiles), url
     return result
 
 
@@ -290,6 +343,10 @@ def main():
     parser.add_argument(
         "--expansion-only", action="store_true",
         help="only time search with the product's query expansion against without it, at the default ef_search",
+    )
+    parser.add_argument(
+        "--feedback-only", action="store_true",
+        help="only time the similar API plain against refined by marks (feedback_latencies), at the default ef_search",
     )
     parser.add_argument(
         "--pages-only", action="store_true",
@@ -335,6 +392,10 @@ def main():
     api_ef = int(os.environ.get("CBIR_HNSW_EF_SEARCH", 80))
     report["query_expansion"] = expansion_cost(queries, encoder, k, api_ef, settings.CBIR_QUERY_EXPANSION)
     print(json.dumps({"query_expansion": report["query_expansion"]}), flush=True)
+    if args.feedback_only:
+        report["feedback"] = feedback_latencies(chosen, api_ef)
+        print(json.dumps(report, indent=2))
+        return
     if args.expansion_only:
         report |= api_latencies(chosen, api_ef)
         print(json.dumps(report, indent=2))
@@ -370,6 +431,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     report["by_ef_search"] = rows
     report |= api_latencies(chosen, api_ef)
+    report["feedback"] = feedback_latencies(chosen, api_ef)
     print(json.dumps(report, indent=2))
     (VAR / "last-report.json").write_text(json.dumps(report, indent=2))
 
