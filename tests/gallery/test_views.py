@@ -371,6 +371,8 @@ def _names(page: str) -> list[str]:
 def test_collection_pages_follow_on_from_the_last_image_shown_while_images_come_and_go(client, monkeypatch):
     """The pager's links seek to the image a page starts after (or ends before): no OFFSET, and
     images deleted or added meanwhile neither skip nor repeat one. Labels and statuses stay."""
+    import re
+
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -391,6 +393,8 @@ def test_collection_pages_follow_on_from_the_last_image_shown_while_images_come_
     with CaptureQueriesContext(connection) as queries:
         second = client.get(url + links["next"]).content.decode()
     assert not [q["sql"] for q in queries if "OFFSET" in q["sql"].upper()]
+    seeks = [q["sql"] for q in queries if re.search(r'"gallery_image"\."id" [<>] ', q["sql"])]
+    assert len(seeks) == 3 and all("ORDER BY" in sql for sql in seeks)  # the page and its two probes walk the key
     ids = sorted(Image.objects.filter(collection=big).values_list("pk", flat=True))
     shown = [int(href.split("/")[-2]) for href in _tiles(second)]
     assert shown == ids[2:6] and "page 2 of 5" in second  # 04..07; counted from the start, 04 and 05 would be skipped
