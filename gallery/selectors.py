@@ -112,8 +112,9 @@ def image_page(
     it (keyset), so page 8,000 of a million images costs what the first does, and an image added
     or deleted meanwhile neither repeats nor skips one. From the page after it, ``before`` is that
     page's first id. Without either, or when they find no full page (the images around them are
-    gone), the page is counted from the start (OFFSET), as a page typed into the address is.
-    Fewer than a page before ``before`` is the first page."""
+    gone), the page is counted (OFFSET) from the start, or from the end when it is nearer that,
+    as a page typed into the address is: the last page costs what the first does. Fewer than a
+    page before ``before`` is the first page."""
     pages = max(1, -(-count // per_page))
     if after is not None and number > 1:
         found = list(images.filter(id__gt=after)[:per_page])
@@ -125,7 +126,12 @@ def image_page(
             return _keyset_page(images, found, number, pages)
         number = 1  # fewer than a page before it: the first page is what comes before
     number = min(max(number, 1), pages)
-    found = list(images[(number - 1) * per_page : number * per_page])
+    start = (number - 1) * per_page
+    if start > count // 2:  # nearer the end than the start: count back from the end instead
+        after_page = max(count - number * per_page, 0)
+        found = list(images.order_by("-id")[after_page : after_page + min(per_page, count - start)])[::-1]
+    else:
+        found = list(images[start : start + per_page])
     return ImagePage(images=found, number=number, pages=pages, has_previous=number > 1, has_next=number < pages)
 
 

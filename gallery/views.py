@@ -85,17 +85,21 @@ def collection_detail(request, collection_id: int):
 
 
 def _pager_urls(page: ImagePage, **params: str) -> dict[str, str]:
-    """The links to the pages before and after ``page`` (or ""), keeping ``params``. Each names the
-    image its page starts after (or ends before), so the database seeks to it instead of counting
-    the pages before it; the first page needs neither."""
-    previous = next_ = ""
+    """The links to the pages before and after ``page``, and to the first and the last page when
+    they are not those (or ""), keeping ``params``. *Previous* and *next* name the image their
+    page starts after (or ends before), so the database seeks to it instead of counting the pages
+    before it; the first page needs neither, and the last is counted back from the end."""
+    previous = next_ = first = last = ""
     if page.has_previous:
         previous = _query(**params)
         if page.number > 2:
             previous = _query(**params, page=str(page.number - 1), before=str(page.images[0].pk) if page.images else "")
+            first = _query(**params)
     if page.has_next:
         next_ = _query(**params, page=str(page.number + 1), after=str(page.images[-1].pk) if page.images else "")
-    return {"previous_url": previous, "next_url": next_}
+        if page.number < page.pages - 1:
+            last = _query(**params, page=str(page.pages))  # counted back from the end
+    return {"previous_url": previous, "next_url": next_, "first_url": first, "last_url": last}
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

@@ -1,3 +1,6 @@
+import html
+import re
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -87,8 +90,6 @@ def test_image_page_shows_similar_images_with_similarity(client, indexed):  # no
 
 
 def test_image_page_pages_on_through_the_similar_images(client, indexed, monkeypatch):  # noqa: F811
-    import re
-
     from gallery import views
     from search.selectors import image_list_similar
 
@@ -141,14 +142,10 @@ def test_search_page_ranks_an_upload(client, indexed):  # noqa: F811
 
 
 def _carried_query(page: str) -> str:
-    import re
-
     return re.search(r'<input type="hidden" name="query" value="([^"]*)">', page).group(1)
 
 
 def _tiles(page: str) -> list[str]:
-    import re
-
     return re.findall(r'<a class="tile[^"]*" href="([^"]+)"', page)
 
 
@@ -173,8 +170,6 @@ def test_search_page_searches_again_with_the_same_image_for_another_k_or_collect
 
 
 def test_search_page_pages_on_with_the_same_image_and_starts_again_for_a_new_one(client, indexed):  # noqa: F811
-    import re
-
     _, pictures = indexed
     url = reverse("search:search-page")
     whole = client.post(url, {"image": SimpleUploadedFile("q.png", pictures["c4.png"]), "k": 6}).content.decode()
@@ -356,23 +351,16 @@ def test_collection_pages_count_from_the_kept_counts_and_from_the_rows_under_a_l
 
 def _pager(page: str) -> dict[str, str]:
     """The pager's links on a collection page, by rel, unescaped."""
-    import html
-    import re
-
     return {rel: html.unescape(href) for href, rel in re.findall(r'<a href="([^"]*)" rel="(prev|next)">', page)}
 
 
 def _names(page: str) -> list[str]:
-    import re
-
     return re.findall(r'<span title="([^"]+)">', page)
 
 
 def test_collection_pages_follow_on_from_the_last_image_shown_while_images_come_and_go(client, monkeypatch):
     """The pager's links seek to the image a page starts after (or ends before): no OFFSET, and
     images deleted or added meanwhile neither skip nor repeat one. Labels and statuses stay."""
-    import re
-
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -419,6 +407,40 @@ def test_collection_pages_follow_on_from_the_last_image_shown_while_images_come_
     following = _pager(odd)["next"]
     assert following.startswith("?label=odd&status=pending&page=2&after=")
     assert set(_names(client.get(url + following).content.decode())) == {"odd"}
+
+
+@pytest.mark.parametrize("label", ["", "odd"])
+def test_collection_pages_nearer_the_end_are_counted_back_from_it_and_the_pager_offers_first_and_last(client, monkeypatch, label):
+    """A page typed into the address, or the *last* link, nearer the end than the start is counted
+    back from the end (ORDER BY id DESC), so the last page costs what the first does; it shows
+    what counting from the start would."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from gallery import views
+    from gallery.services import collection_get_or_create
+
+    monkeypatch.setattr(views, "IMAGES_PER_PAGE", 4)
+    big = collection_get_or_create(name="big")
+    Image.objects.bulk_create(  # 22 images, 11 of them odd: 6 pages, or 3 under the label
+        Image(collection=big, original_name=f"{i:02d}.png", sha256=str(i), label="odd" if i % 2 else "") for i in range(22)
+    )
+    ids = list(Image.objects.filter(collection=big, **({"label": label} if label else {})).order_by("id").values_list("pk", flat=True))
+    url = reverse("gallery:collection-detail", args=[big.pk])
+    query = {"label": label} if label else {}
+    pages = -(-len(ids) // 4)
+    first = client.get(url, query).content.decode()
+    last_link = re.search(r'<a href="([^"]*)" rel="last">', first)
+    assert last_link and html.unescape(last_link[1]) == ("?label=odd&" if label else "?") + f"page={pages}"
+    assert 'rel="first"' not in first
+    for number in range(1, pages + 1):
+        with CaptureQueriesContext(connection) as queries:
+            page = client.get(url, {**query, "page": number}).content.decode()
+        shown = [int(href.split("/")[-2]) for href in _tiles(page)]
+        assert shown == ids[(number - 1) * 4 : number * 4] and f"page {number} of {pages}" in page
+        backwards = any(re.search(r'ORDER BY "gallery_image"\."id" DESC', q["sql"]) for q in queries)
+        assert backwards == ((number - 1) * 4 > len(ids) // 2)
+        assert ('rel="first"' in page) == (number > 2) and ('rel="last"' in page) == (number < pages - 1)
 
 
 @pytest.mark.parametrize(
