@@ -25,7 +25,8 @@ Then, in one run:
   by request (``--feedback-only``: that alone);
 - with ``--pages-only``, only the gallery pages and list endpoints on the big collection
   (medians through Django's test client, in process), page 8,000 both as its pager links reach
-  it (keyset) and counted from the start (OFFSET).
+  it (keyset) and counted from the start (OFFSET), and the last page (16,500), counted back from
+  the end.
 """
 from __future__ import annotations
 
@@ -312,7 +313,7 @@ def page_latencies(rounds: int = 7) -> dict:
     ids = Image.objects.filter(collection_id=big).order_by("id").values_list("id", flat=True)
     after, before = ids[7999 * 60 - 1], ids[8000 * 60]
     urls = [
-        "/", f"/collections/{big}/", f"/collections/{big}/?page=8000",
+        "/", f"/collections/{big}/", f"/collections/{big}/?page=8000", f"/collections/{big}/?page=16500",
         f"/collections/{big}/?page=8000&after={after}", f"/collections/{big}/?page=8000&before={before}",
         f"/collections/{big}/?status=indexed&page=8000", f"/collections/{big}/?status=indexed&page=8000&after={after}",
         f"/collections/{big}/?status=failed",
