@@ -21,7 +21,7 @@ from gallery.selectors import (
 )
 from gallery.services import CopyRemovalUnderway, QueueUnavailable, copy_removal_start, copy_removal_stop, images_delete
 from search import selectors as search_selectors
-from search.views import marks_context, marks_read, search_with_marks
+from search.views import is_image_id, marks_context, marks_read, search_with_marks
 
 IMAGES_PER_PAGE = 60
 # Similar images on an image's page; "more similar" pages on to search.selectors.MAX_DEPTH.
@@ -141,8 +141,8 @@ def collection_copies(request, collection_id: int):
 
 
 def _image_id(value: str | None) -> int | None:
-    """``value`` from the query string as an image id (digits that fit a bigint), else None."""
-    return int(value) if value and value.isascii() and value.isdigit() and len(value) <= 18 else None
+    """``value`` from the query string as an image id, else None."""
+    return int(value) if value and is_image_id(value) else None
 
 
 def _natural(value: str | None) -> int:

@@ -122,7 +122,7 @@ class SearchForm(forms.Form):
         return cleaned
 
 
-def _is_image_id(text: str) -> bool:
+def is_image_id(text: str) -> bool:
     """Whether ``text`` (from a query string) is written as an image id: digits that fit a bigint."""
     return text.isascii() and text.isdigit() and len(text) <= 18
 
@@ -139,7 +139,7 @@ def marks_read(data) -> tuple[selectors.Feedback, str]:
     for field in ("like", "unlike"):
         ids = []
         for value in data.getlist(field):
-            if not _is_image_id(value):
+            if not is_image_id(value):
                 return selectors.Feedback(), _set_aside(f"not an image id: {value[:20]}")
             ids.append(int(value))
         marks[field] = tuple(dict.fromkeys(ids))
@@ -186,7 +186,7 @@ def search_page(request):
     form = SearchForm(request.POST or None, request.FILES or None)
     if request.method == "GET" and "image" in request.GET:
         image_id = request.GET["image"]
-        if not _is_image_id(image_id):
+        if not is_image_id(image_id):
             raise Http404("no such image")
         image = get_object_or_404(Image, pk=int(image_id))
         try:
