@@ -679,9 +679,12 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
     return removal
 
 
-def copy_removal_record_error(*, run_id: int, error: str) -> None:
-    """Note why the last start of a copy removal's stretch failed; the run goes on (or stops) by its tries."""
-    CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(error=error[:2000])
+def copy_removal_record_error(*, run_id: int, error: Exception) -> None:
+    """Note why the last start of a copy removal's stretch failed (``error``, by its type and
+    message); the run goes on (or stops) by its tries."""
+    CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(
+        error=f"{type(error).__name__}: {error}"[:2000]
+    )
 
 
 def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:

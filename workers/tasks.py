@@ -121,7 +121,7 @@ def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_ro
     except MEDIA_ERRORS:
         raise
     except Exception as exc:  # shown on the copies page while the tries last
-        copy_removal_record_error(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        copy_removal_record_error(run_id=run_id, error=exc)
         raise
     if removal is not None and removal.next is not None:
         remove_copies.delay(run_id, removal.next.round, removal.next.after)

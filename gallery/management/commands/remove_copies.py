@@ -138,7 +138,7 @@ class Command(BaseCommand):
             try:
                 removal = copy_removal_advance(run_id=run.pk, round_number=run.round, after=run.after)
             except Exception as exc:
-                copy_removal_record_error(run_id=run.pk, error=f"{type(exc).__name__}: {exc}")
+                copy_removal_record_error(run_id=run.pk, error=exc)
                 raise
             run.refresh_from_db()
             if removal is None:
