@@ -2,18 +2,20 @@ import itertools
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from gallery.forms import UploadImagesForm
+from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.models import Collection, CopyRemovalRun, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import (
     CollectionGone,
     CopyRemovalUnderway,
     ImportReport,
+    MoveTargetGone,
     QueueUnavailable,
     StorageFailed,
     collection_delete,
@@ -23,6 +25,7 @@ from gallery.services import (
     images_create,
     images_delete,
     images_index_again,
+    images_move,
     uploads_to_incoming,
 )
 
@@ -161,23 +164,69 @@ class CollectionAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/gallery/collection/upload.html", context)
 
 
+# Images a move's confirmation page lists, and duplicates its message names, at most.
+MOVE_SAMPLE_SHOWN = 20
+
+
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     list_display = ["id", "preview", "original_name", "collection", "label", "status", "error", "created_at"]
     list_filter = ["status", "collection"]
     search_fields = ["original_name", "label", "sha256"]
     # Images come in through the service only (Collections -> Upload images, the API, the
-    # command), which checks, deduplicates and queues them; here they can be relabelled or
-    # deleted. Not moved: their vectors carry their collection, and their files its folder.
+    # command), which checks, deduplicates and queues them; here they can be relabelled, moved
+    # to another collection (the action, through ``images_move``) or deleted.
     readonly_fields = [
         "preview", "collection", "file", "sha256", "width", "height", "status", "error", "attempts", "thumbnail", "created_at",
         "updated_at",
     ]
     list_select_related = ["collection"]
-    actions = ["index_again"]
+    actions = ["index_again", "move_to_collection"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Move selected images to another collection…", permissions=["change"])
+    def move_to_collection(self, request, queryset):
+        form = MoveImagesForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            target = form.cleaned_data["collection"]
+            try:
+                moved = images_move(images=queryset, to=target)
+            except MoveTargetGone as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return None
+            self._report_move(request, moved, target)
+            return None
+        # The selection travels as the changelist posted it (its ticks, or "all N" with its filters
+        # in this page's address), so confirming acts on the same images.
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Move images to another collection",
+            "opts": self.model._meta,
+            "form": form,
+            "count": queryset.count(),
+            "sample": queryset.select_related("collection")[:MOVE_SAMPLE_SHOWN],
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/gallery/image/move.html", context)
+
+    def _report_move(self, request, moved, target: Collection) -> None:
+        link = reverse("gallery:collection-detail", args=[target.pk])
+        if moved.moved:
+            self.message_user(request, format_html('{} image(s) moved to <a href="{}">{}</a>.', len(moved.moved), link, target), messages.SUCCESS)
+        if moved.duplicates:
+            shown = ", ".join(f"#{image_id} (as #{held_id})" for image_id, held_id in moved.duplicates[:MOVE_SAMPLE_SHOWN])
+            more = f" and {len(moved.duplicates) - MOVE_SAMPLE_SHOWN} more" if len(moved.duplicates) > MOVE_SAMPLE_SHOWN else ""
+            self.message_user(
+                request,
+                f"{len(moved.duplicates)} image(s) stayed where they were: {target.name} holds the same file already: {shown}{more}.",
+                messages.WARNING,
+            )
+        if moved.already:
+            self.message_user(request, f"{moved.already} image(s) were in {target.name} already.", messages.INFO)
 
     @admin.action(description="Index selected failed images again")
     def index_again(self, request, queryset):

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
-from gallery.models import Collection, CopyRemovalRun, Image
+from gallery.models import Collection, CopyRemovalRun, Image, validate_one_line_label
 from gallery.selectors import (
     COPY_CHECKS_PER_PAGE,
     COPY_GROUPS_PER_PAGE,
@@ -24,12 +24,15 @@ from gallery.selectors import (
 from gallery.services import (
     CollectionGone,
     CopyRemovalUnderway,
+    DuplicateInCollection,
     ImportReport,
+    MoveTargetGone,
     QueueUnavailable,
     StorageFailed,
     collection_delete,
     copy_removal_start,
     copy_removal_stop,
+    image_update,
     images_create,
     images_delete,
     uploads_to_incoming,
@@ -41,13 +44,13 @@ from gallery.services import (
 STAFF_AUTHENTICATION = [TokenAuthentication, RememberingBasicAuthentication, SessionAuthentication]
 
 
-class StaffMayDelete:
-    """Reading stays open like the rest of the API; DELETE needs a staff user."""
+class StaffMayChange:
+    """Reading stays open like the rest of the API; DELETE and PATCH need a staff user."""
 
     authentication_classes = STAFF_AUTHENTICATION
 
     def get_permissions(self):
-        return [IsAdminUser()] if self.request.method == "DELETE" else [AllowAny()]
+        return [IsAdminUser()] if self.request.method in ("DELETE", "PATCH") else [AllowAny()]
 
 
 def next_page_url(request, **overrides) -> str:
@@ -192,7 +195,7 @@ def _delete_responses(thing: str) -> dict:
     return {204: None, **_staff_refusals(thing)}
 
 
-class CollectionDetailApi(StaffMayDelete, APIView):
+class CollectionDetailApi(StaffMayChange, APIView):
     @extend_schema(
         operation_id="collection_delete",
         summary="Delete a collection with its images, their vectors and their files (staff only)",
@@ -299,7 +302,21 @@ def image_detail_representation(image: Image, request) -> dict:
     return {**image_representation(image, request), "status": image.status, "error": image.error, "width": image.width, "height": image.height}
 
 
-class ImageDetailApi(StaffMayDelete, APIView):
+class ImageUpdateInputSerializer(serializers.Serializer):
+    collection = CollectionRefField(required=False, help_text="collection id or name to move the image to")
+    label = serializers.CharField(required=False, allow_blank=True, max_length=200, validators=[validate_one_line_label])
+
+    def validate(self, data):
+        if not data:
+            raise serializers.ValidationError("give a collection to move the image to, a label, or both")
+        return data
+
+
+class ImageDuplicateSerializer(ErrorSerializer):
+    duplicate_of = serializers.IntegerField(help_text="the image of that collection with the same file")
+
+
+class ImageDetailApi(StaffMayChange, APIView):
     @extend_schema(
         operation_id="image_detail",
         summary="One image: its URLs, label, status and, if it failed, why",
@@ -318,6 +335,36 @@ class ImageDetailApi(StaffMayDelete, APIView):
         if not images_delete(images=Image.objects.filter(pk=image_id)):
             return Response({"error": f"no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        operation_id="image_update",
+        summary="Move an image to another collection and/or relabel it (staff only)",
+        description=(
+            "The image keeps its status and vectors and is found under its new collection at once. A collection "
+            "that holds the same file already is a 409 naming that image (`duplicate_of`); nothing changes then."
+        ),
+        request=ImageUpdateInputSerializer,
+        responses={
+            200: ImageDetailOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="no field to change, an unknown collection or a bad label"),
+            409: OpenApiResponse(ImageDuplicateSerializer, description="the collection holds the same file already"),
+            **_staff_refusals("image"),
+        },
+    )
+    def patch(self, request, image_id: int):
+        image = get_object_or_404(Image, pk=image_id)
+        params = ImageUpdateInputSerializer(data=request.data)
+        if not params.is_valid():
+            return invalid_parameters(params.errors)
+        try:
+            image = image_update(image=image, **params.validated_data)
+        except DuplicateInCollection as exc:
+            return Response({"error": str(exc), "duplicate_of": exc.held}, status=status.HTTP_409_CONFLICT)
+        except MoveTargetGone as exc:
+            return invalid_parameters({"collection": [str(exc)]})
+        except Image.DoesNotExist:
+            return Response({"error": f"no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
+        return Response(image_detail_representation(image, request))
 
 
 class CopyOutputSerializer(ImageDetailOutputSerializer):
@@ -412,7 +459,7 @@ class CopyRemovalUnderwaySerializer(serializers.Serializer):
     removal = CopyRemovalOutputSerializer()
 
 
-class CollectionCopiesApi(StaffMayDelete, APIView):
+class CollectionCopiesApi(StaffMayChange, APIView):
     @extend_schema(
         operation_id="collection_copies_remove",
         summary="Delete every copy within a collection, keeping one picture of each (staff only; done by the workers)",
@@ -482,7 +529,7 @@ class CopyRemovalNotRunningSerializer(serializers.Serializer):
     removal = CopyRemovalOutputSerializer(allow_null=True, help_text="the last removal, as it ended; null if none ever started")
 
 
-class CollectionCopyRemovalApi(StaffMayDelete, APIView):
+class CollectionCopyRemovalApi(StaffMayChange, APIView):
     @extend_schema(
         operation_id="collection_copy_removal",
         summary="The removal of a collection's copies running now, else the last one (started by DELETE on copies/)",

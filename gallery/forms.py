@@ -3,6 +3,8 @@ import json
 from django import forms
 from django.conf import settings
 
+from gallery.models import Collection
+
 
 class MultipleFileInput(forms.ClearableFileInput):
     allow_multiple_selected = True
@@ -62,3 +64,12 @@ class UploadImagesForm(forms.Form):
         if not self.errors and not cleaned.get("files") and not cleaned.get("folder"):
             raise forms.ValidationError("Pick images, .zip archives or a folder.")
         return cleaned
+
+
+class MoveImagesForm(forms.Form):
+    collection = forms.ModelChoiceField(
+        queryset=Collection.objects.order_by("name"),
+        empty_label=None,
+        help_text="The images keep their labels, status and vectors, and are found under this collection at once. "
+        "An image whose file the collection holds already stays where it is.",
+    )

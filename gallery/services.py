@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 from pgvector import HalfVector
@@ -483,6 +483,95 @@ def images_delete(*, images: QuerySet[Image]) -> int:
     # robust: the rows are gone whatever happens to their files; a failure is logged, not raised
     transaction.on_commit(lambda: stored_files_delete_soon(names), robust=True)
     return len(rows)
+
+
+class MoveTargetGone(Exception):
+    """The collection that images were to move to was deleted first; nothing was moved."""
+
+
+@dataclass
+class ImagesMoved:
+    """What ``images_move`` did: the images ``moved`` (ids); the ``duplicates`` that stayed where
+    they were because the collection holds the same file already, as (image, the image there with
+    the same bytes); and how many were in it ``already``."""
+
+    moved: list[int] = field(default_factory=list)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    already: int = 0
+
+
+_MOVE_IMAGES_SQL = (
+    "UPDATE gallery_image SET collection_id = %(to)s, updated_at = now() WHERE id = ANY(%(ids)s)",
+    # The vectors carry their image's collection, so that collection filters need no join.
+    "UPDATE search_embedding SET collection_id = %(to)s WHERE image_id = ANY(%(ids)s)",
+)
+
+
+@transaction.atomic
+def images_move(*, images: QuerySet[Image], to: Collection) -> ImagesMoved:
+    """Move these images into collection ``to``, with their vectors, labels and status, so they
+    are found under it at once; a pending one is indexed there. An image whose file (SHA-256) the
+    collection holds already, or that repeats another image of the move, stays where it was and
+    is reported as a duplicate of that image, as an upload of it would be. Stored files keep their
+    names (their folder is the collection they were uploaded to; media cleanup goes by name).
+    The collections involved are locked first, as imports and deletions lock them, so a file
+    cannot arrive twice and a collection being deleted does not take or miss a moving image.
+    Raises MoveTargetGone when ``to`` no longer exists."""
+    picked = images.order_by().values("pk")
+    sources = Image.objects.filter(pk__in=picked).order_by().values("collection_id")
+    # NO KEY UPDATE: it waits for imports and deletions, which lock a collection FOR UPDATE, but
+    # not for a worker's vectors, whose foreign keys take a KEY SHARE lock on their collection when
+    # they commit, after this move may be waiting for their image (a deadlock with FOR UPDATE).
+    locked = set(
+        Collection.objects.select_for_update(no_key=True)
+        .filter(Q(pk=to.pk) | Q(pk__in=sources))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if to.pk not in locked:
+        raise MoveTargetGone(f"collection {to.name!r} was deleted; nothing was moved")
+    rows = list(Image.objects.select_for_update().filter(pk__in=picked).order_by("pk").values_list("pk", "collection_id", "sha256"))
+    report = ImagesMoved()
+    held = dict(
+        Image.objects.filter(collection=to, sha256__in={sha256 for _, _, sha256 in rows}).order_by("-pk").values_list("sha256", "pk")
+    )  # newest first, so the oldest image of each file is the one named
+    for image_id, collection_id, sha256 in rows:
+        if collection_id == to.pk:
+            report.already += 1
+        elif sha256 in held:
+            report.duplicates.append((image_id, held[sha256]))
+        else:
+            report.moved.append(image_id)
+            held[sha256] = image_id
+    with connection.cursor() as cursor:
+        for sql in _MOVE_IMAGES_SQL:
+            cursor.execute(sql, {"to": to.pk, "ids": report.moved})
+    return report
+
+
+class DuplicateInCollection(Exception):
+    """The collection an image was to move to holds the same file already (``held``, its image)."""
+
+    def __init__(self, collection: Collection, held: int) -> None:
+        super().__init__(f"collection {collection.name!r} holds the same file already, as image {held}; nothing was changed")
+        self.held = held
+
+
+@transaction.atomic
+def image_update(*, image: Image, collection: Collection | None = None, label: str | None = None) -> Image:
+    """Move ``image`` to ``collection`` (``images_move``) and/or give it ``label``, both or
+    neither. Returns the image as it is now. Raises DuplicateInCollection when the collection
+    holds the same file already, MoveTargetGone when it was deleted, and Image.DoesNotExist when
+    the image was; then nothing is changed."""
+    if collection is not None:
+        moved = images_move(images=Image.objects.filter(pk=image.pk), to=collection)
+        if moved.duplicates:
+            raise DuplicateInCollection(collection, moved.duplicates[0][1])
+        if not moved.moved and not moved.already:
+            raise Image.DoesNotExist(f"image {image.pk} was deleted")
+    if label is not None and not Image.objects.filter(pk=image.pk).update(label=label, updated_at=timezone.now()):
+        raise Image.DoesNotExist(f"image {image.pk} was deleted")
+    return Image.objects.select_related("collection").get(pk=image.pk)
 
 
 # Removing an image can make one of its copies a keeper (its higher copy gone). A stretch settles

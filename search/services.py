@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from gallery.models import Image
@@ -10,23 +10,29 @@ from gallery.services import task_send_safely
 from search.models import EncoderVersion, Embedding
 
 
+# Each image's collection is read under a share lock, in the transaction that stores its vector:
+# a move (gallery.services.images_move) updates the image and its vectors together, so it either
+# waits for this insert and moves the new vector too, or commits first and this reads where it went.
+# An image deleted meanwhile is not found here, and its vector is not stored.
+_IMAGES_LOCK_SQL = "SELECT id, collection_id FROM gallery_image WHERE id = ANY(%s) ORDER BY id FOR SHARE"
+
+
+@transaction.atomic
 def embeddings_store(*, encoder: EncoderVersion, images: list[Image], vectors: np.ndarray) -> None:
-    """Store one vector per image for ``encoder``. Idempotent: an existing (image, encoder) row wins,
-    so a task that runs twice never writes two rows."""
+    """Store one vector per image for ``encoder``, under the collection the image is in when it is
+    stored. Idempotent: an existing (image, encoder) row wins, so a task that runs twice never
+    writes two rows. Images deleted while they were embedded are left out."""
     if len(images) != len(vectors):
         raise ValueError("one vector per image")
+    with connection.cursor() as cursor:
+        cursor.execute(_IMAGES_LOCK_SQL, [[image.id for image in images]])
+        collections = dict(cursor.fetchall())
     rows = [
-        Embedding(image_id=image.id, collection_id=image.collection_id, encoder=encoder, vector=vector)
+        Embedding(image_id=image.id, collection_id=collections[image.id], encoder=encoder, vector=vector)
         for image, vector in zip(images, vectors)
+        if image.id in collections
     ]
-    try:
-        with transaction.atomic():
-            Embedding.objects.bulk_create(rows, ignore_conflicts=True)
-    except IntegrityError:
-        # An image (or its collection) deleted while it was being embedded: its vector has no row
-        # to belong to. The others are stored, instead of the batch failing and waiting for the sweep.
-        alive = set(Image.objects.filter(id__in=[row.image_id for row in rows]).values_list("id", flat=True))
-        Embedding.objects.bulk_create([row for row in rows if row.image_id in alive], ignore_conflicts=True)
+    Embedding.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 def images_mark_indexed(*, image_ids: list[int]) -> int:

@@ -1,0 +1,210 @@
+"""Moving images to another collection (``gallery.services.images_move`` / ``image_update``): the
+admin's action, the API's PATCH, and what a move must keep: vectors found under the new
+collection, counts, files, and no file twice in a collection."""
+import threading
+
+import numpy as np
+import pytest
+from django.contrib.admin import helpers
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+from django.urls import reverse
+
+from gallery.models import Collection, Image
+from gallery.selectors import collection_stats
+from gallery.services import collection_delete, images_move
+from search import selectors
+from search.models import EncoderVersion, Embedding
+from search.services import embeddings_store
+from tests.utils import image_bytes, vector
+
+pytestmark = pytest.mark.django_db
+
+
+def _image(collection: Collection, name: str, *, sha256: str, encoder: EncoderVersion | None = None, hot: int = 0, label: str = "") -> Image:
+    """An image with a stored file; indexed with a hand-made vector when ``encoder`` is given."""
+    image = Image(collection=collection, original_name=name, label=label, sha256=sha256, status="indexed" if encoder else "pending")
+    image.file.save(name, ContentFile(image_bytes(pattern=hot)), save=True)
+    if encoder is not None:
+        Embedding.objects.create(image=image, encoder=encoder, collection=collection, vector=vector((hot, 1.0)))
+    return image
+
+
+@pytest.fixture
+def encoder():
+    return EncoderVersion.objects.create(name="hand-made", arch="conv_ae", dim=256, status="active")
+
+
+def test_moved_images_are_searched_counted_and_listed_under_their_new_collection(encoder):
+    birds, mammals = Collection.objects.create(name="birds"), Collection.objects.create(name="mammals")
+    hen = _image(birds, "hen.png", sha256="1" * 64, encoder=encoder, hot=0, label="farm")
+    cat = _image(birds, "cat.png", sha256="2" * 64, encoder=encoder, hot=1, label="pet")
+    dog = _image(birds, "dog.png", sha256="3" * 64, hot=2)  # pending: a worker has not seen it yet
+    cow = _image(mammals, "cow.png", sha256="4" * 64, encoder=encoder, hot=1)
+
+    moved = images_move(images=Image.objects.filter(pk__in=[cat.pk, dog.pk]), to=mammals)
+
+    assert (moved.moved, moved.duplicates, moved.already) == ([cat.pk, dog.pk], [], 0)
+    assert dict(Image.objects.values_list("original_name", "collection__name")) == {
+        "hen.png": "birds", "cat.png": "mammals", "dog.png": "mammals", "cow.png": "mammals",
+    }
+    assert dict(Embedding.objects.values_list("image_id", "collection_id")) == {hen.pk: birds.pk, cat.pk: mammals.pk, cow.pk: mammals.pk}
+    near_cow = selectors.image_list_similar(image=cow, k=5, collection_ids=[mammals.pk], expand=0)
+    assert [hit.image.pk for hit in near_cow] == [cat.pk]
+    near_hen = selectors.image_list_similar(image=hen, k=5, collection_ids=[birds.pk], expand=0)
+    assert near_hen == []
+    assert [collection_stats(collection=c)[key] for c in (birds, mammals) for key in ("total", "indexed", "pending")] == [1, 1, 0, 3, 2, 1]
+    cat.refresh_from_db()
+    assert (cat.label, cat.status) == ("pet", "indexed")
+    assert default_storage.exists(cat.file.name) and cat.file.name.startswith(f"images/{birds.pk}/")  # the file stays put
+
+
+def test_a_file_the_collection_holds_already_stays_where_it_was(encoder):
+    first, second, target = (Collection.objects.create(name=name) for name in ("first", "second", "target"))
+    held = _image(target, "held.png", sha256="a" * 64)
+    again = _image(first, "again.png", sha256="a" * 64)  # the file target holds
+    new = _image(first, "new.png", sha256="b" * 64)
+    twin = _image(second, "twin.png", sha256="b" * 64)  # the same file as new, from another collection
+    there = _image(target, "there.png", sha256="c" * 64)
+
+    moved = images_move(images=Image.objects.filter(pk__in=[again.pk, new.pk, twin.pk, there.pk]), to=target)
+
+    assert moved.moved == [new.pk]
+    assert moved.duplicates == [(again.pk, held.pk), (twin.pk, new.pk)]
+    assert moved.already == 1
+    assert dict(Image.objects.values_list("original_name", "collection__name")) == {
+        "held.png": "target", "again.png": "first", "new.png": "target", "twin.png": "second", "there.png": "target",
+    }
+    assert Image.objects.filter(collection=target, sha256="b" * 64).count() == 1
+
+
+def test_deleting_the_collection_an_image_left_keeps_the_image_and_its_file(encoder, django_capture_on_commit_callbacks):
+    old, new = Collection.objects.create(name="old"), Collection.objects.create(name="new")
+    leaving = _image(old, "leaving.png", sha256="1" * 64, encoder=encoder)
+    staying = _image(old, "staying.png", sha256="2" * 64, encoder=encoder)
+    images_move(images=Image.objects.filter(pk=leaving.pk), to=new)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert collection_delete(collection=old) == 1
+
+    assert list(Image.objects.values_list("pk", flat=True)) == [leaving.pk]
+    assert Embedding.objects.get().image_id == leaving.pk
+    assert default_storage.exists(leaving.file.name) and not default_storage.exists(staying.file.name)
+
+
+def test_moving_to_a_deleted_collection_moves_nothing():
+    from gallery.services import MoveTargetGone
+
+    home = Collection.objects.create(name="home")
+    image = _image(home, "a.png", sha256="1" * 64)
+    gone = Collection.objects.create(name="gone")
+    Collection.objects.filter(pk=gone.pk).delete()
+    with pytest.raises(MoveTargetGone, match="'gone' was deleted; nothing was moved"):
+        images_move(images=Image.objects.filter(pk=image.pk), to=gone)
+    assert Image.objects.get().collection_id == home.pk
+
+
+def test_a_vector_stored_after_its_image_moved_goes_with_it(encoder):
+    """A worker loads its images, then embeds them; a move in between must not leave the vector
+    under the collection the image left, where collection filters would find it."""
+    before, after = Collection.objects.create(name="before"), Collection.objects.create(name="after")
+    loaded = _image(before, "a.png", sha256="1" * 64)  # as the worker read it
+    images_move(images=Image.objects.filter(pk=loaded.pk), to=after)
+    embeddings_store(encoder=encoder, images=[loaded], vectors=np.ones((1, 256), dtype=np.float32))
+    assert Embedding.objects.get().collection_id == after.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_move_waits_for_a_vector_being_stored_and_takes_it_along(encoder):
+    before, after = Collection.objects.create(name="before"), Collection.objects.create(name="after")
+    image = _image(before, "a.png", sha256="1" * 64)
+    outcome = {}
+
+    def move() -> None:
+        try:
+            outcome["moved"] = images_move(images=Image.objects.filter(pk=image.pk), to=after).moved
+        finally:
+            connection.close()
+
+    with transaction.atomic():  # a worker's batch, between storing its vectors and committing
+        embeddings_store(encoder=encoder, images=[image], vectors=np.ones((1, 256), dtype=np.float32))
+        mover = threading.Thread(target=move)
+        mover.start()
+        mover.join(timeout=1.0)
+        assert mover.is_alive()  # waits for the share lock on the image
+    mover.join(timeout=30)
+    assert outcome == {"moved": [image.pk]}
+    assert Embedding.objects.get().collection_id == after.pk
+
+
+def _basic(username: str, password: str) -> dict:
+    import base64
+
+    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+def test_the_api_moves_and_relabels_an_image_for_staff_only(client, encoder, django_user_model):
+    django_user_model.objects.create_user("viewer", password="pw")
+    django_user_model.objects.create_user("keeper", password="pw", is_staff=True)
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    image = _image(drafts, "a.png", sha256="1" * 64, encoder=encoder, label="old")
+    held = _image(final, "held.png", sha256="2" * 64)
+    twin = _image(drafts, "twin.png", sha256="2" * 64)
+    url = reverse("api-image-detail", args=[image.pk])
+    patch = lambda url, body, **auth: client.patch(url, body, content_type="application/json", **auth)  # noqa: E731
+
+    assert patch(url, {"collection": "final"}).status_code == 401
+    assert patch(url, {"collection": "final"}, **_basic("viewer", "pw")).status_code == 403
+    answer = patch(url, {"collection": "final", "label": "new"}, **_basic("keeper", "pw"))
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["collection"], body["label"], body["status"]) == ({"id": final.pk, "name": "final"}, "new", "indexed")
+    assert Embedding.objects.get().collection_id == final.pk
+    assert patch(url, {"label": ""}, **_basic("keeper", "pw")).json()["label"] == ""
+    assert patch(url, {"collection": str(drafts.pk)}, **_basic("keeper", "pw")).json()["collection"]["id"] == drafts.pk
+
+    refused = patch(reverse("api-image-detail", args=[twin.pk]), {"collection": "final", "label": "x"}, **_basic("keeper", "pw"))
+    assert refused.status_code == 409
+    assert refused.json()["duplicate_of"] == held.pk and "'final' holds the same file already" in refused.json()["error"]
+    twin.refresh_from_db()
+    assert (twin.collection_id, twin.label) == (drafts.pk, "")  # nothing changed, the label neither
+
+    for body, field in (({}, "non_field_errors"), ({"collection": "nowhere"}, "collection"), ({"label": "two\nlines"}, "label")):
+        bad = patch(url, body, **_basic("keeper", "pw"))
+        assert bad.status_code == 400 and field in bad.json()["errors"], body
+    assert patch(reverse("api-image-detail", args=[999_999]), {"label": "x"}, **_basic("keeper", "pw")).status_code == 404
+
+
+def test_the_admin_moves_the_images_picked_after_asking_where(admin_client):
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(3)]
+    _image(final, "held.png", sha256=picked[2].sha256)
+    url = reverse("admin:gallery_image_changelist")
+    chosen = {"action": "move_to_collection", helpers.ACTION_CHECKBOX_NAME: [image.pk for image in picked[1:]]}
+
+    asked = admin_client.post(url, chosen)
+    assert asked.status_code == 200 and b"Move 2 images to another collection" in asked.content
+    assert Image.objects.filter(collection=final).count() == 1  # nothing moved before the answer
+
+    done = admin_client.post(url, {**chosen, "collection": final.pk, "apply": "Move"}, follow=True)
+    said = [str(message) for message in done.context["messages"]]
+    assert any(message.startswith("1 image(s) moved to") for message in said), said
+    assert any(f"#{picked[2].pk} (as #" in message for message in said), said
+    assert dict(Image.objects.values_list("original_name", "collection__name")) == {
+        "0.png": "drafts", "1.png": "final", "2.png": "drafts", "held.png": "final",
+    }
+
+
+def test_the_admin_moves_every_image_of_a_filtered_list(admin_client):
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    for i in range(3):
+        _image(drafts, f"{i}.png", sha256=f"{i:064x}")
+    _image(final, "other.png", sha256="f" * 64)
+    url = reverse("admin:gallery_image_changelist") + f"?collection__id__exact={drafts.pk}"
+    one_ticked = {"action": "move_to_collection", "select_across": "1", helpers.ACTION_CHECKBOX_NAME: [Image.objects.first().pk]}
+
+    asked = admin_client.post(url, one_ticked)
+    assert b"Move 3 images to another collection" in asked.content and b'name="select_across" value="1"' in asked.content
+    admin_client.post(url, {**one_ticked, "collection": final.pk, "apply": "Move"})
+    assert Image.objects.filter(collection=final).count() == 4 and not Image.objects.filter(collection=drafts).exists()
