@@ -111,8 +111,8 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     """Where one worker's time goes, per image, on one process: decode (as the bound does it),
     WebP thumbnail at the product's setting and at the slower method=4 and a JPEG one for
     comparison (time and mean size each), recording thumbnails in the database
-    (``thumbnail_record_costs``), and the encoder's forward pass at several batch sizes and
-    torch thread counts. Needs an active encoder."""
+    (``thumbnail_record_costs``) and storing vectors (``vector_store_costs``), and the encoder's
+    forward pass at several batch sizes and torch thread counts. Needs an active encoder."""
     import io
 
     import torch
@@ -151,6 +151,7 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
         result[f"thumbnail_{name}_ms"] = per_image_ms(lambda make=make, sizes=sizes: sizes.extend(len(make(p)) for p in pictures))
         result[f"thumbnail_{name}_kib"] = round(sum(sizes) / len(sizes) / 1024, 1)
     result.update(thumbnail_record_costs())
+    result.update(vector_store_costs())
     encoder = EncoderVersion.objects.filter(status="active").first()
     embedder = inference.load_embedder(encoder.checkpoint.path, device="cpu")
     default_batch = inference.EMBEDDING_BATCH_SIZE
@@ -192,6 +193,58 @@ def thumbnail_record_costs(rows: int = 3200, rounds: int = 3) -> dict:
             times[f"record_thumbnails_{name}_cpu_ms"].append((time.process_time() - cpu) / len(images) * 1000)
             times[f"record_thumbnails_{name}_wall_ms"].append((time.perf_counter() - wall) / len(images) * 1000)
     return {"record_thumbnails_rows": len(images), **{key: round(float(np.median(values)), 3) for key, values in times.items()}}
+
+
+def vector_store_costs(rows: int = 3200, rounds: int = 3) -> dict:
+    """Storing a batch's vectors, per image, as the worker does it (``embeddings_store``: each
+    image's collection read under a share lock in the same transaction, so that a move cannot
+    leave a vector under the collection its image left) against a plain ``bulk_create`` under
+    the collection the worker loaded, as it was before that lock. Alternating rounds on the last
+    run's rows, batches of EMBEDDING_BATCH_SIZE, for a throwaway encoder (never active) whose
+    vectors are deleted after each round and which goes at the end. Process CPU and wall time,
+    medians of the rounds."""
+    from django.conf import settings
+    from django.db import transaction
+
+    from gallery.models import Image
+    from search.models import Embedding, EncoderVersion
+    from search.services import embeddings_store
+    from workers.autoencoder.inference import EMBEDDING_BATCH_SIZE
+
+    images = list(Image.objects.order_by("id")[:rows])
+    if not images:
+        return {}
+    vectors = np.random.default_rng(0).standard_normal((len(images), settings.CBIR_EMBEDDING_DIM)).astype(np.float32)
+    encoder = EncoderVersion.objects.create(name="bench: storing vectors", arch="bench", dim=settings.CBIR_EMBEDDING_DIM, status="trained")
+
+    @transaction.atomic
+    def plain(batch, batch_vectors):
+        Embedding.objects.bulk_create(
+            [Embedding(image_id=image.id, collection_id=image.collection_id, encoder=encoder, vector=vector) for image, vector in zip(batch, batch_vectors)],
+            ignore_conflicts=True,
+        )
+
+    ways = {"plain": plain, "locked": lambda batch, batch_vectors: embeddings_store(encoder=encoder, images=batch, vectors=batch_vectors)}
+    times = {f"store_vectors_{name}_{kind}_ms": [] for name in ways for kind in ("cpu", "wall")}
+    try:
+        for _ in range(rounds):
+            for name, store in ways.items():
+                cpu, wall = time.process_time(), time.perf_counter()
+                for start in range(0, len(images), EMBEDDING_BATCH_SIZE):
+                    store(images[start : start + EMBEDDING_BATCH_SIZE], vectors[start : start + EMBEDDING_BATCH_SIZE])
+                times[f"store_vectors_{name}_cpu_ms"].append((time.process_time() - cpu) / len(images) * 1000)
+                times[f"store_vectors_{name}_wall_ms"].append((time.perf_counter() - wall) / len(images) * 1000)
+                if Embedding.objects.filter(encoder=encoder).count() != len(images):
+                    raise RuntimeError(f"{name}: not one vector per image")
+                Embedding.objects.filter(encoder=encoder).delete()
+    finally:
+        encoder.delete()
+    medians = {key: round(float(np.median(values)), 3) for key, values in times.items()}
+    return {
+        "store_vectors_rows": len(images),
+        **medians,
+        "store_vectors_locked_to_plain_wall": round(medians["store_vectors_locked_wall_ms"] / medians["store_vectors_plain_wall_ms"], 2),
+    }
 
 
 def _manage(*args: str, env: dict, capture: bool = False) -> str:

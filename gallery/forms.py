@@ -69,7 +69,7 @@ class UploadImagesForm(forms.Form):
 class MoveImagesForm(forms.Form):
     collection = forms.ModelChoiceField(
         queryset=Collection.objects.order_by("name"),
-        empty_label=None,
+        empty_label="— pick one —",
         help_text="The images keep their labels, status and vectors, and are found under this collection at once. "
         "An image whose file the collection holds already stays where it is.",
     )

@@ -186,6 +186,9 @@ def test_the_admin_moves_the_images_picked_after_asking_where(admin_client):
     asked = admin_client.post(url, chosen)
     assert asked.status_code == 200 and b"Move 2 images to another collection" in asked.content
     assert Image.objects.filter(collection=final).count() == 1  # nothing moved before the answer
+    unanswered = admin_client.post(url, {**chosen, "apply": "Move"})  # no collection picked: asked again
+    assert unanswered.status_code == 200 and b"This field is required" in unanswered.content
+    assert Image.objects.filter(collection=final).count() == 1
 
     done = admin_client.post(url, {**chosen, "collection": final.pk, "apply": "Move"}, follow=True)
     said = [str(message) for message in done.context["messages"]]
