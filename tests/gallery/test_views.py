@@ -58,6 +58,7 @@ def test_collection_page_narrows_to_a_status_and_shows_why_images_failed(client,
     assert 'href="?label=L0&amp;status=indexed"' in narrowed and 'href="?label=L1&amp;status=failed"' in narrowed
     everything = client.get(url, {"status": "bogus"}).content.decode()  # an unknown status narrows nothing
     assert all(image.thumbnail.url in everything for image in Image.objects.filter(status=Image.Status.INDEXED))
+    assert 'class="jump"' not in everything  # one page: no box to type a page into
 
 
 def test_collection_page_follows_progress_only_while_images_are_pending(client, indexed):  # noqa: F811
@@ -433,6 +434,12 @@ def test_collection_pages_nearer_the_end_are_counted_back_from_it_and_the_pager_
     last_link = re.search(r'<a href="([^"]*)" rel="last">', first)
     assert last_link and html.unescape(last_link[1]) == ("?label=odd&" if label else "?") + f"page={pages}"
     assert 'rel="first"' not in first
+    jump = re.search(r'<form method="get" class="jump">(.*?)</form>', first)  # the box to type a page into
+    assert jump and f'name="page" min="1" max="{pages}"' in jump[1]
+    carried = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', jump[1]))
+    assert carried == query
+    typed = client.get(url, {**carried, "page": pages - 1}).content.decode()
+    assert [int(href.split("/")[-2]) for href in _tiles(typed)] == ids[(pages - 2) * 4 : (pages - 1) * 4]
     for number in range(1, pages + 1):
         with CaptureQueriesContext(connection) as queries:
             page = client.get(url, {**query, "page": number}).content.decode()
