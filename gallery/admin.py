@@ -226,7 +226,7 @@ class ImageAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
         if moved.already:
-            self.message_user(request, f"{moved.already} image(s) were in {target.name} already.", messages.INFO)
+            self.message_user(request, f"{len(moved.already)} image(s) were in {target.name} already.", messages.INFO)
 
     @admin.action(description="Index selected failed images again")
     def index_again(self, request, queryset):

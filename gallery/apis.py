@@ -35,6 +35,7 @@ from gallery.services import (
     image_update,
     images_create,
     images_delete,
+    images_move,
     uploads_to_incoming,
 )
 
@@ -365,6 +366,74 @@ class ImageDetailApi(StaffMayChange, APIView):
         except Image.DoesNotExist:
             return Response({"error": f"no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
         return Response(image_detail_representation(image, request))
+
+
+# Images one call of POST /api/images/move/ takes, at most: its ids and answer stay a few hundred KB.
+IMAGES_MOVED_PER_CALL = 10_000
+
+
+class ImagesMoveInputSerializer(serializers.Serializer):
+    collection = CollectionRefField(help_text="collection id or name to move the images to")
+    images = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=IMAGES_MOVED_PER_CALL,
+        help_text=f"ids of the images to move, at most {IMAGES_MOVED_PER_CALL:,}",
+    )
+
+
+class MoveDuplicateSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    duplicate_of = serializers.IntegerField(help_text="the image of that collection with the same file")
+
+
+class ImagesMoveOutputSerializer(serializers.Serializer):
+    collection = CollectionRefOutputSerializer()
+    moved = serializers.ListField(child=serializers.IntegerField())
+    duplicates = MoveDuplicateSerializer(many=True, help_text="stayed where they were: the collection holds the same file")
+    already = serializers.ListField(child=serializers.IntegerField(), help_text="were in the collection already")
+    missing = serializers.ListField(child=serializers.IntegerField(), help_text="no such image (deleted, or never there)")
+
+
+class ImagesMoveApi(APIView):
+    """POST /api/images/move/: many images to another collection in one call (staff only)."""
+
+    authentication_classes = STAFF_AUTHENTICATION
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="images_move",
+        summary="Move many images to another collection (staff only)",
+        description=(
+            "As the admin's action does: the images keep their labels, status and vectors and are found under the "
+            "collection at once. An image whose file the collection holds already (or that repeats another of the "
+            "call) stays where it was, listed in `duplicates`."
+        ),
+        request=ImagesMoveInputSerializer,
+        responses={
+            200: ImagesMoveOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="no images, too many, an id that is not one, or an unknown collection"),
+            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
+            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+        },
+    )
+    def post(self, request):
+        params = ImagesMoveInputSerializer(data=request.data)
+        if not params.is_valid():
+            return invalid_parameters(params.errors)
+        collection, asked = params.validated_data["collection"], params.validated_data["images"]
+        try:
+            moved = images_move(images=Image.objects.filter(pk__in=asked), to=collection)
+        except MoveTargetGone as exc:
+            return invalid_parameters({"collection": [str(exc)]})
+        found = {*moved.moved, *moved.already, *(image_id for image_id, _ in moved.duplicates)}
+        return Response(
+            {
+                "collection": {"id": collection.pk, "name": collection.name},
+                "moved": moved.moved,
+                "duplicates": [{"id": image_id, "duplicate_of": held} for image_id, held in moved.duplicates],
+                "already": moved.already,
+                "missing": sorted(set(asked) - found),
+            }
+        )
 
 
 class CopyOutputSerializer(ImageDetailOutputSerializer):

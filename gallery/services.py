@@ -491,13 +491,13 @@ class MoveTargetGone(Exception):
 
 @dataclass
 class ImagesMoved:
-    """What ``images_move`` did: the images ``moved`` (ids); the ``duplicates`` that stayed where
-    they were because the collection holds the same file already, as (image, the image there with
-    the same bytes); and how many were in it ``already``."""
+    """What ``images_move`` did: the images ``moved``; the ``duplicates`` that stayed where they
+    were because the collection holds the same file already, as (image, the image there with the
+    same bytes); and those in it ``already``. Ids, in id order."""
 
     moved: list[int] = field(default_factory=list)
     duplicates: list[tuple[int, int]] = field(default_factory=list)
-    already: int = 0
+    already: list[int] = field(default_factory=list)
 
 
 _MOVE_IMAGES_SQL = (
@@ -537,7 +537,7 @@ def images_move(*, images: QuerySet[Image], to: Collection) -> ImagesMoved:
     )  # newest first, so the oldest image of each file is the one named
     for image_id, collection_id, sha256 in rows:
         if collection_id == to.pk:
-            report.already += 1
+            report.already.append(image_id)
         elif sha256 in held:
             report.duplicates.append((image_id, held[sha256]))
         else:

@@ -45,7 +45,7 @@ def test_moved_images_are_searched_counted_and_listed_under_their_new_collection
 
     moved = images_move(images=Image.objects.filter(pk__in=[cat.pk, dog.pk]), to=mammals)
 
-    assert (moved.moved, moved.duplicates, moved.already) == ([cat.pk, dog.pk], [], 0)
+    assert (moved.moved, moved.duplicates, moved.already) == ([cat.pk, dog.pk], [], [])
     assert dict(Image.objects.values_list("original_name", "collection__name")) == {
         "hen.png": "birds", "cat.png": "mammals", "dog.png": "mammals", "cow.png": "mammals",
     }
@@ -72,7 +72,7 @@ def test_a_file_the_collection_holds_already_stays_where_it_was(encoder):
 
     assert moved.moved == [new.pk]
     assert moved.duplicates == [(again.pk, held.pk), (twin.pk, new.pk)]
-    assert moved.already == 1
+    assert moved.already == [there.pk]
     assert dict(Image.objects.values_list("original_name", "collection__name")) == {
         "held.png": "target", "again.png": "first", "new.png": "target", "twin.png": "second", "there.png": "target",
     }
@@ -211,3 +211,41 @@ def test_the_admin_moves_every_image_of_a_filtered_list(admin_client):
     assert b"Move 3 images to another collection" in asked.content and b'name="select_across" value="1"' in asked.content
     admin_client.post(url, {**one_ticked, "collection": final.pk, "apply": "Move"})
     assert Image.objects.filter(collection=final).count() == 4 and not Image.objects.filter(collection=drafts).exists()
+
+
+def test_the_api_moves_many_images_in_one_call_and_says_what_became_of_each(client, encoder, django_user_model):
+    django_user_model.objects.create_user("viewer", password="pw")
+    django_user_model.objects.create_user("keeper", password="pw", is_staff=True)
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    held = _image(final, "held.png", sha256="1" * 64)
+    again = _image(drafts, "again.png", sha256="1" * 64)
+    new = [_image(drafts, f"{i}.png", sha256=f"{i + 2:064x}", encoder=encoder, hot=i) for i in range(3)]
+    url = reverse("api-images-move")
+    asked = {"collection": "final", "images": [new[2].pk, again.pk, new[0].pk, held.pk, 999_999, new[1].pk]}
+    post = lambda body, **auth: client.post(url, body, content_type="application/json", **auth)  # noqa: E731
+
+    assert post(asked).status_code == 401
+    assert post(asked, **_basic("viewer", "pw")).status_code == 403
+    assert Image.objects.filter(collection=final).count() == 1
+    answer = post(asked, **_basic("keeper", "pw"))
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "collection": {"id": final.pk, "name": "final"},
+        "moved": sorted(image.pk for image in new),
+        "duplicates": [{"id": again.pk, "duplicate_of": held.pk}],
+        "already": [held.pk],
+        "missing": [999_999],
+    }
+    assert set(Embedding.objects.values_list("collection_id", flat=True)) == {final.pk}
+    assert Image.objects.get(pk=again.pk).collection_id == drafts.pk
+
+    for body, field in (
+        ({"collection": "final", "images": []}, "images"),
+        ({"collection": "final", "images": ["x"]}, "images"),
+        ({"collection": "final", "images": [2**63]}, "images"),
+        ({"collection": "final", "images": list(range(1, 10_002))}, "images"),
+        ({"collection": "nowhere", "images": [new[0].pk]}, "collection"),
+        ({"images": [new[0].pk]}, "collection"),
+    ):
+        bad = post(body, **_basic("keeper", "pw"))
+        assert bad.status_code == 400 and field in bad.json()["errors"], str(body)[:80]
