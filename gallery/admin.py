@@ -12,6 +12,7 @@ from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.models import Collection, CopyRemovalRun, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import (
+    MOVE_IMAGES_MAX,
     CollectionGone,
     CopyRemovalUnderway,
     ImportReport,
@@ -188,6 +189,15 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Move selected images to another collection…", permissions=["change"])
     def move_to_collection(self, request, queryset):
+        count = queryset.count()
+        if count > MOVE_IMAGES_MAX:
+            self.message_user(
+                request,
+                f"{count:,} images selected: a move takes at most {MOVE_IMAGES_MAX:,} at a time, since each vector enters the "
+                "search index again. Narrow the list with a filter, or move them in parts.",
+                messages.ERROR,
+            )
+            return None
         form = MoveImagesForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             target = form.cleaned_data["collection"]
@@ -205,7 +215,7 @@ class ImageAdmin(admin.ModelAdmin):
             "title": "Move images to another collection",
             "opts": self.model._meta,
             "form": form,
-            "count": queryset.count(),
+            "count": count,
             "sample": queryset.select_related("collection")[:MOVE_SAMPLE_SHOWN],
             "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "select_across": request.POST.get("select_across", "0"),

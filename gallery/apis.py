@@ -22,6 +22,7 @@ from gallery.selectors import (
     image_list_copies,
 )
 from gallery.services import (
+    MOVE_IMAGES_MAX,
     CollectionGone,
     CopyRemovalUnderway,
     DuplicateInCollection,
@@ -368,15 +369,11 @@ class ImageDetailApi(StaffMayChange, APIView):
         return Response(image_detail_representation(image, request))
 
 
-# Images one call of POST /api/images/move/ takes, at most: its ids and answer stay a few hundred KB.
-IMAGES_MOVED_PER_CALL = 10_000
-
-
 class ImagesMoveInputSerializer(serializers.Serializer):
     collection = CollectionRefField(help_text="collection id or name to move the images to")
     images = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=IMAGES_MOVED_PER_CALL,
-        help_text=f"ids of the images to move, at most {IMAGES_MOVED_PER_CALL:,}",
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=MOVE_IMAGES_MAX,
+        help_text=f"ids of the images to move, at most {MOVE_IMAGES_MAX:,}",
     )
 
 

@@ -500,6 +500,11 @@ class ImagesMoved:
     already: list[int] = field(default_factory=list)
 
 
+# Images one request moves, at most (the admin's action, POST /api/images/move/). Each moved vector
+# enters the HNSW index again (its collection is indexed, so the update cannot be HOT): about 1.5 ms
+# an image on 2 CPU cores (bench/move.py), so 5,000 hold a request for some 7 s.
+MOVE_IMAGES_MAX = 5_000
+
 _MOVE_IMAGES_SQL = (
     "UPDATE gallery_image SET collection_id = %(to)s, updated_at = now() WHERE id = ANY(%(ids)s)",
     # The vectors carry their image's collection, so that collection filters need no join.

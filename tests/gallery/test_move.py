@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from gallery.models import Collection, Image
 from gallery.selectors import collection_stats
-from gallery.services import collection_delete, images_move
+from gallery.services import MOVE_IMAGES_MAX, collection_delete, images_move
 from search import selectors
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store
@@ -243,9 +243,21 @@ def test_the_api_moves_many_images_in_one_call_and_says_what_became_of_each(clie
         ({"collection": "final", "images": []}, "images"),
         ({"collection": "final", "images": ["x"]}, "images"),
         ({"collection": "final", "images": [2**63]}, "images"),
-        ({"collection": "final", "images": list(range(1, 10_002))}, "images"),
+        ({"collection": "final", "images": list(range(1, MOVE_IMAGES_MAX + 2))}, "images"),
         ({"collection": "nowhere", "images": [new[0].pk]}, "collection"),
         ({"images": [new[0].pk]}, "collection"),
     ):
         bad = post(body, **_basic("keeper", "pw"))
         assert bad.status_code == 400 and field in bad.json()["errors"], str(body)[:80]
+
+
+def test_the_admin_refuses_to_move_more_than_a_request_takes(admin_client, monkeypatch):
+    monkeypatch.setattr("gallery.admin.MOVE_IMAGES_MAX", 2)
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(3)]
+    chosen = {"action": "move_to_collection", helpers.ACTION_CHECKBOX_NAME: [image.pk for image in picked]}
+    done = admin_client.post(reverse("admin:gallery_image_changelist"), {**chosen, "collection": final.pk, "apply": "Move"}, follow=True)
+    said = [str(message) for message in done.context["messages"]]
+    assert said == ["3 images selected: a move takes at most 2 at a time, since each vector enters the search index again. "
+                    "Narrow the list with a filter, or move them in parts."]
+    assert not Image.objects.filter(collection=final).exists()
