@@ -8,7 +8,7 @@ Two collections of ``--images`` rows each are loaded as ``bench/delete.py`` load
 random vectors, the HNSW index), into their own embedded PostgreSQL under var/bench-move. Each
 round moves every image of the first collection into the second with the baseline, then back
 with the product (or the other way round, alternating from round to round), so both move the
-same 20,000 rows by their ids:
+same rows by their ids:
 - baseline: the ids read, then ``UPDATE gallery_image`` and ``UPDATE
   search_embedding`` by those ids, in one transaction: no lock taken first and no file compared;
 - product: ``gallery.services.images_move``, which also locks both collections and the images

@@ -501,8 +501,8 @@ class ImagesMoved:
 
 
 # Images one request moves, at most (the admin's action, POST /api/images/move/). Each moved vector
-# enters the HNSW index again (its collection is indexed, so the update cannot be HOT): about 1.5 ms
-# an image on 2 CPU cores (bench/move.py), so 5,000 hold a request for some 7 s.
+# enters the HNSW index again (its collection is indexed, so the update cannot be HOT): 1.25-1.48 ms
+# an image on 2 CPU cores (bench/move.py), so 5,000 hold a request for about 6-7.5 s.
 MOVE_IMAGES_MAX = 5_000
 
 _MOVE_IMAGES_SQL = (
