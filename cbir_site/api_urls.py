@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery.apis import (
-    CollectionCopiesApi, CollectionCopyRemovalApi, CollectionDetailApi, CollectionImageListApi, CollectionListApi, ImageCopiesApi, ImageDetailApi, ImagesMoveApi, ImageUploadApi,
+    CollectionCopiesApi, CollectionCopyRemovalApi, CollectionDetailApi, CollectionExportApi, CollectionImageListApi, CollectionListApi, ImageCopiesApi, ImageDetailApi, ImagesMoveApi, ImageUploadApi,
 )
 from search.apis import ImageSimilarApi, SearchApi
 from workers.apis import HealthApi
@@ -15,6 +15,7 @@ urlpatterns = [
     path("collections/<int:collection_id>/", CollectionDetailApi.as_view(), name="api-collection-detail"),
     path("collections/<int:collection_id>/copies/", CollectionCopiesApi.as_view(), name="api-collection-copies"),
     path("collections/<int:collection_id>/copies/removal/", CollectionCopyRemovalApi.as_view(), name="api-collection-copy-removal"),
+    path("collections/<int:collection_id>/export/", CollectionExportApi.as_view(), name="api-collection-export"),
     path("collections/<int:collection_id>/images/", CollectionImageListApi.as_view(), name="api-collection-images"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/move/", ImagesMoveApi.as_view(), name="api-images-move"),

@@ -8,7 +8,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from gallery.export import collection_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
+from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image
 from gallery.selectors import collection_list_with_stats, collection_stats
 from gallery.services import (
@@ -36,7 +38,7 @@ class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "total", "indexed", "pending", "failed", "upload_link"]
     search_fields = ["name"]
     readonly_fields = ["progress", "upload_link"]
-    actions = ["train_encoder", "remove_copies"]
+    actions = ["train_encoder", "remove_copies", "export_zip"]
 
     @admin.action(description="Train an encoder on this collection, then activate it (in a worker)")
     def train_encoder(self, request, queryset):
@@ -71,6 +73,19 @@ class CollectionAdmin(admin.ModelAdmin):
                 request, format_html('The workers are removing the copies in <a href="{}">{}</a>; its progress shows there.', link, collection),
                 messages.SUCCESS,
             )
+
+    @admin.action(description="Download this collection's original files as a zip")
+    def export_zip(self, request, queryset):
+        collections = list(queryset[:2])
+        if len(collections) != 1:
+            self.message_user(request, "Pick one collection to download: each is its own archive.", messages.WARNING)
+            return None
+        try:
+            media_storage_check()
+        except MediaStorageUnavailable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        return collection_export_response(collections[0])
 
     def has_remove_copies_permission(self, request) -> bool:
         return request.user.has_perm("gallery.delete_image")

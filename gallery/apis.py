@@ -1,13 +1,18 @@
 from django.conf import settings
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
+from gallery.export import EXPORT_MANIFEST, collection_export_response
+from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image, validate_one_line_label
 from gallery.selectors import (
     COPY_CHECKS_PER_PAGE,
@@ -221,6 +226,50 @@ class CollectionDetailApi(StaffMayChange, APIView):
                 "indexed_per_second": stats["indexed_per_second"],
             }
         )
+
+
+class _ErrorsAsJson(BaseContentNegotiation):
+    """The zip is not a rendering of data, so a client's Accept does not pick a renderer: a refusal
+    is JSON whatever it asked for (DRF would answer ``Accept: application/zip`` with a 406)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class CollectionExportApi(APIView):
+    """GET /api/collections/{id}/export/: the collection's original files as a zip (staff only)."""
+
+    authentication_classes = STAFF_AUTHENTICATION
+    permission_classes = [IsAdminUser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _ErrorsAsJson
+
+    @extend_schema(
+        operation_id="collection_export",
+        summary="Download a collection's original files as a zip (staff only)",
+        description=(
+            "The files as they were uploaded, unchanged: each labelled image in a folder named after its label, each "
+            f"unlabelled one at the top, and `{EXPORT_MANIFEST}` last (every image: its path in the archive, id, "
+            "original name, label, SHA-256, size, status, and why it failed or is not in the archive). "
+            "`import_images ARCHIVE --labels-from-dirs` imports it again with the same labels. The archive is sent as "
+            "it is written, so it has no Content-Length."
+        ),
+        responses={
+            (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="the zip archive"),
+            **_staff_refusals("collection"),
+            503: OpenApiResponse(ErrorSerializer, description="media storage is not mounted on this web server"),
+        },
+    )
+    def get(self, request, collection_id: int):
+        collection = get_object_or_404(Collection, pk=collection_id)
+        try:
+            media_storage_check()
+        except MediaStorageUnavailable as exc:
+            return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return collection_export_response(collection)
 
 
 class ImageUploadInputSerializer(serializers.Serializer):

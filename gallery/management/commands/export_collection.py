@@ -1,0 +1,60 @@
+import os
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery.export import EXPORT_MANIFEST, ExportReport, collection_export_zip
+from gallery.management.commands.remove_copies import _named
+from gallery.media import MediaStorageUnavailable, media_storage_check
+from gallery.models import Image
+
+
+class Command(BaseCommand):
+    help = (
+        "Write a collection's original files into a zip archive: each labelled image in a folder named after "
+        f"its label, each unlabelled one at the top, and {EXPORT_MANIFEST} (every image, with its id, label, "
+        "SHA-256, status, and why it is not in the archive where it is not). `import_images ARCHIVE "
+        "--labels-from-dirs` imports it again with the same labels."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("archive", help="the .zip file to write")
+        parser.add_argument("--collection", required=True, help="collection name")
+        parser.add_argument("--force", action="store_true", help="replace the archive if the file exists")
+
+    def handle(self, *args, archive: str, collection: str, force: bool, **options):
+        target = Path(archive)
+        if target.exists() and not force:
+            raise CommandError(f"{target} exists; --force replaces it")
+        if target.exists() and not target.is_file():
+            raise CommandError(f"{target} is not a regular file")
+        try:
+            media_storage_check()
+        except MediaStorageUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        source = _named(collection)
+        # Written beside the target and renamed once complete: an export that fails or is
+        # stopped midway leaves no archive that looks whole under the name asked for.
+        partial = target.with_name(f".{target.name}.partial")
+        report = ExportReport()
+        total = Image.objects.filter(collection=source).count()
+        try:
+            with open(partial, "wb") as out, tqdm(total=total, unit="img", disable=None) as bar:
+                for piece in collection_export_zip(collection=source, report=report):
+                    out.write(piece)
+                    bar.update(report.files + report.missing + report.without_file - bar.n)
+            os.replace(partial, target)
+        except BaseException as exc:
+            partial.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise CommandError(f"could not write {target}: {exc.strerror or exc}") from None
+            raise
+        self.stdout.write(
+            f"{target}: {report.files:,} files ({report.bytes / 1e6:,.1f} MB) from {source.name!r}"
+            + (f"; {report.without_file:,} failed at upload, with no file (listed in {EXPORT_MANIFEST})" if report.without_file else "")
+        )
+        if report.missing:
+            self.stderr.write(
+                f"{report.missing:,} image(s) not exported: media storage could not give their files ({EXPORT_MANIFEST} names them)"
+            )

@@ -1,0 +1,226 @@
+"""A collection exported as a zip (``gallery.export``): through the API, the admin, the gallery
+page and ``manage.py export_collection``; the files unchanged, a folder per label, names every
+system can create, a manifest of every image, and an archive ``import_images`` reads back."""
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.contrib.admin import helpers
+from django.core.files.storage import default_storage
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from gallery import export
+from gallery.export import EXPORT_MANIFEST, ExportReport, collection_export_zip, safe_name
+from gallery.media import MEDIA_MARKER
+from gallery.models import Collection, Image
+from gallery.services import IncomingFile, images_create
+from tests.utils import image_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def _upload(collection: Collection, *files: tuple[str, str, bytes]) -> dict[str, Image]:
+    """Store (name, label, bytes) files as an upload does; the images by name."""
+    images_create(collection=collection, files=[IncomingFile(name=name, label=label, data=data) for name, label, data in files])
+    return {image.original_name: image for image in Image.objects.filter(collection=collection)}
+
+
+def _read(archive: bytes) -> tuple[dict[str, bytes], list[dict]]:
+    """The archive's files by path (the manifest apart) and the manifest's rows."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        assert opened.testzip() is None  # every member's CRC checks
+        files = {name: opened.read(name) for name in opened.namelist()}
+    manifest = list(csv.DictReader(io.StringIO(files.pop(EXPORT_MANIFEST).decode("utf-8"))))
+    return files, manifest
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user("keeper", password="pw", is_staff=True)
+
+
+def test_the_archive_holds_each_file_unchanged_in_a_folder_per_label_and_a_manifest_of_every_image(client, staff):
+    pets = Collection.objects.create(name="pets")
+    data = {name: image_bytes(pattern=n, fmt="JPEG" if name.endswith(".jpg") else "PNG") for n, name in enumerate(("a.png", "b.jpg", "c.png", "d.png"))}
+    images = _upload(
+        pets,
+        ("cats/a.png", "cat", data["a.png"]),
+        ("cats/b.jpg", "cat", data["b.jpg"]),
+        ("dogs/a.png", "dog", data["c.png"]),  # the same name in another folder
+        ("holiday/d.png", "", data["d.png"]),  # unlabelled: at the top, without its folders
+        ("notes.png", "cat", b"this is text, not a picture"),  # refused at upload: no file
+    )
+    client.force_login(staff)
+
+    response = client.get(reverse("api-collection-export", args=[pets.pk]))
+
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert response["Content-Disposition"] == 'attachment; filename="pets.zip"'
+    files, manifest = _read(b"".join(response.streaming_content))
+    assert files == {"d.png": data["d.png"], "cat/a.png": data["a.png"], "cat/b.jpg": data["b.jpg"], "dog/a.png": data["c.png"]}
+    rows = {row["original_name"]: row for row in manifest}
+    assert [row["path"] for row in manifest] == ["d.png", "cat/a.png", "cat/b.jpg", "", "dog/a.png"]  # label, then id order
+    assert {name: row["id"] for name, row in rows.items()} == {name: str(image.pk) for name, image in images.items()}
+    assert rows["cats/a.png"]["sha256"] == images["cats/a.png"].sha256 and rows["cats/a.png"]["width"] == "64"
+    assert (rows["notes.png"]["status"], rows["notes.png"]["label"]) == ("failed", "cat")
+    assert rows["notes.png"]["error"] == images["notes.png"].error != ""
+
+
+def test_names_are_made_safe_and_unique_for_every_file_system(client, staff):
+    odd = Collection.objects.create(name="odd: names?")
+    red, green, blue, grey, white = (image_bytes(color=colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90), (250, 250, 250)))
+    _upload(
+        odd,
+        ("IMG.png", "../../etc", red),  # a label that would climb out of the archive
+        ("img.PNG", "../../etc", green),  # the same name to a case-insensitive file system
+        ("scan", "", blue),  # no extension: an importer would skip it
+        (".hidden.png", "", grey),  # a leading dot: importers and file browsers hide it
+        ("formula.png", "=HYPERLINK(\"http://x\")", white),  # a label a spreadsheet would run
+    )
+    client.force_login(staff)
+
+    response = client.get(reverse("api-collection-export", args=[odd.pk]))
+
+    assert response["Content-Disposition"] == 'attachment; filename="odd_ names_.zip"'
+    files, manifest = _read(b"".join(response.streaming_content))
+    assert files == {
+        "scan.png": blue,
+        "_.hidden.png": grey,
+        "_.._.._etc/IMG.png": red,
+        "_.._.._etc/img (2).PNG": green,
+        "=HYPERLINK(_http___x_)/formula.png": white,
+    }
+    assert {row["original_name"]: row["label"] for row in manifest}["formula.png"] == "'=HYPERLINK(\"http://x\")"
+
+
+def test_two_labels_that_give_one_folder_name_get_two_folders(client, staff):
+    clash = Collection.objects.create(name="clash")
+    _upload(clash, ("x.png", "a/b", image_bytes(pattern=1)), ("y.png", "a_b", image_bytes(pattern=2)), ("z.png", "a:b", image_bytes(pattern=3)))
+    client.force_login(staff)
+
+    _, manifest = _read(b"".join(client.get(reverse("api-collection-export", args=[clash.pk])).streaming_content))
+
+    # the first label in the database's order takes the name, the next ones a number
+    labels_in_order = list(Image.objects.filter(collection=clash).order_by("label").values_list("label", flat=True))
+    folders = {row["label"]: row["path"].split("/")[0] for row in manifest}
+    assert [folders[label] for label in labels_in_order] == ["a_b", "a_b (2)", "a_b (3)"]
+
+
+def test_a_file_media_storage_has_lost_is_left_out_and_named_in_the_manifest(staff, tmp_path):
+    gaps = Collection.objects.create(name="gaps")
+    images = _upload(gaps, ("kept.png", "", image_bytes(pattern=1)), ("lost.png", "", image_bytes(pattern=2)))
+    default_storage.delete(images["lost.png"].file.name)
+    report = ExportReport()
+
+    files, manifest = _read(b"".join(collection_export_zip(collection=gaps, report=report)))
+
+    assert list(files) == ["kept.png"]
+    lost = next(row for row in manifest if row["original_name"] == "lost.png")
+    assert lost["path"] == "" and lost["error"].startswith("not exported: media storage cannot give its file")
+    assert (report.files, report.missing, report.without_file) == (1, 1, 0)
+
+
+def test_a_file_is_sent_in_pieces_and_arrives_whole(monkeypatch):
+    big = Collection.objects.create(name="big")
+    data = image_bytes(size=(300, 200), pattern=3)
+    _upload(big, ("big.png", "", data))
+    monkeypatch.setattr(export, "EXPORT_CHUNK_BYTES", 1000)
+
+    pieces = list(collection_export_zip(collection=big))
+
+    assert len(pieces) > len(data) // 1000  # a piece for each thousand bytes read, not the file at once
+    assert _read(b"".join(pieces))[0] == {"big.png": data}
+
+
+def test_the_export_imports_again_with_the_same_files_and_labels(tmp_path, capsys):
+    source = Collection.objects.create(name="source")
+    _upload(
+        source,
+        ("cats/a.png", "cat", image_bytes(pattern=1)),
+        ("cats/b.png", "cat", image_bytes(pattern=2)),
+        ("c.png", "", image_bytes(pattern=3)),
+        ("d.png", "dog", image_bytes(pattern=4)),
+    )
+    archive = tmp_path / "source.zip"
+
+    call_command("export_collection", str(archive), "--collection", "source")
+    call_command("import_images", str(archive), "--collection", "copy", "--labels-from-dirs")
+
+    printed = capsys.readouterr().out
+    assert f"{archive}: 4 files" in printed
+    assert "4 queued for indexing, 0 failed, 0 duplicates, 1 skipped" in printed  # the manifest: not an image
+    in_collection = lambda name: sorted(Image.objects.filter(collection__name=name).values_list("sha256", "label"))  # noqa: E731
+    assert in_collection("copy") == in_collection("source")
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_the_command_refuses_to_replace_a_file_and_names_an_unknown_collection(tmp_path):
+    Collection.objects.create(name="here")
+    taken = tmp_path / "taken.zip"
+    taken.write_bytes(b"keep me")
+
+    with pytest.raises(CommandError, match="exists; --force replaces it"):
+        call_command("export_collection", str(taken), "--collection", "here")
+    with pytest.raises(CommandError, match="no collection is named 'nowhere'"):
+        call_command("export_collection", str(tmp_path / "new.zip"), "--collection", "nowhere")
+    call_command("export_collection", str(taken), "--collection", "here", "--force")
+
+    assert taken.read_bytes() != b"keep me"
+    assert _read(taken.read_bytes()) == ({}, [])
+    assert not (tmp_path / "new.zip").exists()
+
+
+def test_only_staff_may_export_and_refusals_are_json(client, django_user_model, staff, media_root):
+    kept = Collection.objects.create(name="kept")
+    url = reverse("api-collection-export", args=[kept.pk])
+
+    anonymous = client.get(url, HTTP_ACCEPT="application/zip")
+    django_user_model.objects.create_user("visitor", password="pw")
+    client.login(username="visitor", password="pw")
+    visitor = client.get(url)
+    client.force_login(staff)
+    unknown = client.get(reverse("api-collection-export", args=[kept.pk + 1]))
+    (Path(media_root) / MEDIA_MARKER).unlink()
+    unmounted = client.get(url)
+
+    assert (anonymous.status_code, anonymous["Content-Type"]) == (401, "application/json")
+    assert visitor.status_code == 403
+    assert unknown.status_code == 404
+    assert unmounted.status_code == 503 and "media storage is not mounted" in unmounted.json()["error"]
+
+
+def test_the_admin_downloads_one_collection_and_asks_to_pick_one_among_many(admin_client):
+    one, two = Collection.objects.create(name="one"), Collection.objects.create(name="two")
+    _upload(one, ("x.png", "", image_bytes(pattern=5)))
+    url = reverse("admin:gallery_collection_changelist")
+
+    download = admin_client.post(url, {"action": "export_zip", helpers.ACTION_CHECKBOX_NAME: [one.pk]})
+    both = admin_client.post(url, {"action": "export_zip", helpers.ACTION_CHECKBOX_NAME: [one.pk, two.pk]}, follow=True)
+
+    assert download["Content-Disposition"] == 'attachment; filename="one.zip"'
+    assert list(_read(b"".join(download.streaming_content))[0]) == ["x.png"]
+    assert "Pick one collection to download" in both.content.decode()
+
+
+def test_the_gallery_page_offers_the_download_to_staff_only(client, staff):
+    shown = Collection.objects.create(name="shown")
+    page = reverse("gallery:collection-detail", args=[shown.pk])
+    link = reverse("api-collection-export", args=[shown.pk])
+
+    anonymous = client.get(page).content.decode()
+    client.force_login(staff)
+    as_staff = client.get(page).content.decode()
+
+    assert link not in anonymous
+    assert f'href="{link}" download' in as_staff
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("a/b\\c", "a_b_c"), ("..", "_"), ("...", "_"), ("CON", "_CON"), ("nul.png", "_nul.png"), ("x" * 200 + ".jpeg", "x" * 145 + ".jpeg"), (" trail. ", "trail")],
+)
+def test_safe_name(text, expected):
+    assert safe_name(text, fallback="_") == expected
