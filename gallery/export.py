@@ -1,8 +1,9 @@
 """A collection as a zip archive: its original files, one folder per label, and a manifest.
 
-The archive is written as it is sent, a file at a time in pieces of ``EXPORT_CHUNK_BYTES``, so
-exporting a collection of any size holds one piece of one file in memory, plus the names already
-given in the folder being written (``bench/export.py``). Its layout is what ``import_images
+The archive is written as it is sent, a file at a time in pieces of ``EXPORT_CHUNK_BYTES``; what
+it must remember to the end (the zip's central directory, the manifest) goes to spooled
+temporary files. So exporting a collection of any size holds one piece of one file in memory,
+plus the names already given in the folder being written (``bench/export.py``). Its layout is what ``import_images
 --labels-from-dirs`` reads back: each labelled image in a folder named after its label, each
 unlabelled one at the top, and ``manifest.csv`` (every image, with its id, label, SHA-256, size,
 status and why it failed, and where it is in the archive) last.
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import re
+import struct
 import tempfile
-import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -42,6 +44,19 @@ _NAME_MAX = 150
 # A spreadsheet opening the manifest would run a cell starting with one of these as a formula
 # (OWASP, "CSV injection"): such a cell is written after a quote, which the spreadsheet hides.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# The zip format's fields: a data descriptor follows each member's data (bit 3) and names are UTF-8
+# (bit 11); version 2.0 of the format, 4.5 where a record uses ZIP64; made on Unix (3), so that
+# unzip applies the permissions (a regular file, rw-r--r--).
+_FLAGS = 0x08 | 0x800
+_VERSION_NEEDED, _VERSION_NEEDED_ZIP64 = 20, 45
+_MADE_BY = (3 << 8) | 45
+_FILE_ATTRIBUTES = 0o100644 << 16
+# Past these, a record is written as ZIP64: offsets and sizes as Python's zipfile does (at 2 GiB,
+# as some readers take these fields as signed), the count of members at 65,535.
+_OFFSET_MAX = (1 << 31) - 1
+_COUNT_MAX = 0xFFFF
+# A member's size is in its data descriptor's 32 bits; uploads are far smaller (CBIR_MAX_UPLOAD_BYTES).
+_MEMBER_MAX_BYTES = 0xFFFFFFFE
 _FORMAT_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "AVIF": ".avif",
                     "HEIF": ".heic", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
 
@@ -56,26 +71,82 @@ class ExportReport:
     without_file: int = 0  # refused at upload (not an image, too large): never stored
 
 
-class _Pieces:
-    """A write-only file that zipfile writes the archive into, and the export empties as it sends.
+class ZipStream:
+    """A zip archive written front to back, as pieces of bytes to send: each member's local
+    header, its data, then a data descriptor with its CRC and size (known only once it has been
+    read, as in any archive written to a pipe), and at the end the central directory.
 
-    It has no ``tell``, so zipfile counts the offsets itself and writes each member's sizes and
-    CRC after its data (a data descriptor), as any archive written to a pipe."""
+    Python's ``zipfile`` keeps a ``ZipInfo`` of every member until it closes (about 400 bytes
+    each: 400 MB for a million images, ``bench/export.py``); here each member's central directory
+    record is written into a spooled temporary file as soon as the member is done (in memory up
+    to 4 MB, then on disk), so the archive holds the same memory at any size. Members are stored,
+    not compressed: photos and PNGs are compressed already. Offsets, and the directory's size,
+    count and offset, past what 32 bits (16 for the count) hold are written as ZIP64."""
 
     def __init__(self) -> None:
-        self._pieces: list[bytes] = []
+        self.offset = 0
+        self.count = 0
+        self._directory = tempfile.SpooledTemporaryFile(max_size=4 << 20)
 
-    def write(self, data) -> int:
-        self._pieces.append(bytes(data))
-        return len(data)
+    def member(self, name: str, *, when, chunks: Iterable[bytes]):
+        """Yield the member ``name`` (a path with ``/``), dated ``when``, holding ``chunks``;
+        return its size in bytes."""
+        encoded = name.encode("utf-8")
+        dos_time, dos_date = _dos_date_time(when)
+        start = self.offset
+        header = struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, _VERSION_NEEDED, _FLAGS, 0, dos_time, dos_date, 0, 0, 0, len(encoded), 0
+        ) + encoded
+        yield header
+        crc, size = 0, 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            yield chunk
+        if size > _MEMBER_MAX_BYTES:
+            raise ValueError(f"{name}: {size:,} bytes, more than a member of this archive holds")
+        descriptor = struct.pack("<IIII", 0x08074B50, crc, size, size)
+        yield descriptor
+        self.offset += len(header) + size + len(descriptor)
+        extra, offset_field = b"", start
+        if start > _OFFSET_MAX:
+            extra, offset_field = struct.pack("<HHQ", 0x0001, 8, start), 0xFFFFFFFF
+        self._directory.write(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII", 0x02014B50, _MADE_BY, _VERSION_NEEDED_ZIP64 if extra else _VERSION_NEEDED, _FLAGS, 0,
+                dos_time, dos_date, crc, size, size, len(encoded), len(extra), 0, 0, 0, _FILE_ATTRIBUTES, offset_field,
+            )
+            + encoded
+            + extra
+        )
+        self.count += 1
+        return size
 
-    def flush(self) -> None:
-        pass
+    def end(self) -> Iterator[bytes]:
+        """Yield the central directory and the end records; then the archive is complete."""
+        directory_offset, directory_size = self.offset, self._directory.tell()
+        self._directory.seek(0)
+        while piece := self._directory.read(EXPORT_CHUNK_BYTES):
+            yield piece
+        self._directory.close()
+        self.offset += directory_size
+        if self.count > _COUNT_MAX or directory_offset > _OFFSET_MAX or directory_size > _OFFSET_MAX:
+            yield struct.pack(
+                "<IQHHIIQQQQ", 0x06064B50, 44, _MADE_BY, _VERSION_NEEDED_ZIP64, 0, 0,
+                self.count, self.count, directory_size, directory_offset,
+            )
+            yield struct.pack("<IIQI", 0x07064B50, 0, self.offset, 1)
+        yield struct.pack(
+            "<IHHHHIIH", 0x06054B50, 0, 0, min(self.count, 0xFFFF), min(self.count, 0xFFFF),
+            min(directory_size, 0xFFFFFFFF), min(directory_offset, 0xFFFFFFFF), 0,
+        )
 
-    def take(self) -> bytes:
-        data = b"".join(self._pieces)
-        self._pieces.clear()
-        return data
+
+def _dos_date_time(when) -> tuple[int, int]:
+    year, month, day, hour, minute, second = timezone.localtime(when).timetuple()[:6] if when else (1980, 1, 1, 0, 0, 0)
+    if year < 1980:  # the format's dates start in 1980
+        year, month, day, hour, minute, second = 1980, 1, 1, 0, 0, 0
+    return (hour << 11) | (minute << 5) | (second // 2), ((min(year, 2107) - 1980) << 9) | (month << 5) | day
 
 
 def safe_name(text: str, *, fallback: str) -> str:
@@ -133,16 +204,6 @@ def _manifest_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _member_info(path: str, *, when, size: int) -> zipfile.ZipInfo:
-    """A member stored as it is (photos and PNGs are compressed already), dated ``when``."""
-    date_time = timezone.localtime(when).timetuple()[:6] if when else (1980, 1, 1, 0, 0, 0)
-    info = zipfile.ZipInfo(path, date_time=max(date_time, (1980, 1, 1, 0, 0, 0)))  # zip dates start in 1980
-    info.compress_type = zipfile.ZIP_STORED
-    info.external_attr = 0o644 << 16
-    info.file_size = size  # decides whether the member needs ZIP64 sizes
-    return info
-
-
 def collection_export_zip(*, collection: Collection, report: ExportReport | None = None) -> Iterator[bytes]:
     """The collection's originals as a zip archive, in pieces to send or write as they come.
 
@@ -154,37 +215,42 @@ def collection_export_zip(*, collection: Collection, report: ExportReport | None
     media storage cannot give are not in the archive, and the manifest says why. ``report``, when
     given, is filled in as the archive is written."""
     report = report if report is not None else ExportReport()
-    pieces = _Pieces()
-    with tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", newline="", encoding="utf-8") as manifest_file:
+    archive = ZipStream()
+    with tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", newline="", encoding="utf-8") as manifest_file:
         manifest = csv.writer(manifest_file)
         manifest.writerow(MANIFEST_FIELDS)
-        with zipfile.ZipFile(pieces, mode="w", allowZip64=True) as archive:
-            top_names: set[str] = {EXPORT_MANIFEST.casefold()}
-            folder, folder_label, folder_names = "", None, top_names
-            for image in collection_export_images(collection=collection):
-                if image.label != folder_label:
-                    folder_label = image.label
-                    if image.label:
-                        folder, folder_names = _unique(safe_name(image.label, fallback="_"), top_names) + "/", set()
-                    else:
-                        folder, folder_names = "", top_names
-                path, note = yield from _member_write(archive, pieces, image, folder=folder, taken=folder_names, report=report)
-                manifest.writerow(
-                    [_manifest_cell(value) for value in (path, image.pk, image.original_name, image.label, image.sha256,
-                                                         image.width, image.height, image.status, note or image.error)]
-                )
-            manifest_file.seek(0)
-            # Its size is known only in characters here: ZIP64 sizes whatever it comes to.
-            with archive.open(_member_info(EXPORT_MANIFEST, when=timezone.now(), size=0), "w", force_zip64=True) as member:
-                while text := manifest_file.read(EXPORT_CHUNK_BYTES):
-                    member.write(text.encode("utf-8"))
-                    yield pieces.take()
-        yield pieces.take()
+        top_names: set[str] = {EXPORT_MANIFEST.casefold()}
+        folder, folder_label, folder_names = "", None, top_names
+        for image in collection_export_images(collection=collection):
+            if image.label != folder_label:
+                folder_label = image.label
+                if image.label:
+                    folder, folder_names = _unique(safe_name(image.label, fallback="_"), top_names) + "/", set()
+                else:
+                    folder, folder_names = "", top_names
+            path, note = yield from _member_write(archive, image, folder=folder, taken=folder_names, report=report)
+            manifest.writerow(
+                [_manifest_cell(value) for value in (path, image.pk, image.original_name, image.label, image.sha256,
+                                                     image.width, image.height, image.status, note or image.error)]
+            )
+        manifest_file.seek(0)
+        yield from archive.member(EXPORT_MANIFEST, when=timezone.now(), chunks=_encoded(manifest_file))
+    yield from archive.end()
 
 
-def _member_write(archive, pieces: _Pieces, image: Image, *, folder: str, taken: set[str], report: ExportReport):
-    """Write one image's file into ``archive``, yielding the archive's pieces as they come; return
-    (its path in the archive, or "", and why it is not there, or "")."""
+def _encoded(text_file) -> Iterator[bytes]:
+    while text := text_file.read(EXPORT_CHUNK_BYTES):
+        yield text.encode("utf-8")
+
+
+def _file_chunks(handle) -> Iterator[bytes]:
+    while chunk := handle.read(EXPORT_CHUNK_BYTES):
+        yield chunk
+
+
+def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[str], report: ExportReport):
+    """Write one image's file into ``archive``, yielding its pieces; return (its path in the
+    archive, or "", and why it is not there, or "")."""
     if not image.file:
         report.without_file += 1
         return "", ""
@@ -194,15 +260,13 @@ def _member_write(archive, pieces: _Pieces, image: Image, *, folder: str, taken:
         report.missing += 1
         return "", f"not exported: media storage cannot give its file ({exc.strerror or type(exc).__name__})"
     with handle:
+        if handle.size > _MEMBER_MAX_BYTES:
+            report.missing += 1
+            return "", f"not exported: {handle.size:,} bytes, more than a zip member holds without ZIP64 sizes"
         path = folder + _unique(_file_name(image, handle), taken)
-        written = 0
-        with archive.open(_member_info(path, when=image.created_at, size=handle.size), "w") as member:
-            while chunk := handle.read(EXPORT_CHUNK_BYTES):
-                member.write(chunk)
-                written += len(chunk)
-                yield pieces.take()
+        size = yield from archive.member(path, when=image.created_at, chunks=_file_chunks(handle))
     report.files += 1
-    report.bytes += written
+    report.bytes += size
     return path, ""
 
 

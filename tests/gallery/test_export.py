@@ -224,3 +224,21 @@ def test_the_gallery_page_offers_the_download_to_staff_only(client, staff):
 )
 def test_safe_name(text, expected):
     assert safe_name(text, fallback="_") == expected
+
+
+def test_offsets_and_counts_past_32_bits_are_written_as_zip64(monkeypatch):
+    """An archive of more than 2 GiB, or 65,535 members, needs ZIP64 records: the limits are
+    lowered here so that a small archive needs them too, and zipfile must still read it whole."""
+    many = Collection.objects.create(name="many")
+    data = {f"{n}.png": image_bytes(pattern=n) for n in range(4)}
+    _upload(many, *((name, "", picture) for name, picture in data.items()))
+    monkeypatch.setattr(export, "_OFFSET_MAX", 100)  # every member after the first starts past it
+    monkeypatch.setattr(export, "_COUNT_MAX", 2)  # 5 members with the manifest
+
+    archive = b"".join(collection_export_zip(collection=many))
+
+    assert b"PK\x06\x06" in archive and b"PK\x06\x07" in archive  # the ZIP64 end record and its locator
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        assert [info.header_offset > 100 for info in opened.infolist()] == [False, True, True, True, True]
+    files, manifest = _read(archive)
+    assert files == data and len(manifest) == 4

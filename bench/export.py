@@ -1,0 +1,206 @@
+"""Downloading a collection as a zip: the cost of ``gallery.export.collection_export_zip`` (the
+API's, the admin's and ``export_collection``'s archive) against Python's zipfile writing the same
+stored files with nothing else, in the same run, and the memory the export holds while it runs.
+
+    .venv/bin/python bench/export.py [--images 2000] [--rounds 3]
+    .venv/bin/python bench/export.py --small 100000 [--rounds 3]   # many small files
+
+With ``--small N``, the collection is instead N rows loaded with COPY, in 10 labels, each naming
+the same stored 64x48 PNG (the cost a file adds, apart from its bytes: a member header, a
+name made safe and unique, a manifest row, a file opened).
+
+The photos are ``bench/ingest.py``'s 1024x768 JPEGs (made once into var/bench/photos from the
+shared OpenMoji set, labelled by its subgroups), imported once into a collection of an embedded
+PostgreSQL under var/bench-export (no worker is needed: an export reads the originals). Each
+round writes the archive twice, into a sink that counts the bytes and keeps none (the socket of
+a download, without the network), alternating which goes first:
+- baseline: the collection's stored file names read in one query, then ``ZipFile.write`` of each
+  (stored, not compressed, as the export does), to the same kind of sink: no manifest, no names
+  made safe or unique, no label folders, every file at the top;
+- product: ``collection_export_zip``, its pieces taken as a response would send them.
+A round first reads every file once (not timed), so both find them in the page cache. Wall and
+CPU time per round (medians), MB/s of archive, their ratio; and each one's peak of Python
+allocations (tracemalloc, in a round of its own, untimed): zipfile keeps a ``ZipInfo`` of every
+member until it writes the central directory, the export spools its records to a temporary file. The
+export's archive is then written to a file and read back with zipfile (every CRC checked).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import project
+from ingest import generate
+
+VAR = project.ROOT / "var" / "bench-export"
+
+
+class Sink:
+    """A write-only stream that counts what it is given, as a socket would take it."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.bytes += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def load(n: int) -> int:
+    """The collection of the first ``n`` photos, imported once; its id."""
+    from django.core.management import call_command
+
+    from gallery.models import Collection, Image
+    from gallery.services import collection_get_or_create, images_create, IncomingFile
+
+    call_command("migrate", verbosity=0)
+    collection = collection_get_or_create(name=f"export-{n}")
+    if Image.objects.filter(collection=collection).count() != n:
+        Image.objects.filter(collection=collection).delete()
+        photos = generate(n, processes=2)
+        for start in range(0, n, 200):
+            images_create(
+                collection=collection,
+                files=[IncomingFile(name=f"{path.parent.name}/{path.name}", label=path.parent.name, data=path.read_bytes())
+                       for path in photos[start:start + 200]],
+            )
+    if Image.objects.filter(collection=collection).exclude(file="").count() != n:
+        raise RuntimeError("the collection should hold a stored file for each photo")
+    return collection.pk
+
+
+def load_small(n: int) -> int:
+    """A collection of ``n`` rows in 10 labels, all naming one small stored PNG; its id."""
+    import io
+    import uuid
+
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from PIL import Image as PILImage
+
+    from gallery.models import Collection, Image
+
+    call_command("migrate", verbosity=0)
+    collection = Collection.objects.get_or_create(name=f"export-small-{n}")[0]
+    if Image.objects.filter(collection=collection).count() != n:
+        Image.objects.filter(collection=collection).delete()
+        name = f"images/{collection.pk}/{uuid.uuid4().hex}.png"
+        buffer = io.BytesIO()
+        PILImage.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
+        (Path(settings.MEDIA_ROOT) / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path(settings.MEDIA_ROOT) / name).write_bytes(buffer.getvalue())
+        connection.ensure_connection()
+        with connection.connection.cursor() as raw:
+            with raw.copy(
+                "COPY gallery_image (collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at)"
+                " FROM STDIN"
+            ) as copy:
+                for i in range(n):
+                    copy.write_row((collection.pk, name, "", f"shot-{i:07d}.png", f"label-{i % 10}", f"{i:064x}", "pending", "", "now", "now"))
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE gallery_image")
+    return collection.pk
+
+
+def export_plain(collection_id: int, sink: Sink) -> None:
+    from django.conf import settings
+
+    from gallery.models import Image
+
+    media = Path(settings.MEDIA_ROOT)
+    names = Image.objects.filter(collection_id=collection_id).order_by("pk").values_list("pk", "file")
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
+        for pk, name in names:
+            archive.write(media / name, arcname=f"{pk}{Path(name).suffix}")
+
+
+def export_product(collection_id: int, sink: Sink) -> None:
+    from gallery.export import collection_export_zip
+    from gallery.models import Collection
+
+    for piece in collection_export_zip(collection=Collection.objects.get(pk=collection_id)):
+        sink.write(piece)
+
+
+def read_all(collection_id: int) -> int:
+    from django.conf import settings
+
+    from gallery.models import Image
+
+    media = Path(settings.MEDIA_ROOT)
+    return sum(len((media / name).read_bytes()) for name in Image.objects.filter(collection_id=collection_id).values_list("file", flat=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--small", type=int, default=0, help="N rows naming one small file, instead of the photos")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    project.setup_django(VAR)
+    if args.small:
+        args.images = args.small
+        collection_id = load_small(args.small)
+    else:
+        collection_id = load(args.images)
+    files_bytes = read_all(collection_id)
+    wall: dict[str, list[float]] = {"plain": [], "product": []}
+    cpu: dict[str, list[float]] = {"plain": [], "product": []}
+    sizes: dict[str, int] = {}
+    for round_number in range(args.rounds):
+        ways = [("plain", export_plain), ("product", export_product)]
+        if round_number % 2:
+            ways.reverse()
+        read_all(collection_id)
+        for name, export in ways:
+            sink = Sink()
+            started, started_cpu = time.perf_counter(), time.process_time()
+            export(collection_id, sink)
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
+            sizes[name] = sink.bytes
+        print(json.dumps({"round": round_number + 1, **{name: round(values[-1], 3) for name, values in wall.items()}}), flush=True)
+
+    peaks = {}
+    for name, export in (("plain", export_plain), ("product", export_product)):
+        tracemalloc.start()
+        export(collection_id, Sink())
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+    archive = VAR / "export.zip"
+    with open(archive, "wb") as out:
+        export_product(collection_id, out)
+    with zipfile.ZipFile(archive) as opened:
+        if opened.testzip() is not None or len(opened.namelist()) != args.images + 1:
+            raise RuntimeError("the export's archive does not read back whole")
+    archive.unlink()
+
+    medians = {name: statistics.median(values) for name, values in wall.items()}
+    report = {
+        **project.report_header(),
+        "images": args.images,
+        "files_mb": round(files_bytes / 1e6, 1),
+        "archive_mb": {name: round(size / 1e6, 1) for name, size in sizes.items()},
+        "rounds": args.rounds,
+        **{f"{name}_s": round(value, 3) for name, value in medians.items()},
+        **{f"{name}_cpu_s": round(statistics.median(values), 3) for name, values in cpu.items()},
+        **{f"{name}_mb_per_s": round(sizes[name] / 1e6 / value, 1) for name, value in medians.items()},
+        **{f"{name}_ms_per_image": round(value / args.images * 1000, 4) for name, value in medians.items()},
+        "product_to_plain": round(medians["product"] / medians["plain"], 2),
+        **{f"{name}_peak_python_mb": round(peak / 1e6, 2) for name, peak in peaks.items()},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
