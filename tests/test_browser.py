@@ -391,3 +391,28 @@ def test_an_admin_stops_a_removal_from_the_copies_page(live_server, library, dja
     assert "The removal is stopped, after 0 copies deleted." in message
     assert "The last removal of copies here was stopped in round 1" in status and "having deleted 0 copies" in status
     assert CopyRemovalRun.objects.get(pk=run.pk).status == "stopped" and Image.objects.count() == 7
+
+
+def test_an_admin_downloads_a_collection_from_its_page(live_server, django_user_model):
+    import io
+    import zipfile
+
+    from gallery.services import IncomingFile, images_create
+    from tests.utils import image_bytes
+
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
+    collection = collection_get_or_create(name="to take home")
+    pictures = {"red.png": image_bytes(pattern=1), "blue.png": image_bytes(pattern=2)}
+    images_create(collection=collection, files=[IncomingFile(name=name, label="colours", data=data) for name, data in pictures.items()])
+    page_url = live_server.url + reverse("gallery:collection-detail", args=[collection.pk])
+    with chromium_page() as (page, errors):
+        sign_in_as_admin(page, live_server, page_url)
+        with page.expect_download() as download:
+            page.click("text=download as zip")
+        name, archive = download.value.suggested_filename, download.value.path().read_bytes()
+    assert name == "to take home.zip"
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        assert {member: opened.read(member) for member in opened.namelist() if member != "manifest.csv"} == {
+            f"colours/{member}": data for member, data in pictures.items()
+        }
+    assert errors == []
