@@ -88,6 +88,12 @@ class ZipStream:
         self.count = 0
         self._directory = tempfile.SpooledTemporaryFile(max_size=4 << 20)
 
+    def __enter__(self) -> "ZipStream":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._directory.close()
+
     def member(self, name: str, *, when, chunks: Iterable[bytes]):
         """Yield the member ``name`` (a path with ``/``), dated ``when``, holding ``chunks``;
         return its size in bytes."""
@@ -128,7 +134,6 @@ class ZipStream:
         self._directory.seek(0)
         while piece := self._directory.read(EXPORT_CHUNK_BYTES):
             yield piece
-        self._directory.close()
         self.offset += directory_size
         if self.count > _COUNT_MAX or directory_offset > _OFFSET_MAX or directory_size > _OFFSET_MAX:
             yield struct.pack(
@@ -182,7 +187,9 @@ def _unique(name: str, taken: set[str]) -> str:
 def _file_name(image: Image, handle) -> str:
     """The image's file name in the archive: its imported name without the folders, with the
     extension of its format added where the name has none an importer would take as an image."""
-    base = PurePosixPath(image.original_name.replace("\\", "/")).name
+    # Stored names use / between folders; a backslash is part of a name (or of an escaped control
+    # character, ``\n``), and ``safe_name`` makes it ``_``.
+    base = PurePosixPath(image.original_name).name
     name = safe_name(base, fallback=f"image-{image.pk}")
     if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
         name = PurePosixPath(name[: _NAME_MAX - 5]).name + _format_suffix(handle)
@@ -215,8 +222,9 @@ def collection_export_zip(*, collection: Collection, report: ExportReport | None
     media storage cannot give are not in the archive, and the manifest says why. ``report``, when
     given, is filled in as the archive is written."""
     report = report if report is not None else ExportReport()
-    archive = ZipStream()
-    with tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", newline="", encoding="utf-8") as manifest_file:
+    # Both spooled files are closed (and any part on disk removed) also when the download stops
+    # midway: the client gone closes this generator.
+    with ZipStream() as archive, tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", newline="", encoding="utf-8") as manifest_file:
         manifest = csv.writer(manifest_file)
         manifest.writerow(MANIFEST_FIELDS)
         top_names: set[str] = {EXPORT_MANIFEST.casefold()}
@@ -235,7 +243,7 @@ def collection_export_zip(*, collection: Collection, report: ExportReport | None
             )
         manifest_file.seek(0)
         yield from archive.member(EXPORT_MANIFEST, when=timezone.now(), chunks=_encoded(manifest_file))
-    yield from archive.end()
+        yield from archive.end()
 
 
 def _encoded(text_file) -> Iterator[bytes]:

@@ -71,7 +71,9 @@ def test_the_archive_holds_each_file_unchanged_in_a_folder_per_label_and_a_manif
 
 def test_names_are_made_safe_and_unique_for_every_file_system(client, staff):
     odd = Collection.objects.create(name="odd: names?")
-    red, green, blue, grey, white = (image_bytes(color=colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90), (250, 250, 250)))
+    red, green, blue, grey, white, black = (
+        image_bytes(color=colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90), (250, 250, 250), (5, 5, 5))
+    )
     _upload(
         odd,
         ("IMG.png", "../../etc", red),  # a label that would climb out of the archive
@@ -79,6 +81,7 @@ def test_names_are_made_safe_and_unique_for_every_file_system(client, staff):
         ("scan", "", blue),  # no extension: an importer would skip it
         (".hidden.png", "", grey),  # a leading dot: importers and file browsers hide it
         ("formula.png", "=HYPERLINK(\"http://x\")", white),  # a label a spreadsheet would run
+        ("line\nbreak.png", "", black),  # stored as line\\nbreak.png: the backslash is no folder
     )
     client.force_login(staff)
 
@@ -92,6 +95,7 @@ def test_names_are_made_safe_and_unique_for_every_file_system(client, staff):
         "_.._.._etc/IMG.png": red,
         "_.._.._etc/img (2).PNG": green,
         "=HYPERLINK(_http___x_)/formula.png": white,
+        "line_nbreak.png": black,
     }
     assert {row["original_name"]: row["label"] for row in manifest}["formula.png"] == "'=HYPERLINK(\"http://x\")"
 
