@@ -239,6 +239,11 @@ class _ErrorsAsJson(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+class ExportInputSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Image.Status.values, required=False, help_text="only images with this status")
+    label = serializers.CharField(required=False, allow_blank=True, help_text="only images with this label")
+
+
 class CollectionExportApi(APIView):
     """GET /api/collections/{id}/export/: the collection's original files as a zip (staff only)."""
 
@@ -255,21 +260,28 @@ class CollectionExportApi(APIView):
             f"unlabelled one at the top, and `{EXPORT_MANIFEST}` last (every image: its path in the archive, id, "
             "original name, label, SHA-256, size, status, and why it failed or is not in the archive). "
             "`import_images ARCHIVE --labels-from-dirs` imports it again with the same labels. The archive is sent as "
-            "it is written, so it has no Content-Length."
+            "it is written, so it has no Content-Length. `label` and `status` narrow it as they narrow the image list."
         ),
+        parameters=[ExportInputSerializer],
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="the zip archive"),
+            400: OpenApiResponse(ErrorSerializer, description="an unknown status"),
             **_staff_refusals("collection"),
             503: OpenApiResponse(ErrorSerializer, description="media storage is not mounted on this web server"),
         },
     )
     def get(self, request, collection_id: int):
         collection = get_object_or_404(Collection, pk=collection_id)
+        params = ExportInputSerializer(data=request.query_params)
+        if not params.is_valid():
+            return invalid_parameters(params.errors)
         try:
             media_storage_check()
         except MediaStorageUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return collection_export_response(collection)
+        return collection_export_response(
+            collection, label=params.validated_data.get("label", ""), status=params.validated_data.get("status", "")
+        )
 
 
 class ImageUploadInputSerializer(serializers.Serializer):

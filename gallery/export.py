@@ -211,8 +211,11 @@ def _manifest_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def collection_export_zip(*, collection: Collection, report: ExportReport | None = None) -> Iterator[bytes]:
-    """The collection's originals as a zip archive, in pieces to send or write as they come.
+def collection_export_zip(
+    *, collection: Collection, label: str = "", status: str = "", report: ExportReport | None = None
+) -> Iterator[bytes]:
+    """The collection's originals as a zip archive, in pieces to send or write as they come; only
+    the images with ``label`` and ``status`` where given.
 
     Images are read in label then id order: the unlabelled ones at the top of the archive, then
     a folder per label (its name made safe by ``safe_name``; two labels that give the same name,
@@ -229,7 +232,7 @@ def collection_export_zip(*, collection: Collection, report: ExportReport | None
         manifest.writerow(MANIFEST_FIELDS)
         top_names: set[str] = {EXPORT_MANIFEST.casefold()}
         folder, folder_label, folder_names = "", None, top_names
-        for image in collection_export_images(collection=collection):
+        for image in collection_export_images(collection=collection, label=label, status=status):
             if image.label != folder_label:
                 folder_label = image.label
                 if image.label:
@@ -278,10 +281,14 @@ def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[s
     return path, ""
 
 
-def collection_export_response(collection: Collection) -> StreamingHttpResponse:
-    """The collection as a zip download (the API's and the admin's), sent as it is written; the
-    caller has checked that media storage is there."""
-    response = StreamingHttpResponse(collection_export_zip(collection=collection), content_type="application/zip")
-    response["Content-Disposition"] = content_disposition_header(True, safe_name(collection.name, fallback="collection") + ".zip")
+def collection_export_response(collection: Collection, *, label: str = "", status: str = "") -> StreamingHttpResponse:
+    """The collection (its images with ``label`` and ``status`` where given) as a zip download,
+    the API's and the admin's, sent as it is written; the caller has checked that media storage
+    is there. The file is named after the collection, and the label and status asked for."""
+    response = StreamingHttpResponse(
+        collection_export_zip(collection=collection, label=label, status=status), content_type="application/zip"
+    )
+    name = " - ".join(part for part in (collection.name, label, status) if part)
+    response["Content-Disposition"] = content_disposition_header(True, safe_name(name, fallback="collection") + ".zip")
     response["Cache-Control"] = "no-store"
     return response

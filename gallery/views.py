@@ -79,6 +79,7 @@ def collection_detail(request, collection_id: int):
             # each status link keeps the label, each label link the status, the pager both
             "status_urls": {"all": _query(label=label), **{name: _query(label=label, status=name) for name in Image.Status.values}},
             "all_labels_url": _query(status=status),
+            "export_query": _query(label=label, status=status) if label or status else "",
             **_pager_urls(page, label=label, status=status),
         },
     )

@@ -246,3 +246,26 @@ def test_offsets_and_counts_past_32_bits_are_written_as_zip64(monkeypatch):
         assert [info.header_offset > 100 for info in opened.infolist()] == [False, True, True, True, True]
     files, manifest = _read(archive)
     assert files == data and len(manifest) == 4
+
+
+def test_a_label_or_a_status_narrows_the_export_as_it_narrows_the_gallery(client, staff, tmp_path):
+    mixed = Collection.objects.create(name="mixed")
+    cat, dog, other = image_bytes(pattern=1), image_bytes(pattern=2), image_bytes(pattern=3)
+    _upload(mixed, ("a.png", "cat", cat), ("b.png", "dog", dog), ("c.png", "cat", b"not a picture"), ("d.png", "", other))
+    url = reverse("api-collection-export", args=[mixed.pk])
+    client.force_login(staff)
+
+    cats = client.get(url, {"label": "cat"})
+    failed_cats = client.get(url, {"label": "cat", "status": "failed"})
+    refused = client.get(url, {"status": "lost"})
+    page = client.get(reverse("gallery:collection-detail", args=[mixed.pk]), {"label": "cat"}).content.decode()
+    call_command("export_collection", str(tmp_path / "dogs.zip"), "--collection", "mixed", "--label", "dog")
+
+    assert cats["Content-Disposition"] == 'attachment; filename="mixed - cat.zip"'
+    files, manifest = _read(b"".join(cats.streaming_content))
+    assert files == {"cat/a.png": cat} and [row["original_name"] for row in manifest] == ["a.png", "c.png"]
+    assert failed_cats["Content-Disposition"] == 'attachment; filename="mixed - cat - failed.zip"'
+    assert _read(b"".join(failed_cats.streaming_content)) == ({}, [row for row in manifest if row["original_name"] == "c.png"])
+    assert refused.status_code == 400 and "status" in refused.json()["errors"]
+    assert f'href="{url}?label=cat" download' in page and "download these as zip" in page
+    assert _read((tmp_path / "dogs.zip").read_bytes())[0] == {"dog/b.png": dog}

@@ -21,9 +21,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("archive", help="the .zip file to write")
         parser.add_argument("--collection", required=True, help="collection name")
+        parser.add_argument("--label", default="", help="only the images with this label")
+        parser.add_argument("--status", choices=Image.Status.values, default="", help="only the images with this status")
         parser.add_argument("--force", action="store_true", help="replace the archive if the file exists")
 
-    def handle(self, *args, archive: str, collection: str, force: bool, **options):
+    def handle(self, *args, archive: str, collection: str, label: str, status: str, force: bool, **options):
         target = Path(archive)
         if target.exists() and not force:
             raise CommandError(f"{target} exists; --force replaces it")
@@ -38,10 +40,15 @@ class Command(BaseCommand):
         # stopped midway leaves no archive that looks whole under the name asked for.
         partial = target.with_name(f".{target.name}.partial")
         report = ExportReport()
-        total = Image.objects.filter(collection=source).count()
+        chosen = Image.objects.filter(collection=source)
+        if label:
+            chosen = chosen.filter(label=label)
+        if status:
+            chosen = chosen.filter(status=status)
+        total = chosen.count()
         try:
             with open(partial, "wb") as out, tqdm(total=total, unit="img", disable=None) as bar:
-                for piece in collection_export_zip(collection=source, report=report):
+                for piece in collection_export_zip(collection=source, label=label, status=status, report=report):
                     out.write(piece)
                     bar.update(report.files + report.missing + report.without_file - bar.n)
             os.replace(partial, target)
