@@ -1,4 +1,4 @@
-"""Downloading a collection as a zip: the cost of ``gallery.export.collection_export_zip`` (the
+"""Downloading a collection as a zip: the cost of ``gallery.export.images_export_zip`` (the
 API's, the admin's and ``export_collection``'s archive) against Python's zipfile writing the same
 stored files with nothing else, in the same run, and the memory the export holds while it runs.
 
@@ -17,7 +17,7 @@ a download, without the network), alternating which goes first:
 - baseline: the collection's stored file names read in one query, then ``ZipFile.write`` of each
   (stored, not compressed, as the export does), to the same kind of sink: no manifest, no names
   made safe or unique, no label folders, every file at the top;
-- product: ``collection_export_zip``, its pieces taken as a response would send them.
+- product: ``images_export_zip`` of the collection's images, its pieces taken as a response would send them.
 A round first reads every file once (not timed), so both find them in the page cache. Wall and
 CPU time per round (medians), MB/s of archive, their ratio; and each one's peak of Python
 allocations (tracemalloc, in a round of its own, untimed): zipfile keeps a ``ZipInfo`` of every
@@ -127,10 +127,11 @@ def export_plain(collection_id: int, sink: Sink) -> None:
 
 
 def export_product(collection_id: int, sink: Sink) -> None:
-    from gallery.export import collection_export_zip
+    from gallery.export import images_export_zip
     from gallery.models import Collection
+    from gallery.selectors import collection_images
 
-    for piece in collection_export_zip(collection=Collection.objects.get(pk=collection_id)):
+    for piece in images_export_zip(images=collection_images(collection=Collection.objects.get(pk=collection_id))):
         sink.write(piece)
 
 

@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from gallery.export import collection_export_response
+from gallery.export import collection_export_response, images_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image
@@ -197,10 +197,19 @@ class ImageAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     list_select_related = ["collection"]
-    actions = ["index_again", "move_to_collection"]
+    actions = ["index_again", "move_to_collection", "export_zip"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Download the selected images' original files as a zip")
+    def export_zip(self, request, queryset):
+        try:
+            media_storage_check()
+        except MediaStorageUnavailable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        return images_export_response(queryset, name="images")
 
     @admin.action(description="Move selected images to another collection…", permissions=["change"])
     def move_to_collection(self, request, queryset):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from django.core.files.storage import default_storage
+from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
@@ -27,7 +28,7 @@ from PIL import Image as PILImage
 
 from gallery import imaging
 from gallery.models import Collection, Image
-from gallery.selectors import collection_export_images
+from gallery.selectors import collection_images, images_in_export_order
 from gallery.services import IMAGE_SUFFIXES
 
 EXPORT_MANIFEST = "manifest.csv"
@@ -211,11 +212,8 @@ def _manifest_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def collection_export_zip(
-    *, collection: Collection, label: str = "", status: str = "", report: ExportReport | None = None
-) -> Iterator[bytes]:
-    """The collection's originals as a zip archive, in pieces to send or write as they come; only
-    the images with ``label`` and ``status`` where given.
+def images_export_zip(*, images: QuerySet[Image], report: ExportReport | None = None) -> Iterator[bytes]:
+    """The original files of ``images`` as a zip archive, in pieces to send or write as they come.
 
     Images are read in label then id order: the unlabelled ones at the top of the archive, then
     a folder per label (its name made safe by ``safe_name``; two labels that give the same name,
@@ -232,7 +230,7 @@ def collection_export_zip(
         manifest.writerow(MANIFEST_FIELDS)
         top_names: set[str] = {EXPORT_MANIFEST.casefold()}
         folder, folder_label, folder_names = "", None, top_names
-        for image in collection_export_images(collection=collection, label=label, status=status):
+        for image in images_in_export_order(images=images):
             if image.label != folder_label:
                 folder_label = image.label
                 if image.label:
@@ -281,14 +279,17 @@ def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[s
     return path, ""
 
 
-def collection_export_response(collection: Collection, *, label: str = "", status: str = "") -> StreamingHttpResponse:
-    """The collection (its images with ``label`` and ``status`` where given) as a zip download,
-    the API's and the admin's, sent as it is written; the caller has checked that media storage
-    is there. The file is named after the collection, and the label and status asked for."""
-    response = StreamingHttpResponse(
-        collection_export_zip(collection=collection, label=label, status=status), content_type="application/zip"
-    )
-    name = " - ".join(part for part in (collection.name, label, status) if part)
-    response["Content-Disposition"] = content_disposition_header(True, safe_name(name, fallback="collection") + ".zip")
+def images_export_response(images: QuerySet[Image], *, name: str) -> StreamingHttpResponse:
+    """``images`` as a zip download named ``name`` (made safe) plus ``.zip``, sent as it is written
+    (the API's and the admin's); the caller has checked that media storage is there."""
+    response = StreamingHttpResponse(images_export_zip(images=images), content_type="application/zip")
+    response["Content-Disposition"] = content_disposition_header(True, safe_name(name, fallback="images") + ".zip")
     response["Cache-Control"] = "no-store"
     return response
+
+
+def collection_export_response(collection: Collection, *, label: str = "", status: str = "") -> StreamingHttpResponse:
+    """The collection (its images with ``label`` and ``status`` where given) as a zip download,
+    named after the collection, and the label and status asked for."""
+    images = collection_images(collection=collection, label=label, status=status)
+    return images_export_response(images, name=" - ".join(part for part in (collection.name, label, status) if part))

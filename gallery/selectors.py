@@ -81,18 +81,23 @@ def collection_labels(*, collection: Collection, limit: int) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def collection_export_images(*, collection: Collection, label: str = "", status: str = "") -> Iterator[Image]:
-    """The collection's images (only those with ``label`` and ``status`` where given) in label
-    then id order, as ``gallery.export`` writes them: each label's images together. Read through a server-side cursor (``iterator``), so an export of any
-    size holds 500 rows at a time; outside a transaction the cursor is WITH HOLD, materialised by
-    PostgreSQL when it is declared, so a long download keeps no transaction open."""
-    fields = ("id", "file", "original_name", "label", "sha256", "width", "height", "status", "error", "created_at")
+def collection_images(*, collection: Collection, label: str = "", status: str = "") -> QuerySet[Image]:
+    """The collection's images, only those with ``label`` and ``status`` where given."""
     images = Image.objects.filter(collection=collection)
     if label:
         images = images.filter(label=label)
     if status:
         images = images.filter(status=status)
-    return images.order_by("label", "id").only(*fields).iterator(chunk_size=500)
+    return images
+
+
+def images_in_export_order(*, images: QuerySet[Image]) -> Iterator[Image]:
+    """``images`` in label then id order, as ``gallery.export`` writes them: each label's images
+    together. Read through a server-side cursor (``iterator``), so an export of any size holds
+    500 rows at a time; outside a transaction the cursor is WITH HOLD, materialised by PostgreSQL
+    when it is declared, so a long download keeps no transaction open."""
+    fields = ("id", "file", "original_name", "label", "sha256", "width", "height", "status", "error", "created_at")
+    return images.select_related(None).order_by("label", "id").only(*fields).iterator(chunk_size=500)
 
 
 def image_list(*, collection: Collection, status: str = "", label: str = "", after: int = 0, limit: int) -> list[Image]:

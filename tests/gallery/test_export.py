@@ -13,9 +13,10 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from gallery import export
-from gallery.export import EXPORT_MANIFEST, ExportReport, collection_export_zip, safe_name
+from gallery.export import EXPORT_MANIFEST, ExportReport, images_export_zip, safe_name
 from gallery.media import MEDIA_MARKER
 from gallery.models import Collection, Image
+from gallery.selectors import collection_images
 from gallery.services import IncomingFile, images_create
 from tests.utils import image_bytes
 
@@ -119,7 +120,7 @@ def test_a_file_media_storage_has_lost_is_left_out_and_named_in_the_manifest(sta
     default_storage.delete(images["lost.png"].file.name)
     report = ExportReport()
 
-    files, manifest = _read(b"".join(collection_export_zip(collection=gaps, report=report)))
+    files, manifest = _read(b"".join(images_export_zip(images=collection_images(collection=gaps), report=report)))
 
     assert list(files) == ["kept.png"]
     lost = next(row for row in manifest if row["original_name"] == "lost.png")
@@ -133,7 +134,7 @@ def test_a_file_is_sent_in_pieces_and_arrives_whole(monkeypatch):
     _upload(big, ("big.png", "", data))
     monkeypatch.setattr(export, "EXPORT_CHUNK_BYTES", 1000)
 
-    pieces = list(collection_export_zip(collection=big))
+    pieces = list(images_export_zip(images=collection_images(collection=big)))
 
     assert len(pieces) > len(data) // 1000  # a piece for each thousand bytes read, not the file at once
     assert _read(b"".join(pieces))[0] == {"big.png": data}
@@ -239,7 +240,7 @@ def test_offsets_and_counts_past_32_bits_are_written_as_zip64(monkeypatch):
     monkeypatch.setattr(export, "_OFFSET_MAX", 100)  # every member after the first starts past it
     monkeypatch.setattr(export, "_COUNT_MAX", 2)  # 5 members with the manifest
 
-    archive = b"".join(collection_export_zip(collection=many))
+    archive = b"".join(images_export_zip(images=collection_images(collection=many)))
 
     assert b"PK\x06\x06" in archive and b"PK\x06\x07" in archive  # the ZIP64 end record and its locator
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
@@ -269,3 +270,20 @@ def test_a_label_or_a_status_narrows_the_export_as_it_narrows_the_gallery(client
     assert refused.status_code == 400 and "status" in refused.json()["errors"]
     assert f'href="{url}?label=cat" download' in page and "download these as zip" in page
     assert _read((tmp_path / "dogs.zip").read_bytes())[0] == {"dog/b.png": dog}
+
+
+def test_the_admin_downloads_the_images_picked_or_every_image_a_filter_leaves(admin_client):
+    first, second = Collection.objects.create(name="first"), Collection.objects.create(name="second")
+    red, blue, green = image_bytes(pattern=1), image_bytes(pattern=2), image_bytes(pattern=3)
+    picked = _upload(first, ("red.png", "warm", red), ("blue.png", "cold", blue))
+    _upload(second, ("green.png", "cold", green))
+    url = reverse("admin:gallery_image_changelist")
+
+    ticked = admin_client.post(url, {"action": "export_zip", helpers.ACTION_CHECKBOX_NAME: [picked["red.png"].pk]})
+    every_cold = admin_client.post(
+        f"{url}?q=cold", {"action": "export_zip", "select_across": "1", helpers.ACTION_CHECKBOX_NAME: [picked["blue.png"].pk]}
+    )
+
+    assert ticked["Content-Disposition"] == 'attachment; filename="images.zip"'
+    assert _read(b"".join(ticked.streaming_content))[0] == {"warm/red.png": red}
+    assert _read(b"".join(every_cold.streaming_content))[0] == {"cold/blue.png": blue, "cold/green.png": green}  # from both collections

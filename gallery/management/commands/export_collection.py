@@ -4,10 +4,11 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from gallery.export import EXPORT_MANIFEST, ExportReport, collection_export_zip
+from gallery.export import EXPORT_MANIFEST, ExportReport, images_export_zip
 from gallery.management.commands.remove_copies import _named
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Image
+from gallery.selectors import collection_images
 
 
 class Command(BaseCommand):
@@ -40,15 +41,11 @@ class Command(BaseCommand):
         # stopped midway leaves no archive that looks whole under the name asked for.
         partial = target.with_name(f".{target.name}.partial")
         report = ExportReport()
-        chosen = Image.objects.filter(collection=source)
-        if label:
-            chosen = chosen.filter(label=label)
-        if status:
-            chosen = chosen.filter(status=status)
+        chosen = collection_images(collection=source, label=label, status=status)
         total = chosen.count()
         try:
             with open(partial, "wb") as out, tqdm(total=total, unit="img", disable=None) as bar:
-                for piece in collection_export_zip(collection=source, label=label, status=status, report=report):
+                for piece in images_export_zip(images=chosen, report=report):
                     out.write(piece)
                     bar.update(report.files + report.missing + report.without_file - bar.n)
             os.replace(partial, target)
