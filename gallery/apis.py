@@ -279,9 +279,14 @@ class CollectionExportApi(APIView):
             media_storage_check()
         except MediaStorageUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return collection_export_response(
+        response = collection_export_response(
             collection, label=params.validated_data.get("label", ""), status=params.validated_data.get("status", "")
         )
+        if request.method == "HEAD":
+            # Download managers ask HEAD first: the headers, without writing an archive that
+            # nobody reads (the server would still run the generator to its end).
+            response.streaming_content = []
+        return response
 
 
 class ImageUploadInputSerializer(serializers.Serializer):

@@ -287,3 +287,21 @@ def test_the_admin_downloads_the_images_picked_or_every_image_a_filter_leaves(ad
     assert ticked["Content-Disposition"] == 'attachment; filename="images.zip"'
     assert _read(b"".join(ticked.streaming_content))[0] == {"warm/red.png": red}
     assert _read(b"".join(every_cold.streaming_content))[0] == {"cold/blue.png": blue, "cold/green.png": green}  # from both collections
+
+
+def test_a_head_request_gets_the_headers_without_an_archive_being_written(staff):
+    """Download managers ask HEAD first. The test client drops a HEAD answer's body itself, so the
+    view is called directly: its response must carry no archive to be thrown away."""
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    from gallery.apis import CollectionExportApi
+
+    asked = Collection.objects.create(name="asked")
+    _upload(asked, ("x.png", "", image_bytes(pattern=1)))
+    request = APIRequestFactory().head(reverse("api-collection-export", args=[asked.pk]))
+    force_authenticate(request, user=staff)
+
+    response = CollectionExportApi.as_view()(request, collection_id=asked.pk)
+
+    assert (response.status_code, response["Content-Disposition"]) == (200, 'attachment; filename="asked.zip"')
+    assert b"".join(response.streaming_content) == b""
