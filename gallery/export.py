@@ -1,12 +1,13 @@
-"""A collection as a zip archive: its original files, one folder per label, and a manifest.
+"""Images as a zip archive (a collection, or an admin's selection): their original files, one
+folder per label, and a manifest.
 
 The archive is written as it is sent, a file at a time in pieces of ``EXPORT_CHUNK_BYTES``; what
 it must remember to the end (the zip's central directory, the manifest) goes to spooled
-temporary files. So exporting a collection of any size holds one piece of one file in memory,
-plus the names already given in the folder being written (``bench/export.py``). Its layout is what ``import_images
---labels-from-dirs`` reads back: each labelled image in a folder named after its label, each
-unlabelled one at the top, and ``manifest.csv`` (every image, with its id, label, SHA-256, size,
-status and why it failed, and where it is in the archive) last.
+temporary files. So an export of any size holds one piece of one file in memory, plus the names
+already given in the folder being written (``bench/export.py``). Its layout is what
+``import_images --labels-from-dirs`` reads back: each labelled image in a folder named after its
+label, each unlabelled one at the top, and ``manifest.csv`` (every image, with its id, label,
+SHA-256, size, status and why it failed, and where it is in the archive) last.
 """
 from __future__ import annotations
 
@@ -193,7 +194,7 @@ def _file_name(image: Image, handle) -> str:
     base = PurePosixPath(image.original_name).name
     name = safe_name(base, fallback=f"image-{image.pk}")
     if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-        name = PurePosixPath(name[: _NAME_MAX - 5]).name + _format_suffix(handle)
+        name = name[: _NAME_MAX - 5] + _format_suffix(handle)
     return name
 
 
