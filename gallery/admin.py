@@ -8,11 +8,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from gallery.export import collection_export_response, images_export_response
+from gallery.export import images_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image
-from gallery.selectors import collection_list_with_stats, collection_stats
+from gallery.selectors import collection_images, collection_list_with_stats, collection_stats
 from gallery.services import (
     MOVE_IMAGES_MAX,
     CollectionGone,
@@ -31,6 +31,17 @@ from gallery.services import (
     images_move,
     uploads_to_incoming,
 )
+
+
+def _zip_download(model_admin: admin.ModelAdmin, request, images, *, name: str):
+    """The admin's zip of ``images`` named ``name``, or a message where media storage is not
+    mounted on this web server."""
+    try:
+        media_storage_check()
+    except MediaStorageUnavailable as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+        return None
+    return images_export_response(images, name=name)
 
 
 @admin.register(Collection)
@@ -80,12 +91,7 @@ class CollectionAdmin(admin.ModelAdmin):
         if len(collections) != 1:
             self.message_user(request, "Pick one collection to download: each is its own archive.", messages.WARNING)
             return None
-        try:
-            media_storage_check()
-        except MediaStorageUnavailable as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return None
-        return collection_export_response(collections[0])
+        return _zip_download(self, request, collection_images(collection=collections[0]), name=collections[0].name)
 
     def has_remove_copies_permission(self, request) -> bool:
         return request.user.has_perm("gallery.delete_image")
@@ -204,12 +210,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Download the selected images' original files as a zip")
     def export_zip(self, request, queryset):
-        try:
-            media_storage_check()
-        except MediaStorageUnavailable as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return None
-        return images_export_response(queryset, name="images")
+        return _zip_download(self, request, queryset, name="images")
 
     @admin.action(description="Move selected images to another collection…", permissions=["change"])
     def move_to_collection(self, request, queryset):

@@ -239,7 +239,9 @@ class _ErrorsAsJson(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-class ExportInputSerializer(serializers.Serializer):
+class ImageFilterInputSerializer(serializers.Serializer):
+    """What narrows a collection's images, in the image list and the export alike."""
+
     status = serializers.ChoiceField(choices=Image.Status.values, required=False, help_text="only images with this status")
     label = serializers.CharField(required=False, allow_blank=True, help_text="only images with this label")
 
@@ -262,7 +264,7 @@ class CollectionExportApi(APIView):
             "`import_images ARCHIVE --labels-from-dirs` imports it again with the same labels. The archive is sent as "
             "it is written, so it has no Content-Length. `label` and `status` narrow it as they narrow the image list."
         ),
-        parameters=[ExportInputSerializer],
+        parameters=[ImageFilterInputSerializer],
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="the zip archive"),
             400: OpenApiResponse(ErrorSerializer, description="an unknown status"),
@@ -272,7 +274,7 @@ class CollectionExportApi(APIView):
     )
     def get(self, request, collection_id: int):
         collection = get_object_or_404(Collection, pk=collection_id)
-        params = ExportInputSerializer(data=request.query_params)
+        params = ImageFilterInputSerializer(data=request.query_params)
         if not params.is_valid():
             return invalid_parameters(params.errors)
         try:
@@ -719,9 +721,7 @@ def _why_no_signature(image: Image) -> str:
 IMAGE_PAGE_MAX = 500
 
 
-class ImageListInputSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=Image.Status.values, required=False, help_text="only images with this status")
-    label = serializers.CharField(required=False, allow_blank=True, help_text="only images with this label")
+class ImageListInputSerializer(ImageFilterInputSerializer):
     after = serializers.IntegerField(required=False, min_value=0, default=0, help_text="only images with a larger id (the `next` link sets it)")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=IMAGE_PAGE_MAX, default=100)
 

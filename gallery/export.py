@@ -69,7 +69,7 @@ class ExportReport:
 
     files: int = 0
     bytes: int = 0
-    missing: int = 0  # a stored file that media storage no longer holds or cannot read
+    missing: int = 0  # a stored file that media storage no longer holds or cannot read, or too large for a member
     without_file: int = 0  # refused at upload (not an image, too large): never stored
 
 

@@ -104,12 +104,8 @@ def image_list(*, collection: Collection, status: str = "", label: str = "", aft
     """Up to ``limit`` of the collection's images with an id above ``after``, in id order, narrowed
     by ``status`` and ``label`` when given. Pages follow the ids (keyset), so page 10,000 of a
     million images costs what the first does, and an image added meanwhile shifts no page."""
-    images = Image.objects.filter(collection=collection, id__gt=after).select_related("collection").order_by("id")
-    if status:
-        images = images.filter(status=status)
-    if label:
-        images = images.filter(label=label)
-    return list(images[:limit])
+    images = collection_images(collection=collection, label=label, status=status).filter(id__gt=after)
+    return list(images.select_related("collection").order_by("id")[:limit])
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from gallery.selectors import (
     MAX_COPIES,
     ImagePage,
     collection_copy_removal_latest,
+    collection_images,
     collection_labels,
     collection_list_copy_groups,
     collection_list_with_stats,
@@ -48,15 +49,11 @@ def collection_detail(request, collection_id: int):
     """The collection's images, 60 a page, narrowed by ``label`` and ``status`` (failed images show
     their reason), with the counts that the page keeps up to date while images are pending."""
     collection = get_object_or_404(Collection, pk=collection_id)
-    images = Image.objects.filter(collection=collection).order_by("id")
     label = request.GET.get("label", "")
-    if label:
-        images = images.filter(label=label)
     status = request.GET.get("status", "")
-    if status in Image.Status.values:
-        images = images.filter(status=status)
-    else:
+    if status not in Image.Status.values:
         status = ""
+    images = collection_images(collection=collection, label=label, status=status).order_by("id")
     stats = collection_stats(collection=collection)
     # the kept counts say how many there are, instead of a COUNT over the collection's rows
     count = images.count() if label else stats[status or "total"]
