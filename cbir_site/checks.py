@@ -23,4 +23,6 @@ def check_cbir_settings(app_configs, **kwargs):
         errors.append(
             Error(f"CBIR_QUERY_EXPANSION={settings.CBIR_QUERY_EXPANSION} is outside 0..{MAX_QUERY_EXPANSION}.", id="cbir.E004")
         )
+    if settings.CBIR_MAX_EXPORTS < 1:
+        errors.append(Error("CBIR_MAX_EXPORTS must be at least 1.", id="cbir.E005"))
     return errors

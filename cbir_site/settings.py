@@ -168,6 +168,9 @@ CBIR_SWEEP_AFTER_S = _env_int("CBIR_SWEEP_AFTER_S", 300)
 # file would otherwise hold it for ever. Its images stay pending, with the attempt counted, for
 # the sweep (workers.services.MAX_INDEX_ATTEMPTS). Only prefork workers enforce it.
 CBIR_INDEX_TIME_LIMIT_S = _env_int("CBIR_INDEX_TIME_LIMIT_S", 600)
+# Zip downloads running at once, over every web process: each holds a web thread while the client
+# receives it, so keep it below gunicorn's threads per process (4 in the Dockerfile).
+CBIR_MAX_EXPORTS = _env_int("CBIR_MAX_EXPORTS", 2)
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from gallery.export import images_export_response
+from gallery.export import ExportsBusy, images_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image
@@ -35,13 +35,17 @@ from gallery.services import (
 
 def _zip_download(model_admin: admin.ModelAdmin, request, images, *, name: str):
     """The admin's zip of ``images`` named ``name``, or a message where media storage is not
-    mounted on this web server."""
+    mounted on this web server or every download slot is taken."""
     try:
         media_storage_check()
     except MediaStorageUnavailable as exc:
         model_admin.message_user(request, str(exc), messages.ERROR)
         return None
-    return images_export_response(images, name=name)
+    try:
+        return images_export_response(images, name=name)
+    except ExportsBusy as exc:
+        model_admin.message_user(request, str(exc), messages.WARNING)
+        return None
 
 
 @admin.register(Collection)

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
-from gallery.export import EXPORT_MANIFEST, collection_export_response
+from gallery.export import EXPORT_MANIFEST, ExportsBusy, collection_export_response
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image, validate_one_line_label
 from gallery.selectors import (
@@ -246,6 +246,10 @@ class ImageFilterInputSerializer(serializers.Serializer):
     label = serializers.CharField(required=False, allow_blank=True, help_text="only images with this label")
 
 
+# How long a client is told to wait while every download slot is taken.
+EXPORT_RETRY_AFTER_S = 60
+
+
 class CollectionExportApi(APIView):
     """GET /api/collections/{id}/export/: the collection's original files as a zip (staff only)."""
 
@@ -269,7 +273,11 @@ class CollectionExportApi(APIView):
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="the zip archive"),
             400: OpenApiResponse(ErrorSerializer, description="an unknown status"),
             **_staff_refusals("collection"),
-            503: OpenApiResponse(ErrorSerializer, description="media storage is not mounted on this web server"),
+            503: OpenApiResponse(
+                ErrorSerializer,
+                description="media storage is not mounted on this web server, or CBIR_MAX_EXPORTS downloads are running "
+                "already (with Retry-After)",
+            ),
         },
     )
     def get(self, request, collection_id: int):
@@ -281,9 +289,14 @@ class CollectionExportApi(APIView):
             media_storage_check()
         except MediaStorageUnavailable as exc:
             return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        response = collection_export_response(
-            collection, label=params.validated_data.get("label", ""), status=params.validated_data.get("status", "")
-        )
+        try:
+            response = collection_export_response(
+                collection, label=params.validated_data.get("label", ""), status=params.validated_data.get("status", "")
+            )
+        except ExportsBusy as exc:
+            return Response(
+                {"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(EXPORT_RETRY_AFTER_S)}
+            )
         if request.method == "HEAD":
             # Download managers ask HEAD first: the headers, without writing an archive that
             # nobody reads (the server would still run the generator to its end).

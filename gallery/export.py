@@ -12,6 +12,7 @@ SHA-256, size, status and why it failed, and where it is in the archive) last.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import struct
 import tempfile
@@ -20,7 +21,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from django.conf import settings
 from django.core.files.storage import default_storage
+from django.db import DatabaseError, connection
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -31,6 +34,8 @@ from gallery import imaging
 from gallery.models import Collection, Image
 from gallery.selectors import collection_images, images_in_export_order
 from gallery.services import IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
 
 EXPORT_MANIFEST = "manifest.csv"
 # Each piece of a file read from storage and sent on: large enough that a 50 MB original is a
@@ -59,6 +64,8 @@ _OFFSET_MAX = (1 << 31) - 1
 _COUNT_MAX = 0xFFFF
 # A member's size is in its data descriptor's 32 bits; uploads are far smaller (CBIR_MAX_UPLOAD_BYTES).
 _MEMBER_MAX_BYTES = 0xFFFFFFFE
+# The key space of the advisory locks that count the downloads running (``export_slot_take``).
+_SLOT_LOCKS = 0x43424958
 _FORMAT_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "AVIF": ".avif",
                     "HEIF": ".heic", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
 
@@ -280,10 +287,66 @@ def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[s
     return path, ""
 
 
+class ExportsBusy(Exception):
+    """Every download slot (``CBIR_MAX_EXPORTS``) is taken."""
+
+    def __init__(self) -> None:
+        limit = settings.CBIR_MAX_EXPORTS
+        super().__init__(
+            f"{limit:,} zip download{'s are' if limit != 1 else ' is'} running already (CBIR_MAX_EXPORTS), the most "
+            "at once; try again when one ends. `manage.py export_collection` writes an archive without this limit."
+        )
+
+
+def export_slot_take() -> int:
+    """Take one of the ``CBIR_MAX_EXPORTS`` download slots, shared by every web process; return its
+    number, or raise ``ExportsBusy`` when all are taken.
+
+    A download holds one of the web's threads for as long as the client takes to receive it
+    (minutes for a large collection on a slow link): without a limit, a few at once would leave no
+    thread to answer searches. A slot is a PostgreSQL advisory lock held by this thread's database
+    session, so a web process that dies gives its slots back with its connections."""
+    with connection.cursor() as cursor:
+        for slot in range(settings.CBIR_MAX_EXPORTS):
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_SLOT_LOCKS, slot])
+            if cursor.fetchone()[0]:
+                return slot
+    raise ExportsBusy()
+
+
+def export_slot_give(slot: int) -> None:
+    """Give back the slot ``export_slot_take`` gave this thread. A session that is gone (the
+    database restarted) gave its locks back with it."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_SLOT_LOCKS, slot])
+    except DatabaseError as exc:
+        logger.warning("export slot %d not given back: %s (its session's end frees it)", slot, exc)
+
+
+class _SlotHoldingResponse(StreamingHttpResponse):
+    """A download that gives its slot back when the server closes it: sent to its end, the client
+    gone midway, or never read (HEAD)."""
+
+    def __init__(self, *args, slot: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._slot = slot
+
+    def close(self) -> None:
+        try:
+            if self._slot is not None:
+                slot, self._slot = self._slot, None
+                export_slot_give(slot)
+        finally:
+            super().close()
+
+
 def images_export_response(images: QuerySet[Image], *, name: str) -> StreamingHttpResponse:
     """``images`` as a zip download named ``name`` (made safe) plus ``.zip``, sent as it is written
-    (the API's and the admin's); the caller has checked that media storage is there."""
-    response = StreamingHttpResponse(images_export_zip(images=images), content_type="application/zip")
+    (the API's and the admin's); the caller has checked that media storage is there. It holds a
+    download slot until the server closes it: ``ExportsBusy`` when none is free."""
+    slot = export_slot_take()
+    response = _SlotHoldingResponse(images_export_zip(images=images), content_type="application/zip", slot=slot)
     response["Content-Disposition"] = content_disposition_header(True, safe_name(name, fallback="images") + ".zip")
     response["Cache-Control"] = "no-store"
     return response
@@ -291,6 +354,6 @@ def images_export_response(images: QuerySet[Image], *, name: str) -> StreamingHt
 
 def collection_export_response(collection: Collection, *, label: str = "", status: str = "") -> StreamingHttpResponse:
     """The collection (its images with ``label`` and ``status`` where given) as a zip download,
-    named after the collection, and the label and status asked for."""
+    named after the collection, and the label and status asked for (``ExportsBusy`` as above)."""
     images = collection_images(collection=collection, label=label, status=status)
     return images_export_response(images, name=" - ".join(part for part in (collection.name, label, status) if part))

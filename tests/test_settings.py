@@ -41,3 +41,12 @@ def test_query_expansion_setting_is_checked(settings, expansion, valid):
     settings.CBIR_QUERY_EXPANSION = expansion
     ids = [error.id for error in check_cbir_settings(None)]
     assert ("cbir.E004" not in ids) == valid
+
+
+@pytest.mark.parametrize("limit, valid", [(1, True), (2, True), (0, False), (-3, False)])
+def test_export_limit_setting_is_checked(settings, limit, valid):
+    from cbir_site.checks import check_cbir_settings
+
+    settings.CBIR_MAX_EXPORTS = limit
+    ids = [error.id for error in check_cbir_settings(None)]
+    assert ("cbir.E005" not in ids) == valid

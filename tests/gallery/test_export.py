@@ -3,13 +3,17 @@ page and ``manage.py export_collection``; the files unchanged, a folder per labe
 system can create, a manifest of every image, and an archive ``import_images`` reads back."""
 import csv
 import io
+import threading
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from django.contrib.admin import helpers
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
+from django.core.signals import request_finished
+from django.db import close_old_connections, connection
 from django.urls import reverse
 
 from gallery import export
@@ -36,6 +40,97 @@ def _read(archive: bytes) -> tuple[dict[str, bytes], list[dict]]:
         files = {name: opened.read(name) for name in opened.namelist()}
     manifest = list(csv.DictReader(io.StringIO(files.pop(EXPORT_MANIFEST).decode("utf-8"))))
     return files, manifest
+
+
+def _slots_held_here() -> int:
+    """Download slots this test's database session holds."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND pid = pg_backend_pid()",
+            [export._SLOT_LOCKS],
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture(autouse=True)
+def every_download_gives_its_slot_back():
+    """Each response a test reads to its end (or closes) must have given its slot back."""
+    yield
+    assert _slots_held_here() == 0
+
+
+def _close_as_the_server_does(response) -> None:
+    """Close a response a test called its view for directly. Closing signals the request's end,
+    which would close this test's connection inside its transaction; the test client keeps it open
+    the same way."""
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+
+
+def _in_another_session(work):
+    """``work()`` run in another thread, so with a database session of its own, as another web
+    thread or process would; its result."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = work()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    return result["value"]
+
+
+def _slot_free() -> bool:
+    """Whether another web thread would get a download slot now (it gives it straight back)."""
+
+    def try_one():
+        try:
+            export.export_slot_give(export.export_slot_take())
+        except export.ExportsBusy:
+            return False
+        return True
+
+    return _in_another_session(try_one)
+
+
+@contextmanager
+def _every_slot_taken_elsewhere():
+    """Other sessions hold every download slot until the block ends, as downloads running in other
+    web threads would: one thread, with its own session, for each slot."""
+    from django.conf import settings
+
+    done, slots = threading.Event(), []
+    taken = [threading.Event() for _ in range(settings.CBIR_MAX_EXPORTS)]
+
+    def hold(taken_here: threading.Event):
+        try:
+            slot = export.export_slot_take()
+            slots.append(slot)
+            taken_here.set()
+            done.wait(30)
+            export.export_slot_give(slot)
+        finally:
+            taken_here.set()
+            connection.close()
+
+    threads = [threading.Thread(target=hold, args=(event,)) for event in taken]
+    for thread, event in zip(threads, taken):  # one after another: each takes the next free slot
+        thread.start()
+        event.wait(30)
+    assert sorted(slots) == list(range(settings.CBIR_MAX_EXPORTS))
+    try:
+        yield
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(30)
 
 
 @pytest.fixture
@@ -305,3 +400,60 @@ def test_a_head_request_gets_the_headers_without_an_archive_being_written(staff)
 
     assert (response.status_code, response["Content-Disposition"]) == (200, 'attachment; filename="asked.zip"')
     assert b"".join(response.streaming_content) == b""
+    _close_as_the_server_does(response)  # once it has sent the headers: the slot is given back (checked after the test)
+
+
+def test_downloads_past_the_limit_are_refused_until_one_ends(client, admin_client, staff, settings):
+    """A download holds a web thread while the client receives it, so at most CBIR_MAX_EXPORTS run
+    at once over every web process; one more is refused with a reason, and once a running one
+    ends, a download goes through."""
+    settings.CBIR_MAX_EXPORTS = 2
+    kept = Collection.objects.create(name="kept")
+    picture = image_bytes(pattern=4)
+    _upload(kept, ("x.png", "", picture))
+    url = reverse("api-collection-export", args=[kept.pk])
+    client.force_login(staff)
+
+    with _every_slot_taken_elsewhere():
+        refused = client.get(url)
+        asked_first = client.head(url)
+        in_admin = admin_client.post(
+            reverse("admin:gallery_collection_changelist"),
+            {"action": "export_zip", helpers.ACTION_CHECKBOX_NAME: [kept.pk]},
+            follow=True,
+        )
+    after = client.get(url)
+
+    assert (refused.status_code, refused["Retry-After"]) == (503, "60")
+    assert "2 zip downloads are running already (CBIR_MAX_EXPORTS)" in refused.json()["error"]
+    assert (asked_first.status_code, asked_first["Retry-After"]) == (503, "60")
+    assert "2 zip downloads are running already" in in_admin.content.decode()
+    assert after.status_code == 200 and _read(b"".join(after.streaming_content))[0] == {"x.png": picture}
+
+
+def test_a_download_holds_its_slot_until_it_is_sent_or_the_client_leaves(client, staff, settings, monkeypatch):
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    from gallery.apis import CollectionExportApi
+
+    settings.CBIR_MAX_EXPORTS = 1
+    monkeypatch.setattr(export, "EXPORT_CHUNK_BYTES", 64)  # many pieces, so that a client can leave midway
+    kept = Collection.objects.create(name="kept")
+    _upload(kept, ("x.png", "", image_bytes(pattern=4, size=(96, 96))))
+    url = reverse("api-collection-export", args=[kept.pk])
+    client.force_login(staff)
+
+    whole = client.get(url)
+    free_while_sending = _slot_free()
+    b"".join(whole.streaming_content)
+    free_once_sent = _slot_free()
+    # The view called directly, as the test client's own closing would close the test's connection.
+    request = APIRequestFactory().get(url)
+    force_authenticate(request, user=staff)
+    left = CollectionExportApi.as_view()(request, collection_id=kept.pk)
+    next(iter(left.streaming_content))
+    free_while_left_open = _slot_free()
+    _close_as_the_server_does(left)  # as when its client went away
+
+    assert (free_while_sending, free_once_sent, free_while_left_open) == (False, True, False)
+    assert _slot_free()
