@@ -78,6 +78,7 @@ class ExportReport:
     bytes: int = 0
     missing: int = 0  # a stored file that media storage no longer holds or cannot read, or too large for a member
     without_file: int = 0  # refused at upload (not an image, too large): never stored
+    cut_short: int = 0  # a file whose reading failed midway: in the archive up to there, and the manifest says so
 
 
 class ZipStream:
@@ -228,7 +229,8 @@ def images_export_zip(*, images: QuerySet[Image], report: ExportReport | None = 
     or a name a file at the top has, get ``(2)``). A file is named as it was imported, without
     its folders; a second file of the same name in a folder gets `` (2)``. The bytes are the
     stored ones, unchanged. An image without a stored file (refused at upload) and one whose file
-    media storage cannot give are not in the archive, and the manifest says why. ``report``, when
+    media storage cannot give are not in the archive, and the manifest says why; so does it for a
+    file whose reading failed midway, which is in the archive up to there. ``report``, when
     given, is filled in as the archive is written."""
     report = report if report is not None else ExportReport()
     # Both spooled files are closed (and any part on disk removed) also when the download stops
@@ -260,8 +262,18 @@ def _encoded(text_file) -> Iterator[bytes]:
         yield text.encode("utf-8")
 
 
-def _file_chunks(handle) -> Iterator[bytes]:
-    while chunk := handle.read(EXPORT_CHUNK_BYTES):
+def _file_chunks(handle, failures: list[str]) -> Iterator[bytes]:
+    """The file's pieces. A read that fails midway (an I/O error of a disk or a network mount)
+    ends them there, with why in ``failures``: the member is closed up to that point, so the
+    archive stays whole for every other file, and the manifest says what happened."""
+    while True:
+        try:
+            chunk = handle.read(EXPORT_CHUNK_BYTES)
+        except OSError as exc:
+            failures.append(exc.strerror or str(exc) or type(exc).__name__)
+            return
+        if not chunk:
+            return
         yield chunk
 
 
@@ -281,9 +293,16 @@ def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[s
             report.missing += 1
             return "", f"not exported: {handle.size:,} bytes, more than a zip member holds without ZIP64 sizes"
         path = folder + _unique(_file_name(image, handle), taken)
-        size = yield from archive.member(path, when=image.created_at, chunks=_file_chunks(handle))
+        expected, failures = handle.size, []
+        size = yield from archive.member(path, when=image.created_at, chunks=_file_chunks(handle, failures))
     report.files += 1
     report.bytes += size
+    if failures:
+        report.cut_short += 1
+        return path, (
+            f"cut short: the archive holds its first {size:,} of {expected:,} bytes; media storage failed "
+            f"reading the rest ({failures[0]})"
+        )
     return path, ""
 
 

@@ -2,7 +2,9 @@
 page and ``manage.py export_collection``; the files unchanged, a folder per label, names every
 system can create, a manifest of every image, and an archive ``import_images`` reads back."""
 import csv
+import errno
 import io
+import os
 import threading
 import zipfile
 from contextlib import contextmanager
@@ -221,6 +223,55 @@ def test_a_file_media_storage_has_lost_is_left_out_and_named_in_the_manifest(sta
     lost = next(row for row in manifest if row["original_name"] == "lost.png")
     assert lost["path"] == "" and lost["error"].startswith("not exported: media storage cannot give its file")
     assert (report.files, report.missing, report.without_file) == (1, 1, 0)
+
+
+class _FailsAfterOneRead:
+    """A stored file whose second read fails, as on a disk or network mount that breaks midway."""
+
+    def __init__(self, file) -> None:
+        self._file, self._reads = file, 0
+
+    def read(self, size=-1):
+        self._reads += 1
+        if self._reads > 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return self._file.read(size)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+def test_a_file_whose_reading_fails_midway_is_cut_short_there_and_the_manifest_says_so(monkeypatch, tmp_path, capsys):
+    """The archive stays whole: the other files arrive, and the broken one holds what was read."""
+    shaky = Collection.objects.create(name="shaky")
+    broken_data, kept_data = image_bytes(size=(120, 90), pattern=1), image_bytes(pattern=2)
+    images = _upload(shaky, ("broken.png", "", broken_data), ("kept.png", "", kept_data))
+    monkeypatch.setattr(export, "EXPORT_CHUNK_BYTES", 64)
+    real_open = default_storage.open
+
+    def open_breaking_midway(name, mode="rb"):
+        handle = real_open(name, mode)
+        if name == images["broken.png"].file.name:
+            handle.file = _FailsAfterOneRead(handle.file)
+        return handle
+
+    monkeypatch.setattr(default_storage, "open", open_breaking_midway)
+    report = ExportReport()
+
+    files, manifest = _read(b"".join(images_export_zip(images=collection_images(collection=shaky), report=report)))
+    call_command("export_collection", str(tmp_path / "shaky.zip"), "--collection", "shaky")
+
+    assert files == {"broken.png": broken_data[:64], "kept.png": kept_data}
+    rows = {row["original_name"]: row for row in manifest}
+    assert rows["broken.png"]["path"] == "broken.png" and rows["broken.png"]["sha256"] == images["broken.png"].sha256
+    assert rows["broken.png"]["error"] == (
+        f"cut short: the archive holds its first 64 of {len(broken_data):,} bytes; media storage failed reading the rest "
+        "(Input/output error)"
+    )
+    assert rows["kept.png"]["error"] == ""
+    assert (report.files, report.cut_short, report.missing) == (2, 1, 0)
+    assert "1 file(s) cut short" in capsys.readouterr().err
+    assert _read((tmp_path / "shaky.zip").read_bytes())[0] == files
 
 
 def test_a_file_is_sent_in_pieces_and_arrives_whole(monkeypatch):

@@ -58,6 +58,11 @@ class Command(BaseCommand):
             f"{target}: {report.files:,} files ({report.bytes / 1e6:,.1f} MB) from {source.name!r}"
             + (f"; {report.without_file:,} failed at upload, with no file (listed in {EXPORT_MANIFEST})" if report.without_file else "")
         )
+        if report.cut_short:
+            self.stderr.write(
+                f"{report.cut_short:,} file(s) cut short: media storage failed reading them midway, so the archive holds "
+                f"only their first bytes ({EXPORT_MANIFEST} names them)"
+            )
         if report.missing:
             self.stderr.write(
                 f"{report.missing:,} image(s) not exported: media storage could not give their files ({EXPORT_MANIFEST} names them)"
