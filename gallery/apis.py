@@ -76,8 +76,10 @@ class CollectionRefField(serializers.CharField):
         # After CharField's own checks, not in to_internal_value, which runs before its validators:
         # one of them refuses NUL characters, which PostgreSQL cannot take in a query.
         value = super().run_validation(data)
-        # "²" is a digit to str.isdigit() but not to int()
-        lookup = {"pk": int(value)} if value.isascii() and value.isdigit() else {"name": value}
+        # "²" is a digit to str.isdigit() but not to int(); past 19 digits no id fits (and past 4,300
+        # int() refuses the string), so such a string can only be a name.
+        is_id = value.isascii() and value.isdigit() and len(value) <= 19
+        lookup = {"pk": int(value)} if is_id else {"name": value}
         collection = Collection.objects.filter(**lookup).first()
         if collection is None:
             raise serializers.ValidationError(f"no collection {value!r}")

@@ -2,7 +2,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from gallery.models import Image
+from gallery.models import Collection, Image
 from gallery.services import IncomingFile, collection_get_or_create, images_create
 from tests.utils import image_bytes, make_encoder
 from workers.services import images_index
@@ -101,16 +101,27 @@ def test_invalid_parameters_are_named(client, two_collections, params, name):
     assert response.status_code == 400 and name in response.json()["errors"], response.json()
 
 
-@pytest.mark.parametrize("reference", ["a\x00", "\u00b2", "9" * 40])
+@pytest.mark.parametrize("reference", ["a\x00", "\u00b2", "9" * 40, "1" * 5000])
 def test_a_collection_reference_that_names_none_is_a_400_also_in_a_form_field(client, two_collections, reference):
-    """Found by fuzzing: a NUL reached PostgreSQL (which cannot take one in a string) and "²"
-    passed str.isdigit() but not int(), each a 500."""
+    """Found by fuzzing: a NUL reached PostgreSQL (which cannot take one in a string), "²" passed
+    str.isdigit() but not int(), and int() refuses a string of over 4,300 digits: each a 500."""
     a, _ = two_collections
     response = client.post(
         reverse("api-search"), {"image": SimpleUploadedFile("q.png", image_bytes(pattern=1)), "collection": reference}
     )
     assert response.status_code == 400, response.content
     assert list(response.json()["errors"]) == ["collection"]
+
+
+def test_a_collection_named_with_more_digits_than_an_id_holds_is_found_by_its_name(client, two_collections):
+    a, _ = two_collections
+    long_number = Collection.objects.create(name="4" * 25)
+    query = Image.objects.filter(collection=a, status=Image.Status.INDEXED).first()
+
+    response = client.get(reverse("api-image-similar", args=[query.pk]), {"collection": long_number.name})
+
+    assert response.status_code == 200, response.content
+    assert response.json()["count"] == 0  # the collection holds no image
 
 
 def test_a_file_posted_as_the_collection_is_a_400(client, two_collections):
