@@ -42,20 +42,36 @@ def api_exception_handler(exc, context):
 class NulCharacterMiddleware:
     """A query string holding a NUL character gets a 400 that names the parameter: JSON under
     /api/, plain text elsewhere. PostgreSQL cannot hold a NUL in a string, so a filter made from
-    such a parameter (a label, a collection's name, the admin's list filters) failed with a 500."""
+    such a parameter (a label, a collection's name, the admin's list filters) failed with a 500.
+    So does one with more parameters than Django parses (``DATA_UPLOAD_MAX_NUMBER_FIELDS``), which
+    this is the first to read: with ``DJANGO_DEBUG`` on, Django's error page read them again and
+    failed, a 500, and with it off an API client got an HTML page."""
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
-        names = sorted({name for name, values in request.GET.lists() if "\x00" in "".join([name, *values])})
+        try:
+            names = sorted({name for name, values in request.GET.lists() if "\x00" in "".join([name, *values])})
+        except TooManyFieldsSent:
+            return _bad_request(
+                request, f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} parameters in the query string"
+            )
         if not names:
             return self.get_response(request)
-        message = "the query string may not contain NUL characters"
-        if request.path.startswith("/api/"):
-            errors = {name.replace("\x00", "\\x00"): ["may not contain NUL characters"] for name in names}
-            return JsonResponse({"error": message, "errors": errors}, status=400)
-        return HttpResponse(f"Bad request: {message} ({', '.join(repr(name) for name in names)}).", status=400, content_type="text/plain")
+        errors = {name.replace("\x00", "\\x00"): ["may not contain NUL characters"] for name in names}
+        return _bad_request(
+            request, "the query string may not contain NUL characters", errors=errors,
+            named=", ".join(repr(name) for name in names),
+        )
+
+
+def _bad_request(request, message: str, *, errors: dict | None = None, named: str = "") -> HttpResponse:
+    """A 400 saying ``message``: JSON under /api/ (with ``errors`` by parameter, where given),
+    plain text elsewhere (naming the parameters ``named``)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": message, **({"errors": errors} if errors else {})}, status=400)
+    return HttpResponse(f"Bad request: {message}{f' ({named})' if named else ''}.", status=400, content_type="text/plain")
 
 
 # How long a client is told to wait before it tries again while the database does not answer.

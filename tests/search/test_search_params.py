@@ -152,3 +152,17 @@ def test_a_nul_in_any_query_string_is_a_400_naming_the_parameter(client, admin_c
     admin = admin_client.get("/admin/gallery/image/", {"status__exact": "\x00"})
     assert admin.status_code == 400
     assert admin_client.get("/admin/gallery/image/", {"status__exact": "indexed"}).status_code == 200
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "DJANGO_DEBUG"])
+def test_a_query_string_with_more_parameters_than_django_parses_is_a_400_that_says_so(client, settings, debug):
+    """Found by fuzzing make run: 3,000 parameters were a 500 (Django's debug page read them again),
+    and with debug off an API client got an HTML page."""
+    settings.DEBUG = debug
+    query = "&".join(f"p{n}=1" for n in range(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1))
+
+    api = client.get(f"{reverse('api-collection-list')}?{query}")
+    page = client.get(f"{reverse('gallery:collection-list')}?{query}")
+
+    assert (api.status_code, api.json()) == (400, {"error": "more than 1,000 parameters in the query string"})
+    assert page.status_code == 400 and "more than 1,000 parameters in the query string" in page.content.decode()
