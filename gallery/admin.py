@@ -8,6 +8,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from cbir_site.admin_actions import SelectionCheckedAdmin
 from gallery.export import ExportsBusy, images_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.media import MediaStorageUnavailable, media_storage_check
@@ -49,7 +50,7 @@ def _zip_download(model_admin: admin.ModelAdmin, request, images, *, name: str):
 
 
 @admin.register(Collection)
-class CollectionAdmin(admin.ModelAdmin):
+class CollectionAdmin(SelectionCheckedAdmin):
     list_display = ["name", "total", "indexed", "pending", "failed", "upload_link"]
     search_fields = ["name"]
     readonly_fields = ["progress", "upload_link"]
@@ -195,7 +196,7 @@ MOVE_SAMPLE_SHOWN = 20
 
 
 @admin.register(Image)
-class ImageAdmin(admin.ModelAdmin):
+class ImageAdmin(SelectionCheckedAdmin):
     list_display = ["id", "preview", "original_name", "collection", "label", "status", "error", "created_at"]
     list_filter = ["status", "collection"]
     search_fields = ["original_name", "label", "sha256"]
@@ -291,7 +292,7 @@ class ImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(CopyRemovalRun)
-class CopyRemovalRunAdmin(admin.ModelAdmin):
+class CopyRemovalRunAdmin(SelectionCheckedAdmin):
     """Each removal of a collection's copies: started from the Collections action, the copies page,
     the API or ``manage.py remove_copies``, and done by the workers. Read only: the workers write it."""
 

@@ -4,6 +4,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from cbir_site.admin_actions import SelectionCheckedAdmin
 from search.models import EncoderVersion
 from search.selectors import encoder_reembedding_progress
 from search.services import encoder_activate
@@ -15,7 +16,7 @@ def _error_html(encoder: EncoderVersion) -> str:
 
 
 @admin.register(EncoderVersion)
-class EncoderVersionAdmin(admin.ModelAdmin):
+class EncoderVersionAdmin(SelectionCheckedAdmin):
     # arch (in the default name, and a filter), dim and created_at are on each version's page:
     # the list has to fit a laptop's screen
     list_display = ["id", "name", "status", "trained_on", "activated_at", "summary", "progress", "quality"]
