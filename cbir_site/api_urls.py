@@ -2,7 +2,8 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery.apis import (
-    CollectionCopiesApi, CollectionCopyRemovalApi, CollectionDetailApi, CollectionExportApi, CollectionImageListApi, CollectionListApi, ImageCopiesApi, ImageDetailApi, ImagesMoveApi, ImageUploadApi,
+    CollectionCopiesApi, CollectionCopyRemovalApi, CollectionDetailApi, CollectionExportApi, CollectionImageListApi,
+    CollectionListApi, ImageCopiesApi, ImageDetailApi, ImagesExportApi, ImagesMoveApi, ImageUploadApi,
 )
 from search.apis import ImageSimilarApi, SearchApi
 from workers.apis import HealthApi
@@ -19,6 +20,7 @@ urlpatterns = [
     path("collections/<int:collection_id>/images/", CollectionImageListApi.as_view(), name="api-collection-images"),
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/move/", ImagesMoveApi.as_view(), name="api-images-move"),
+    path("images/export/", ImagesExportApi.as_view(), name="api-images-export"),
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),
     path("images/<int:image_id>/copies/", ImageCopiesApi.as_view(), name="api-image-copies"),
     path("images/<int:image_id>/similar/", ImageSimilarApi.as_view(), name="api-image-similar"),

@@ -1,17 +1,18 @@
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
-from gallery.export import EXPORT_MANIFEST, ExportsBusy, collection_export_response
+from gallery.export import EXPORT_IMAGES_MAX, EXPORT_MANIFEST, ExportsBusy, collection_export_response, images_export_response
 from gallery.media import MediaStorageUnavailable, media_storage_check
 from gallery.models import Collection, CopyRemovalRun, Image, validate_one_line_label
 from gallery.selectors import (
@@ -98,6 +99,24 @@ class ErrorSerializer(serializers.Serializer):
 def invalid_parameters(errors) -> Response:
     """The 400 for bad parameters: ``errors`` names each one, as a serializer's errors do."""
     return Response({"error": "invalid parameters", "errors": errors}, status=status.HTTP_400_BAD_REQUEST)
+
+
+def lists_split(data, names: tuple[str, ...]):
+    """``data`` for a serializer, with each parameter of ``names`` a list: repeated, or separated
+    by commas, or both (``like=1&like=2,3``). A QueryDict (a query string or a form) is read so; a
+    JSON body already holds lists and is returned as it is."""
+    if not hasattr(data, "getlist"):
+        return data
+    lists = {}
+    for name in names:
+        parts = []
+        for value in data.getlist(name):
+            if isinstance(value, str):
+                parts.extend(part for part in value.split(",") if part.strip())
+            else:  # a file posted under the name: kept whole, for the field to refuse
+                parts.append(value)
+        lists[name] = parts
+    return {key: data.get(key) for key in data} | lists
 
 
 # What a GET of one collection's listing answers besides its 200.
@@ -230,12 +249,10 @@ class CollectionDetailApi(StaffMayChange, APIView):
         )
 
 
-class _ErrorsAsJson(BaseContentNegotiation):
+class _ErrorsAsJson(DefaultContentNegotiation):
     """The zip is not a rendering of data, so a client's Accept does not pick a renderer: a refusal
-    is JSON whatever it asked for (DRF would answer ``Accept: application/zip`` with a 406)."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0]
+    is JSON whatever it asked for (DRF would answer ``Accept: application/zip`` with a 406). A body
+    is parsed by its Content-Type, as anywhere else."""
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type
@@ -287,23 +304,81 @@ class CollectionExportApi(APIView):
         params = ImageFilterInputSerializer(data=request.query_params)
         if not params.is_valid():
             return invalid_parameters(params.errors)
-        try:
-            media_storage_check()
-        except MediaStorageUnavailable as exc:
-            return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        try:
-            response = collection_export_response(
-                collection, label=params.validated_data.get("label", ""), status=params.validated_data.get("status", "")
-            )
-        except ExportsBusy as exc:
-            return Response(
-                {"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(EXPORT_RETRY_AFTER_S)}
-            )
-        if request.method == "HEAD":
-            # Download managers ask HEAD first: the headers, without writing an archive that
-            # nobody reads (the server would still run the generator to its end).
-            response.streaming_content = []
-        return response
+        label, status_asked = params.validated_data.get("label", ""), params.validated_data.get("status", "")
+        return _zip_answer(request, lambda: collection_export_response(collection, label=label, status=status_asked))
+
+
+def _zip_answer(request, build) -> Response | StreamingHttpResponse:
+    """The zip download ``build()`` makes, or a 503 where media storage is not mounted or every
+    download slot is taken. Download managers ask HEAD first: they get the headers, without an
+    archive being written that nobody reads (the server would still run the generator to its end)."""
+    try:
+        media_storage_check()
+    except MediaStorageUnavailable as exc:
+        return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    try:
+        response = build()
+    except ExportsBusy as exc:
+        return Response(
+            {"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(EXPORT_RETRY_AFTER_S)}
+        )
+    if request.method == "HEAD":
+        response.streaming_content = []
+    return response
+
+
+class ImagesExportInputSerializer(serializers.Serializer):
+    images = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=EXPORT_IMAGES_MAX,
+        help_text=f"ids of the images (repeat the parameter or separate with commas), at most {EXPORT_IMAGES_MAX:,}",
+    )
+    name = serializers.CharField(
+        required=False, default="images", max_length=100, help_text="the archive's file name, without .zip (made safe)"
+    )
+
+    def to_internal_value(self, data):
+        return super().to_internal_value(lists_split(data, ("images",)))
+
+
+class ImagesExportApi(APIView):
+    """GET or POST /api/images/export/: chosen images' original files as a zip (staff only)."""
+
+    authentication_classes = STAFF_AUTHENTICATION
+    permission_classes = [IsAdminUser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _ErrorsAsJson
+
+    @extend_schema(
+        operation_id="images_export",
+        summary="Download chosen images' original files as a zip (staff only)",
+        description=(
+            "Any images, from any collections (a page of search results, say), laid out as a collection's export is: "
+            f"a folder per label and `{EXPORT_MANIFEST}`. An id with no image is left out. GET takes the ids in the "
+            "query string (as the search pages' links send them), POST as form fields or JSON (many more ids)."
+        ),
+        parameters=[ImagesExportInputSerializer],
+        responses={
+            (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="the zip archive"),
+            400: OpenApiResponse(ErrorSerializer, description="no ids, too many, or one that is not an id"),
+            **_staff_refusals("image among those ids"),
+            503: OpenApiResponse(ErrorSerializer, description="media storage not mounted, or every download slot taken"),
+        },
+    )
+    def get(self, request):
+        return self._export(request, request.query_params)
+
+    @extend_schema(operation_id="images_export_post", request=ImagesExportInputSerializer, responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    def post(self, request):
+        return self._export(request, request.data)
+
+    def _export(self, request, data):
+        params = ImagesExportInputSerializer(data=data)
+        if not params.is_valid():
+            return invalid_parameters(params.errors)
+        images = Image.objects.filter(pk__in=params.validated_data["images"])
+        if not images.exists():
+            return Response({"error": "none of these images exists"}, status=status.HTTP_404_NOT_FOUND)
+        return _zip_answer(request, lambda: images_export_response(images, name=params.validated_data["name"]))
 
 
 class ImageUploadInputSerializer(serializers.Serializer):

@@ -41,6 +41,8 @@ EXPORT_MANIFEST = "manifest.csv"
 # Each piece of a file read from storage and sent on: large enough that a 50 MB original is a
 # few dozen writes, small enough that many exports at once hold little memory.
 EXPORT_CHUNK_BYTES = 1 << 20
+# Images one call of ``/api/images/export/`` names, as many as a move takes.
+EXPORT_IMAGES_MAX = 5_000
 MANIFEST_FIELDS = ["path", "id", "original_name", "label", "sha256", "width", "height", "status", "error"]
 # What a folder or file name cannot hold on one of the systems the archive is opened on: path
 # separators (which would make a label two folders, or climb out of one), Windows' reserved

@@ -12,7 +12,8 @@ from rest_framework.views import APIView
 
 from gallery import imaging
 from gallery.apis import (
-    CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation, invalid_parameters, next_page_url,
+    CollectionRefField, ErrorSerializer, ImageOutputSerializer, image_representation, invalid_parameters, lists_split,
+    next_page_url,
 )
 from gallery.models import Image
 from search import selectors
@@ -61,18 +62,7 @@ class SearchParamsSerializer(serializers.Serializer):
     LISTS = ("collection", "like", "unlike")  # may repeat and may hold commas
 
     def to_internal_value(self, data):
-        if hasattr(data, "getlist"):  # QueryDict
-            lists = {}
-            for name in self.LISTS:
-                parts = []
-                for value in data.getlist(name):
-                    if isinstance(value, str):
-                        parts.extend(part for part in value.split(",") if part.strip())
-                    else:  # a file posted under the name: kept whole, for the field to refuse
-                        parts.append(value)
-                lists[name] = parts
-            data = {key: data.get(key) for key in data} | lists
-        return super().to_internal_value(data)
+        return super().to_internal_value(lists_split(data, self.LISTS))
 
     def validate(self, attrs):
         if attrs["offset"] + attrs["k"] > selectors.MAX_DEPTH:

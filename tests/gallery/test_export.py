@@ -5,6 +5,7 @@ import csv
 import errno
 import io
 import os
+import re
 import threading
 import zipfile
 from contextlib import contextmanager
@@ -508,3 +509,77 @@ def test_a_download_holds_its_slot_until_it_is_sent_or_the_client_leaves(client,
 
     assert (free_while_sending, free_once_sent, free_while_left_open) == (False, True, False)
     assert _slot_free()
+
+
+def test_chosen_images_from_any_collections_download_as_one_zip(client, staff):
+    """``/api/images/export/``: ids in the query string (as the search pages link) or posted (as
+    JSON, for many more); an id with no image is left out."""
+    first, second = Collection.objects.create(name="first"), Collection.objects.create(name="second")
+    red, blue, green = image_bytes(pattern=1), image_bytes(pattern=2), image_bytes(pattern=3)
+    ones = _upload(first, ("red.png", "warm", red), ("blue.png", "cold", blue))
+    twos = _upload(second, ("green.png", "cold", green))
+    url = reverse("api-images-export")
+    asked = [ones["red.png"].pk, twos["green.png"].pk, twos["green.png"].pk + 100]
+    client.force_login(staff)
+
+    got = client.get(url, {"images": ",".join(map(str, asked)), "name": "picked"})
+    posted = client.post(url, {"images": asked}, content_type="application/json")
+
+    assert got["Content-Disposition"] == 'attachment; filename="picked.zip"'
+    files, manifest = _read(b"".join(got.streaming_content))
+    assert files == {"warm/red.png": red, "cold/green.png": green}
+    assert sorted(int(row["id"]) for row in manifest) == sorted(asked[:2])
+    assert posted.status_code == 200, posted.content
+    assert posted["Content-Disposition"] == 'attachment; filename="images.zip"'
+    assert _read(b"".join(posted.streaming_content))[0] == files
+
+
+def test_chosen_images_are_refused_with_reasons(client, django_user_model, staff, media_root, settings):
+    kept = Collection.objects.create(name="kept")
+    image = _upload(kept, ("x.png", "", image_bytes(pattern=1)))["x.png"]
+    url = reverse("api-images-export")
+
+    anonymous = client.get(url, {"images": image.pk}, HTTP_ACCEPT="application/zip")
+    django_user_model.objects.create_user("visitor", password="pw")
+    client.login(username="visitor", password="pw")
+    visitor = client.get(url, {"images": image.pk})
+    client.force_login(staff)
+    none_asked = client.get(url)
+    not_an_id = client.get(url, {"images": f"{image.pk},abc"})
+    too_many = client.post(url, {"images": list(range(1, export.EXPORT_IMAGES_MAX + 2))}, content_type="application/json")
+    none_there = client.get(url, {"images": image.pk + 1})
+    with _every_slot_taken_elsewhere():
+        busy = client.get(url, {"images": image.pk})
+    (Path(media_root) / MEDIA_MARKER).unlink()
+    unmounted = client.get(url, {"images": image.pk})
+
+    assert (anonymous.status_code, anonymous["Content-Type"]) == (401, "application/json")
+    assert visitor.status_code == 403
+    assert [response.status_code for response in (none_asked, not_an_id, too_many)] == [400] * 3
+    assert all("images" in response.json()["errors"] for response in (none_asked, not_an_id, too_many))
+    assert (none_there.status_code, none_there.json()) == (404, {"error": "none of these images exists"})
+    assert (busy.status_code, busy["Retry-After"]) == (503, "60")
+    assert unmounted.status_code == 503 and "media storage is not mounted" in unmounted.json()["error"]
+
+
+def test_a_page_of_similar_images_links_its_results_as_a_zip_for_staff(client, staff):
+    from tests.utils import make_encoder
+    from workers.services import images_index
+
+    make_encoder()
+    pets = Collection.objects.create(name="pets")
+    pictures = {f"{n}.png": image_bytes(pattern=n) for n in range(4)}
+    images = _upload(pets, *((name, "pet", data) for name, data in pictures.items()))
+    images_index(image_ids=[image.pk for image in images.values()])
+    page = reverse("gallery:image-detail", args=[images["0.png"].pk])
+
+    anonymous = client.get(page).content.decode()
+    client.force_login(staff)
+    as_staff = client.get(page).content.decode()
+
+    assert reverse("api-images-export") not in anonymous
+    link = re.search(r'href="(/api/images/export/\?images=[^"]+)" download', as_staff).group(1).replace("&amp;", "&")
+    download = client.get(link)
+    files, _ = _read(b"".join(download.streaming_content))
+    assert files == {f"pet/{name}": pictures[name] for name in ("1.png", "2.png", "3.png")}  # the hits, not the query
+    assert download["Content-Disposition"] == 'attachment; filename="similar images.zip"'
