@@ -269,13 +269,17 @@ class ImageFilterInputSerializer(serializers.Serializer):
 EXPORT_RETRY_AFTER_S = 60
 
 
-class CollectionExportApi(APIView):
-    """GET /api/collections/{id}/export/: the collection's original files as a zip (staff only)."""
+class _ZipDownloadApi(APIView):
+    """A zip download for staff, whose refusals are JSON (``_zip_answer`` makes the download)."""
 
     authentication_classes = STAFF_AUTHENTICATION
     permission_classes = [IsAdminUser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = _ErrorsAsJson
+
+
+class CollectionExportApi(_ZipDownloadApi):
+    """GET /api/collections/{id}/export/: the collection's original files as a zip (staff only)."""
 
     @extend_schema(
         operation_id="collection_export",
@@ -340,13 +344,8 @@ class ImagesExportInputSerializer(serializers.Serializer):
         return super().to_internal_value(lists_split(data, ("images",)))
 
 
-class ImagesExportApi(APIView):
+class ImagesExportApi(_ZipDownloadApi):
     """GET or POST /api/images/export/: chosen images' original files as a zip (staff only)."""
-
-    authentication_classes = STAFF_AUTHENTICATION
-    permission_classes = [IsAdminUser]
-    renderer_classes = [JSONRenderer]
-    content_negotiation_class = _ErrorsAsJson
 
     @extend_schema(
         operation_id="images_export",
