@@ -3,6 +3,7 @@ import uuid
 from pathlib import PurePath
 
 from django.core.exceptions import ValidationError
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from pgvector.django import HalfVectorField, HnswIndex
 
@@ -247,3 +248,40 @@ class CopyRemovalCandidate(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "round", "image_id"], name="copy_removal_candidate_once")]
+
+
+class MoveRun(models.Model):
+    """A move of more images than one request moves (``gallery.services.MOVE_IMAGES_MAX``) into
+    collection ``to``, done by the workers a stretch of that many at a time
+    (``gallery.services.move_run_advance``). The ids to move are fixed when it starts; each
+    stretch commits the run's position and counts with its images' move, so a stretch killed
+    midway is done again from the same place, and the sweep restarts a run whose next stretch was
+    never queued or never ran. It goes with ``to``, if that collection is deleted."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    to = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="move_runs")
+    image_ids = ArrayField(models.BigIntegerField())  # in id order, as the stretches take them
+    position = models.PositiveIntegerField(default=0)  # where in image_ids the next stretch starts
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    moved = models.PositiveIntegerField(default=0)
+    already = models.PositiveIntegerField(default=0)  # were in ``to`` before
+    missing = models.PositiveIntegerField(default=0)  # deleted since the move started
+    # [image id, the image of ``to`` holding the same file]: each stayed where it was.
+    duplicates = models.JSONField(default=list, blank=True)
+    # Starts of the next stretch that did not finish: past ``gallery.services.MOVE_RUN_TRIES_MAX``
+    # the run stops, as failed.
+    tries = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    progress_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "progress_at"], name="move_run_quiet")]
+
+    def __str__(self) -> str:
+        return f"move #{self.pk} of {len(self.image_ids):,} images to collection {self.to_id} ({self.status})"

@@ -23,7 +23,7 @@ from pgvector import HalfVector
 
 from gallery import imaging
 from gallery.media import media_marker_write
-from gallery.models import Collection, CopyRemovalCandidate, CopyRemovalRun, Image, checked_for_field, one_line
+from gallery.models import Collection, CopyRemovalCandidate, CopyRemovalRun, Image, MoveRun, checked_for_field, one_line
 from gallery.selectors import COPY_CHECKS_PER_PAGE, COPY_KEEP_RULES, CopyRemovalLeft, CopyRemovalPlan, collection_plan_copy_removal
 
 logger = logging.getLogger(__name__)
@@ -552,6 +552,108 @@ def images_move(*, images: QuerySet[Image], to: Collection) -> ImagesMoved:
         for sql in _MOVE_IMAGES_SQL:
             cursor.execute(sql, {"to": to.pk, "ids": report.moved})
     return report
+
+
+# A stretch of a move run started this many times without finishing (its worker killed, an error
+# each time) stops the run, as failed, instead of being tried for ever.
+MOVE_RUN_TRIES_MAX = 3
+
+
+def images_move_start(*, images: QuerySet[Image], to: Collection) -> MoveRun:
+    """Have the workers move ``images`` into ``to``, ``MOVE_IMAGES_MAX`` at a time (each stretch as
+    ``images_move`` moves them, in id order): for more than one request moves. Records the run, with
+    the ids as they are now, and queues its first stretch (``workers.tasks.move_images``). Raises
+    QueueUnavailable when the broker cannot be reached; then nothing is recorded either."""
+    from workers.tasks import move_images
+
+    ids = list(images.order_by("pk").values_list("pk", flat=True).distinct())
+    run = MoveRun.objects.create(to=to, image_ids=ids, progress_at=timezone.now())
+    try:
+        move_images.apply_async(args=(run.pk, 0), retry=False)
+    except Exception as exc:  # broker down or unreachable
+        run.delete()
+        raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was moved") from exc
+    return run
+
+
+# Takes the run's next stretch, if no one else holds it and it is still where the caller saw it: a
+# second message for the same stretch (the sweep's, after a slow queue) then does nothing.
+_MOVE_RUN_TAKE_SQL = """
+    UPDATE gallery_moverun SET tries = tries + 1, progress_at = now()
+    WHERE id = (
+        SELECT id FROM gallery_moverun
+        WHERE id = %(run)s AND status = 'running' AND position = %(position)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING tries
+"""
+
+
+def move_run_advance(*, run_id: int, position: int) -> int | None:
+    """Move the stretch of move run ``run_id`` that starts at ``position`` of its ids, and record it:
+    the run's next position and counts commit with the stretch's move, so a stretch killed midway
+    leaves the run where it was. Returns the next stretch's position, or None when there is none to
+    queue: the run ended (now, or before), went with its collection, another worker holds it, or it
+    is past that position. A stretch started MOVE_RUN_TRIES_MAX times without finishing ends the
+    run as failed."""
+    with connection.cursor() as cursor:  # committed apart: a killed worker's start still counts
+        cursor.execute(_MOVE_RUN_TAKE_SQL, {"run": run_id, "position": position})
+        taken = cursor.fetchone()
+    if taken is None:
+        return None
+    if taken[0] > MOVE_RUN_TRIES_MAX:
+        MoveRun.objects.filter(pk=run_id, status=MoveRun.Status.RUNNING).update(
+            status=MoveRun.Status.FAILED, finished_at=timezone.now(),
+            error=f"stopped: the images from #{position + 1} of the move were started {MOVE_RUN_TRIES_MAX} times and never "
+            "finished (a worker killed or an error each time; see the workers' log)",
+        )
+        return None
+    with transaction.atomic():
+        # The collection first, then the run: deleting the collection locks it, then deletes its
+        # runs, so the other order could deadlock with it.
+        to_id = MoveRun.objects.filter(pk=run_id).values_list("to_id", flat=True).first()
+        if to_id is None or not Collection.objects.select_for_update(no_key=True).filter(pk=to_id).exists():
+            return None  # gone with its collection
+        run = MoveRun.objects.select_for_update(skip_locked=True).select_related("to").filter(
+            pk=run_id, status=MoveRun.Status.RUNNING, position=position
+        ).first()
+        if run is None:  # taken meanwhile
+            return None
+        stretch = run.image_ids[position:position + MOVE_IMAGES_MAX]
+        moved = images_move(images=Image.objects.filter(pk__in=stretch), to=run.to)
+        found = {*moved.moved, *moved.already, *(image_id for image_id, _ in moved.duplicates)}
+        run.moved += len(moved.moved)
+        run.already += len(moved.already)
+        run.missing += len(set(stretch) - found)
+        run.duplicates += [[image_id, held] for image_id, held in moved.duplicates]
+        run.position = position + len(stretch)
+        run.tries, run.error, run.progress_at = 0, "", timezone.now()
+        if run.position >= len(run.image_ids):
+            run.status, run.finished_at = MoveRun.Status.DONE, run.progress_at
+        run.save()
+    return run.position if run.status == MoveRun.Status.RUNNING else None
+
+
+def move_run_record_error(*, run_id: int, error: Exception) -> None:
+    """Note why the last start of a move run's stretch failed (``error``, by its type and
+    message); the run goes on (or stops) by its tries."""
+    MoveRun.objects.filter(pk=run_id, status=MoveRun.Status.RUNNING).update(error=f"{type(error).__name__}: {error}"[:2000])
+
+
+def move_runs_resume(*, older_than: timedelta) -> int:
+    """Queue again the next stretch of each running move that made no progress for ``older_than``
+    (its message lost, the broker down when a worker queued it, a worker killed). Returns how many
+    were queued."""
+    from workers.tasks import move_images
+
+    cutoff = timezone.now() - older_than
+    quiet = MoveRun.objects.filter(status=MoveRun.Status.RUNNING, progress_at__lt=cutoff)
+    resumed = 0
+    for run_id, position in list(quiet.values_list("id", "position")):
+        if MoveRun.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
+            task_send_safely(move_images, run_id, position)
+            resumed += 1
+    return resumed
 
 
 class DuplicateInCollection(Exception):

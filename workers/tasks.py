@@ -57,16 +57,17 @@ def backfill_embeddings(encoder_id: int) -> None:
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3)
 def sweep_pending() -> int:
-    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding and
-    copy removals, and remove what deleted collections left in media storage."""
+    """Periodic (celery beat): re-queue images stuck as pending, restart quiet re-embedding, copy
+    removals and moves, and remove what deleted collections left in media storage."""
     from django.conf import settings
 
-    from gallery.services import copy_removals_resume, deleted_collections_files_delete
+    from gallery.services import copy_removals_resume, deleted_collections_files_delete, move_runs_resume
     from workers.services import pending_sweep
 
     older_than = timedelta(seconds=settings.CBIR_SWEEP_AFTER_S)
     deleted_collections_files_delete(older_than=older_than)
     copy_removals_resume(older_than=older_than)
+    move_runs_resume(older_than=older_than)
     return pending_sweep(older_than=older_than)
 
 
@@ -125,6 +126,23 @@ def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_ro
         raise
     if removal is not None and removal.next is not None:
         remove_copies.delay(run_id, removal.next.round, removal.next.after)
+
+
+@shared_task(acks_late=True)
+def move_images(run_id: int, position: int) -> None:
+    """One stretch of a move run (``move_run_advance``: its ids from ``position``), then queue the
+    next: a move of any size never holds a worker for long. A stretch killed midway is delivered
+    again and done again; a message for a stretch already done does nothing; a run whose next
+    message was lost is queued again by the sweep."""
+    from gallery.services import move_run_advance, move_run_record_error
+
+    try:
+        following = move_run_advance(run_id=run_id, position=position)
+    except Exception as exc:  # shown in the admin while the tries last
+        move_run_record_error(run_id=run_id, error=exc)
+        raise
+    if following is not None:
+        move_images.delay(run_id, following)
 
 
 def _remove_copies_unrecorded(*, collection_id: int, keep: str) -> None:

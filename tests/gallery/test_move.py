@@ -2,6 +2,7 @@
 admin's action, the API's PATCH, and what a move must keep: vectors found under the new
 collection, counts, files, and no file twice in a collection."""
 import threading
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -10,13 +11,15 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.urls import reverse
+from django.utils import timezone
 
-from gallery.models import Collection, Image
+from gallery.models import Collection, Image, MoveRun
 from gallery.selectors import collection_stats
-from gallery.services import MOVE_IMAGES_MAX, collection_delete, images_move
+from gallery.services import MOVE_IMAGES_MAX, MOVE_RUN_TRIES_MAX, collection_delete, images_move, move_runs_resume
 from search import selectors
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store
+from tests.conftest import wait_for
 from tests.utils import image_bytes, vector
 
 pytestmark = pytest.mark.django_db
@@ -251,13 +254,85 @@ def test_the_api_moves_many_images_in_one_call_and_says_what_became_of_each(clie
         assert bad.status_code == 400 and field in bad.json()["errors"], str(body)[:80]
 
 
-def test_the_admin_refuses_to_move_more_than_a_request_takes(admin_client, monkeypatch):
-    monkeypatch.setattr("gallery.admin.MOVE_IMAGES_MAX", 2)
+def test_the_workers_move_more_images_than_a_request_takes_a_stretch_at_a_time(admin_client, encoder, celery_worker, monkeypatch):
+    """The admin's move of more than MOVE_IMAGES_MAX images: recorded, and done by the workers in
+    stretches, each committed with the run's counts; a duplicate stays, and the run lists it."""
+    for module in ("gallery.admin", "gallery.services"):  # the worker thread runs gallery.services too
+        monkeypatch.setattr(f"{module}.MOVE_IMAGES_MAX", 2)
     drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
-    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(3)]
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i) for i in range(5)]
+    held = _image(final, "kept.png", sha256=f"{3:064x}")  # the same file as 3.png
     chosen = {"action": "move_to_collection", helpers.ACTION_CHECKBOX_NAME: [image.pk for image in picked]}
-    done = admin_client.post(reverse("admin:gallery_image_changelist"), {**chosen, "collection": final.pk, "apply": "Move"}, follow=True)
+    url = reverse("admin:gallery_image_changelist")
+
+    asked = admin_client.post(url, chosen).content.decode()
+    done = admin_client.post(url, {**chosen, "collection": final.pk, "apply": "Move"}, follow=True)
+    run = MoveRun.objects.get()
+    wait_for(lambda: MoveRun.objects.get().status == "done", message="the workers to end the move")
+    run.refresh_from_db()
+
+    assert "more than one request moves (2 at a time" in asked
     said = [str(message) for message in done.context["messages"]]
-    assert said == ["3 images selected: a move takes at most 2 at a time, since each vector enters the search index again. "
-                    "Narrow the list with a filter, or move them in parts."]
+    assert said[0].startswith('The workers are moving 5 images to <a href="') and "2 at a time" in said[0]
+    assert (run.position, run.moved, run.already, run.missing, run.tries, run.error) == (5, 4, 0, 0, 0, "")
+    assert run.duplicates == [[picked[3].pk, held.pk]]
+    assert sorted(Image.objects.filter(collection=final).values_list("pk", flat=True)) == sorted(
+        [held.pk] + [image.pk for image in picked if image is not picked[3]]
+    )
+    assert Embedding.objects.filter(collection=final).count() == 4 and Embedding.objects.filter(collection=drafts).count() == 1
+    page = admin_client.get(reverse("admin:gallery_moverun_change", args=[run.pk])).content.decode()
+    assert "5 of 5 checked" in page and f"#{picked[3].pk} (as #{held.pk})" in page
+
+
+def test_a_move_that_cannot_be_queued_is_not_recorded(admin_client, monkeypatch):
+    from workers.tasks import move_images
+
+    monkeypatch.setattr("gallery.admin.MOVE_IMAGES_MAX", 1)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(move_images, "apply_async", unreachable)
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(2)]
+    chosen = {"action": "move_to_collection", helpers.ACTION_CHECKBOX_NAME: [image.pk for image in picked], "collection": final.pk}
+
+    done = admin_client.post(reverse("admin:gallery_image_changelist"), {**chosen, "apply": "Move"}, follow=True)
+
+    assert [str(message) for message in done.context["messages"]] == [
+        "the workers' queue cannot be reached (connection refused); nothing was moved"
+    ]
+    assert not MoveRun.objects.exists() and not Image.objects.filter(collection=final).exists()
+
+
+def test_a_stretch_that_keeps_failing_is_recorded_and_ends_the_move_as_failed(monkeypatch):
+    from workers.tasks import move_images
+
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(2)]
+    run = MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked])
+    monkeypatch.setattr("gallery.services.images_move", lambda **kwargs: 1 / 0)
+
+    for _ in range(MOVE_RUN_TRIES_MAX):
+        with pytest.raises(ZeroDivisionError):
+            move_images.run(run.pk, 0)
+    run.refresh_from_db()
+    assert (run.status, run.tries, run.error) == ("running", MOVE_RUN_TRIES_MAX, "ZeroDivisionError: division by zero")
+    move_images.run(run.pk, 0)  # one start more than the tries
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error.startswith(f"stopped: the images from #1 of the move were started {MOVE_RUN_TRIES_MAX} times")
     assert not Image.objects.filter(collection=final).exists()
+
+
+def test_the_sweep_takes_up_a_move_whose_next_stretch_was_lost(encoder, celery_worker):
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i) for i in range(3)]
+    quiet = MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked[:2]], progress_at=timezone.now() - timedelta(minutes=10))
+    recent = MoveRun.objects.create(to=final, image_ids=[picked[2].pk], progress_at=timezone.now())  # its message on its way
+
+    assert move_runs_resume(older_than=timedelta(minutes=5)) == 1
+    wait_for(lambda: MoveRun.objects.get(pk=quiet.pk).status == "done", message="the worker to end the resumed move")
+
+    assert sorted(Image.objects.filter(collection=final).values_list("pk", flat=True)) == [picked[0].pk, picked[1].pk]
+    recent.refresh_from_db()
+    assert recent.status == "running" and recent.position == 0  # not quiet: left alone
