@@ -14,6 +14,14 @@ same rows by their ids:
 - product: ``gallery.services.images_move``, which also locks both collections and the images
   and compares each file's SHA-256 with those the target holds.
 Wall time per call and per image, medians of the rounds, and their ratio.
+
+    .venv/bin/python bench/move.py --runs [--images 20000] [--rounds 3]
+
+compares instead what the workers do with a selection larger than a request moves: a recorded
+``MoveRun`` advanced a stretch of ``MOVE_IMAGES_MAX`` at a time (``move_run_advance``, each
+stretch its own transaction with the run's bookkeeping; run here in this process, so the queue's
+hop between stretches is not in it), against ``images_move`` moving them all in one call (the
+baseline), on the same rows.
 """
 from __future__ import annotations
 
@@ -49,10 +57,24 @@ def move_product(selection, target: int) -> None:
         raise RuntimeError("the bench's collections share no file: every image should move")
 
 
+def move_in_stretches(selection, target: int) -> None:
+    from gallery.models import Collection, MoveRun
+    from gallery.services import move_run_advance
+
+    run = MoveRun.objects.create(to=Collection.objects.get(pk=target), image_ids=list(selection.order_by("pk").values_list("pk", flat=True)))
+    position = 0
+    while position is not None:
+        position = move_run_advance(run_id=run.pk, position=position)
+    run.refresh_from_db()
+    if run.status != MoveRun.Status.DONE or run.moved != len(run.image_ids):
+        raise RuntimeError(f"the run ended {run.status} with {run.moved} of {len(run.image_ids)} moved: {run.error}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20_000, help="images in each of the two collections")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", action="store_true", help="a MoveRun in stretches against one images_move call")
     args = parser.parse_args()
     project.setup_django(VAR)
     from gallery.models import Image
@@ -60,10 +82,13 @@ def main() -> None:
 
     first, second = load(args.images)
     moving = list(Image.objects.filter(collection_id=first).values_list("pk", flat=True))  # out and back each round
-    times: dict[str, list[float]] = {"plain": [], "product": []}
+    baseline, product = ("plain", move_plain), ("product", move_product)
+    if args.runs:
+        baseline, product = ("one_call", move_product), ("stretches", move_in_stretches)
+    times: dict[str, list[float]] = {baseline[0]: [], product[0]: []}
     for round_number in range(args.rounds):
         # each pair moves the first collection's images out and back, the baseline first in even rounds
-        ways = [("plain", move_plain), ("product", move_product)]
+        ways = [baseline, product]
         if round_number % 2:
             ways.reverse()
         for (name, move), (source, target) in zip(ways, ((first, second), (second, first))):
@@ -83,7 +108,7 @@ def main() -> None:
         "rounds": args.rounds,
         **{f"{name}_s": round(value, 3) for name, value in medians.items()},
         **{f"{name}_ms_per_image": round(value / args.images * 1000, 4) for name, value in medians.items()},
-        "product_to_plain": round(medians["product"] / medians["plain"], 2),
+        f"{product[0]}_to_{baseline[0]}": round(medians[product[0]] / medians[baseline[0]], 2),
     }
     print(json.dumps(report, indent=2))
 
