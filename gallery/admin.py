@@ -222,33 +222,17 @@ class ImageAdmin(SelectionCheckedAdmin):
     def move_to_collection(self, request, queryset):
         count = queryset.count()
         form = MoveImagesForm(request.POST if "apply" in request.POST else None)
-        if form.is_valid() and count > MOVE_IMAGES_MAX:
-            # Each vector enters the search index again (about 1.3 ms an image): the workers move
-            # more than a request would wait for, a stretch at a time.
-            target = form.cleaned_data["collection"]
-            try:
-                run = images_move_start(images=queryset, to=target)
-            except QueueUnavailable as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-                return None
-            self.message_user(
-                request,
-                format_html(
-                    'The workers are moving {} images to <a href="{}">{}</a>, {} at a time; <a href="{}">Image moves</a> shows how far they are.',
-                    f"{len(run.image_ids):,}", reverse("gallery:collection-detail", args=[target.pk]), target,
-                    f"{MOVE_IMAGES_MAX:,}", reverse("admin:gallery_moverun_change", args=[run.pk]),
-                ),
-                messages.SUCCESS,
-            )
-            return None
         if form.is_valid():
             target = form.cleaned_data["collection"]
             try:
-                moved = images_move(images=queryset, to=target)
-            except MoveTargetGone as exc:
+                if count > MOVE_IMAGES_MAX:
+                    # Each vector enters the search index again (about 1.3 ms an image): the
+                    # workers move more than a request would wait for, a stretch at a time.
+                    self._report_move_started(request, images_move_start(images=queryset, to=target), target)
+                else:
+                    self._report_move(request, images_move(images=queryset, to=target), target)
+            except (MoveTargetGone, QueueUnavailable) as exc:
                 self.message_user(request, str(exc), messages.ERROR)
-                return None
-            self._report_move(request, moved, target)
             return None
         # The selection travels as the changelist posted it (its ticks, or "all N" with its filters
         # in this page's address), so confirming acts on the same images.
@@ -266,6 +250,17 @@ class ImageAdmin(SelectionCheckedAdmin):
             "checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/gallery/image/move.html", context)
+
+    def _report_move_started(self, request, run: MoveRun, target: Collection) -> None:
+        self.message_user(
+            request,
+            format_html(
+                'The workers are moving {} images to <a href="{}">{}</a>, {} at a time; <a href="{}">Image moves</a> shows how far they are.',
+                f"{len(run.image_ids):,}", reverse("gallery:collection-detail", args=[target.pk]), target,
+                f"{MOVE_IMAGES_MAX:,}", reverse("admin:gallery_moverun_change", args=[run.pk]),
+            ),
+            messages.SUCCESS,
+        )
 
     def _report_move(self, request, moved, target: Collection) -> None:
         link = reverse("gallery:collection-detail", args=[target.pk])

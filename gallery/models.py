@@ -186,7 +186,23 @@ class CollectionCount(models.Model):
         constraints = [models.UniqueConstraint(fields=["collection", "status", "shard"], name="one_count_per_shard")]
 
 
-class CopyRemovalRun(models.Model):
+class WorkerRun(models.Model):
+    """What every piece of work the workers do a stretch at a time records besides its position:
+    the starts of its next stretch that did not finish (past its limit the run ends as failed),
+    why the last one failed, and when it started, last moved on (the sweep restarts a run quiet
+    for too long) and ended."""
+
+    tries = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    progress_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class CopyRemovalRun(WorkerRun):
     """A removal of every copy in a collection (``gallery.services.copy_removal_start``): where its
     walk stands, what it did so far and how it ended. The workers do it a stretch at a time
     (``copy_removal_advance``); the position here is committed with each stretch's deletions, so a
@@ -213,13 +229,7 @@ class CopyRemovalRun(models.Model):
     # Images left this round (the last one, once it ended) although their signatures match a
     # picture kept: not alike in every region (``CopyRemovalPlan.unlike``).
     unlike = models.PositiveIntegerField(default=0)
-    # Starts of the next stretch that did not finish (a killed worker, an error): past
-    # ``gallery.services.COPY_REMOVAL_TRIES_MAX`` the removal stops, as failed.
-    tries = models.PositiveSmallIntegerField(default=0)
-    error = models.TextField(blank=True)
-    started_at = models.DateTimeField(auto_now_add=True)
-    progress_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    # tries: past ``gallery.services.COPY_REMOVAL_TRIES_MAX`` the removal stops, as failed.
 
     class Meta:
         constraints = [
@@ -250,7 +260,7 @@ class CopyRemovalCandidate(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "round", "image_id"], name="copy_removal_candidate_once")]
 
 
-class MoveRun(models.Model):
+class MoveRun(WorkerRun):
     """A move of more images than one request moves (``gallery.services.MOVE_IMAGES_MAX``) into
     collection ``to``, done by the workers a stretch of that many at a time
     (``gallery.services.move_run_advance``). The ids to move are fixed when it starts; each
@@ -272,13 +282,7 @@ class MoveRun(models.Model):
     missing = models.PositiveIntegerField(default=0)  # deleted since the move started
     # [image id, the image of ``to`` holding the same file]: each stayed where it was.
     duplicates = models.JSONField(default=list, blank=True)
-    # Starts of the next stretch that did not finish: past ``gallery.services.MOVE_RUN_TRIES_MAX``
-    # the run stops, as failed.
-    tries = models.PositiveSmallIntegerField(default=0)
-    error = models.TextField(blank=True)
-    started_at = models.DateTimeField(auto_now_add=True)
-    progress_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    # tries: past ``gallery.services.MOVE_RUN_TRIES_MAX`` the run stops, as failed.
 
     class Meta:
         indexes = [models.Index(fields=["status", "progress_at"], name="move_run_quiet")]

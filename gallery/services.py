@@ -568,25 +568,47 @@ def images_move_start(*, images: QuerySet[Image], to: Collection) -> MoveRun:
 
     ids = list(images.order_by("pk").values_list("pk", flat=True).distinct())
     run = MoveRun.objects.create(to=to, image_ids=ids, progress_at=timezone.now())
-    try:
-        move_images.apply_async(args=(run.pk, 0), retry=False)
-    except Exception as exc:  # broker down or unreachable
-        run.delete()
-        raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was moved") from exc
+    _run_first_stretch_queue(run, move_images, (run.pk, 0), undone="moved")
     return run
 
 
-# Takes the run's next stretch, if no one else holds it and it is still where the caller saw it: a
-# second message for the same stretch (the sweep's, after a slow queue) then does nothing.
-_MOVE_RUN_TAKE_SQL = """
-    UPDATE gallery_moverun SET tries = tries + 1, progress_at = now()
-    WHERE id = (
-        SELECT id FROM gallery_moverun
-        WHERE id = %(run)s AND status = 'running' AND position = %(position)s
-        FOR UPDATE SKIP LOCKED
+def _run_first_stretch_queue(run, task, args: tuple, *, undone: str) -> None:
+    """Queue the first stretch of a just-recorded ``run`` (``task(*args)``); where the broker
+    cannot be reached, forget the run and raise QueueUnavailable (nothing was ``undone``)."""
+    try:
+        task.apply_async(args=args, retry=False)
+    except Exception as exc:  # broker down or unreachable
+        run.delete()
+        raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was {undone}") from exc
+
+
+def _run_stretch_take(model, run_id: int, *, tries_max: int, stretch: str, **where: int) -> str:
+    """Take the next stretch of ``run_id`` (a run of ``model``) if no one else holds it and the
+    run still stands where the caller saw it (``where``: its position fields): count the start
+    and note the progress, committed apart, so a killed worker's start still counts. Returns
+    "go"; "skip" where it is not to be done (a second message for the same stretch, the sweep's
+    after a slow queue; a run that ended or went); or "failed" where this start is one more than
+    ``tries_max``: the run then ends as failed, its error naming the ``stretch``."""
+    table = model._meta.db_table
+    standing = "".join(f" AND {field} = %({field})s" for field in where)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET tries = tries + 1, progress_at = now() WHERE id = ("
+            f"SELECT id FROM {table} WHERE id = %(run)s AND status = 'running'{standing} FOR UPDATE SKIP LOCKED"
+            ") RETURNING tries",
+            {"run": run_id, **where},
+        )
+        taken = cursor.fetchone()
+    if taken is None:
+        return "skip"
+    if taken[0] <= tries_max:
+        return "go"
+    model.objects.filter(pk=run_id, status="running").update(
+        status="failed", finished_at=timezone.now(),
+        error=f"stopped: {stretch} were started {tries_max} times and never finished (a worker killed or an error each "
+        "time; see the workers' log)",
     )
-    RETURNING tries
-"""
+    return "failed"
 
 
 def move_run_advance(*, run_id: int, position: int) -> int | None:
@@ -596,17 +618,8 @@ def move_run_advance(*, run_id: int, position: int) -> int | None:
     queue: the run ended (now, or before), went with its collection, another worker holds it, or it
     is past that position. A stretch started MOVE_RUN_TRIES_MAX times without finishing ends the
     run as failed."""
-    with connection.cursor() as cursor:  # committed apart: a killed worker's start still counts
-        cursor.execute(_MOVE_RUN_TAKE_SQL, {"run": run_id, "position": position})
-        taken = cursor.fetchone()
-    if taken is None:
-        return None
-    if taken[0] > MOVE_RUN_TRIES_MAX:
-        MoveRun.objects.filter(pk=run_id, status=MoveRun.Status.RUNNING).update(
-            status=MoveRun.Status.FAILED, finished_at=timezone.now(),
-            error=f"stopped: the images from #{position + 1} of the move were started {MOVE_RUN_TRIES_MAX} times and never "
-            "finished (a worker killed or an error each time; see the workers' log)",
-        )
+    described = f"the images from #{position + 1} of the move"
+    if _run_stretch_take(MoveRun, run_id, tries_max=MOVE_RUN_TRIES_MAX, stretch=described, position=position) != "go":
         return None
     with transaction.atomic():
         # The collection first, then the run: deleting the collection locks it, then deletes its
@@ -646,12 +659,18 @@ def move_runs_resume(*, older_than: timedelta) -> int:
     were queued."""
     from workers.tasks import move_images
 
+    return _quiet_runs_resume(MoveRun, move_images, ("position",), older_than=older_than)
+
+
+def _quiet_runs_resume(model, task, fields: tuple[str, ...], *, older_than: timedelta) -> int:
+    """Queue ``task(run id, *fields)`` again for each running run of ``model`` with no progress
+    for ``older_than``, once even when sweeps overlap; returns how many were queued."""
     cutoff = timezone.now() - older_than
-    quiet = MoveRun.objects.filter(status=MoveRun.Status.RUNNING, progress_at__lt=cutoff)
+    quiet = model.objects.filter(status="running", progress_at__lt=cutoff)
     resumed = 0
-    for run_id, position in list(quiet.values_list("id", "position")):
-        if MoveRun.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
-            task_send_safely(move_images, run_id, position)
+    for run_id, *standing in list(quiet.values_list("id", *fields)):
+        if model.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
+            task_send_safely(task, run_id, *standing)
             resumed += 1
     return resumed
 
@@ -799,25 +818,8 @@ def copy_removal_start(*, collection: Collection, keep: str = "largest") -> Copy
     from workers.tasks import remove_copies
 
     run = copy_removal_record(collection=collection, keep=keep)
-    try:
-        remove_copies.apply_async(args=(run.pk, run.round, run.after), retry=False)
-    except Exception as exc:  # broker down or unreachable
-        run.delete()
-        raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was removed") from exc
+    _run_first_stretch_queue(run, remove_copies, (run.pk, run.round, run.after), undone="removed")
     return run
-
-
-# Takes the run's next stretch, if no one else holds it and it is still where the caller saw it: a
-# second message for the same stretch (the sweep's, after a slow queue) then does nothing.
-_COPY_REMOVAL_TAKE_SQL = """
-    UPDATE gallery_copyremovalrun SET tries = tries + 1, progress_at = now()
-    WHERE id = (
-        SELECT id FROM gallery_copyremovalrun
-        WHERE id = %(run)s AND status = 'running' AND round = %(round)s AND after = %(after)s
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING tries
-"""
 
 
 def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyRemoval | None:
@@ -827,18 +829,13 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
     stretch did, or None when there is nothing to do: the run ended or went, another worker holds
     it, or it is past that position. A stretch started COPY_REMOVAL_TRIES_MAX times without
     finishing ends the run as failed."""
-    with connection.cursor() as cursor:  # committed apart: a killed worker's start still counts
-        cursor.execute(_COPY_REMOVAL_TAKE_SQL, {"run": run_id, "round": round_number, "after": after})
-        taken = cursor.fetchone()
-    if taken is None:
-        return None
-    if taken[0] > COPY_REMOVAL_TRIES_MAX:
-        CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(
-            status=CopyRemovalRun.Status.FAILED, finished_at=timezone.now(),
-            error=f"stopped: the images after #{after} in round {round_number} were started {COPY_REMOVAL_TRIES_MAX} times "
-            "and never finished (a worker killed or an error each time; see the workers' log)",
-        )
+    taken = _run_stretch_take(
+        CopyRemovalRun, run_id, tries_max=COPY_REMOVAL_TRIES_MAX, stretch=f"the images after #{after} in round {round_number}",
+        round=round_number, after=after,
+    )
+    if taken == "failed":
         CopyRemovalCandidate.objects.filter(run_id=run_id).delete()
+    if taken != "go":
         return None
     with transaction.atomic():
         run = CopyRemovalRun.objects.select_for_update(skip_locked=True).select_related("collection").filter(
@@ -905,14 +902,7 @@ def copy_removals_resume(*, older_than: timedelta) -> int:
     Returns how many were queued."""
     from workers.tasks import remove_copies
 
-    cutoff = timezone.now() - older_than
-    quiet = CopyRemovalRun.objects.filter(status=CopyRemovalRun.Status.RUNNING, progress_at__lt=cutoff)
-    resumed = 0
-    for run_id, round_number, after in list(quiet.values_list("id", "round", "after")):
-        if CopyRemovalRun.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
-            task_send_safely(remove_copies, run_id, round_number, after)
-            resumed += 1
-    return resumed
+    return _quiet_runs_resume(CopyRemovalRun, remove_copies, ("round", "after"), older_than=older_than)
 
 
 # Folders of media storage whose files belong to image rows, and the Image field that names them:
