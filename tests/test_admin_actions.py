@@ -17,6 +17,8 @@ ACTIONS = [
     ("gallery_image", "index_again"),
     ("gallery_copyremovalrun", "stop"),
     ("search_encoderversion", "activate"),
+    ("auth_user", "delete_selected"),  # Django's own, given the same check
+    ("auth_group", "delete_selected"),
 ]
 
 
