@@ -61,13 +61,14 @@ def move_in_stretches(selection, target: int) -> None:
     from gallery.models import Collection, MoveRun
     from gallery.services import move_run_advance
 
-    run = MoveRun.objects.create(to=Collection.objects.get(pk=target), image_ids=list(selection.order_by("pk").values_list("pk", flat=True)))
+    ids = list(selection.order_by("pk").values_list("pk", flat=True))
+    run = MoveRun.objects.create(to=Collection.objects.get(pk=target), image_ids=ids, total=len(ids))
     position = 0
     while position is not None:
         position = move_run_advance(run_id=run.pk, position=position)
     run.refresh_from_db()
-    if run.status != MoveRun.Status.DONE or run.moved != len(run.image_ids):
-        raise RuntimeError(f"the run ended {run.status} with {run.moved} of {len(run.image_ids)} moved: {run.error}")
+    if run.status != MoveRun.Status.DONE or run.moved != run.total:
+        raise RuntimeError(f"the run ended {run.status} with {run.moved} of {run.total} moved: {run.error}")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -14,7 +15,7 @@ from rest_framework.views import APIView
 from cbir_site.access import RememberingBasicAuthentication
 from gallery.export import EXPORT_IMAGES_MAX, EXPORT_MANIFEST, ExportsBusy, collection_export_response, images_export_response
 from gallery.media import MediaStorageUnavailable, media_storage_check
-from gallery.models import Collection, CopyRemovalRun, Image, validate_one_line_label
+from gallery.models import Collection, CopyRemovalRun, Image, MoveRun, validate_one_line_label
 from gallery.selectors import (
     COPY_CHECKS_PER_PAGE,
     COPY_GROUPS_PER_PAGE,
@@ -29,6 +30,7 @@ from gallery.selectors import (
 )
 from gallery.services import (
     MOVE_IMAGES_MAX,
+    MOVE_RUN_IMAGES_MAX,
     CollectionGone,
     CopyRemovalUnderway,
     DuplicateInCollection,
@@ -43,6 +45,7 @@ from gallery.services import (
     images_create,
     images_delete,
     images_move,
+    images_move_start,
     uploads_to_incoming,
 )
 
@@ -50,6 +53,13 @@ from gallery.services import (
 # How a staff user proves it where a call needs one: an API token or HTTP Basic auth (API clients),
 # or the admin's session (with its CSRF token).
 STAFF_AUTHENTICATION = [TokenAuthentication, RememberingBasicAuthentication, SessionAuthentication]
+
+
+class StaffOnlyApi(APIView):
+    """A call only a staff user may make (a token, HTTP Basic, or the admin's session)."""
+
+    authentication_classes = STAFF_AUTHENTICATION
+    permission_classes = [IsAdminUser]
 
 
 class StaffMayChange:
@@ -269,11 +279,9 @@ class ImageFilterInputSerializer(serializers.Serializer):
 EXPORT_RETRY_AFTER_S = 60
 
 
-class _ZipDownloadApi(APIView):
+class _ZipDownloadApi(StaffOnlyApi):
     """A zip download for staff, whose refusals are JSON (``_zip_answer`` makes the download)."""
 
-    authentication_classes = STAFF_AUTHENTICATION
-    permission_classes = [IsAdminUser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = _ErrorsAsJson
 
@@ -529,8 +537,8 @@ class ImageDetailApi(StaffMayChange, APIView):
 class ImagesMoveInputSerializer(serializers.Serializer):
     collection = CollectionRefField(help_text="collection id or name to move the images to")
     images = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=MOVE_IMAGES_MAX,
-        help_text=f"ids of the images to move, at most {MOVE_IMAGES_MAX:,}",
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=MOVE_RUN_IMAGES_MAX,
+        help_text=f"ids of the images to move, at most {MOVE_RUN_IMAGES_MAX:,}; past {MOVE_IMAGES_MAX:,} the workers move them",
     )
 
 
@@ -547,11 +555,28 @@ class ImagesMoveOutputSerializer(serializers.Serializer):
     missing = serializers.ListField(child=serializers.IntegerField(), help_text="no such image (deleted, or never there)")
 
 
-class ImagesMoveApi(APIView):
-    """POST /api/images/move/: many images to another collection in one call (staff only)."""
+class MoveRunOutputSerializer(serializers.ModelSerializer):
+    collection = CollectionRefOutputSerializer(source="to", help_text="where the images go")
+    status = serializers.ChoiceField(
+        choices=MoveRun.Status.choices,
+        help_text="running; done; or failed (a stretch of images stopped its worker again and again: see `error`)",
+    )
+    total = serializers.IntegerField(help_text="ids the move was given")
+    position = serializers.IntegerField(help_text="ids checked so far (the workers take them in id order)")
+    moved = serializers.IntegerField(help_text="images moved so far")
+    duplicates = MoveDuplicateSerializer(many=True, source="duplicates_listed", help_text="stayed where they were: the collection holds the same file")
+    already = serializers.IntegerField(help_text="were in the collection already")
+    missing = serializers.IntegerField(help_text="no such image when their stretch came (deleted, or never there)")
+    error = serializers.CharField(help_text="why the last try of a stretch failed, or why the move stopped; empty if none")
 
-    authentication_classes = STAFF_AUTHENTICATION
-    permission_classes = [IsAdminUser]
+    class Meta:
+        model = MoveRun
+        fields = ["id", "collection", "status", "total", "position", "moved", "duplicates", "already", "missing", "error",
+                  "started_at", "progress_at", "finished_at"]
+
+
+class ImagesMoveApi(StaffOnlyApi):
+    """POST /api/images/move/: many images to another collection in one call (staff only)."""
 
     @extend_schema(
         operation_id="images_move",
@@ -564,9 +589,11 @@ class ImagesMoveApi(APIView):
         request=ImagesMoveInputSerializer,
         responses={
             200: ImagesMoveOutputSerializer,
+            202: OpenApiResponse(MoveRunOutputSerializer, description=f"more than {MOVE_IMAGES_MAX:,} ids: the workers move them; follow `Location`"),
             400: OpenApiResponse(ErrorSerializer, description="no images, too many, an id that is not one, or an unknown collection"),
             401: OpenApiResponse(ErrorSerializer, description="no credentials"),
             403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+            503: OpenApiResponse(ErrorSerializer, description="more than one request moves, and the workers' queue cannot be reached"),
         },
     )
     def post(self, request):
@@ -574,6 +601,15 @@ class ImagesMoveApi(APIView):
         if not params.is_valid():
             return invalid_parameters(params.errors)
         collection, asked = params.validated_data["collection"], params.validated_data["images"]
+        if len(set(asked)) > MOVE_IMAGES_MAX:
+            try:
+                run = images_move_start(image_ids=asked, to=collection)
+            except QueueUnavailable as exc:
+                return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response(
+                MoveRunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED,
+                headers={"Location": reverse("api-move-run", args=[run.pk])},
+            )
         try:
             moved = images_move(images=Image.objects.filter(pk__in=asked), to=collection)
         except MoveTargetGone as exc:
@@ -588,6 +624,18 @@ class ImagesMoveApi(APIView):
                 "missing": sorted(set(asked) - found),
             }
         )
+
+
+class MoveRunApi(StaffOnlyApi):
+    """GET /api/moves/{id}/: how far the workers are with a move of many images (staff only)."""
+
+    @extend_schema(
+        operation_id="move_run",
+        summary="How far a move of many images is (staff only)",
+        responses={200: MoveRunOutputSerializer, **_staff_refusals("move")},
+    )
+    def get(self, request, run_id: int):
+        return Response(MoveRunOutputSerializer(get_object_or_404(MoveRun.objects.select_related("to"), pk=run_id)).data)
 
 
 class CopyOutputSerializer(ImageDetailOutputSerializer):

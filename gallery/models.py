@@ -275,6 +275,7 @@ class MoveRun(WorkerRun):
 
     to = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="move_runs")
     image_ids = ArrayField(models.BigIntegerField())  # in id order, as the stretches take them
+    total = models.PositiveIntegerField(default=0)  # len(image_ids), without reading them
     position = models.PositiveIntegerField(default=0)  # where in image_ids the next stretch starts
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     moved = models.PositiveIntegerField(default=0)
@@ -288,4 +289,9 @@ class MoveRun(WorkerRun):
         indexes = [models.Index(fields=["status", "progress_at"], name="move_run_quiet")]
 
     def __str__(self) -> str:
-        return f"move #{self.pk} of {len(self.image_ids):,} images to collection {self.to_id} ({self.status})"
+        return f"move #{self.pk} of {self.total:,} images to collection {self.to_id} ({self.status})"
+
+    @property
+    def duplicates_listed(self) -> list[dict]:
+        """``duplicates`` as the API lists them: each image's ``id`` and the image it repeats."""
+        return [{"id": image_id, "duplicate_of": held} for image_id, held in self.duplicates]

@@ -504,6 +504,8 @@ class ImagesMoved:
 # enters the HNSW index again (its collection is indexed, so the update cannot be HOT): 1.25-1.48 ms
 # an image on 2 CPU cores (bench/move.py), so 5,000 hold a request for about 6-7.5 s.
 MOVE_IMAGES_MAX = 5_000
+# Ids one call of the API hands to the workers to move (the admin's "select all" has no such cap).
+MOVE_RUN_IMAGES_MAX = 100_000
 
 _MOVE_IMAGES_SQL = (
     "UPDATE gallery_image SET collection_id = %(to)s, updated_at = now() WHERE id = ANY(%(ids)s)",
@@ -559,15 +561,16 @@ def images_move(*, images: QuerySet[Image], to: Collection) -> ImagesMoved:
 MOVE_RUN_TRIES_MAX = 3
 
 
-def images_move_start(*, images: QuerySet[Image], to: Collection) -> MoveRun:
-    """Have the workers move ``images`` into ``to``, ``MOVE_IMAGES_MAX`` at a time (each stretch as
-    ``images_move`` moves them, in id order): for more than one request moves. Records the run, with
-    the ids as they are now, and queues its first stretch (``workers.tasks.move_images``). Raises
+def images_move_start(*, image_ids: Iterable[int], to: Collection) -> MoveRun:
+    """Have the workers move the images ``image_ids`` into ``to``, ``MOVE_IMAGES_MAX`` at a time
+    (each stretch as ``images_move`` moves them, in id order): for more than one request moves.
+    Records the run, with the ids as given (one that names no image when its stretch comes is
+    counted missing), and queues its first stretch (``workers.tasks.move_images``). Raises
     QueueUnavailable when the broker cannot be reached; then nothing is recorded either."""
     from workers.tasks import move_images
 
-    ids = list(images.order_by("pk").values_list("pk", flat=True).distinct())
-    run = MoveRun.objects.create(to=to, image_ids=ids, progress_at=timezone.now())
+    ids = sorted(set(image_ids))
+    run = MoveRun.objects.create(to=to, image_ids=ids, total=len(ids), progress_at=timezone.now())
     _run_first_stretch_queue(run, move_images, (run.pk, 0), undone="moved")
     return run
 
@@ -627,12 +630,17 @@ def move_run_advance(*, run_id: int, position: int) -> int | None:
         to_id = MoveRun.objects.filter(pk=run_id).values_list("to_id", flat=True).first()
         if to_id is None or not Collection.objects.select_for_update(no_key=True).filter(pk=to_id).exists():
             return None  # gone with its collection
-        run = MoveRun.objects.select_for_update(skip_locked=True).select_related("to").filter(
+        run = MoveRun.objects.select_for_update(skip_locked=True).select_related("to").defer("image_ids").filter(
             pk=run_id, status=MoveRun.Status.RUNNING, position=position
         ).first()
         if run is None:  # taken meanwhile
             return None
-        stretch = run.image_ids[position:position + MOVE_IMAGES_MAX]
+        with connection.cursor() as cursor:  # this stretch's ids alone (arrays count from 1, both ends in)
+            cursor.execute(
+                "SELECT image_ids[%(first)s:%(last)s] FROM gallery_moverun WHERE id = %(run)s",
+                {"first": position + 1, "last": position + MOVE_IMAGES_MAX, "run": run_id},
+            )
+            stretch = cursor.fetchone()[0] or []
         moved = images_move(images=Image.objects.filter(pk__in=stretch), to=run.to)
         found = {*moved.moved, *moved.already, *(image_id for image_id, _ in moved.duplicates)}
         run.moved += len(moved.moved)
@@ -641,9 +649,11 @@ def move_run_advance(*, run_id: int, position: int) -> int | None:
         run.duplicates += [[image_id, held] for image_id, held in moved.duplicates]
         run.position = position + len(stretch)
         run.tries, run.error, run.progress_at = 0, "", timezone.now()
-        if run.position >= len(run.image_ids):
+        if run.position >= run.total:
             run.status, run.finished_at = MoveRun.Status.DONE, run.progress_at
-        run.save()
+        # Not the ids: written once, they stay where PostgreSQL put them, however many there are.
+        run.save(update_fields=["moved", "already", "missing", "duplicates", "position", "tries", "error", "progress_at",
+                                "status", "finished_at"])
     return run.position if run.status == MoveRun.Status.RUNNING else None
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from gallery.models import Collection, Image, MoveRun
 from gallery.selectors import collection_stats
-from gallery.services import MOVE_IMAGES_MAX, MOVE_RUN_TRIES_MAX, collection_delete, images_move, move_runs_resume
+from gallery.services import MOVE_RUN_IMAGES_MAX, MOVE_RUN_TRIES_MAX, collection_delete, images_move, move_runs_resume
 from search import selectors
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store
@@ -246,7 +246,7 @@ def test_the_api_moves_many_images_in_one_call_and_says_what_became_of_each(clie
         ({"collection": "final", "images": []}, "images"),
         ({"collection": "final", "images": ["x"]}, "images"),
         ({"collection": "final", "images": [2**63]}, "images"),
-        ({"collection": "final", "images": list(range(1, MOVE_IMAGES_MAX + 2))}, "images"),
+        ({"collection": "final", "images": list(range(1, MOVE_RUN_IMAGES_MAX + 2))}, "images"),  # past what the workers take a call
         ({"collection": "nowhere", "images": [new[0].pk]}, "collection"),
         ({"images": [new[0].pk]}, "collection"),
     ):
@@ -310,7 +310,7 @@ def test_a_stretch_that_keeps_failing_is_recorded_and_ends_the_move_as_failed(mo
 
     drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
     picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(2)]
-    run = MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked])
+    run = MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked], total=len(picked))
     monkeypatch.setattr("gallery.services.images_move", lambda **kwargs: 1 / 0)
 
     for _ in range(MOVE_RUN_TRIES_MAX):
@@ -327,8 +327,10 @@ def test_a_stretch_that_keeps_failing_is_recorded_and_ends_the_move_as_failed(mo
 def test_the_sweep_takes_up_a_move_whose_next_stretch_was_lost(encoder, celery_worker):
     drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
     picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i) for i in range(3)]
-    quiet = MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked[:2]], progress_at=timezone.now() - timedelta(minutes=10))
-    recent = MoveRun.objects.create(to=final, image_ids=[picked[2].pk], progress_at=timezone.now())  # its message on its way
+    quiet = MoveRun.objects.create(
+        to=final, image_ids=[image.pk for image in picked[:2]], total=2, progress_at=timezone.now() - timedelta(minutes=10)
+    )
+    recent = MoveRun.objects.create(to=final, image_ids=[picked[2].pk], total=1, progress_at=timezone.now())  # its message on its way
 
     assert move_runs_resume(older_than=timedelta(minutes=5)) == 1
     wait_for(lambda: MoveRun.objects.get(pk=quiet.pk).status == "done", message="the worker to end the resumed move")
@@ -336,3 +338,28 @@ def test_the_sweep_takes_up_a_move_whose_next_stretch_was_lost(encoder, celery_w
     assert sorted(Image.objects.filter(collection=final).values_list("pk", flat=True)) == [picked[0].pk, picked[1].pk]
     recent.refresh_from_db()
     assert recent.status == "running" and recent.position == 0  # not quiet: left alone
+
+
+def test_the_api_hands_a_move_of_more_than_a_request_takes_to_the_workers(client, admin_client, encoder, celery_worker, monkeypatch):
+    monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)
+    monkeypatch.setattr("gallery.apis.MOVE_IMAGES_MAX", 2)
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i) for i in range(5)]
+    held = _image(final, "kept.png", sha256=f"{3:064x}")  # the same file as 3.png
+    unknown = max(image.pk for image in picked) + 100
+    asked = [image.pk for image in picked] + [unknown, picked[0].pk]  # an id twice counts once
+
+    started = admin_client.post(reverse("api-images-move"), {"collection": "final", "images": asked}, content_type="application/json")
+    wait_for(lambda: MoveRun.objects.get().status == "done", message="the workers to end the move")
+    followed = admin_client.get(started["Location"])
+
+    assert started.status_code == 202, started.content
+    assert started.json()["status"] == "running" and started.json()["total"] == 6
+    assert started["Location"] == reverse("api-move-run", args=[started.json()["id"]])
+    body = followed.json()
+    assert (body["status"], body["position"], body["moved"], body["already"], body["missing"]) == ("done", 6, 4, 0, 1)
+    assert body["duplicates"] == [{"id": picked[3].pk, "duplicate_of": held.pk}]
+    assert body["collection"] == {"id": final.pk, "name": "final"} and body["finished_at"]
+    assert Image.objects.filter(collection=final).count() == 5
+    assert admin_client.get(reverse("api-move-run", args=[body["id"] + 1])).status_code == 404
+    assert client.get(started["Location"]).status_code in (401, 403)
