@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from cbir_site.admin_actions import SelectionCheckedAdmin
 from gallery.export import ExportsBusy, images_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
-from gallery.media import MediaStorageUnavailable, media_storage_check
+from gallery.media import MediaStorageUnavailable
 from gallery.models import Collection, CopyRemovalRun, Image, MoveRun
 from gallery.selectors import collection_images, collection_list_with_stats, collection_stats
 from gallery.services import (
@@ -39,15 +39,12 @@ def _zip_download(model_admin: admin.ModelAdmin, request, images, *, name: str):
     """The admin's zip of ``images`` named ``name``, or a message where media storage is not
     mounted on this web server or every download slot is taken."""
     try:
-        media_storage_check()
+        return images_export_response(images, name=name)
     except MediaStorageUnavailable as exc:
         model_admin.message_user(request, str(exc), messages.ERROR)
-        return None
-    try:
-        return images_export_response(images, name=name)
     except ExportsBusy as exc:
         model_admin.message_user(request, str(exc), messages.WARNING)
-        return None
+    return None
 
 
 @admin.register(Collection)

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from cbir_site.access import RememberingBasicAuthentication
 from gallery.export import EXPORT_IMAGES_MAX, EXPORT_MANIFEST, ExportsBusy, collection_export_response, images_export_response
-from gallery.media import MediaStorageUnavailable, media_storage_check
+from gallery.media import MediaStorageUnavailable
 from gallery.models import Collection, CopyRemovalRun, Image, MoveRun, validate_one_line_label
 from gallery.selectors import (
     COPY_CHECKS_PER_PAGE,
@@ -325,11 +325,9 @@ def _zip_answer(request, build) -> Response | StreamingHttpResponse:
     download slot is taken. Download managers ask HEAD first: they get the headers, without an
     archive being written that nobody reads (the server would still run the generator to its end)."""
     try:
-        media_storage_check()
+        response = build()
     except MediaStorageUnavailable as exc:
         return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-    try:
-        response = build()
     except ExportsBusy as exc:
         return Response(
             {"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(EXPORT_RETRY_AFTER_S)}

@@ -31,6 +31,7 @@ from django.utils.http import content_disposition_header
 from PIL import Image as PILImage
 
 from gallery import imaging
+from gallery.media import media_storage_check
 from gallery.models import Collection, Image
 from gallery.selectors import collection_images, images_in_export_order
 from gallery.services import IMAGE_SUFFIXES
@@ -364,8 +365,10 @@ class _SlotHoldingResponse(StreamingHttpResponse):
 
 def images_export_response(images: QuerySet[Image], *, name: str) -> StreamingHttpResponse:
     """``images`` as a zip download named ``name`` (made safe) plus ``.zip``, sent as it is written
-    (the API's and the admin's); the caller has checked that media storage is there. It holds a
-    download slot until the server closes it: ``ExportsBusy`` when none is free."""
+    (the API's and the admin's). Raises MediaStorageUnavailable where media storage is not
+    mounted on this web server (every file would look lost), and ``ExportsBusy`` when no download
+    slot is free; otherwise it holds a slot until the server closes it."""
+    media_storage_check()
     slot = export_slot_take()
     response = _SlotHoldingResponse(images_export_zip(images=images), content_type="application/zip", slot=slot)
     response["Content-Disposition"] = content_disposition_header(True, safe_name(name, fallback="images") + ".zip")
@@ -375,6 +378,6 @@ def images_export_response(images: QuerySet[Image], *, name: str) -> StreamingHt
 
 def collection_export_response(collection: Collection, *, label: str = "", status: str = "") -> StreamingHttpResponse:
     """The collection (its images with ``label`` and ``status`` where given) as a zip download,
-    named after the collection, and the label and status asked for (``ExportsBusy`` as above)."""
+    named after the collection, and the label and status asked for (refused as above)."""
     images = collection_images(collection=collection, label=label, status=status)
     return images_export_response(images, name=" - ".join(part for part in (collection.name, label, status) if part))

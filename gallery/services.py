@@ -657,12 +657,6 @@ def move_run_advance(*, run_id: int, position: int) -> int | None:
     return run.position if run.status == MoveRun.Status.RUNNING else None
 
 
-def move_run_record_error(*, run_id: int, error: Exception) -> None:
-    """Note why the last start of a move run's stretch failed (``error``, by its type and
-    message); the run goes on (or stops) by its tries."""
-    MoveRun.objects.filter(pk=run_id, status=MoveRun.Status.RUNNING).update(error=f"{type(error).__name__}: {error}"[:2000])
-
-
 def move_runs_resume(*, older_than: timedelta) -> int:
     """Queue again the next stretch of each running move that made no progress for ``older_than``
     (its message lost, the broker down when a worker queued it, a worker killed). Returns how many
@@ -882,12 +876,10 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
     return removal
 
 
-def copy_removal_record_error(*, run_id: int, error: Exception) -> None:
-    """Note why the last start of a copy removal's stretch failed (``error``, by its type and
-    message); the run goes on (or stops) by its tries."""
-    CopyRemovalRun.objects.filter(pk=run_id, status=CopyRemovalRun.Status.RUNNING).update(
-        error=f"{type(error).__name__}: {error}"[:2000]
-    )
+def run_record_error(*, model: type[CopyRemovalRun] | type[MoveRun], run_id: int, error: Exception) -> None:
+    """Note why the last start of a stretch of run ``run_id`` (a copy removal or a move: ``model``)
+    failed (``error``, by its type and message); the run goes on (or stops) by its tries."""
+    model.objects.filter(pk=run_id, status="running").update(error=f"{type(error).__name__}: {error}"[:2000])
 
 
 def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:

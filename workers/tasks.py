@@ -110,7 +110,8 @@ def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_ro
     A run killed midway is delivered again and does the stretch again; a message for a stretch
     already done, or of a removal stopped, does nothing; a removal whose next message was lost is
     queued again by the sweep."""
-    from gallery.services import copy_removal_advance, copy_removal_record_error
+    from gallery.models import CopyRemovalRun
+    from gallery.services import copy_removal_advance, run_record_error
 
     # Queued before removals were recorded: (collection id, keep[, after[, round, deleted in round]]).
     if isinstance(round_number, str):
@@ -122,7 +123,7 @@ def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_ro
     except MEDIA_ERRORS:
         raise
     except Exception as exc:  # shown on the copies page while the tries last
-        copy_removal_record_error(run_id=run_id, error=exc)
+        run_record_error(model=CopyRemovalRun, run_id=run_id, error=exc)
         raise
     if removal is not None and removal.next is not None:
         remove_copies.delay(run_id, removal.next.round, removal.next.after)
@@ -134,12 +135,13 @@ def move_images(run_id: int, position: int) -> None:
     next: a move of any size never holds a worker for long. A stretch killed midway is delivered
     again and done again; a message for a stretch already done does nothing; a run whose next
     message was lost is queued again by the sweep."""
-    from gallery.services import move_run_advance, move_run_record_error
+    from gallery.models import MoveRun
+    from gallery.services import move_run_advance, run_record_error
 
     try:
         following = move_run_advance(run_id=run_id, position=position)
     except Exception as exc:  # shown in the admin while the tries last
-        move_run_record_error(run_id=run_id, error=exc)
+        run_record_error(model=MoveRun, run_id=run_id, error=exc)
         raise
     if following is not None:
         move_images.delay(run_id, following)

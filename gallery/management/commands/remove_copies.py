@@ -10,8 +10,8 @@ from gallery.services import (
     collection_remove_copies,
     copy_removal_advance,
     copy_removal_record,
-    copy_removal_record_error,
     copy_removal_stop,
+    run_record_error,
 )
 
 PAIRS_SHOWN = 20
@@ -138,7 +138,7 @@ class Command(BaseCommand):
             try:
                 removal = copy_removal_advance(run_id=run.pk, round_number=run.round, after=run.after)
             except Exception as exc:
-                copy_removal_record_error(run_id=run.pk, error=exc)
+                run_record_error(model=CopyRemovalRun, run_id=run.pk, error=exc)
                 raise
             run.refresh_from_db()
             if removal is None:
