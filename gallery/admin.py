@@ -3,6 +3,7 @@ import itertools
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db.models import F, Func, IntegerField
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -31,6 +32,7 @@ from gallery.services import (
     images_index_again,
     images_move,
     images_move_start,
+    move_run_stop,
     uploads_to_incoming,
 )
 
@@ -252,7 +254,7 @@ class ImageAdmin(SelectionCheckedAdmin):
         self.message_user(
             request,
             format_html(
-                'The workers are moving {} images to <a href="{}">{}</a>, {} at a time; <a href="{}">Image moves</a> shows how far they are.',
+                'The workers are moving {} images to <a href="{}">{}</a>, {} at a time; <a href="{}">Image moves</a> shows how far they are, and stops them.',
                 f"{run.total:,}", reverse("gallery:collection-detail", args=[target.pk]), target,
                 f"{MOVE_IMAGES_MAX:,}", reverse("admin:gallery_moverun_change", args=[run.pk]),
             ),
@@ -311,7 +313,10 @@ class CopyRemovalRunAdmin(SelectionCheckedAdmin):
 
     @admin.action(description="Stop these removals (those still running), once the images a worker is on are done", permissions=["stop"])
     def stop(self, request, queryset):
-        for collection in Collection.objects.filter(copy_removals__in=queryset.filter(status=CopyRemovalRun.Status.RUNNING)).distinct():
+        running = Collection.objects.filter(copy_removals__in=queryset.filter(status=CopyRemovalRun.Status.RUNNING)).distinct()
+        if not running.exists():
+            self.message_user(request, "None of the removals ticked is running: each had ended already.", messages.INFO)
+        for collection in running:
             link = reverse("gallery:collection-copies", args=[collection.pk])
             run = copy_removal_stop(collection=collection)
             if run is None:
@@ -335,7 +340,7 @@ class CopyRemovalRunAdmin(SelectionCheckedAdmin):
 @admin.register(MoveRun)
 class MoveRunAdmin(SelectionCheckedAdmin):
     """Each move of more images than one request moves, started from the Images action and done
-    by the workers. Read only: the workers write it."""
+    by the workers. Read only: the workers write it; a person may stop a running one."""
 
     list_display = ["__str__", "to", "status", "progress", "moved", "duplicate_count", "already", "missing", "started_at", "finished_at"]
     list_filter = ["status"]
@@ -343,17 +348,45 @@ class MoveRunAdmin(SelectionCheckedAdmin):
     search_fields = ["to__name"]
     fields = ["to", "status", "progress", "moved", "duplicates_shown", "already", "missing", "error", "started_at", "progress_at", "finished_at"]
     readonly_fields = fields
+    actions = ["stop"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).defer("image_ids")  # up to 8 bytes an image moved
+        # Neither the ids (up to 8 bytes an image) nor the list of images that stayed (one pair
+        # each) is read for the list: only the change page reads the latter, when it shows it.
+        return super().get_queryset(request).defer("image_ids", "duplicates").annotate(
+            duplicates_count=Func(F("duplicates"), function="jsonb_array_length", output_field=IntegerField())
+        )
+
+    @admin.action(description="Stop these moves (those still running), once the images a worker is on are moved", permissions=["stop"])
+    def stop(self, request, queryset):
+        running = list(queryset.filter(status=MoveRun.Status.RUNNING).values_list("pk", flat=True))
+        if not running:
+            self.message_user(request, "None of the moves ticked is running: each had ended already.", messages.INFO)
+        for run_id in running:
+            link = reverse("admin:gallery_moverun_change", args=[run_id])
+            run = move_run_stop(run_id=run_id)
+            if run is None:
+                self.message_user(request, format_html('<a href="{}">Move #{}</a> had ended meanwhile.', link, run_id), messages.INFO)
+                continue
+            self.message_user(
+                request,
+                format_html(
+                    '<a href="{}">Move #{}</a> is stopped, after {} of {} images checked ({} moved); the others stay where they are.',
+                    link, run_id, f"{run.position:,}", f"{run.total:,}", f"{run.moved:,}",
+                ),
+                messages.SUCCESS,
+            )
+
+    def has_stop_permission(self, request) -> bool:
+        return request.user.has_perm("gallery.change_image")
 
     @admin.display(description="progress")
     def progress(self, obj: MoveRun) -> str:
         return f"{obj.position:,} of {obj.total:,} checked"
 
-    @admin.display(description="stayed (same file there)")
+    @admin.display(description="stayed (same file there)", ordering="duplicates_count")
     def duplicate_count(self, obj: MoveRun) -> int:
-        return len(obj.duplicates)
+        return obj.duplicates_count
 
     @admin.display(description="stayed where they were: the collection holds the same file already")
     def duplicates_shown(self, obj: MoveRun) -> str:

@@ -46,6 +46,7 @@ from gallery.services import (
     images_delete,
     images_move,
     images_move_start,
+    move_run_stop,
     uploads_to_incoming,
 )
 
@@ -557,7 +558,7 @@ class MoveRunOutputSerializer(serializers.ModelSerializer):
     collection = CollectionRefOutputSerializer(source="to", help_text="where the images go")
     status = serializers.ChoiceField(
         choices=MoveRun.Status.choices,
-        help_text="running; done; or failed (a stretch of images stopped its worker again and again: see `error`)",
+        help_text="running; done; failed (a stretch of images stopped its worker again and again: see `error`); or stopped (by a person)",
     )
     total = serializers.IntegerField(help_text="ids the move was given")
     position = serializers.IntegerField(help_text="ids checked so far (the workers take them in id order)")
@@ -624,8 +625,21 @@ class ImagesMoveApi(StaffOnlyApi):
         )
 
 
+# What stopping a run of the workers (a move, a copy removal) waits for, for the schema.
+_STOP_WAITS = "The stretch of images a worker is on finishes first (the answer waits for it), and no other starts. "
+
+# How a move that is not running ended, in words.
+_MOVE_ENDED = {"done": "it is done", "failed": "it failed", "stopped": "it was stopped"}
+
+
+class MoveRunNotRunningSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    move = MoveRunOutputSerializer(help_text="the move, as it ended")
+
+
 class MoveRunApi(StaffOnlyApi):
-    """GET /api/moves/{id}/: how far the workers are with a move of many images (staff only)."""
+    """GET /api/moves/{id}/: how far the workers are with a move of many images; DELETE stops it
+    (staff only)."""
 
     @extend_schema(
         operation_id="move_run",
@@ -634,6 +648,31 @@ class MoveRunApi(StaffOnlyApi):
     )
     def get(self, request, run_id: int):
         return Response(MoveRunOutputSerializer(get_object_or_404(MoveRun.objects.select_related("to"), pk=run_id)).data)
+
+    @extend_schema(
+        operation_id="move_run_stop",
+        summary="Stop a move of many images (staff only)",
+        description=(
+            _STOP_WAITS
+            + "The images moved so far stay moved; the others stay where they are. Answers 200 with the move, now "
+            "`stopped`, or 409 when it is not running, with the move as it ended."
+        ),
+        request=None,
+        responses={
+            200: MoveRunOutputSerializer,
+            **_staff_refusals("move"),
+            409: OpenApiResponse(MoveRunNotRunningSerializer, description="the move is not running: it ended, failed or was stopped"),
+        },
+    )
+    def delete(self, request, run_id: int):
+        stopped = move_run_stop(run_id=run_id)
+        if stopped is not None:
+            return Response(MoveRunOutputSerializer(stopped).data)
+        run = get_object_or_404(MoveRun.objects.select_related("to").defer("image_ids"), pk=run_id)
+        return Response(
+            {"error": f"this move is not running: {_MOVE_ENDED[run.status]}", "move": MoveRunOutputSerializer(run).data},
+            status=status.HTTP_409_CONFLICT,
+        )
 
 
 class CopyOutputSerializer(ImageDetailOutputSerializer):
@@ -817,8 +856,8 @@ class CollectionCopyRemovalApi(StaffMayChange, APIView):
         operation_id="collection_copy_removal_stop",
         summary="Stop the removal of a collection's copies running now (staff only)",
         description=(
-            "The stretch of images a worker is on finishes first (the answer waits for it), and no other starts. "
-            "The copies deleted so far stay deleted; a new removal starts from what is left. Answers 200 with the "
+            _STOP_WAITS
+            + "The copies deleted so far stay deleted; a new removal starts from what is left. Answers 200 with the "
             "removal, now `stopped`, or 409 when none runs, with the last one as it ended."
         ),
         request=None,

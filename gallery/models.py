@@ -266,12 +266,14 @@ class MoveRun(WorkerRun):
     (``gallery.services.move_run_advance``). The ids to move are fixed when it starts; each
     stretch commits the run's position and counts with its images' move, so a stretch killed
     midway is done again from the same place, and the sweep restarts a run whose next stretch was
-    never queued or never ran. It goes with ``to``, if that collection is deleted."""
+    never queued or never ran. A person may stop it (``gallery.services.move_run_stop``). It goes
+    with ``to``, if that collection is deleted."""
 
     class Status(models.TextChoices):
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
+        STOPPED = "stopped"  # by a person, between two stretches
 
     to = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="move_runs")
     image_ids = ArrayField(models.BigIntegerField())  # in id order, as the stretches take them
@@ -287,6 +289,7 @@ class MoveRun(WorkerRun):
 
     class Meta:
         indexes = [models.Index(fields=["status", "progress_at"], name="move_run_quiet")]
+        verbose_name = "image move"  # the admin's "Image moves"
 
     def __str__(self) -> str:
         return f"move #{self.pk} of {self.total:,} images to collection {self.to_id} ({self.status})"

@@ -657,6 +657,21 @@ def move_run_advance(*, run_id: int, position: int) -> int | None:
     return run.position if run.status == MoveRun.Status.RUNNING else None
 
 
+def move_run_stop(*, run_id: int) -> MoveRun | None:
+    """Stop move run ``run_id``. A stretch under way finishes first (this waits for it: its images
+    move with the run's position), and no other starts: a message for the next one finds the run
+    stopped and does nothing. The images moved so far stay moved; the rest stay where they are.
+    Returns the run as it stopped, or None when it was not running (it may have ended while this
+    waited) or there is no such run."""
+    with transaction.atomic():
+        run = MoveRun.objects.select_for_update().defer("image_ids").filter(pk=run_id, status=MoveRun.Status.RUNNING).first()
+        if run is None:
+            return None
+        run.status, run.finished_at, run.error = MoveRun.Status.STOPPED, timezone.now(), ""
+        run.save(update_fields=["status", "finished_at", "error"])
+    return run
+
+
 def move_runs_resume(*, older_than: timedelta) -> int:
     """Queue again the next stretch of each running move that made no progress for ``older_than``
     (its message lost, the broker down when a worker queued it, a worker killed). Returns how many

@@ -416,3 +416,51 @@ def test_an_admin_downloads_a_collection_from_its_page(live_server, django_user_
             f"colours/{member}": data for member, data in pictures.items()
         }
     assert errors == []
+
+
+def test_an_admin_hands_a_large_move_to_the_workers_and_follows_it(live_server, django_user_model, monkeypatch, celery_worker):
+    """Images → tick all → *Move selected images…* → where → Move: more than a request moves, so
+    the workers do it, and Image moves shows how far they are; stopping it once ended says so."""
+    from gallery.models import MoveRun
+    from gallery.services import IncomingFile, images_create
+    from tests.utils import image_bytes
+
+    for module in ("gallery.admin", "gallery.services"):  # the live server's and the worker's threads read them
+        monkeypatch.setattr(f"{module}.MOVE_IMAGES_MAX", 2)
+    django_user_model.objects.create_superuser("admin", "admin@example.com", ADMIN_PASSWORD)
+    drafts, final = collection_get_or_create(name="drafts"), collection_get_or_create(name="final")
+    images_create(collection=drafts, files=[IncomingFile(name=f"{i}.png", label="", data=image_bytes(pattern=i)) for i in range(3)])
+    images_url = live_server.url + reverse("admin:gallery_image_changelist")
+    with chromium_page() as (page, errors):
+        sign_in_as_admin(page, live_server, images_url)
+        page.check("#action-toggle")
+        page.select_option("select[name=action]", "move_to_collection")
+        page.click("button[name=index]")
+        asked = page.inner_text("#content")
+        page.select_option("select[name=collection]", label="final")
+        page.click("input[name=apply]")
+        page.wait_for_selector(".messagelist")
+        started = page.inner_text(".messagelist")
+        page.click(".messagelist >> text=Image moves")
+        run_url = page.url
+        for _ in range(120):  # the workers move them, 2 at a time
+            if "3 of 3 checked" in page.inner_text("#content"):
+                break
+            page.wait_for_timeout(250)
+            page.goto(run_url)
+        shown = page.inner_text("#content")
+        page.goto(live_server.url + reverse("admin:gallery_moverun_changelist"))
+        listed = page.inner_text("#result_list")
+        page.check("#action-toggle")
+        page.select_option("select[name=action]", "stop")
+        page.click("button[name=index]")
+        page.wait_for_selector(".messagelist")
+        stopped = page.inner_text(".messagelist")
+    assert not errors
+    assert "Move 3 images to another collection" in asked and "the workers move them in the background" in asked
+    assert "The workers are moving 3 images to final, 2 at a time" in started
+    assert "3 of 3 checked" in shown and "done" in shown
+    run = MoveRun.objects.get()
+    assert f"move #{run.pk} of 3 images to collection {final.pk} (done)" in listed
+    assert "None of the moves ticked is running: each had ended already." in stopped
+    assert run.status == "done" and run.moved == 3 and Image.objects.filter(collection=final).count() == 3

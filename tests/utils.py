@@ -172,3 +172,41 @@ def models_as_of(app_label: str, migration: str):
     from django.db.migrations.executor import MigrationExecutor
 
     return MigrationExecutor(connection).loader.project_state((app_label, migration)).apps
+
+
+def in_own_thread(work, out: list):
+    """``work()`` started in a thread of its own (with its own database connection, closed when it
+    ends), its result appended to ``out``. Returns the thread."""
+    import threading
+
+    from django.db import connection
+
+    def run():
+        try:
+            out.append(work())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def paused_after(monkeypatch, target: str):
+    """Make the function at dotted path ``target`` pause once it has done its work, inside whatever
+    transaction its caller holds: it sets the first event returned, then waits for the second
+    (at most a minute) before returning."""
+    import threading
+
+    module, name = target.rsplit(".", 1)
+    real = getattr(__import__(module, fromlist=[name]), name)
+    inside, go = threading.Event(), threading.Event()
+
+    def paused(**kwargs):
+        done = real(**kwargs)
+        inside.set()
+        go.wait(timeout=60)
+        return done
+
+    monkeypatch.setattr(target, paused)
+    return inside, go

@@ -32,7 +32,7 @@ from gallery.services import (
     images_create,
 )
 from tests.conftest import wait_for
-from tests.utils import image_bytes, make_encoder
+from tests.utils import image_bytes, in_own_thread, make_encoder, paused_after
 from workers.services import images_index
 
 pytestmark = pytest.mark.django_db
@@ -600,37 +600,14 @@ def test_the_copies_page_stops_a_removal_for_a_user_who_may_delete(admin_client,
 
 @pytest.mark.django_db(transaction=True)
 def test_stopping_waits_for_the_stretch_under_way_which_keeps_its_deletions(library, monkeypatch):
-    import threading
-
-    from django.db import connection
-
-    from gallery import services
-
     photos = library["seven.png"].collection
     run = copy_removal_record(collection=photos)
-    inside, go = threading.Event(), threading.Event()
-    real = services.collection_remove_copies
-
-    def held(**kwargs):
-        removal = real(**kwargs)
-        inside.set()
-        go.wait(timeout=60)
-        return removal
-
-    monkeypatch.setattr("gallery.services.collection_remove_copies", held)
-
-    def in_thread(work, out):
-        try:
-            out.append(work())
-        finally:
-            connection.close()
+    inside, go = paused_after(monkeypatch, "gallery.services.collection_remove_copies")
 
     advanced, stopped = [], []
-    stretch = threading.Thread(target=in_thread, args=(lambda: copy_removal_advance(run_id=run.pk, round_number=1, after=0), advanced))
-    stretch.start()
+    stretch = in_own_thread(lambda: copy_removal_advance(run_id=run.pk, round_number=1, after=0), advanced)
     assert inside.wait(timeout=60)
-    stopping = threading.Thread(target=in_thread, args=(lambda: copy_removal_stop(collection=photos), stopped))
-    stopping.start()
+    stopping = in_own_thread(lambda: copy_removal_stop(collection=photos), stopped)
     stopping.join(timeout=1)
     assert stopping.is_alive()  # waits for the stretch's row lock
     go.set()
@@ -692,4 +669,6 @@ def test_the_admin_stops_the_running_removals_ticked(admin_client, client, djang
     page = admin_client.post(changelist, {"action": "stop", "_selected_action": [running.pk, ended.pk]}, follow=True).content.decode()
     assert "The removal in" in page and "is stopped, after 0 copies deleted." in page
     assert _run(photos).status == "stopped" and _run(archive).status == "done"  # an ended one stays as it ended
+    again = admin_client.post(changelist, {"action": "stop", "_selected_action": [running.pk, ended.pk]}, follow=True)
+    assert [str(message) for message in again.context["messages"]] == ["None of the removals ticked is running: each had ended already."]
     _offered_only_to_those_who_may_delete(admin_client, client, django_user_model, changelist, action="stop", view="view_copyremovalrun")

@@ -15,12 +15,14 @@ from django.utils import timezone
 
 from gallery.models import Collection, Image, MoveRun
 from gallery.selectors import collection_stats
-from gallery.services import MOVE_RUN_IMAGES_MAX, MOVE_RUN_TRIES_MAX, collection_delete, images_move, move_runs_resume
+from gallery.services import (
+    MOVE_RUN_IMAGES_MAX, MOVE_RUN_TRIES_MAX, collection_delete, images_move, move_run_advance, move_run_stop, move_runs_resume,
+)
 from search import selectors
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import image_bytes, vector
+from tests.utils import image_bytes, in_own_thread, paused_after, vector
 
 pytestmark = pytest.mark.django_db
 
@@ -363,3 +365,90 @@ def test_the_api_hands_a_move_of_more_than_a_request_takes_to_the_workers(client
     assert Image.objects.filter(collection=final).count() == 5
     assert admin_client.get(reverse("api-move-run", args=[body["id"] + 1])).status_code == 404
     assert client.get(started["Location"]).status_code in (401, 403)
+
+
+def _run_of(count: int, *, encoder: EncoderVersion) -> tuple[MoveRun, list[Image], Collection]:
+    """A move run of ``count`` images of "drafts" into "final", its first stretch not yet done."""
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i) for i in range(count)]
+    return MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked], total=count), picked, final
+
+
+def test_a_stopped_move_goes_no_further_and_keeps_what_it_moved(admin_client, client, encoder, monkeypatch):
+    monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)
+    run, picked, final = _run_of(5, encoder=encoder)
+    assert move_run_advance(run_id=run.pk, position=0) == 2
+    url = reverse("api-move-run", args=[run.pk])
+    assert client.delete(url).status_code in (401, 403)
+    assert admin_client.delete(reverse("api-move-run", args=[run.pk + 1])).status_code == 404
+
+    response = admin_client.delete(url)
+    stopped = response.json()
+    assert response.status_code == 200, response.content
+    assert (stopped["id"], stopped["status"], stopped["position"], stopped["moved"], stopped["error"]) == (run.pk, "stopped", 2, 2, "")
+    assert stopped["finished_at"]
+    from workers.tasks import move_images
+
+    move_images.run(run.pk, 2)  # its next message, late: nothing moves, nothing is queued
+    assert move_run_advance(run_id=run.pk, position=2) is None
+    run.refresh_from_db()
+    assert (run.status, run.position, run.moved) == ("stopped", 2, 2)
+    assert sorted(Image.objects.filter(collection=final).values_list("pk", flat=True)) == [picked[0].pk, picked[1].pk]
+    assert Embedding.objects.filter(collection=final).count() == 2
+    again = admin_client.delete(url)  # not running now
+    assert again.status_code == 409 and again.json()["error"] == "this move is not running: it was stopped"
+    assert again.json()["move"]["id"] == run.pk and again.json()["move"]["status"] == "stopped"
+    assert move_runs_resume(older_than=timedelta(0)) == 0  # the sweep leaves it stopped
+
+
+def test_a_move_that_ended_is_not_stopped(admin_client, encoder):
+    run, _, _ = _run_of(2, encoder=encoder)
+    assert move_run_advance(run_id=run.pk, position=0) is None  # one stretch: done
+    response = admin_client.delete(reverse("api-move-run", args=[run.pk]))
+    assert response.status_code == 409 and response.json()["error"] == "this move is not running: it is done"
+    assert move_run_stop(run_id=run.pk) is None and MoveRun.objects.get().status == "done"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stopping_waits_for_the_stretch_under_way_which_moves_its_images(encoder, monkeypatch):
+    monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)
+    run, picked, final = _run_of(5, encoder=encoder)
+    inside, go = paused_after(monkeypatch, "gallery.services.images_move")
+
+    advanced, stopped = [], []
+    stretch = in_own_thread(lambda: move_run_advance(run_id=run.pk, position=0), advanced)
+    assert inside.wait(timeout=60)
+    stopping = in_own_thread(lambda: move_run_stop(run_id=run.pk), stopped)
+    stopping.join(timeout=1)
+    assert stopping.is_alive()  # waits for the stretch's row lock
+    go.set()
+    stretch.join(timeout=60)
+    stopping.join(timeout=60)
+    assert advanced == [2] and stopped[0].pk == run.pk and stopped[0].status == "stopped"
+    run.refresh_from_db()
+    assert (run.status, run.position, run.moved) == ("stopped", 2, 2)  # the stretch's move and position, then the stop
+    assert Image.objects.filter(collection=final).count() == 2
+
+
+def test_the_admin_stops_the_running_moves_ticked_and_lists_counts_without_the_lists(admin_client, client, django_user_model, encoder):
+    running, picked, final = _run_of(3, encoder=encoder)
+    ended = MoveRun.objects.create(to=final, image_ids=[picked[0].pk], total=1, status="done", duplicates=[[1, 2], [3, 4]])
+    changelist = reverse("admin:gallery_moverun_changelist")
+
+    listed = admin_client.get(changelist).content.decode()
+    page = admin_client.post(changelist, {"action": "stop", "_selected_action": [running.pk, ended.pk]}, follow=True).content.decode()
+
+    assert '<td class="field-duplicate_count">2</td>' in listed and '<td class="field-duplicate_count">0</td>' in listed
+    assert f"Move #{running.pk}</a> is stopped, after 0 of 3 images checked (0 moved); the others stay where they are." in page
+    assert MoveRun.objects.get(pk=running.pk).status == "stopped" and MoveRun.objects.get(pk=ended.pk).status == "done"
+    assert not Image.objects.filter(collection=final).exists()
+    again = admin_client.post(changelist, {"action": "stop", "_selected_action": [running.pk, ended.pk]}, follow=True)
+    assert [str(message) for message in again.context["messages"]] == ["None of the moves ticked is running: each had ended already."]
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="x-long-password-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_moverun"))
+    client.force_login(viewer)
+    assert 'value="stop"' in admin_client.get(changelist).content.decode()
+    shown = client.get(changelist)
+    assert shown.status_code == 200 and 'value="stop"' not in shown.content.decode()
