@@ -224,6 +224,9 @@ def test_a_file_media_storage_has_lost_is_left_out_and_named_in_the_manifest(sta
     lost = next(row for row in manifest if row["original_name"] == "lost.png")
     assert lost["path"] == "" and lost["error"].startswith("not exported: media storage cannot give its file")
     assert (report.files, report.missing, report.without_file) == (1, 1, 0)
+    with pytest.raises(CommandError, match=r"gaps.zip is incomplete: 1 image\(s\) not exported: media storage could not give") as incomplete:
+        call_command("export_collection", str(tmp_path / "gaps.zip"), "--collection", "gaps")
+    assert incomplete.value.returncode == 3 and list(_read((tmp_path / "gaps.zip").read_bytes())[0]) == ["kept.png"]
 
 
 class _FailsAfterOneRead:
@@ -260,7 +263,8 @@ def test_a_file_whose_reading_fails_midway_is_cut_short_there_and_the_manifest_s
     report = ExportReport()
 
     files, manifest = _read(b"".join(images_export_zip(images=collection_images(collection=shaky), report=report)))
-    call_command("export_collection", str(tmp_path / "shaky.zip"), "--collection", "shaky")
+    with pytest.raises(CommandError) as incomplete:
+        call_command("export_collection", str(tmp_path / "shaky.zip"), "--collection", "shaky")
 
     assert files == {"broken.png": broken_data[:64], "kept.png": kept_data}
     rows = {row["original_name"]: row for row in manifest}
@@ -271,7 +275,11 @@ def test_a_file_whose_reading_fails_midway_is_cut_short_there_and_the_manifest_s
     )
     assert rows["kept.png"]["error"] == ""
     assert (report.files, report.cut_short, report.missing) == (2, 1, 0)
-    assert "1 file(s) cut short" in capsys.readouterr().err
+    assert incomplete.value.returncode == 3 and str(incomplete.value) == (
+        f"{tmp_path / 'shaky.zip'} is incomplete: 1 file(s) cut short: media storage failed reading them midway, so the "
+        "archive holds only their first bytes (manifest.csv names them)"
+    )
+    assert "shaky.zip: 2 files" in capsys.readouterr().out
     assert _read((tmp_path / "shaky.zip").read_bytes())[0] == files
 
 

@@ -11,12 +11,18 @@ from gallery.models import Image
 from gallery.selectors import collection_images
 
 
+# The exit status when the archive was written but lacks files, or holds some cut short (media
+# storage failed on them); 1 is for no archive written.
+EXIT_INCOMPLETE = 3
+
+
 class Command(BaseCommand):
     help = (
         "Write a collection's original files into a zip archive: each labelled image in a folder named after "
         f"its label, each unlabelled one at the top, and {EXPORT_MANIFEST} (every image, with its id, label, "
         "SHA-256, status, and why it is not in the archive where it is not). `import_images ARCHIVE "
-        "--labels-from-dirs` imports it again with the same labels."
+        "--labels-from-dirs` imports it again with the same labels. Exits with 1 when no archive was written, and "
+        f"with {EXIT_INCOMPLETE} when it was but lacks files or holds some cut short (media storage failed on them)."
     )
 
     def add_arguments(self, parser):
@@ -58,12 +64,13 @@ class Command(BaseCommand):
             f"{target}: {report.files:,} files ({report.bytes / 1e6:,.1f} MB) from {source.name!r}"
             + (f"; {report.without_file:,} failed at upload, with no file (listed in {EXPORT_MANIFEST})" if report.without_file else "")
         )
+        gaps = []
         if report.cut_short:
-            self.stderr.write(
+            gaps.append(
                 f"{report.cut_short:,} file(s) cut short: media storage failed reading them midway, so the archive holds "
-                f"only their first bytes ({EXPORT_MANIFEST} names them)"
+                f"only their first bytes"
             )
         if report.missing:
-            self.stderr.write(
-                f"{report.missing:,} image(s) not exported: media storage could not give their files ({EXPORT_MANIFEST} names them)"
-            )
+            gaps.append(f"{report.missing:,} image(s) not exported: media storage could not give their files")
+        if gaps:  # a script taking backups must not read this as a whole copy
+            raise CommandError(f"{target} is incomplete: {'; '.join(gaps)} ({EXPORT_MANIFEST} names them)", returncode=EXIT_INCOMPLETE)
