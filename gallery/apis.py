@@ -346,6 +346,11 @@ class ImagesExportInputSerializer(serializers.Serializer):
     name = serializers.CharField(
         required=False, default="images", max_length=100, help_text="the archive's file name, without .zip (made safe)"
     )
+    order = serializers.ChoiceField(
+        choices=["label", "given"], required=False, default="label",
+        help_text="`label`: a folder per label, as a collection's export; `given`: the ids' order, every file at the top, "
+        "its name after its place (`01 `, `02 `...), the labels in the manifest (a page of search results, ranked)",
+    )
 
     def to_internal_value(self, data):
         return super().to_internal_value(lists_split(data, ("images",)))
@@ -359,8 +364,9 @@ class ImagesExportApi(_ZipDownloadApi):
         summary="Download chosen images' original files as a zip (staff only)",
         description=(
             "Any images, from any collections (a page of search results, say), laid out as a collection's export is: "
-            f"a folder per label and `{EXPORT_MANIFEST}`. An id with no image is left out. GET takes the ids in the "
-            "query string (as the search pages' links send them), POST as form fields or JSON (many more ids)."
+            f"a folder per label and `{EXPORT_MANIFEST}`; or, with `order=given`, in the ids' order, each file's name "
+            "after its place. An id with no image is left out. GET takes the ids in the query string (as the search "
+            "pages' links send them), POST as form fields or JSON (many more ids)."
         ),
         parameters=[ImagesExportInputSerializer],
         responses={
@@ -381,10 +387,13 @@ class ImagesExportApi(_ZipDownloadApi):
         params = ImagesExportInputSerializer(data=data)
         if not params.is_valid():
             return invalid_parameters(params.errors)
-        images = Image.objects.filter(pk__in=params.validated_data["images"])
+        asked, name = params.validated_data["images"], params.validated_data["name"]
+        images = Image.objects.filter(pk__in=asked)
         if not images.exists():
             return Response({"error": "none of these images exists"}, status=status.HTTP_404_NOT_FOUND)
-        return _zip_answer(request, lambda: images_export_response(images, name=params.validated_data["name"]))
+        if params.validated_data["order"] == "given":
+            return _zip_answer(request, lambda: images_export_response(ranked=asked, name=name))
+        return _zip_answer(request, lambda: images_export_response(images, name=name))
 
 
 class ImageUploadInputSerializer(serializers.Serializer):

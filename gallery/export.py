@@ -17,7 +17,7 @@ import re
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -33,7 +33,7 @@ from PIL import Image as PILImage
 from gallery import imaging
 from gallery.media import media_storage_check
 from gallery.models import Collection, Image
-from gallery.selectors import collection_images, images_in_export_order
+from gallery.selectors import collection_images, images_in_export_order, images_in_given_order
 from gallery.services import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -224,17 +224,23 @@ def _manifest_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def images_export_zip(*, images: QuerySet[Image], report: ExportReport | None = None) -> Iterator[bytes]:
-    """The original files of ``images`` as a zip archive, in pieces to send or write as they come.
+def images_export_zip(*, images: QuerySet[Image] | None = None, ranked: Sequence[int] | None = None,
+                      report: ExportReport | None = None) -> Iterator[bytes]:
+    """The original files of ``images``, or of the images ``ranked`` names, as a zip archive, in
+    pieces to send or write as they come.
 
-    Images are read in label then id order: the unlabelled ones at the top of the archive, then
-    a folder per label (its name made safe by ``safe_name``; two labels that give the same name,
-    or a name a file at the top has, get ``(2)``). A file is named as it was imported, without
-    its folders; a second file of the same name in a folder gets `` (2)``. The bytes are the
-    stored ones, unchanged. An image without a stored file (refused at upload) and one whose file
-    media storage cannot give are not in the archive, and the manifest says why; so does it for a
-    file whose reading failed midway, which is in the archive up to there. ``report``, when
-    given, is filled in as the archive is written."""
+    ``images`` are read in label then id order: the unlabelled ones at the top of the archive,
+    then a folder per label (its name made safe by ``safe_name``; two labels that give the same
+    name, or a name a file at the top has, get ``(2)``). ``ranked`` (a page of search results, say)
+    are written in its order, all at the top, each name after its place (``01 ``, ``02 ``...), so
+    that a file manager lists them as ranked; their labels are in the manifest. A file is named as
+    it was imported, without its folders; a second file of the same name in a folder gets
+    `` (2)``. The bytes are the stored ones, unchanged. An image without a stored file (refused at
+    upload) and one whose file media storage cannot give are not in the archive, and the manifest
+    says why; so does it for a file whose reading failed midway, which is in the archive up to
+    there. ``report``, when given, is filled in as the archive is written."""
+    if (images is None) == (ranked is None):
+        raise TypeError("images_export_zip takes either images or ranked")
     report = report if report is not None else ExportReport()
     # Both spooled files are closed (and any part on disk removed) also when the download stops
     # midway: the client gone closes this generator.
@@ -243,14 +249,19 @@ def images_export_zip(*, images: QuerySet[Image], report: ExportReport | None = 
         manifest.writerow(MANIFEST_FIELDS)
         top_names: set[str] = {EXPORT_MANIFEST.casefold()}
         folder, folder_label, folder_names = "", None, top_names
-        for image in images_in_export_order(images=images):
-            if image.label != folder_label:
+        if ranked is not None:
+            places = len(str(len(ranked)))
+            in_order = ((f"{place:0{places}d} ", image) for place, image in enumerate(images_in_given_order(ids=ranked), 1))
+        else:
+            in_order = (("", image) for image in images_in_export_order(images=images))
+        for prefix, image in in_order:
+            if ranked is None and image.label != folder_label:
                 folder_label = image.label
                 if image.label:
                     folder, folder_names = _unique(safe_name(image.label, fallback="_"), top_names) + "/", set()
                 else:
                     folder, folder_names = "", top_names
-            path, note = yield from _member_write(archive, image, folder=folder, taken=folder_names, report=report)
+            path, note = yield from _member_write(archive, image, folder=folder, prefix=prefix, taken=folder_names, report=report)
             manifest.writerow(
                 [_manifest_cell(value) for value in (path, image.pk, image.original_name, image.label, image.sha256,
                                                      image.width, image.height, image.status, note or image.error)]
@@ -280,9 +291,9 @@ def _file_chunks(handle, failures: list[str]) -> Iterator[bytes]:
         yield chunk
 
 
-def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[str], report: ExportReport):
-    """Write one image's file into ``archive``, yielding its pieces; return (its path in the
-    archive, or "", and why it is not there, or "")."""
+def _member_write(archive: ZipStream, image: Image, *, folder: str, prefix: str = "", taken: set[str], report: ExportReport):
+    """Write one image's file into ``archive`` (in ``folder``, its name after ``prefix``), yielding
+    its pieces; return (its path in the archive, or "", and why it is not there, or "")."""
     if not image.file:
         report.without_file += 1
         return "", ""
@@ -295,7 +306,7 @@ def _member_write(archive: ZipStream, image: Image, *, folder: str, taken: set[s
         if handle.size > _MEMBER_MAX_BYTES:
             report.missing += 1
             return "", f"not exported: {handle.size:,} bytes, more than a zip member holds without ZIP64 sizes"
-        path = folder + _unique(_file_name(image, handle), taken)
+        path = folder + _unique(prefix + _file_name(image, handle), taken)
         expected, failures = handle.size, []
         size = yield from archive.member(path, when=image.created_at, chunks=_file_chunks(handle, failures))
     report.files += 1
@@ -363,14 +374,15 @@ class _SlotHoldingResponse(StreamingHttpResponse):
             super().close()
 
 
-def images_export_response(images: QuerySet[Image], *, name: str) -> StreamingHttpResponse:
-    """``images`` as a zip download named ``name`` (made safe) plus ``.zip``, sent as it is written
-    (the API's and the admin's). Raises MediaStorageUnavailable where media storage is not
-    mounted on this web server (every file would look lost), and ``ExportsBusy`` when no download
-    slot is free; otherwise it holds a slot until the server closes it."""
+def images_export_response(images: QuerySet[Image] | None = None, *, ranked: Sequence[int] | None = None, name: str) -> StreamingHttpResponse:
+    """``images``, or the images ``ranked`` names in its order (``images_export_zip``), as a zip
+    download named ``name`` (made safe) plus ``.zip``, sent as it is written (the API's and the
+    admin's). Raises MediaStorageUnavailable where media storage is not mounted on this web server
+    (every file would look lost), and ``ExportsBusy`` when no download slot is free; otherwise it
+    holds a slot until the server closes it."""
     media_storage_check()
     slot = export_slot_take()
-    response = _SlotHoldingResponse(images_export_zip(images=images), content_type="application/zip", slot=slot)
+    response = _SlotHoldingResponse(images_export_zip(images=images, ranked=ranked), content_type="application/zip", slot=slot)
     response["Content-Disposition"] = content_disposition_header(True, safe_name(name, fallback="images") + ".zip")
     response["Cache-Control"] = "no-store"
     return response

@@ -1,4 +1,4 @@
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -91,13 +91,27 @@ def collection_images(*, collection: Collection, label: str = "", status: str = 
     return images
 
 
+# What an export reads of each image: its file and what the manifest lists.
+_EXPORT_FIELDS = ("id", "file", "original_name", "label", "sha256", "width", "height", "status", "error", "created_at")
+
+
 def images_in_export_order(*, images: QuerySet[Image]) -> Iterator[Image]:
     """``images`` in label then id order, as ``gallery.export`` writes them: each label's images
     together. Read through a server-side cursor (``iterator``), so an export of any size holds
     500 rows at a time; outside a transaction the cursor is WITH HOLD, materialised by PostgreSQL
     when it is declared, so a long download keeps no transaction open."""
-    fields = ("id", "file", "original_name", "label", "sha256", "width", "height", "status", "error", "created_at")
-    return images.select_related(None).order_by("label", "id").only(*fields).iterator(chunk_size=500)
+    return images.select_related(None).order_by("label", "id").only(*_EXPORT_FIELDS).iterator(chunk_size=500)
+
+
+def images_in_given_order(*, ids: Iterable[int], chunk: int = 500) -> Iterator[Image]:
+    """The images ``ids`` names, in that order (an id named twice, the first time only; one with
+    no image, left out), read ``chunk`` at a time: a ranked export (``gallery.export``) of a page
+    of search results."""
+    order = list(dict.fromkeys(ids))
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        found = Image.objects.select_related(None).only(*_EXPORT_FIELDS).in_bulk(part)
+        yield from (found[image_id] for image_id in part if image_id in found)
 
 
 def image_list(*, collection: Collection, status: str = "", label: str = "", after: int = 0, limit: int) -> list[Image]:

@@ -542,6 +542,28 @@ def test_chosen_images_from_any_collections_download_as_one_zip(client, staff):
     assert _read(b"".join(posted.streaming_content))[0] == files
 
 
+def test_chosen_images_download_in_the_order_given_each_named_after_its_place(client, staff):
+    """``order=given``: every file at the top in the ids' order, numbered to sort as ranked (the
+    same name twice is no clash), labels in the manifest; an id twice or with no image is skipped."""
+    first, second = Collection.objects.create(name="first"), Collection.objects.create(name="second")
+    pictures = {n: image_bytes(pattern=n) for n in range(1, 12)}
+    ones = _upload(first, *((f"{n}.png", "warm", pictures[n]) for n in range(1, 11)))
+    eleven = _upload(second, ("1.png", "", pictures[11]))["1.png"]  # the same name as one in first
+    ranked = [eleven.pk] + [ones[f"{n}.png"].pk for n in range(10, 0, -1)]  # against id order
+    asked = ranked[:3] + [ranked[0], eleven.pk + 1000] + ranked[3:]
+    client.force_login(staff)
+
+    got = client.post(reverse("api-images-export"), {"images": asked, "order": "given", "name": "ranked"}, content_type="application/json")
+    refused = client.get(reverse("api-images-export"), {"images": ranked[0], "order": "rank"})
+
+    assert got.status_code == 200 and got["Content-Disposition"] == 'attachment; filename="ranked.zip"'
+    files, manifest = _read(b"".join(got.streaming_content))
+    assert list(files) == ["01 1.png"] + [f"{place:02d} {n}.png" for place, n in zip(range(2, 12), range(10, 0, -1))]
+    assert list(files.values()) == [pictures[11]] + [pictures[n] for n in range(10, 0, -1)]
+    assert [int(row["id"]) for row in manifest] == ranked and manifest[1]["label"] == "warm" and manifest[1]["path"] == "02 10.png"
+    assert refused.status_code == 400 and "order" in refused.json()["errors"]
+
+
 def test_chosen_images_are_refused_with_reasons(client, django_user_model, staff, media_root, settings):
     kept = Collection.objects.create(name="kept")
     image = _upload(kept, ("x.png", "", image_bytes(pattern=1)))["x.png"]
@@ -589,5 +611,8 @@ def test_a_page_of_similar_images_links_its_results_as_a_zip_for_staff(client, s
     link = re.search(r'href="(/api/images/export/\?images=[^"]+)" download', as_staff).group(1).replace("&amp;", "&")
     download = client.get(link)
     files, _ = _read(b"".join(download.streaming_content))
-    assert files == {f"pet/{name}": pictures[name] for name in ("1.png", "2.png", "3.png")}  # the hits, not the query
+    assert sorted(files.values()) == sorted(pictures[name] for name in ("1.png", "2.png", "3.png"))  # the hits, not the query
     assert download["Content-Disposition"] == 'attachment; filename="similar images.zip"'
+    ranked = [int(image_id) for image_id in re.search(r"images=([\d,]+)", link).group(1).split(",")]
+    by_id = {image.pk: name for name, image in images.items()}
+    assert list(files) == [f"{place} {by_id[image_id]}" for place, image_id in enumerate(ranked, 1)]  # in the page's order
