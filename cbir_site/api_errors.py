@@ -8,6 +8,7 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooMany
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 from django.template.loader import render_to_string
+from django.views import defaults
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -98,3 +99,20 @@ class DatabaseUnavailableMiddleware:
         if request.path.startswith("/api/"):
             return JsonResponse({"error": "the database is unavailable; try again shortly"}, status=503, headers=headers)
         return HttpResponse(render_to_string("503.html"), status=503, headers=headers)
+
+
+def not_found(request, exception=None):
+    """Django's 404 for a path no view answers (or a view's Http404 outside DRF): under /api/, the
+    API's JSON shape, so a client with a mistyped path reads why as for every other error; the
+    site's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": f"no such API endpoint: {request.path} (GET /api/schema/ lists them)"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """Django's 500 for an error no view caught: under /api/, JSON; the site's page elsewhere.
+    The error itself is logged by Django (``django.request``) with its traceback."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": "the server failed on this request; it is logged. Nothing stored before this request is lost; try again in a moment"}, status=500)
+    return defaults.server_error(request)

@@ -21,3 +21,7 @@ if settings.SERVE_MEDIA:
     urlpatterns += [
         re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
     ]
+
+# Under /api/, JSON as every other error of the API; the site's pages elsewhere.
+handler404 = "cbir_site.api_errors.not_found"
+handler500 = "cbir_site.api_errors.server_error"
