@@ -324,18 +324,15 @@ class CollectionExportApi(_ZipDownloadApi):
 def _zip_answer(request, build) -> Response | StreamingHttpResponse:
     """The zip download ``build()`` makes, or a 503 where media storage is not mounted or every
     download slot is taken. Download managers ask HEAD first: they get the headers, without an
-    archive being written that nobody reads (the server would still run the generator to its end)."""
+    archive being written that nobody reads (``cbir_site.head`` leaves the generator unstarted)."""
     try:
-        response = build()
+        return build()
     except MediaStorageUnavailable as exc:
         return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     except ExportsBusy as exc:
         return Response(
             {"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(EXPORT_RETRY_AFTER_S)}
         )
-    if request.method == "HEAD":
-        response.streaming_content = []
-    return response
 
 
 class ImagesExportInputSerializer(serializers.Serializer):

@@ -210,3 +210,37 @@ def paused_after(monkeypatch, target: str):
 
     monkeypatch.setattr(target, paused)
     return inside, go
+
+
+def wsgi_call(method: str, path: str, **headers: str) -> tuple[str, dict, bytes]:
+    """(status, headers, body) of ``method path`` (with ``headers``, as WSGI names them:
+    ``HTTP_AUTHORIZATION``...) through the WSGI application, as gunicorn calls it, read to the end and
+    closed as a server does (the request's start and end would close this test's connection inside
+    its transaction, so those signals are held back, as the test client holds them)."""
+    from wsgiref.util import setup_testing_defaults
+
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    from cbir_site.wsgi import application
+
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(REQUEST_METHOD=method, PATH_INFO=path, **headers)
+    started: dict = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        started.update(status=status, headers=dict(response_headers))
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        body = application(environ, start_response)
+        try:
+            sent = b"".join(body)
+        finally:
+            body.close()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return started["status"], started["headers"], sent
