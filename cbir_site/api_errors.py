@@ -114,5 +114,8 @@ def server_error(request):
     """Django's 500 for an error no view caught: under /api/, JSON; the site's page elsewhere.
     The error itself is logged by Django (``django.request``) with its traceback."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": "the server failed on this request; it is logged. Nothing stored before this request is lost; try again in a moment"}, status=500)
+        return JsonResponse(
+            {"error": "the server failed on this request; it is logged. Nothing stored before this request is lost; try again in a moment"},
+            status=500,
+        )
     return defaults.server_error(request)

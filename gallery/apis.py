@@ -318,10 +318,10 @@ class CollectionExportApi(_ZipDownloadApi):
         if not params.is_valid():
             return invalid_parameters(params.errors)
         label, status_asked = params.validated_data.get("label", ""), params.validated_data.get("status", "")
-        return _zip_answer(request, lambda: collection_export_response(collection, label=label, status=status_asked))
+        return _zip_answer(lambda: collection_export_response(collection, label=label, status=status_asked))
 
 
-def _zip_answer(request, build) -> Response | StreamingHttpResponse:
+def _zip_answer(build) -> Response | StreamingHttpResponse:
     """The zip download ``build()`` makes, or a 503 where media storage is not mounted or every
     download slot is taken. Download managers ask HEAD first: they get the headers, without an
     archive being written that nobody reads (``cbir_site.head`` leaves the generator unstarted)."""
@@ -389,8 +389,8 @@ class ImagesExportApi(_ZipDownloadApi):
         if not images.exists():
             return Response({"error": "none of these images exists"}, status=status.HTTP_404_NOT_FOUND)
         if params.validated_data["order"] == "given":
-            return _zip_answer(request, lambda: images_export_response(ranked=asked, name=name))
-        return _zip_answer(request, lambda: images_export_response(images, name=name))
+            return _zip_answer(lambda: images_export_response(ranked=asked, name=name))
+        return _zip_answer(lambda: images_export_response(images, name=name))
 
 
 class ImageUploadInputSerializer(serializers.Serializer):

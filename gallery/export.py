@@ -7,7 +7,8 @@ temporary files. So an export of any size holds one piece of one file in memory,
 already given in the folder being written (``bench/export.py``). Its layout is what
 ``import_images --labels-from-dirs`` reads back: each labelled image in a folder named after its
 label, each unlabelled one at the top, and ``manifest.csv`` (every image, with its id, label,
-SHA-256, size, status and why it failed, and where it is in the archive) last.
+SHA-256, size, status and why it failed, and where it is in the archive) last. A ranked export (a
+page of search results) puts every file at the top instead, numbered in the order given.
 """
 from __future__ import annotations
 
