@@ -2,11 +2,13 @@
 NUL character in a query string as a 400; and a database that does not answer as a 503, for the
 API and the pages alike."""
 import logging
+import re
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import InterfaceError, OperationalError
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.views import defaults
 from rest_framework import status
@@ -27,13 +29,28 @@ _REFUSED_REQUESTS = {
 }
 
 
+# What get_object_or_404 says: the model's class name, which a client need not know.
+_NO_MATCH = re.compile(r"No (\w+) matches the given query\.")
+
+
+def _not_found_said(message: str) -> str:
+    """``message`` of an Http404, with "No MoveRun matches the given query." said as "no such
+    image move" (the model's verbose name); any other message as it is."""
+    found = _NO_MATCH.fullmatch(message)
+    model = next((model for model in apps.get_models() if found and model._meta.object_name == found[1]), None)
+    return f"no such {model._meta.verbose_name}" if model else message
+
+
 def api_exception_handler(exc, context):
     """DRF's own errors (404 from get_object_or_404, 401/403 from permissions, 405, 415) say
-    ``detail``; renamed to ``error``, what every view of this API answers with. Requests that
+    ``detail``; renamed to ``error``, what every view of this API answers with (a 404 names what
+    is missing by its verbose name: "no such image"). Requests that
     Django refuses while parsing them get a JSON 400 that says why."""
     for refused, message in _REFUSED_REQUESTS.items():
         if isinstance(exc, refused):
             return Response({"error": message()}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, Http404):
+        exc = Http404(_not_found_said(str(exc)))
     response = exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
         response.data = {"error": str(response.data["detail"])}

@@ -1,5 +1,6 @@
 """What a client gets for a path no view answers, and for an error no view catches: under /api/,
-JSON in the API's shape (``error``); elsewhere, the site's pages (``cbir_site.api_errors``)."""
+JSON in the API's shape (``error``); elsewhere, the site's pages (``cbir_site.api_errors``). And
+an API path sent without its trailing slash (``cbir_site.api_slash``)."""
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -33,3 +34,20 @@ def test_an_error_no_view_catches_is_a_json_500_under_the_api_and_a_page_elsewhe
     assert (api.status_code, api["Content-Type"]) == (500, "application/json")
     assert api.json()["error"].startswith("the server failed on this request; it is logged.")
     assert page.status_code == 500 and "Server error (500)" in page.content.decode()
+
+
+def test_an_api_path_without_its_trailing_slash_is_answered_as_with_it(client, admin_client):
+    from gallery.models import Collection, Image
+
+    Collection.objects.create(name="some")
+    listed = admin_client.get("/api/collections")
+    moved = admin_client.post("/api/images/move", {"collection": "some", "images": [999]}, content_type="application/json")
+    anonymous = client.post("/api/images/move", {"collection": "some", "images": [999]}, content_type="application/json")
+    stopped = admin_client.delete("/api/moves/999")
+    page = client.get("/search")
+
+    assert listed.status_code == 200 and [row["name"] for row in listed.json()["results"]] == ["some"]
+    assert moved.status_code == 200 and moved.json()["missing"] == [999] and not Image.objects.exists()
+    assert anonymous.status_code in (401, 403) and anonymous["Content-Type"] == "application/json"
+    assert stopped.status_code == 404 and stopped.json()["error"] == "no such image move"
+    assert page.status_code == 301 and page["Location"] == "/search/"  # the pages keep Django's redirect
