@@ -22,6 +22,7 @@ from gallery.selectors import (
     COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
     collection_copy_removal_latest,
+    collection_images,
     collection_list_copy_groups,
     collection_list_with_stats,
     collection_stats,
@@ -543,8 +544,27 @@ class ImagesMoveInputSerializer(serializers.Serializer):
     collection = CollectionRefField(help_text="collection id or name to move the images to")
     images = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=MOVE_RUN_IMAGES_MAX,
+        required=False,
         help_text=f"ids of the images to move, at most {MOVE_RUN_IMAGES_MAX:,}; past {MOVE_IMAGES_MAX:,} the workers move them",
     )
+    from_collection = CollectionRefField(
+        required=False,
+        help_text="instead of `images`: every image of this collection (id or name), or those `label` and `status` "
+        "leave, as the admin's \"select all\" under a filter; any number (past "
+        f"{MOVE_IMAGES_MAX:,} the workers move them)",
+    )
+    label = serializers.CharField(required=False, max_length=200, help_text="with `from_collection`: only the images with this label")
+    status = serializers.ChoiceField(
+        choices=Image.Status.choices, required=False, help_text="with `from_collection`: only the images with this status"
+    )
+
+    def validate(self, data):
+        if ("images" in data) == ("from_collection" in data):
+            raise serializers.ValidationError({"images": ["give either `images` (ids) or `from_collection` (and, to narrow it, `label`, `status`)"]})
+        for narrowing in ("label", "status"):
+            if narrowing in data and "from_collection" not in data:
+                raise serializers.ValidationError({narrowing: ["narrows `from_collection`, which is not given"]})
+        return data
 
 
 class MoveDuplicateSerializer(serializers.Serializer):
@@ -589,13 +609,18 @@ class ImagesMoveApi(StaffOnlyApi):
         description=(
             "As the admin's action does: the images keep their labels, status and vectors and are found under the "
             "collection at once. An image whose file the collection holds already (or that repeats another of the "
-            "call) stays where it was, listed in `duplicates`."
+            "call) stays where it was, listed in `duplicates`. The images are given by `images` (ids), or by "
+            "`from_collection` with an optional `label` and `status` (every image they leave, as the admin's "
+            "\"select all\" under a filter, whatever their number)."
         ),
         request=ImagesMoveInputSerializer,
         responses={
             200: ImagesMoveOutputSerializer,
             202: OpenApiResponse(MoveRunOutputSerializer, description=f"more than {MOVE_IMAGES_MAX:,} ids: the workers move them; follow `Location`"),
-            400: OpenApiResponse(ErrorSerializer, description="no images, too many, an id that is not one, or an unknown collection"),
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="no images, too many, an id that is not one, an unknown collection, or both `images` and `from_collection`",
+            ),
             401: OpenApiResponse(ErrorSerializer, description="no credentials"),
             403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
             503: OpenApiResponse(ErrorSerializer, description="more than one request moves, and the workers' queue cannot be reached"),
@@ -605,7 +630,13 @@ class ImagesMoveApi(StaffOnlyApi):
         params = ImagesMoveInputSerializer(data=request.data)
         if not params.is_valid():
             return invalid_parameters(params.errors)
-        collection, asked = params.validated_data["collection"], params.validated_data["images"]
+        collection, asked = params.validated_data["collection"], params.validated_data.get("images")
+        if asked is None:  # a collection's images, as a filter leaves them: their ids now
+            source = params.validated_data["from_collection"]
+            picked = collection_images(
+                collection=source, label=params.validated_data.get("label", ""), status=params.validated_data.get("status", "")
+            )
+            asked = list(picked.order_by("pk").values_list("pk", flat=True))
         if len(set(asked)) > MOVE_IMAGES_MAX:
             try:
                 run = images_move_start(image_ids=asked, to=collection)

@@ -452,3 +452,43 @@ def test_the_admin_stops_the_running_moves_ticked_and_lists_counts_without_the_l
     assert 'value="stop"' in admin_client.get(changelist).content.decode()
     shown = client.get(changelist)
     assert shown.status_code == 200 and 'value="stop"' not in shown.content.decode()
+
+
+def test_the_api_moves_a_collections_images_as_a_filter_leaves_them(admin_client, encoder, celery_worker, monkeypatch):
+    """``from_collection`` with ``label`` and ``status``: the images they leave, as the admin's
+    "select all" under a filter, moved in the request up to MOVE_IMAGES_MAX, by the workers past it."""
+    monkeypatch.setattr("gallery.apis.MOVE_IMAGES_MAX", 2)
+    monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    cats = [_image(drafts, f"cat{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i, label="cat") for i in range(2)]
+    pending_cat = _image(drafts, "cat9.png", sha256=f"{9:064x}", label="cat")  # no encoder: pending
+    dogs = [_image(drafts, f"dog{i}.png", sha256=f"{i + 20:064x}", encoder=encoder, hot=i + 20, label="dog") for i in range(3)]
+    url = reverse("api-images-move")
+
+    by_label = admin_client.post(url, {"collection": "final", "from_collection": "drafts", "label": "cat", "status": "indexed"},
+                                 content_type="application/json")
+    by_workers = admin_client.post(url, {"collection": "final", "from_collection": drafts.pk, "label": "dog"}, content_type="application/json")
+    wait_for(lambda: MoveRun.objects.get().status == "done", message="the workers to end the move")
+
+    assert by_label.status_code == 200, by_label.content
+    assert sorted(by_label.json()["moved"]) == sorted(image.pk for image in cats)
+    assert by_workers.status_code == 202 and by_workers.json()["total"] == 3
+    assert sorted(Image.objects.filter(collection=final).values_list("pk", flat=True)) == sorted(image.pk for image in cats + dogs)
+    assert list(Image.objects.filter(collection=drafts).values_list("pk", flat=True)) == [pending_cat.pk]
+    assert Embedding.objects.filter(collection=final).count() == 5
+
+
+def test_the_api_refuses_a_move_given_both_ways_or_neither(admin_client):
+    Collection.objects.create(name="drafts")
+    url = reverse("api-images-move")
+
+    def refused(body: dict) -> dict:
+        response = admin_client.post(url, {"collection": "drafts", **body}, content_type="application/json")
+        assert response.status_code == 400, response.content
+        return response.json()["errors"]
+
+    assert "images" in refused({})
+    assert "images" in refused({"images": [1], "from_collection": "drafts"})
+    assert "label" in refused({"images": [1], "label": "cat"})
+    assert "status" in refused({"from_collection": "drafts", "status": "lost"})
+    assert "from_collection" in refused({"from_collection": "nowhere"})
