@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from gallery.apis import (
     CollectionCopiesApi, CollectionCopyRemovalApi, CollectionDetailApi, CollectionExportApi, CollectionImageListApi,
     CollectionListApi, ImageCopiesApi, ImageDetailApi, ImagesExportApi, ImagesMoveApi, ImageUploadApi, MoveRunApi,
+    MoveRunListApi,
 )
 from search.apis import ImageSimilarApi, SearchApi
 from workers.apis import HealthApi
@@ -21,6 +22,7 @@ urlpatterns = [
     path("images/", ImageUploadApi.as_view(), name="api-image-upload"),
     path("images/move/", ImagesMoveApi.as_view(), name="api-images-move"),
     path("images/export/", ImagesExportApi.as_view(), name="api-images-export"),
+    path("moves/", MoveRunListApi.as_view(), name="api-move-run-list"),
     path("moves/<int:run_id>/", MoveRunApi.as_view(), name="api-move-run"),
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="api-image-detail"),
     path("images/<int:image_id>/copies/", ImageCopiesApi.as_view(), name="api-image-copies"),

@@ -3,7 +3,6 @@ import itertools
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import F, Func, IntegerField
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -14,7 +13,7 @@ from gallery.export import ExportsBusy, images_export_response
 from gallery.forms import MoveImagesForm, UploadImagesForm
 from gallery.media import MediaStorageUnavailable
 from gallery.models import Collection, CopyRemovalRun, Image, MoveRun
-from gallery.selectors import collection_images, collection_list_with_stats, collection_stats
+from gallery.selectors import collection_images, collection_list_with_stats, collection_stats, move_runs_counted
 from gallery.services import (
     MOVE_IMAGES_MAX,
     CollectionGone,
@@ -351,11 +350,7 @@ class MoveRunAdmin(SelectionCheckedAdmin):
     actions = ["stop"]
 
     def get_queryset(self, request):
-        # Neither the ids (up to 8 bytes an image) nor the list of images that stayed (one pair
-        # each) is read for the list: only the change page reads the latter, when it shows it.
-        return super().get_queryset(request).defer("image_ids", "duplicates").annotate(
-            duplicates_count=Func(F("duplicates"), function="jsonb_array_length", output_field=IntegerField())
-        )
+        return move_runs_counted()
 
     @admin.action(description="Stop these moves (those still running), once the images a worker is on are moved", permissions=["stop"])
     def stop(self, request, queryset):

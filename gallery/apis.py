@@ -28,6 +28,7 @@ from gallery.selectors import (
     collection_stats,
     image_list,
     image_list_copies,
+    move_run_list,
 )
 from gallery.services import (
     MOVE_IMAGES_MAX,
@@ -672,6 +673,49 @@ _MOVE_ENDED = {"done": "it is done", "failed": "it failed", "stopped": "it was s
 class MoveRunNotRunningSerializer(serializers.Serializer):
     error = serializers.CharField()
     move = MoveRunOutputSerializer(help_text="the move, as it ended")
+
+
+MOVE_PAGE_MAX = 100
+
+
+class MoveRunListInputSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=MoveRun.Status.choices, required=False, help_text="only the moves in this status")
+    before = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="only moves with a smaller id (the `next` link sets it)")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=MOVE_PAGE_MAX, default=20)
+
+
+class MoveRunSummarySerializer(MoveRunOutputSerializer):
+    duplicates = serializers.IntegerField(source="duplicates_count", help_text="how many stayed where they were (GET the move lists them)")
+
+
+class MoveRunListOutputSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True, help_text="the next page (older moves), while this one is full")
+    results = MoveRunSummarySerializer(many=True)
+
+
+class MoveRunListApi(StaffOnlyApi):
+    """GET /api/moves/: the moves of many images, the newest first (staff only)."""
+
+    @extend_schema(
+        operation_id="move_run_list",
+        summary="Moves of many images, the newest first (staff only)",
+        description="Each move as `GET /api/moves/{id}/` gives it, but with how many images stayed (`duplicates`) instead of the list.",
+        parameters=[MoveRunListInputSerializer],
+        responses={
+            200: MoveRunListOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="a parameter that is not one"),
+            401: OpenApiResponse(ErrorSerializer, description="no credentials"),
+            403: OpenApiResponse(ErrorSerializer, description="not a staff user"),
+        },
+    )
+    def get(self, request):
+        params = MoveRunListInputSerializer(data=request.query_params)
+        if not params.is_valid():
+            return invalid_parameters(params.errors)
+        limit = params.validated_data["limit"]
+        runs = move_run_list(status=params.validated_data.get("status", ""), before=params.validated_data.get("before", 0), limit=limit)
+        next_url = next_page_url(request, before=runs[-1].pk) if len(runs) == limit else None
+        return Response({"next": next_url, "results": MoveRunSummarySerializer(runs, many=True).data})
 
 
 class MoveRunApi(StaffOnlyApi):

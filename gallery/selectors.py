@@ -5,13 +5,13 @@ from datetime import timedelta
 import numpy as np
 from django.core.files.storage import default_storage
 from django.db import connection
-from django.db.models import Count, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models import Count, F, Func, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import imaging
-from gallery.models import Collection, CollectionCount, CopyRemovalRun, Image
+from gallery.models import Collection, CollectionCount, CopyRemovalRun, Image, MoveRun
 
 # The indexing rate is measured over this window; or since the first image indexed in it, but
 # over no less than a few seconds, so that one image indexed a moment ago is not a huge rate.
@@ -112,6 +112,25 @@ def images_in_given_order(*, ids: Iterable[int], chunk: int = 500) -> Iterator[I
         part = order[start:start + chunk]
         found = Image.objects.select_related(None).only(*_EXPORT_FIELDS).in_bulk(part)
         yield from (found[image_id] for image_id in part if image_id in found)
+
+
+def move_runs_counted() -> QuerySet[MoveRun]:
+    """Moves with how many images stayed (``duplicates_count``, counted in SQL), without their
+    ids (up to 8 bytes an image) or the list of those that stayed (read only where shown)."""
+    return MoveRun.objects.defer("image_ids", "duplicates").annotate(
+        duplicates_count=Func(F("duplicates"), function="jsonb_array_length", output_field=IntegerField())
+    )
+
+
+def move_run_list(*, status: str = "", before: int = 0, limit: int) -> list[MoveRun]:
+    """Up to ``limit`` moves, the newest first, only those in ``status`` where given and with an id
+    below ``before`` where given (the next page's keyset), as ``move_runs_counted`` reads them."""
+    runs = move_runs_counted().select_related("to")
+    if status:
+        runs = runs.filter(status=status)
+    if before:
+        runs = runs.filter(pk__lt=before)
+    return list(runs.order_by("-pk")[:limit])
 
 
 def image_list(*, collection: Collection, status: str = "", label: str = "", after: int = 0, limit: int) -> list[Image]:

@@ -492,3 +492,25 @@ def test_the_api_refuses_a_move_given_both_ways_or_neither(admin_client):
     assert "label" in refused({"images": [1], "label": "cat"})
     assert "status" in refused({"from_collection": "drafts", "status": "lost"})
     assert "from_collection" in refused({"from_collection": "nowhere"})
+
+
+def test_the_api_lists_the_moves_newest_first_with_how_many_stayed(client, admin_client, encoder, django_user_model):
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(2)]
+    ended = MoveRun.objects.create(to=final, image_ids=[picked[0].pk], total=1, status="done", duplicates=[[1, 2], [3, 4]])
+    running = [MoveRun.objects.create(to=drafts, image_ids=[image.pk], total=1) for image in picked]
+    url = reverse("api-move-run-list")
+
+    every = admin_client.get(url).json()
+    first = admin_client.get(url, {"status": "running", "limit": 1}).json()
+    second = admin_client.get(first["next"]).json()
+    done = admin_client.get(url, {"status": "done"}).json()["results"]
+
+    assert [run["id"] for run in every["results"]] == [running[1].pk, running[0].pk, ended.pk] and every["next"] is None
+    assert [run["id"] for run in first["results"]] == [running[1].pk] and f"before={running[1].pk}" in first["next"]
+    assert [run["id"] for run in second["results"]] == [running[0].pk]
+    assert admin_client.get(second["next"]).json() == {"next": None, "results": []}  # a full page links on, to an empty one
+    assert [(run["id"], run["duplicates"], run["status"], run["collection"]["name"]) for run in done] == [(ended.pk, 2, "done", "final")]
+    assert admin_client.get(url, {"status": "lost"}).status_code == 400
+    assert admin_client.get(url, {"limit": 101}).status_code == 400
+    assert client.get(url).status_code in (401, 403)
