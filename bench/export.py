@@ -22,6 +22,14 @@ A round first reads every file once (not timed), so both find them in the page c
 CPU time per round (medians), MB/s of archive, their ratio; and each one's peak of Python
 allocations (tracemalloc, in a round of its own, untimed): zipfile keeps a ``ZipInfo`` of every
 member until it writes the central directory, the export spools its records to a temporary file.
+With ``--http``, the rounds instead download the archive through gunicorn, as ``compose.yaml``
+serves the web (one process of 4 threads here; ``GET /api/collections/{id}/export/`` with a staff
+token), read by a client in 1 MB pieces and thrown away, against the in-process export into the
+sink above (the baseline: the same archive without the server and the socket), alternating.
+Then two downloads at once (``CBIR_MAX_EXPORTS``' default), and a third asked meanwhile, which
+must be refused. Reported: MB/s each way, their ratio, the server's CPU per download (from the
+kernel's accounting of its processes) and its peak RSS.
+
 Last, the export's archive is written to a file twice, as written and with ZIP64 records forced,
 and each is read back by zipfile (every CRC; every file's SHA-256 against the manifest) and by
 unzip, 7-Zip and bsdtar where the machine has them (Debian: ``apt-get install unzip 7zip
@@ -135,6 +143,152 @@ def export_product(collection_id: int, sink: Sink) -> None:
         sink.write(piece)
 
 
+def gunicorn_started(port: int):
+    """gunicorn serving the project on ``port`` from this benchmark's folder (its database), one
+    process of 4 threads; returns the process once the health endpoint answers."""
+    import os
+    import subprocess
+    import urllib.request
+
+    server = subprocess.Popen(
+        [str(project.ROOT / ".venv" / "bin" / "gunicorn"), "cbir_site.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--worker-class", "gthread", "--threads", "4", "--timeout", "600"],
+        cwd=project.ROOT, env={**os.environ, "CBIR_VAR_DIR": str(VAR)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(120):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/", timeout=5):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("gunicorn did not answer within a minute")
+
+
+def server_cpu_s(server) -> float:
+    """User and system CPU seconds of gunicorn's process tree so far (live processes only)."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [server.pid] + [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def server_peak_rss_mb(server) -> float:
+    """The largest peak RSS (VmHWM) among gunicorn's processes, in MB."""
+    pids = [server.pid] + [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+    peaks = [int(line.split()[1]) for pid in pids for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return max(peaks) / 1024
+
+
+def download(url: str, token: str, *, begun=None, go_on=None) -> tuple[int, int]:
+    """(status, bytes) of ``url``, read in 1 MB pieces and thrown away. With ``begun`` and
+    ``go_on`` (events), it sets ``begun`` after the first piece and waits for ``go_on``: a
+    download under way, holding its slot."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            received = 0
+            while piece := response.read(1 << 20):
+                received += len(piece)
+                if begun is not None and not begun.is_set():
+                    begun.set()
+                    go_on.wait(timeout=120)
+            return response.status, received
+    except urllib.error.HTTPError as refused:
+        return refused.code, 0
+
+
+def http_rounds(collection_id: int, rounds: int) -> dict:
+    """``--http``: the archive downloaded through gunicorn against the in-process export, then two
+    downloads at once and a third refused meanwhile."""
+    import socket
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-export", defaults={"is_staff": True})
+    token = Token.objects.get_or_create(user=user)[0].key
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = gunicorn_started(port)
+    url = f"http://127.0.0.1:{port}/api/collections/{collection_id}/export/"
+    try:
+        wall: dict[str, list[float]] = {"in_process": [], "http": []}
+        cpu: list[float] = []
+        sizes: dict[str, int] = {}
+        for round_number in range(rounds):
+            read_all(collection_id)
+            ways = ["in_process", "http"] if round_number % 2 == 0 else ["http", "in_process"]
+            for way in ways:
+                started = time.perf_counter()
+                if way == "http":
+                    cpu_before = server_cpu_s(server)
+                    answered, sizes[way] = download(url, token)
+                    if answered != 200:
+                        raise RuntimeError(f"the download was answered {answered}")
+                    wall[way].append(time.perf_counter() - started)
+                    cpu.append(server_cpu_s(server) - cpu_before)
+                else:
+                    sink = Sink()
+                    export_product(collection_id, sink)
+                    wall[way].append(time.perf_counter() - started)
+                    sizes[way] = sink.bytes
+            print(json.dumps({"round": round_number + 1, **{way: round(values[-1], 3) for way, values in wall.items()}}), flush=True)
+        if sizes["http"] != sizes["in_process"]:
+            raise RuntimeError(f"the download held {sizes['http']:,} bytes, the archive {sizes['in_process']:,}")
+
+        def two_at_once(**pause) -> tuple[list[tuple[int, int]], list[threading.Thread]]:
+            results: list[tuple[int, int]] = []
+            both = [threading.Thread(target=lambda events: results.append(download(url, token, **events)), args=(events,))
+                    for events in pause.get("each", [{}, {}])]
+            for thread in both:
+                thread.start()
+            return results, both
+
+        started = time.perf_counter()
+        results, both = two_at_once()
+        for thread in both:
+            thread.join()
+        together_s = time.perf_counter() - started
+        if sorted(answered for answered, _ in results) != [200, 200] or any(size != sizes["http"] for _, size in results):
+            raise RuntimeError(f"two downloads at once: {results}")
+        # Two held open after their first piece: a third asked meanwhile finds no free slot.
+        go_on = threading.Event()
+        events = [{"begun": threading.Event(), "go_on": go_on} for _ in range(2)]
+        held, both = two_at_once(each=events)
+        if not all(event["begun"].wait(timeout=60) for event in events):
+            raise RuntimeError("the two held downloads did not begin")
+        third = download(url, token)[0]
+        go_on.set()
+        for thread in both:
+            thread.join()
+        medians = {way: statistics.median(values) for way, values in wall.items()}
+        return {
+            "archive_mb": round(sizes["http"] / 1e6, 1),
+            **{f"{way}_s": round(value, 3) for way, value in medians.items()},
+            **{f"{way}_mb_per_s": round(sizes["http"] / 1e6 / value, 1) for way, value in medians.items()},
+            "http_to_in_process": round(medians["http"] / medians["in_process"], 2),
+            "server_cpu_s_per_download": round(statistics.median(cpu), 3),
+            "two_at_once_s": round(together_s, 3),
+            "two_at_once_mb_per_s": round(2 * sizes["http"] / 1e6 / together_s, 1),
+            "third_meanwhile": third,
+            "server_peak_rss_mb": round(server_peak_rss_mb(server), 1),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def read_all(collection_id: int) -> int:
     from django.conf import settings
 
@@ -202,6 +356,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--small", type=int, default=0, help="N rows naming one small file, instead of the photos")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--http", action="store_true", help="download through gunicorn, against the in-process export")
     args = parser.parse_args()
     project.setup_django(VAR)
     if args.small:
@@ -210,6 +365,11 @@ def main() -> None:
     else:
         collection_id = load(args.images)
     files_bytes = read_all(collection_id)
+    if args.http:
+        report = {**project.report_header(), "images": args.images, "files_mb": round(files_bytes / 1e6, 1), "rounds": args.rounds,
+                  **http_rounds(collection_id, args.rounds)}
+        print(json.dumps(report, indent=2))
+        return
     wall: dict[str, list[float]] = {"plain": [], "product": []}
     cpu: dict[str, list[float]] = {"plain": [], "product": []}
     sizes: dict[str, int] = {}
