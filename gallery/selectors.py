@@ -122,6 +122,15 @@ def move_runs_counted() -> QuerySet[MoveRun]:
     )
 
 
+def collection_moves_incoming(*, collection: Collection) -> dict | None:
+    """The running moves of many images into ``collection``, summed: how many (``runs``), their
+    ids in all (``total``), checked so far (``position``) and moved (``moved``); None when none runs."""
+    summed = MoveRun.objects.filter(to=collection, status=MoveRun.Status.RUNNING).aggregate(
+        runs=Count("pk"), total=Sum("total"), position=Sum("position"), moved=Sum("moved")
+    )
+    return summed if summed["runs"] else None
+
+
 def move_run_list(*, status: str = "", before: int = 0, limit: int) -> list[MoveRun]:
     """Up to ``limit`` moves, the newest first, only those in ``status`` where given and with an id
     below ``before`` where given (the next page's keyset), as ``move_runs_counted`` reads them."""

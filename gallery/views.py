@@ -15,6 +15,7 @@ from gallery.selectors import (
     collection_labels,
     collection_list_copy_groups,
     collection_list_with_stats,
+    collection_moves_incoming,
     collection_stats,
     image_page,
     image_list_copies,
@@ -77,6 +78,7 @@ def collection_detail(request, collection_id: int):
             "status_urls": {"all": _query(label=label), **{name: _query(label=label, status=name) for name in Image.Status.values}},
             "all_labels_url": _query(status=status),
             "export_query": _query(label=label, status=status) if label or status else "",
+            "moves_incoming": collection_moves_incoming(collection=collection),
             **_pager_urls(page, label=label, status=status),
         },
     )
