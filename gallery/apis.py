@@ -25,6 +25,7 @@ from gallery.selectors import (
     collection_images,
     collection_list_copy_groups,
     collection_list_with_stats,
+    collection_moves_incoming,
     collection_stats,
     image_list,
     image_list_copies,
@@ -178,9 +179,19 @@ class CollectionOutputSerializer(serializers.Serializer):
     images = ImageCountsSerializer()
 
 
+class MovesIncomingSerializer(serializers.Serializer):
+    runs = serializers.IntegerField(help_text="moves running into this collection")
+    total = serializers.IntegerField(help_text="ids they were given, in all")
+    position = serializers.IntegerField(help_text="ids checked so far")
+    moved = serializers.IntegerField(help_text="images moved here so far")
+
+
 class CollectionDetailOutputSerializer(CollectionOutputSerializer):
     indexed_per_second = serializers.FloatField(
         help_text="images indexed per second over the last minute, or since indexing began when that was less than a minute ago"
+    )
+    moves_incoming = MovesIncomingSerializer(
+        allow_null=True, help_text="the moves of many images into this collection that the workers are doing, summed; null if none"
     )
 
 
@@ -258,6 +269,7 @@ class CollectionDetailApi(StaffMayChange, APIView):
             {
                 **_collection_representation(collection, stats),
                 "indexed_per_second": stats["indexed_per_second"],
+                "moves_incoming": collection_moves_incoming(collection=collection),
             }
         )
 

@@ -516,7 +516,7 @@ def test_the_api_lists_the_moves_newest_first_with_how_many_stayed(client, admin
     assert client.get(url).status_code in (401, 403)
 
 
-def test_a_collections_page_says_while_the_workers_move_images_into_it(client, admin_client, encoder):
+def test_a_collections_page_and_its_api_say_while_the_workers_move_images_into_it(client, admin_client, encoder):
     drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final & more")
     picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}") for i in range(3)]
     running = MoveRun.objects.create(to=final, image_ids=[image.pk for image in picked], total=3, position=2, moved=1)
@@ -524,6 +524,7 @@ def test_a_collections_page_says_while_the_workers_move_images_into_it(client, a
     page = reverse("gallery:collection-detail", args=[final.pk])
 
     anonymous = client.get(page).content.decode()
+    api = client.get(reverse("api-collection-detail", args=[final.pk])).json()["moves_incoming"]
     as_staff = admin_client.get(page).content.decode()
     listed = admin_client.get(reverse("admin:gallery_moverun_changelist"), {"status__exact": "running", "q": "final & more"})
     running.status = "stopped"
@@ -531,6 +532,8 @@ def test_a_collections_page_says_while_the_workers_move_images_into_it(client, a
     after = client.get(page).content.decode()
 
     assert "The workers are moving 3 images here: 2 checked and 1 moved so far; reload to see them." in anonymous
+    assert api == {"runs": 1, "total": 3, "position": 2, "moved": 1}
     assert "gallery/moverun/?status__exact=running&amp;q=final%20%26%20more" in as_staff and "moverun" not in anonymous
     assert listed.status_code == 200 and [run.pk for run in listed.context["cl"].result_list] == [running.pk]
+    assert client.get(reverse("api-collection-detail", args=[final.pk])).json()["moves_incoming"] is None
     assert 'id="moves-incoming"' not in after and 'id="moves-incoming"' not in client.get(reverse("gallery:collection-detail", args=[drafts.pk])).content.decode()
