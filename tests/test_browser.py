@@ -464,3 +464,36 @@ def test_an_admin_hands_a_large_move_to_the_workers_and_follows_it(live_server, 
     assert f"move #{run.pk} of 3 images to collection {final.pk} (done)" in listed
     assert "None of the moves ticked is running: each had ended already." in stopped
     assert run.status == "done" and run.moved == 3 and Image.objects.filter(collection=final).count() == 3
+
+
+def test_a_collections_page_follows_the_moves_into_it_and_shows_the_images_once_they_end(live_server):
+    from gallery.models import Collection, MoveRun
+    from gallery.services import IncomingFile, images_create
+    from tests.utils import image_bytes, in_own_thread
+
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    images_create(collection=drafts, files=[IncomingFile(name=f"{i}.png", label="", data=image_bytes(pattern=i)) for i in range(3)])
+    ids = list(Image.objects.values_list("pk", flat=True))
+    run = MoveRun.objects.create(to=final, image_ids=ids, total=3)
+
+    def move_some():  # as a stretch would: the images, then the run's counts (in a thread: its own connection)
+        Image.objects.filter(pk__in=ids[:2]).update(collection=final)
+        MoveRun.objects.filter(pk=run.pk).update(position=2, moved=2)
+
+    def end():
+        Image.objects.filter(pk=ids[2]).update(collection=final)
+        MoveRun.objects.filter(pk=run.pk).update(position=3, moved=3, status="done")
+
+    with chromium_page() as (page, errors):
+        page.goto(live_server.url + reverse("gallery:collection-detail", args=[final.pk]))
+        before = page.inner_text("#moves-incoming")
+        in_own_thread(move_some, []).join()
+        page.wait_for_function("document.querySelector('#moves-incoming [data-moves]').textContent.includes('2 moved')", timeout=15_000)
+        during = page.inner_text("#moves-incoming")
+        in_own_thread(end, []).join()
+        page.wait_for_function("!document.getElementById('moves-incoming')", timeout=15_000)  # reloaded once none runs
+        tiles = page.locator(".grid .tile").count()
+    assert not errors
+    assert "The workers are moving 3 images here: 0 checked and 0 moved so far" in before
+    assert "3 images here: 2 checked and 2 moved so far" in during
+    assert tiles == 3

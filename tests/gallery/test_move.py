@@ -531,7 +531,7 @@ def test_a_collections_page_and_its_api_say_while_the_workers_move_images_into_i
     running.save()
     after = client.get(page).content.decode()
 
-    assert "The workers are moving 3 images here: 2 checked and 1 moved so far; reload to see them." in anonymous
+    assert "The workers are moving <span data-moves>3 images here: 2 checked and 1 moved so far</span>; the page shows them" in anonymous
     assert api == {"runs": 1, "total": 3, "position": 2, "moved": 1}
     assert "gallery/moverun/?status__exact=running&amp;q=final%20%26%20more" in as_staff and "moverun" not in anonymous
     assert listed.status_code == 200 and [run.pk for run in listed.context["cl"].result_list] == [running.pk]
