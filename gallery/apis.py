@@ -740,7 +740,8 @@ class MoveRunApi(StaffOnlyApi):
         responses={200: MoveRunOutputSerializer, **_staff_refusals("move")},
     )
     def get(self, request, run_id: int):
-        return Response(MoveRunOutputSerializer(get_object_or_404(MoveRun.objects.select_related("to"), pk=run_id)).data)
+        # Not the ids (up to 8 bytes an image), read again at every poll of a running move.
+        return Response(MoveRunOutputSerializer(get_object_or_404(MoveRun.objects.select_related("to").defer("image_ids"), pk=run_id)).data)
 
     @extend_schema(
         operation_id="move_run_stop",

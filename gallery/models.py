@@ -188,10 +188,17 @@ class CollectionCount(models.Model):
 
 class WorkerRun(models.Model):
     """What every piece of work the workers do a stretch at a time records besides its position:
-    the starts of its next stretch that did not finish (past its limit the run ends as failed),
-    why the last one failed, and when it started, last moved on (the sweep restarts a run quiet
-    for too long) and ended."""
+    whether it runs or how it ended, the starts of its next stretch that did not finish (past its
+    limit the run ends as failed), why the last one failed, and when it started, last moved on
+    (the sweep restarts a run quiet for too long) and ended."""
 
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        STOPPED = "stopped"  # by a person, between two stretches
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     tries = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
@@ -210,15 +217,8 @@ class CopyRemovalRun(WorkerRun):
     next stretch was never queued or never ran. At most one runs per collection; a person may stop it
     (``copy_removal_stop``)."""
 
-    class Status(models.TextChoices):
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-        STOPPED = "stopped"  # by a person, between two stretches
-
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="copy_removals")
     keep = models.CharField(max_length=16)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     # The next stretch: the images with an id above ``after``, in round ``round``, which has
     # deleted ``deleted_in_round`` images so far (``gallery.services.CopyRemovalStep``).
     round = models.PositiveSmallIntegerField(default=1)
@@ -269,17 +269,10 @@ class MoveRun(WorkerRun):
     never queued or never ran. A person may stop it (``gallery.services.move_run_stop``). It goes
     with ``to``, if that collection is deleted."""
 
-    class Status(models.TextChoices):
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-        STOPPED = "stopped"  # by a person, between two stretches
-
     to = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="move_runs")
     image_ids = ArrayField(models.BigIntegerField())  # in id order, as the stretches take them
     total = models.PositiveIntegerField(default=0)  # len(image_ids), without reading them
     position = models.PositiveIntegerField(default=0)  # where in image_ids the next stretch starts
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     moved = models.PositiveIntegerField(default=0)
     already = models.PositiveIntegerField(default=0)  # were in ``to`` before
     missing = models.PositiveIntegerField(default=0)  # deleted since the move started

@@ -23,7 +23,7 @@ from pgvector import HalfVector
 
 from gallery import imaging
 from gallery.media import media_marker_write
-from gallery.models import Collection, CopyRemovalCandidate, CopyRemovalRun, Image, MoveRun, checked_for_field, one_line
+from gallery.models import Collection, CopyRemovalCandidate, CopyRemovalRun, Image, MoveRun, WorkerRun, checked_for_field, one_line
 from gallery.selectors import COPY_CHECKS_PER_PAGE, COPY_KEEP_RULES, CopyRemovalLeft, CopyRemovalPlan, collection_plan_copy_removal
 
 logger = logging.getLogger(__name__)
@@ -597,17 +597,17 @@ def _run_stretch_take(model, run_id: int, *, tries_max: int, stretch: str, **whe
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET tries = tries + 1, progress_at = now() WHERE id = ("
-            f"SELECT id FROM {table} WHERE id = %(run)s AND status = 'running'{standing} FOR UPDATE SKIP LOCKED"
+            f"SELECT id FROM {table} WHERE id = %(run)s AND status = %(running)s{standing} FOR UPDATE SKIP LOCKED"
             ") RETURNING tries",
-            {"run": run_id, **where},
+            {"run": run_id, "running": WorkerRun.Status.RUNNING, **where},
         )
         taken = cursor.fetchone()
     if taken is None:
         return "skip"
     if taken[0] <= tries_max:
         return "go"
-    model.objects.filter(pk=run_id, status="running").update(
-        status="failed", finished_at=timezone.now(),
+    model.objects.filter(pk=run_id, status=WorkerRun.Status.RUNNING).update(
+        status=WorkerRun.Status.FAILED, finished_at=timezone.now(),
         error=f"stopped: {stretch} were started {tries_max} times and never finished (a worker killed or an error each "
         "time; see the workers' log)",
     )
@@ -663,11 +663,18 @@ def move_run_stop(*, run_id: int) -> MoveRun | None:
     stopped and does nothing. The images moved so far stay moved; the rest stay where they are.
     Returns the run as it stopped, or None when it was not running (it may have ended while this
     waited) or there is no such run."""
+    return _running_run_stop(MoveRun.objects.defer("image_ids").filter(pk=run_id))
+
+
+def _running_run_stop(runs: QuerySet):
+    """Stop the running run among ``runs`` (of a ``WorkerRun`` model), once the stretch under way
+    (which holds its row) is done; returns the run as it stopped, or None when none was running (it
+    may have ended while this waited)."""
     with transaction.atomic():
-        run = MoveRun.objects.select_for_update().defer("image_ids").filter(pk=run_id, status=MoveRun.Status.RUNNING).first()
+        run = runs.select_for_update().filter(status=WorkerRun.Status.RUNNING).first()
         if run is None:
             return None
-        run.status, run.finished_at, run.error = MoveRun.Status.STOPPED, timezone.now(), ""
+        run.status, run.finished_at, run.error = WorkerRun.Status.STOPPED, timezone.now(), ""
         run.save(update_fields=["status", "finished_at", "error"])
     return run
 
@@ -685,7 +692,7 @@ def _quiet_runs_resume(model, task, fields: tuple[str, ...], *, older_than: time
     """Queue ``task(run id, *fields)`` again for each running run of ``model`` with no progress
     for ``older_than``, once even when sweeps overlap; returns how many were queued."""
     cutoff = timezone.now() - older_than
-    quiet = model.objects.filter(status="running", progress_at__lt=cutoff)
+    quiet = model.objects.filter(status=WorkerRun.Status.RUNNING, progress_at__lt=cutoff)
     resumed = 0
     for run_id, *standing in list(quiet.values_list("id", *fields)):
         if model.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
@@ -891,10 +898,10 @@ def copy_removal_advance(*, run_id: int, round_number: int, after: int) -> CopyR
     return removal
 
 
-def run_record_error(*, model: type[CopyRemovalRun] | type[MoveRun], run_id: int, error: Exception) -> None:
+def run_record_error(*, model: type[WorkerRun], run_id: int, error: Exception) -> None:
     """Note why the last start of a stretch of run ``run_id`` (a copy removal or a move: ``model``)
     failed (``error``, by its type and message); the run goes on (or stops) by its tries."""
-    model.objects.filter(pk=run_id, status="running").update(error=f"{type(error).__name__}: {error}"[:2000])
+    model.objects.filter(pk=run_id, status=WorkerRun.Status.RUNNING).update(error=f"{type(error).__name__}: {error}"[:2000])
 
 
 def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:
@@ -903,13 +910,9 @@ def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:
     next one finds the run stopped and does nothing. What was deleted stays deleted, and a new
     removal starts from what is left. Returns the run as it stopped, or None when none was running
     (it may have ended while this waited)."""
-    with transaction.atomic():
-        run = CopyRemovalRun.objects.select_for_update().filter(collection=collection, status=CopyRemovalRun.Status.RUNNING).first()
-        if run is None:
-            return None
-        run.status, run.finished_at, run.error = CopyRemovalRun.Status.STOPPED, timezone.now(), ""
-        run.save(update_fields=["status", "finished_at", "error"])
-        run.candidates.all().delete()
+    run = _running_run_stop(CopyRemovalRun.objects.filter(collection=collection))
+    if run is not None:
+        run.candidates.all().delete()  # no round of a stopped removal reads them
     return run
 
 
