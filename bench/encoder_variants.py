@@ -7,7 +7,7 @@ figures behind the "tried and not adopted" lists of docs/benchmarks.md ("Query e
 
 Each set is loaded as `bench/heldout.py` loads it (deduplicated, the encoder's input size) and
 ``patch_kmeans`` is fitted with the product's ``train_encoder_model`` (15 passes, seed 0), without
-the max-pooled block and the gradient pyramid (and with the block, for ``pyramid``). Then, scored with exact cosine kNN and the product's metric code
+the max-pooled block, the gradient pyramid and the gradient words (and with the block, for ``pyramid``). Then, scored with exact cosine kNN and the product's metric code
 (``quality.exact_knn_scores``), each embedding plain and with the product's query expansion
 (3 neighbours, similarity cubed, ``search.selectors.expanded_query``'s formula on exact kNN):
 - ``pooling``: the dictionary codes pooled in other ways (max on a 1x1 = the product's block, 2x2
@@ -28,6 +28,9 @@ the max-pooled block and the gradient pyramid (and with the block, for ``pyramid
   (input size, patch size, atoms, pooling grid, colour, whitening power), or a step left out
   (``SETTINGS``), each fitted and scored in its place.
 - ``hubness``: CSLS hubness reduction on the default's embedding, as a full distance matrix.
+- ``words``: the default's gradient words (dense gradient descriptors aggregated as a VLAD):
+  the default, without them (the default before them), at weight 1.5 and 2 instead of 3, with
+  64 words instead of 128, with one cell size (4 px) instead of two, and at 64 px instead of 128.
 - ``widths``: the default fitted to other embedding widths (``--dim``: 64, 128, 384, 512; the
   vector column and the HNSW index follow ``CBIR_EMBEDDING_DIM``), its other settings kept.
 Quality only: nothing here is timed. ``digits`` needs scikit-learn, as in `bench/quality.py`.
@@ -70,7 +73,7 @@ DEFAULT = EncoderConfig(arch="patch_kmeans")
 # one setting of the default changed at a time (``settings``), then two of its steps left out
 SETTINGS = {
     "the default": {},
-    "48 px input": {"image_size": 48},
+    "48 px input (words at 144 px)": {"image_size": 48, "word_side": 144},
     "64 px input": {"image_size": 64},
     "7 px patches": {"patch_size": 7},
     "512 atoms": {"dictionary_size": 512},
@@ -85,8 +88,20 @@ SETTINGS = {
 }
 # the embedding width (``--dim``, CBIR_EMBEDDING_DIM), the default's other settings kept (``widths``)
 WIDTHS = {"the default": {}, **{f"{dim}-d": {"dim": dim} for dim in (64, 128, 384, 512)}}
-# the encoder before the max-pooled block and the gradient pyramid, which the variants started from
-BASELINE = EncoderConfig(arch="patch_kmeans", max_pooled_codes=False, hog_pyramid=())
+# the gradient words (``words``): the default, without them (the default before them), and one of
+# their settings changed at a time
+WORDS = {
+    "the default": {},
+    "without the gradient words": {"gradient_words": 0},
+    "word weight 1.5": {"word_weight": 1.5},
+    "word weight 2": {"word_weight": 2.0},
+    "64 words": {"gradient_words": 64},
+    "one cell size (4 px)": {"word_cells": (4,)},
+    "words at 64 px": {"word_side": 64},
+}
+# the encoder before the max-pooled block, the gradient pyramid and the gradient words, which the
+# variants of ``pooling``, ``expansion``, ``sizes`` and ``pyramid`` started from
+BASELINE = EncoderConfig(arch="patch_kmeans", max_pooled_codes=False, hog_pyramid=(), gradient_words=0)
 
 
 def nearest(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -282,15 +297,15 @@ def settings_variants(name: str, train: TrainingConfig, variants: dict) -> tuple
     results, loaded, default = {}, {}, None
     for label, changes in variants.items():
         config = replace(DEFAULT, **changes)
-        if config.image_size not in loaded:
-            loaded[config.image_size] = load(dataset_tree(name), config.image_size)
-        pixels, labels = loaded[config.image_size]
+        if config.input_size not in loaded:
+            loaded[config.input_size] = load(dataset_tree(name), config.input_size)
+        pixels, labels = loaded[config.input_size]
         model, _ = train_encoder_model(pixels, model_config=config, train_config=train, show_progress=False)
         x = embed(model, pixels)
         default = x if not changes else default
         results[label] = plain_and_expanded(x, labels)
         print(json.dumps({name: {label: results[label]}}), flush=True)
-    return results, default, loaded[DEFAULT.image_size][1]
+    return results, default, loaded[DEFAULT.input_size][1]
 
 
 def hubness_variants(x: np.ndarray, labels) -> dict:
@@ -312,13 +327,13 @@ def hubness_variants(x: np.ndarray, labels) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "openmoji", "digits"])
-    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid", "settings", "hubness", "widths"])
+    parser.add_argument("--parts", nargs="+", default=["pooling", "expansion", "sizes", "pyramid"], choices=["pooling", "expansion", "sizes", "pyramid", "settings", "hubness", "widths", "words"])
     parser.add_argument("--size-sets", nargs="+", default=["openmoji"], help="sets the input sizes are tried on")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     train = TrainingConfig(epochs=15, seed=SEED, device="cpu")
     report = {**report_header(), "results": {}}
-    baseline_parts = [part for part in args.parts if part not in ("settings", "hubness", "widths")]  # those fitted from BASELINE
+    baseline_parts = [part for part in args.parts if part not in ("settings", "hubness", "widths", "words")]  # those fitted from BASELINE
     for name in args.sets:
         result = report["results"][name] = {}
         if "settings" in args.parts or "hubness" in args.parts:
@@ -330,6 +345,8 @@ def main() -> None:
                 result["hubness"] = hubness_variants(x, labels)
         if "widths" in args.parts:
             result["widths"] = settings_variants(name, train, WIDTHS)[0]
+        if "words" in args.parts:
+            result["words"] = settings_variants(name, train, WORDS)[0]
         by_size = "sizes" in args.parts and name in args.size_sets
         for size in (SIZES if by_size else (BASELINE.image_size,)) if baseline_parts else ():
             pixels, labels = load(dataset_tree(name), size)

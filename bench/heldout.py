@@ -68,7 +68,7 @@ def main() -> None:
     config = EncoderConfig(arch="patch_kmeans")
     for name in args.sets:
         tree = dataset_tree(name)
-        pixels, labels = load(tree, config.image_size)
+        pixels, labels = load(tree, config.input_size)
         train, held_out = labelled_split(labels=labels, held_out=HELD_OUT, seed=SEED)
         model, _ = train_encoder_model(
             pixels, model_config=config, train_config=TrainingConfig(epochs=15, seed=SEED, device=str(device)), show_progress=False

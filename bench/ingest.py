@@ -438,7 +438,7 @@ def main() -> None:
     _django_init()
     from django.conf import settings
 
-    from workers.autoencoder.model import DEFAULT_IMAGE_SIZE
+    from workers.autoencoder.model import EncoderConfig
 
     if args.stages:
         print(json.dumps(stage_costs(paths), indent=2))
@@ -451,7 +451,7 @@ def main() -> None:
         return
     # The bound is measured before and after the end-to-end run and averaged: on this shared
     # machine it drifted by up to 40% between runs, and a drift during the run moves both alike.
-    side = DEFAULT_IMAGE_SIZE[args.arch]
+    side = EncoderConfig(arch=args.arch).input_size  # what the workers resize to for the encoder
     before, busy_before = bound(paths, args.workers, side)
     print(f"bound (decode + resize to {side}px, {args.workers} processes): {before:.1f} images/s", flush=True)
     result = end_to_end(photo_root, args.images, args.workers, env, args.arch, args.sweep_after)

@@ -478,7 +478,7 @@ def encoder_train(
     model_config = EncoderConfig(**encoder.config["model"])
     train_config = TrainingConfig(**encoder.config["training"])
     try:
-        loaded = collection_load_pixels(collection=collection, image_size=model_config.image_size)
+        loaded = collection_load_pixels(collection=collection, image_size=model_config.input_size)
         pixels = loaded.pixels
 
         def report(epoch: int, history: dict) -> None:

@@ -16,7 +16,10 @@ from workers.autoencoder.patch_dictionary import (
     gradient_histograms,
     mutual_neighbour_pairs,
     neighbour_whitening,
+    orientation_maps,
+    root_descriptors,
     triangle_codes,
+    word_cells,
 )
 from workers.autoencoder.preprocessing import Preprocess
 from workers.autoencoder.training import TrainingConfig, train_encoder_model
@@ -45,7 +48,10 @@ def _collection() -> tuple[torch.Tensor, list[tuple[bool, tuple]]]:
     return torch.from_numpy(np.stack(arrays)), kinds
 
 
-CONFIG = EncoderConfig(arch="patch_kmeans", image_size=SIZE, dim=16, dictionary_size=32)
+# gradient words on the 32 px picture itself (the default takes them at 128 px), few and narrow
+CONFIG = EncoderConfig(
+    arch="patch_kmeans", image_size=SIZE, dim=16, dictionary_size=32, word_side=SIZE, word_cells=(4,), gradient_words=8, word_dim=16
+)
 TRAIN = TrainingConfig(epochs=5, seed=3, device="cpu")
 
 
@@ -126,10 +132,10 @@ def test_checkpoint_and_embedder_rebuild_the_same_encoder(fitted, tmp_path):
 
 @pytest.fixture(scope="module")
 def fitted_without_max_pool():
-    """The encoder as it was before the max-pooled block and the gradient pyramid
-    (``max_pooled_codes=False``, ``hog_pyramid=()``)."""
+    """The encoder as it was before the max-pooled block, the gradient pyramid and the gradient
+    words (``max_pooled_codes=False``, ``hog_pyramid=()``, ``gradient_words=0``)."""
     images, _ = _collection()
-    config = replace(CONFIG, max_pooled_codes=False, hog_pyramid=())
+    config = EncoderConfig(arch="patch_kmeans", image_size=SIZE, dim=16, dictionary_size=32, max_pooled_codes=False, hog_pyramid=(), gradient_words=0)
     model, _ = train_encoder_model(images, model_config=config, train_config=TRAIN, show_progress=False)
     return model, config, images
 
@@ -147,7 +153,8 @@ def test_max_pooled_block_is_each_atoms_strongest_response(fitted, fitted_withou
     assert torch.allclose(maximum, codes.max(1).values.sqrt(), atol=1e-6)
     assert not torch.allclose(maximum, codes.mean(1).sqrt(), atol=1e-3)
     model, plain, _ = fitted_without_max_pool
-    assert plain.feature_width == CONFIG.feature_width - CONFIG.dictionary_size - 36 * (3**2 + 1**2)
+    words = CONFIG.gradient_words * CONFIG.word_dim
+    assert plain.feature_width == CONFIG.feature_width - CONFIG.dictionary_size - 36 * (3**2 + 1**2) - words
     with torch.inference_mode():
         z = model.encode(x)
     assert z.shape == (4, 16) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
@@ -161,7 +168,7 @@ def test_hog_pyramid_levels_are_blocks_of_their_own(fitted):
     x = images[:4].float() / 255
     with torch.inference_mode():
         blocks = model.raw_blocks(x).split(CONFIG.block_widths, dim=1)
-    assert CONFIG.hog_pyramid == (4, 2) and CONFIG.block_widths[2:] == (36 * 7**2, 36 * 3**2, 36 * 1**2, 64)
+    assert CONFIG.hog_pyramid == (4, 2) and CONFIG.block_widths[2:] == (36 * 7**2, 36 * 3**2, 36 * 1**2, 64, 8 * 16)
     for block, cells in zip(blocks[2:5], (8, 4, 2)):
         assert torch.allclose(block, gradient_histograms(x, cells=cells).sqrt(), atol=1e-6)
     assert torch.allclose(blocks[5], colour_histograms(x, grid=CONFIG.colour_grid).sqrt(), atol=1e-6)
@@ -170,15 +177,17 @@ def test_hog_pyramid_levels_are_blocks_of_their_own(fitted):
 
 
 def test_checkpoints_from_before_the_max_pooled_block_still_load(fitted_without_max_pool, tmp_path):
-    """A checkpoint written before ``max_pooled_codes`` and ``hog_pyramid`` existed has neither key
-    and buffers fitted without those blocks: it loads as the encoder it is and encodes as before."""
+    """A checkpoint written before ``max_pooled_codes``, ``hog_pyramid`` and the gradient words
+    existed has none of their keys and buffers fitted without those blocks: it loads as the
+    encoder it is, takes 32 px pictures as before, and encodes as before."""
     model, older, images = fitted_without_max_pool
     payload_config = older.to_dict()
-    del payload_config["max_pooled_codes"], payload_config["hog_pyramid"]
+    for key in ("max_pooled_codes", "hog_pyramid", "gradient_words", "word_side", "word_cells", "word_dim", "word_weight"):
+        del payload_config[key]
     path = tmp_path / "older.pt"
     torch.save({"config": payload_config, "state_dict": model.state_dict(), "extra": {}}, path)
     loaded, config = load_checkpoint(path)
-    assert config == older
+    assert config == older and config.input_size == SIZE
     x = images[:3].float() / 255
     with torch.inference_mode():
         assert torch.allclose(loaded.encode(x), model.encode(x), atol=1e-6)
@@ -236,11 +245,17 @@ def test_config_rejects_what_cannot_work():
     with pytest.raises(ValueError, match="unknown architecture"):
         EncoderConfig(arch="resnet")
     with pytest.raises(ValueError, match="exceeds"):
-        EncoderConfig(arch="patch_kmeans", dim=10_000)
+        EncoderConfig(arch="patch_kmeans", dim=100_000)
     with pytest.raises(ValueError, match="multiple of hog_cells"):
         EncoderConfig(arch="patch_kmeans", image_size=36)
-    assert EncoderConfig(arch="patch_kmeans").image_size == 32
-    assert EncoderConfig(arch="conv_ae").image_size == 128
+    with pytest.raises(ValueError, match="word_side 100 must be a multiple"):
+        EncoderConfig(arch="patch_kmeans", word_side=100)
+    with pytest.raises(ValueError, match="word_cells size 40"):
+        EncoderConfig(arch="patch_kmeans", word_cells=(4, 40))
+    default = EncoderConfig(arch="patch_kmeans")
+    assert default.image_size == 32 and default.input_size == 128  # the gradient words see 128 px
+    assert EncoderConfig(arch="patch_kmeans", gradient_words=0).input_size == 32
+    assert EncoderConfig(arch="conv_ae").image_size == EncoderConfig(arch="conv_ae").input_size == 128
 
 
 def test_labelled_split_is_stratified_disjoint_and_seeded():
@@ -315,3 +330,61 @@ def test_neighbour_whitening_divides_out_what_neighbours_share():
     small, _ = _clusters(seed=1)
     unchanged, none = neighbour_whitening(small[:12] - small[:12].mean(0), start=start, neighbours=10, seed=0)
     assert none == 0 and torch.equal(unchanged, start)
+
+
+def test_orientation_maps_bin_signed_gradients():
+    """A step from dark to light along x is orientation 0; along y, a quarter turn (bin 2); the
+    opposite step, half a turn (bin 4). A flat picture has no gradient."""
+    step = torch.zeros(1, 3, SIZE, SIZE)
+    step[..., SIZE // 2 :] = 1.0
+    for picture, expected in ((step, 0), (step.transpose(2, 3), 2), (1 - step, 4)):
+        strength = orientation_maps(picture).sum(dim=(0, 2, 3))
+        assert strength.argmax().item() == expected and strength[expected] > 0.99 * strength.sum()
+    assert orientation_maps(torch.full((1, 3, SIZE, SIZE), 0.5)).abs().sum() == 0
+
+
+def test_gradient_words_equal_the_definition(fitted):
+    """The encoder computes the descriptors' PCA with convolutions and the VLAD from sums and
+    counts; they must equal the textbook route: unfold each 4x4 block of cells into a descriptor,
+    L1-normalise and square-root it, centre and project it, find its nearest word by distance,
+    sum the residuals per word, signed square root, unit length per word."""
+    model, _, images, _ = fitted
+    x = images[:5].float() / 255
+    x[0] = 0.5  # a flat picture: every descriptor is zero before centring
+    descriptors = root_descriptors(word_cells(orientation_maps(x), cell=4))  # (B * L, 128)
+    z = (descriptors - model.word_mean) @ model.word_pca
+    got = model.projected_descriptors(x)
+    assert got.shape == z.shape == (5 * 9 * 9, CONFIG.word_dim)  # 15x15 half cells, 9x9 blocks of 4x4
+    assert torch.allclose(got, z, atol=1e-5), (got - z).abs().max()
+    nearest = torch.cdist(z, model.words).argmin(1)
+    per_image = (z - model.words[nearest]).view(5, -1, CONFIG.word_dim)
+    expected = torch.zeros(5, CONFIG.gradient_words, CONFIG.word_dim)
+    for i in range(5):
+        expected[i].index_add_(0, nearest.view(5, -1)[i], per_image[i])
+    expected = torch.nn.functional.normalize(expected.sign() * expected.abs().sqrt(), dim=2).flatten(1)
+    with torch.inference_mode():
+        vlad = model.word_vlad(x)
+        raw = model.raw_blocks(x)
+    assert torch.allclose(vlad, expected, atol=1e-4), (vlad - expected).abs().max()
+    assert torch.allclose(raw[:, -CONFIG.gradient_words * CONFIG.word_dim :], vlad)  # the last block, not rooted again
+
+
+def test_larger_input_feeds_the_other_blocks_its_reduction():
+    """With ``word_side`` above ``image_size`` the encoder takes the larger picture; the blocks
+    before the gradient words see it averaged down to ``image_size``. Pictures enlarged 2x (each
+    pixel a 2x2 square) average back to themselves, so those blocks, and the dictionary fitted
+    from the same seed, equal those of an encoder without words fitted on the small pictures."""
+    images, _ = _collection()
+    large = images.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    config = replace(CONFIG, word_side=2 * SIZE, word_cells=(4, 8))
+    assert config.input_size == 2 * SIZE
+    model, _ = train_encoder_model(large, model_config=config, train_config=TRAIN, show_progress=False)
+    plain, _ = train_encoder_model(images, model_config=replace(CONFIG, gradient_words=0), train_config=TRAIN, show_progress=False)
+    assert torch.allclose(model.atoms, plain.atoms, atol=1e-5)
+    with torch.inference_mode():
+        raw = model.raw_blocks(large[:4].float() / 255)
+        expected = plain.raw_blocks(images[:4].float() / 255)
+        z = model.encode(large[:4].float() / 255)
+    assert raw.shape[1] == expected.shape[1] + config.gradient_words * config.word_dim
+    assert torch.allclose(raw[:, : expected.shape[1]], expected, atol=1e-5)
+    assert z.shape == (4, 16) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)

@@ -30,7 +30,7 @@ class Embedder:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.config = config
         self.device = device
-        self.preprocess = Preprocess(config.image_size)
+        self.preprocess = Preprocess(config.input_size)
 
     @torch.inference_mode()
     def embed(self, images: list[PILImage.Image]) -> np.ndarray:

@@ -53,6 +53,15 @@ class EncoderConfig:
     # patch_kmeans: then refine the projection with a whitening learned from pairs of mutual
     # nearest neighbours among this many (0: keep the PCA projection)
     neighbour_pairs: int = 10
+    # patch_kmeans: a bag of dense gradient descriptors (RootSIFT-like: 4x4 cells of 8 signed
+    # orientations, at each cell size of ``word_cells``, every half cell) on the picture at
+    # ``word_side`` px, reduced to ``word_dim`` by a PCA and aggregated against
+    # ``gradient_words`` atoms as a VLAD (0: no such block); the block counts ``word_weight``
+    word_side: int = 128
+    word_cells: tuple[int, ...] = (4, 8)
+    word_dim: int = 64
+    gradient_words: int = 128
+    word_weight: float = 3.0
 
     def __post_init__(self) -> None:
         if self.arch not in DEFAULT_IMAGE_SIZE:
@@ -61,6 +70,7 @@ class EncoderConfig:
             self.image_size = DEFAULT_IMAGE_SIZE[self.arch]
         self.widths = tuple(self.widths)
         self.hog_pyramid = tuple(self.hog_pyramid)
+        self.word_cells = tuple(self.word_cells)
         if self.dim < 1:
             raise ValueError("dim must be at least 1")
         if self.arch == "conv_ae":
@@ -76,6 +86,12 @@ class EncoderConfig:
             for cells in self.hog_pyramid:
                 if cells < 2 or self.image_size % cells:
                     raise ValueError(f"hog_pyramid level {cells} must be at least 2 and divide image_size {self.image_size}")
+            if self.gradient_words:
+                if self.word_side < self.image_size or self.word_side % self.image_size:
+                    raise ValueError(f"word_side {self.word_side} must be a multiple of image_size {self.image_size}")
+                for cells in self.word_cells:
+                    if cells < 2 or 4 * cells > self.word_side:
+                        raise ValueError(f"word_cells size {cells} must be at least 2 and at most a quarter of word_side")
             if self.dim > self.feature_width:
                 raise ValueError(f"dim {self.dim} exceeds the {self.feature_width} pooled features it projects")
 
@@ -87,12 +103,23 @@ class EncoderConfig:
         cell)."""
         maximum = (self.dictionary_size,) if self.max_pooled_codes else ()
         gradients = tuple(36 * (cells - 1) ** 2 for cells in (self.hog_cells, *self.hog_pyramid))
-        return self.dictionary_size * self.pool_grid**2, *maximum, *gradients, 64 * self.colour_grid**2
+        words = (self.gradient_words * self.word_dim,) if self.gradient_words else ()
+        return self.dictionary_size * self.pool_grid**2, *maximum, *gradients, 64 * self.colour_grid**2, *words
 
     @property
     def block_weights(self) -> tuple[float, ...]:
-        """patch_kmeans: each block's weight once it is unit-length; colour counts ``colour_weight``."""
-        return (1.0,) * (len(self.block_widths) - 1) + (self.colour_weight,)
+        """patch_kmeans: each block's weight once it is unit-length; colour counts ``colour_weight``,
+        the gradient words ``word_weight``."""
+        words = (self.word_weight,) if self.gradient_words else ()
+        return (1.0,) * (len(self.block_widths) - 1 - len(words)) + (self.colour_weight, *words)
+
+    @property
+    def input_size(self) -> int:
+        """The side of the pictures the encoder takes: ``image_size``, or ``word_side`` when the
+        gradient words are on (the other blocks then see the picture reduced to ``image_size``)."""
+        if self.arch == "patch_kmeans" and self.gradient_words:
+            return max(self.image_size, self.word_side)
+        return self.image_size
 
     @property
     def feature_width(self) -> int:
@@ -163,7 +190,7 @@ def save_checkpoint(path, *, model: nn.Module, config: EncoderConfig, extra: dic
 
 # Config fields added after checkpoints were first written, with the value that rebuilds the
 # encoder those older checkpoints hold (their buffers were fitted without the newer block).
-CHECKPOINT_DEFAULTS = {"max_pooled_codes": False, "hog_pyramid": ()}
+CHECKPOINT_DEFAULTS = {"max_pooled_codes": False, "hog_pyramid": (), "gradient_words": 0}
 
 
 def load_checkpoint(path, *, map_location="cpu") -> tuple[nn.Module, EncoderConfig]:
