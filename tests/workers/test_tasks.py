@@ -20,7 +20,7 @@ from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
 from tests.utils import database_url, image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
-from workers.services import GIVEN_UP_REASON, MAX_INDEX_ATTEMPTS, images_index, images_index_request, pending_sweep
+from workers.services import GIVEN_UP_REASON, MAX_INDEX_ATTEMPTS, collection_load_pixels, images_index, images_index_request, pending_sweep
 from workers.tasks import index_images, sweep_pending
 
 
@@ -37,6 +37,42 @@ def test_indexing_twice_writes_each_vector_once():
     assert dict(Image.objects.values_list("id", "thumbnail")) == thumbnails
     assert set(Image.objects.values_list("status", flat=True)) == {"indexed"}
     assert all(Image.objects.values_list("indexed_at", flat=True))
+
+
+@pytest.mark.django_db
+def test_training_pixels_can_be_a_seeded_random_sample_of_the_collection():
+    """A label-free patch_kmeans trains on a sample (PATCH_KMEANS_TRAINING_IMAGES): the same seed
+    draws the same images, in id order, each with its own pixels; without a limit, every image."""
+    collection = collection_get_or_create(name="sampled")
+    images_create(collection=collection, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i)) for i in range(12)])
+    every = collection_load_pixels(collection=collection, image_size=16)
+    assert len(every.image_ids) == 12 and every.pixels.shape == (12, 3, 16, 16)
+    first, again = (collection_load_pixels(collection=collection, image_size=16, limit=5, seed=1) for _ in range(2))
+    other = collection_load_pixels(collection=collection, image_size=16, limit=5, seed=2)
+    assert len(first.image_ids) == 5 and first.image_ids == again.image_ids == sorted(first.image_ids)
+    assert other.image_ids != first.image_ids and set(first.image_ids) <= set(every.image_ids)
+    rows = [every.image_ids.index(i) for i in first.image_ids]
+    assert (first.pixels == every.pixels[rows]).all()
+    assert collection_load_pixels(collection=collection, image_size=16, limit=12, seed=1).image_ids == every.image_ids
+
+
+@pytest.mark.django_db
+def test_a_label_free_patch_kmeans_trains_on_the_sample_and_metric_learning_on_every_image(monkeypatch):
+    from workers import services
+    from workers.autoencoder.model import EncoderConfig
+    from workers.autoencoder.training import TrainingConfig
+
+    monkeypatch.setattr(services, "PATCH_KMEANS_TRAINING_IMAGES", 6)
+    collection = collection_get_or_create(name="big")
+    images_create(collection=collection, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i), label="ab"[i % 2]) for i in range(10)])
+    model = EncoderConfig(arch="patch_kmeans", dictionary_size=16, word_side=32, word_cells=(4,), gradient_words=4, word_dim=8)
+    for use_labels, expected in ((False, 6), (True, 10)):
+        encoder = services.encoder_plan(
+            collection=collection, model_config=model, train_config=TrainingConfig(epochs=1, seed=0, device="cpu", use_labels=use_labels)
+        )
+        services.encoder_train(encoder=encoder, show_progress=False)
+        encoder.refresh_from_db()
+        assert encoder.status == "trained" and encoder.metrics["training"]["images"] == expected
 
 
 def _sizes() -> dict[str, tuple[int, int]]:
