@@ -343,19 +343,26 @@ def test_orientation_maps_bin_signed_gradients():
     assert orientation_maps(torch.full((1, 3, SIZE, SIZE), 0.5)).abs().sum() == 0
 
 
-def test_gradient_words_equal_the_definition(fitted):
+@pytest.mark.parametrize("cells", [(4,), (4, 8)])
+def test_gradient_words_equal_the_definition(fitted, cells):
     """The encoder computes the descriptors' PCA with convolutions and the VLAD from sums and
-    counts; they must equal the textbook route: unfold each 4x4 block of cells into a descriptor,
-    L1-normalise and square-root it, centre and project it, find its nearest word by distance,
-    sum the residuals per word, signed square root, unit length per word."""
-    model, _, images, _ = fitted
+    counts, one cell size at a time; they must equal the textbook route: unfold each 4x4 block of
+    cells into a descriptor, L1-normalise and square-root it, centre and project it, find its
+    nearest word by distance, sum the residuals per word over every cell size, signed square
+    root, unit length per word."""
+    model = copy.deepcopy(fitted[0])
+    model.config = replace(CONFIG, word_cells=cells)
+    images = fitted[2]
     x = images[:5].float() / 255
     x[0] = 0.5  # a flat picture: every descriptor is zero before centring
-    descriptors = root_descriptors(word_cells(orientation_maps(x), cell=4))  # (B * L, 128)
+    maps = orientation_maps(x)
+    descriptors = torch.cat([root_descriptors(word_cells(maps, cell=cell)).view(5, -1, 128) for cell in cells], 1)  # (B, L, 128)
     z = (descriptors - model.word_mean) @ model.word_pca
-    got = model.projected_descriptors(x)
-    assert got.shape == z.shape == (5 * 9 * 9, CONFIG.word_dim)  # 15x15 half cells, 9x9 blocks of 4x4
+    got = torch.cat(model.projected_descriptors(x), 1)
+    blocks = {(4,): 9 * 9, (4, 8): 9 * 9 + 1}[cells]  # 15x15 half cells of 4 px, 7x7 of 8 px: 9x9 and 1x1 blocks of 4x4
+    assert got.shape == z.shape == (5, blocks, CONFIG.word_dim)
     assert torch.allclose(got, z, atol=1e-5), (got - z).abs().max()
+    z = z.reshape(-1, CONFIG.word_dim)
     nearest = torch.cdist(z, model.words).argmin(1)
     per_image = (z - model.words[nearest]).view(5, -1, CONFIG.word_dim)
     expected = torch.zeros(5, CONFIG.gradient_words, CONFIG.word_dim)

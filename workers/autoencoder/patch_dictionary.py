@@ -226,40 +226,47 @@ class PatchDictionaryEncoder(nn.Module):
         factor = x.shape[-1] // self.config.image_size
         return x if factor == 1 else F.avg_pool2d(x, factor)
 
-    def projected_descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, word_side, word_side) -> (B * L, word_dim): every gradient descriptor at every cell
-        size (``root_descriptors``), centred and reduced by the fitted PCA.
+    def projected_descriptors(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, word_side, word_side) -> for each cell size, (B, L, word_dim): every gradient
+        descriptor (``root_descriptors``), centred and reduced by the fitted PCA.
 
         Computed as convolutions instead of on the unfolded descriptors (a copy 16 times the cell
         grid): sqrt(d / n) = sqrt(d) / sqrt(n), so the PCA of the square-rooted cells is a dilated
         convolution with its columns as filters, divided by the square root of each block's L1 norm
-        (a box filter). On a GPU they run in float64, as ``whitened_patches``, so that a GPU worker
-        assigns each descriptor to the same word as the CPU."""
+        (a box filter). On a CPU the convolution reads and writes channels last, so that each
+        descriptor's values lie together and the result needs no transposing copy. On a GPU they run in float64, as
+        ``whitened_patches``, so that a GPU worker assigns each descriptor to the same word as the
+        CPU."""
         maps = orientation_maps(x)
         work_dtype = torch.float64 if x.is_cuda else x.dtype
+        layout = torch.contiguous_format if x.is_cuda else torch.channels_last
         filters = self.word_pca.T.reshape(-1, WORD_ORIENTATIONS, 4, 4).to(work_dtype)
         box = torch.ones(1, 1, 4, 4, dtype=work_dtype, device=x.device)
-        shift = (self.word_mean @ self.word_pca).to(work_dtype).view(1, -1, 1, 1)
+        shift = (self.word_mean @ self.word_pca).to(work_dtype)
         parts = []
         for cell in self.config.word_cells:
             cells = word_cells(maps, cell=cell).to(work_dtype)
             norm = F.conv2d(cells.sum(1, keepdim=True), box, dilation=2)  # (B, 1, G', G')
-            z = F.conv2d(cells.sqrt(), filters, dilation=2) * (norm + WORD_EPSILON).rsqrt() - shift  # (B, word_dim, G', G')
-            parts.append(z.to(x.dtype).flatten(2))
-        return torch.cat(parts, 2).transpose(1, 2).reshape(-1, self.config.word_dim)
+            z = F.conv2d(cells.sqrt().contiguous(memory_format=layout), filters, dilation=2)  # (B, word_dim, G', G')
+            z = z.permute(0, 2, 3, 1).mul_((norm + WORD_EPSILON).rsqrt_().permute(0, 2, 3, 1)).sub_(shift)  # (B, G', G', word_dim)
+            parts.append(z.to(x.dtype).reshape(len(x), -1, self.config.word_dim))
+        return parts
 
     def word_vlad(self, x: torch.Tensor) -> torch.Tensor:
         """(B, gradient_words * word_dim): each descriptor's residual to its nearest word, summed per
         word (VLAD), signed-square-rooted and normalised per word."""
-        z = self.projected_descriptors(x)  # (B * L, word_dim)
-        distances = torch.addmm(self.words.pow(2).sum(1), z, self.words.T, alpha=-2)  # |w|^2 - 2 z.w
-        nearest = distances.argmin(1)
         count = self.config.gradient_words
-        slot = torch.arange(len(x), device=x.device).repeat_interleave(len(z) // len(x)) * count + nearest
+        squared = self.words.pow(2).sum(1)
+        sums = torch.zeros(len(x) * count, self.config.word_dim, dtype=x.dtype, device=x.device)
+        counts = torch.zeros(len(x) * count, dtype=x.dtype, device=x.device)
+        for part in self.projected_descriptors(x):  # one cell size: (B, L, word_dim)
+            z = part.reshape(-1, part.shape[2])
+            nearest = torch.addmm(squared, z, self.words.T, alpha=-2).argmin(1)  # |w|^2 - 2 z.w
+            slot = torch.arange(len(x), device=x.device).repeat_interleave(part.shape[1]) * count + nearest
+            sums.index_add_(0, slot, z)
+            counts += torch.bincount(slot, minlength=len(x) * count).to(x.dtype)
         # the sum of residuals z - w over a word's descriptors is their sum less their count times w
-        sums = torch.zeros(len(x) * count, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, slot, z)
-        counts = torch.bincount(slot, minlength=len(x) * count).to(z.dtype)
-        vlad = (sums.view(len(x), count, -1) - counts.view(len(x), count, 1) * self.words)
+        vlad = sums.view(len(x), count, -1) - counts.view(len(x), count, 1) * self.words
         return F.normalize(vlad.sign() * vlad.abs().sqrt(), dim=2).flatten(1)
 
     def raw_blocks(self, x: torch.Tensor) -> torch.Tensor:
