@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 from workers.autoencoder.artifacts import dictionary_png
 from workers.autoencoder.inference import load_embedder
 from workers.autoencoder.model import EncoderConfig, load_checkpoint, save_checkpoint
+from workers.autoencoder import patch_dictionary
 from workers.autoencoder.patch_dictionary import (
     colour_histograms,
     gradient_histograms,
@@ -344,12 +345,14 @@ def test_orientation_maps_bin_signed_gradients():
 
 
 @pytest.mark.parametrize("cells", [(4,), (4, 8)])
-def test_gradient_words_equal_the_definition(fitted, cells):
+def test_gradient_words_equal_the_definition(fitted, cells, monkeypatch):
     """The encoder computes the descriptors' PCA with convolutions and the VLAD from sums and
     counts, one cell size at a time; they must equal the textbook route: unfold each 4x4 block of
     cells into a descriptor, L1-normalise and square-root it, centre and project it, find its
     nearest word by distance, sum the residuals per word over every cell size, signed square
-    root, unit length per word."""
+    root, unit length per word. The nearest words are searched 100 descriptors at a time, the
+    last block shorter."""
+    monkeypatch.setattr(patch_dictionary, "WORD_SEARCH_ROWS", 100)
     model = copy.deepcopy(fitted[0])
     model.config = replace(CONFIG, word_cells=cells)
     images = fitted[2]
