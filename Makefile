@@ -10,8 +10,15 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@# A download from the package index can be cut off halfway: each step is tried up to 4 times.
+	for step in "--upgrade pip" "--resume-retries 20 -r requirements.txt"; do \
+	  for attempt in 1 2 3 4; do \
+	    $(PY) -m pip install --quiet --retries 10 $$step && break; \
+	    [ $$attempt -lt 4 ] || exit 1; \
+	    echo "pip install $$step failed (attempt $$attempt of 4): trying again in $$((attempt * 20)) s" >&2; \
+	    sleep $$((attempt * 20)); \
+	  done; \
+	done
 	rm -f $(VENV)/.installed-*
 	touch $@
 
