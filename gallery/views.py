@@ -11,6 +11,7 @@ from gallery.selectors import (
     MAX_COPIES,
     ImagePage,
     collection_copy_removal_latest,
+    collection_covers,
     collection_images,
     collection_labels,
     collection_list_copy_groups,
@@ -35,7 +36,11 @@ COPY_GROUPS_PER_POST = 4 * COPY_GROUPS_PER_PAGE
 
 
 def collection_list(request):
-    return render(request, "gallery/collection_list.html", {"collections": collection_list_with_stats()})
+    collections = list(collection_list_with_stats())
+    covers = collection_covers(collections=collections)
+    for collection in collections:
+        collection.covers = covers[collection.pk]
+    return render(request, "gallery/collection_list.html", {"collections": collections})
 
 
 def _query(marks: search_selectors.Feedback = search_selectors.Feedback(), **params: str) -> str:

@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.selectors import collection_labels, collection_list_with_stats, collection_stats
+from gallery.selectors import collection_covers, collection_labels, collection_list_with_stats, collection_stats
 from gallery.services import collection_get_or_create
 
 pytestmark = pytest.mark.django_db
@@ -52,6 +52,33 @@ def test_counts_by_status_for_one_collection_and_for_all():
     assert {key: collection_stats(collection=mixed)[key] for key in expected} == expected
     listed = {c.name: {key: getattr(c, key) for key in expected} for c in collection_list_with_stats()}
     assert listed == {"empty": {"total": 0, "indexed": 0, "pending": 0, "failed": 0}, "mixed": expected}
+
+
+def test_covers_are_each_collections_latest_indexed_pictures_with_a_thumbnail():
+    photos, drawings, empty = (collection_get_or_create(name=name) for name in ("photos", "drawings", "empty"))
+    now = timezone.now()
+
+    def add(collection, name, *, status=Image.Status.INDEXED, ago=None, thumbnail=True):
+        return Image.objects.create(
+            collection=collection, original_name=name, sha256=f"{collection.pk}-{name}", status=status,
+            indexed_at=None if ago is None else now - timedelta(seconds=ago),
+            thumbnail=f"thumbnails/{collection.pk}/{name}.webp" if thumbnail else "",
+        )
+
+    oldest, older, old, tied_first, tied_second = (add(photos, name, ago=ago) for name, ago in (
+        ("oldest", 50), ("older", 40), ("old", 30), ("tied-first", 10), ("tied-second", 10)
+    ))
+    add(photos, "pending", status=Image.Status.PENDING)  # newer than all, but none of these is shown
+    add(photos, "failed-since", status=Image.Status.FAILED, ago=1)
+    add(photos, "no-thumbnail", ago=2, thumbnail=False)
+    only = add(drawings, "only", ago=100)
+
+    # the four latest are read: the failed one and the one without a thumbnail are left out
+    covers = collection_covers(collections=[photos, drawings, empty])
+    assert covers == {photos.pk: [tied_second, tied_first], drawings.pk: [only], empty.pk: []}
+    assert collection_covers(collections=[photos], per_collection=6)[photos.pk] == [tied_second, tied_first, old, older]
+    assert [image.display_url for image in covers[drawings.pk]] == [only.thumbnail.url]
+    assert oldest not in covers[photos.pk]
 
 
 def test_labels_are_distinct_ordered_non_empty_and_of_this_collection_only():

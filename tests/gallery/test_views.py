@@ -6,6 +6,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from gallery.models import Image
+from gallery.selectors import COVER_IMAGES
 from gallery.services import IncomingFile, collection_get_or_create, images_create
 from tests.utils import image_bytes
 from workers.services import images_index
@@ -18,6 +19,10 @@ def test_gallery_lists_collections_and_thumbnails(client, indexed):  # noqa: F81
     collection, _ = indexed
     page = client.get(reverse("gallery:collection-list")).content.decode()
     assert "colours" in page and "6 indexed" in page
+    # the card shows the latest indexed pictures: here indexed together, so the highest ids
+    latest = list(Image.objects.filter(status=Image.Status.INDEXED).order_by("-id"))
+    covers = re.findall(r'<img src="([^"]+)"', page.split('class="covers"', 1)[1].split("</div>", 1)[0])
+    assert covers == [image.thumbnail.url for image in latest[:COVER_IMAGES]]
     detail = client.get(reverse("gallery:collection-detail", args=[collection.pk])).content.decode()
     for image in Image.objects.filter(status=Image.Status.INDEXED):
         assert image.thumbnail.url in detail
