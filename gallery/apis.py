@@ -22,6 +22,7 @@ from gallery.selectors import (
     COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
     collection_copy_removal_latest,
+    collection_covers,
     collection_images,
     collection_list_copy_groups,
     collection_list_with_stats,
@@ -195,8 +196,19 @@ class CollectionDetailOutputSerializer(CollectionOutputSerializer):
     )
 
 
+class CoverOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    thumbnail_url = serializers.URLField()
+
+
+class CollectionListItemOutputSerializer(CollectionOutputSerializer):
+    covers = CoverOutputSerializer(
+        many=True, help_text="its most recently indexed pictures (up to 4, the newest first), as the front page shows them"
+    )
+
+
 class CollectionListOutputSerializer(serializers.Serializer):
-    results = CollectionOutputSerializer(many=True)
+    results = CollectionListItemOutputSerializer(many=True)
 
 
 class UploadResultSerializer(serializers.Serializer):
@@ -228,9 +240,15 @@ def _collection_representation(collection: Collection, counts: dict) -> dict:
 class CollectionListApi(APIView):
     @extend_schema(operation_id="collection_list", summary="Collections with image counts", responses={200: CollectionListOutputSerializer})
     def get(self, request):
-        return Response(
-            {"results": [_collection_representation(c, vars(c)) for c in collection_list_with_stats()]}
-        )
+        collections = list(collection_list_with_stats())
+        covers = collection_covers(collections=collections)
+        return Response({"results": [
+            {
+                **_collection_representation(c, vars(c)),
+                "covers": [{"id": image.pk, "thumbnail_url": request.build_absolute_uri(image.display_url)} for image in covers[c.pk]],
+            }
+            for c in collections
+        ]})
 
 
 def _staff_refusals(thing: str) -> dict:

@@ -196,6 +196,8 @@ def test_collection_api_counts(client, indexed):
     assert body["images"] == {"total": 7, "indexed": 6, "pending": 0, "failed": 1}
     listing = client.get(reverse("api-collection-list")).json()["results"]
     assert [(c["name"], c["images"]["indexed"]) for c in listing] == [("colours", 6)]
+    latest = Image.objects.filter(status=Image.Status.INDEXED).order_by("-indexed_at", "-id")[:4]
+    assert listing[0]["covers"] == [{"id": image.pk, "thumbnail_url": f"http://testserver{image.thumbnail.url}"} for image in latest]
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
