@@ -8,7 +8,8 @@ Loads into the product's own tables (gallery_image, search_embedding) under var/
 like real embeddings -- 2,000 Gaussian clusters with unequal spreads in a 32-dimensional latent
 space, mapped into 256 dimensions by a fixed random linear map, plus a little isotropic noise
 (uniform noise in all 256 dimensions would make every within-cluster neighbour equally far and
-recall meaningless) -- 1% of them in a separate small collection (the filtered case), plus real
+recall meaningless) -- 1% of them in a separate small collection (the filtered case), all indexed
+(two days back, one a millisecond: the front page's covers read the newest), plus real
 embeddings of the 1,768 shared OpenMoji images from a seed autoencoder trained on them.
 Then, in one run:
 - builds the HNSW index (time, size, maintenance_work_mem);
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 
 import numpy as np
 
@@ -61,6 +63,7 @@ def setup_django() -> None:
 def load(n: int, dim: int, rng) -> tuple[int, int, np.ndarray]:
     from django.core.management import call_command
     from django.db import connection
+    from django.utils import timezone
     from pgvector.psycopg import register_vector
 
     from gallery.models import Collection
@@ -81,6 +84,9 @@ def load(n: int, dim: int, rng) -> tuple[int, int, np.ndarray]:
     connection.ensure_connection()
     raw = connection.connection
     register_vector(raw)
+    # indexed one a millisecond, in id order, days ago: outside the indexing rate's last minute,
+    # and read back from the newest by the front page's covers (gallery.selectors.collection_covers)
+    indexed_since = timezone.now() - timedelta(days=2)
     started = time.perf_counter()
     chunk = 50_000
     with raw.cursor() as cursor:
@@ -91,11 +97,14 @@ def load(n: int, dim: int, rng) -> tuple[int, int, np.ndarray]:
             vectors = points @ mapping + 0.02 * rng.normal(size=(count, dim)).astype(np.float32)
             collection_id = [small.pk if start + i < n_small else big.pk for i in range(count)]
             with cursor.copy(
-                "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at) FROM STDIN"
+                "COPY gallery_image (id, collection_id, file, thumbnail, original_name, label, sha256, status, error, created_at, updated_at, indexed_at) FROM STDIN"
             ) as copy:
                 for i in range(count):
                     image_id = start + i + 1
-                    copy.write_row((image_id, collection_id[i], "", "", f"s{image_id}", f"c{cluster[i]}", "", "indexed", "", "now", "now"))
+                    copy.write_row((
+                        image_id, collection_id[i], "", "", f"s{image_id}", f"c{cluster[i]}", "", "indexed", "", "now", "now",
+                        indexed_since + timedelta(milliseconds=image_id),
+                    ))
             with cursor.copy("COPY search_embedding (image_id, encoder_id, collection_id, vector) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "int8", "int8", "vector"])
                 for i in range(count):
