@@ -22,10 +22,9 @@ from gallery.selectors import (
     COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
     collection_copy_removal_latest,
-    collection_covers,
     collection_images,
     collection_list_copy_groups,
-    collection_list_with_stats,
+    collection_list_with_covers,
     collection_moves_incoming,
     collection_stats,
     image_list,
@@ -240,14 +239,12 @@ def _collection_representation(collection: Collection, counts: dict) -> dict:
 class CollectionListApi(APIView):
     @extend_schema(operation_id="collection_list", summary="Collections with image counts", responses={200: CollectionListOutputSerializer})
     def get(self, request):
-        collections = list(collection_list_with_stats())
-        covers = collection_covers(collections=collections)
         return Response({"results": [
             {
                 **_collection_representation(c, vars(c)),
-                "covers": [{"id": image.pk, "thumbnail_url": request.build_absolute_uri(image.display_url)} for image in covers[c.pk]],
+                "covers": [{"id": image.pk, "thumbnail_url": request.build_absolute_uri(image.display_url)} for image in c.covers],
             }
-            for c in collections
+            for c in collection_list_with_covers()
         ]})
 
 

@@ -72,6 +72,7 @@ CROSS JOIN LATERAL (
     WHERE collection_id = shown.id AND indexed_at IS NOT NULL
     ORDER BY indexed_at DESC, id DESC LIMIT %(per_collection)s
 ) AS image
+ORDER BY image.collection_id, image.indexed_at DESC, image.id DESC
 """
 
 
@@ -84,9 +85,17 @@ def collection_covers(*, collections: Sequence[Collection], per_collection: int 
     for image in Image.objects.raw(_COLLECTION_COVERS_SQL, {"collections": list(covers), "per_collection": per_collection}):
         if image.status == Image.Status.INDEXED and image.thumbnail:
             covers[image.collection_id].append(image)
-    for images in covers.values():
-        images.sort(key=lambda image: (image.indexed_at, image.pk), reverse=True)
     return covers
+
+
+def collection_list_with_covers() -> list[Collection]:
+    """``collection_list_with_stats``, each collection also with its ``covers`` (``collection_covers``):
+    what the front page and the collection list endpoint show."""
+    collections = list(collection_list_with_stats())
+    covers = collection_covers(collections=collections)
+    for collection in collections:
+        collection.covers = covers[collection.pk]
+    return collections
 
 
 # One index probe per distinct label (a loose index scan over (collection, label)), instead of

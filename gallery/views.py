@@ -11,11 +11,10 @@ from gallery.selectors import (
     MAX_COPIES,
     ImagePage,
     collection_copy_removal_latest,
-    collection_covers,
     collection_images,
     collection_labels,
     collection_list_copy_groups,
-    collection_list_with_stats,
+    collection_list_with_covers,
     collection_moves_incoming,
     collection_stats,
     image_page,
@@ -36,11 +35,7 @@ COPY_GROUPS_PER_POST = 4 * COPY_GROUPS_PER_PAGE
 
 
 def collection_list(request):
-    collections = list(collection_list_with_stats())
-    covers = collection_covers(collections=collections)
-    for collection in collections:
-        collection.covers = covers[collection.pk]
-    return render(request, "gallery/collection_list.html", {"collections": collections})
+    return render(request, "gallery/collection_list.html", {"collections": collection_list_with_covers()})
 
 
 def _query(marks: search_selectors.Feedback = search_selectors.Feedback(), **params: str) -> str:

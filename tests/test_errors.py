@@ -24,8 +24,8 @@ def test_an_error_no_view_catches_is_a_json_500_under_the_api_and_a_page_elsewhe
     def failing(*args, **kwargs):
         raise RuntimeError("a fault injected by the test")
 
-    monkeypatch.setattr("gallery.apis.collection_list_with_stats", failing)
-    monkeypatch.setattr("gallery.views.collection_list_with_stats", failing)
+    monkeypatch.setattr("gallery.apis.collection_list_with_covers", failing)
+    monkeypatch.setattr("gallery.views.collection_list_with_covers", failing)
     client = Client(raise_request_exception=False)  # as a server answers, instead of raising in the test
 
     api = client.get(reverse("api-collection-list"))
