@@ -91,12 +91,15 @@ else:
 
 # pgvector's search settings for every connection, so a query needs no SET of its own (a custom
 # "hnsw.*" option given before the extension loads is kept as a placeholder and applied when it loads).
-# Iterative scans keep filtered queries from coming back short.
+# Iterative scans keep filtered queries from coming back short. A server process whose client went
+# away in the middle of a statement (a worker killed by its time limit while it waited for a lock)
+# notices within 10 s and ends it, giving back the rows its transaction locked, instead of waiting
+# on for as long as the lock is held (PostgreSQL 14 and later).
 CBIR_HNSW_EF_SEARCH = _env_int("CBIR_HNSW_EF_SEARCH", 80)
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["options"] = (
     DATABASES["default"]["OPTIONS"].get("options", "")
-    + f" -c hnsw.ef_search={CBIR_HNSW_EF_SEARCH} -c hnsw.iterative_scan=strict_order"
+    + f" -c hnsw.ef_search={CBIR_HNSW_EF_SEARCH} -c hnsw.iterative_scan=strict_order -c client_connection_check_interval=10000"
 ).strip()
 
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -170,6 +173,13 @@ CBIR_SWEEP_AFTER_S = _env_int("CBIR_SWEEP_AFTER_S", 300)
 # file would otherwise hold it for ever. Its images stay pending, with the attempt counted, for
 # the sweep (workers.services.MAX_INDEX_ATTEMPTS). Only prefork workers enforce it.
 CBIR_INDEX_TIME_LIMIT_S = _env_int("CBIR_INDEX_TIME_LIMIT_S", 600)
+# The same for one stretch of a move of many images or of a copy removal (at most 5,000 images,
+# a few seconds each on two cores): a stretch stuck on a lock or a hung read is killed, which
+# gives back its run's row, and the sweep takes the run up again (3 starts, then it fails).
+CBIR_STRETCH_TIME_LIMIT_S = _env_int("CBIR_STRETCH_TIME_LIMIT_S", 600)
+# How long stopping a move or a copy removal waits for the stretch a worker is on to finish;
+# past that, the stop is refused with the reason (a 503 with Retry-After in the API).
+CBIR_STOP_WAIT_S = _env_int("CBIR_STOP_WAIT_S", 30)
 # Zip downloads running at once, over every web process: each holds a web thread while the client
 # receives it, so keep it below gunicorn's threads per process (4 in the Dockerfile).
 CBIR_MAX_EXPORTS = _env_int("CBIR_MAX_EXPORTS", 2)

@@ -21,6 +21,7 @@ from gallery.services import (
     ImportReport,
     MoveTargetGone,
     QueueUnavailable,
+    StretchUnderway,
     StorageFailed,
     collection_delete,
     copy_removal_start,
@@ -317,7 +318,11 @@ class CopyRemovalRunAdmin(SelectionCheckedAdmin):
             self.message_user(request, "None of the removals ticked is running: each had ended already.", messages.INFO)
         for collection in running:
             link = reverse("gallery:collection-copies", args=[collection.pk])
-            run = copy_removal_stop(collection=collection)
+            try:
+                run = copy_removal_stop(collection=collection)
+            except StretchUnderway as exc:
+                self.message_user(request, format_html('<a href="{}">{}</a>: {}.', link, collection, str(exc)), messages.WARNING)
+                continue
             if run is None:
                 self.message_user(request, format_html('<a href="{}">{}</a>: its removal had ended meanwhile.', link, collection), messages.INFO)
                 continue
@@ -359,7 +364,11 @@ class MoveRunAdmin(SelectionCheckedAdmin):
             self.message_user(request, "None of the moves ticked is running: each had ended already.", messages.INFO)
         for run_id in running:
             link = reverse("admin:gallery_moverun_change", args=[run_id])
-            run = move_run_stop(run_id=run_id)
+            try:
+                run = move_run_stop(run_id=run_id)
+            except StretchUnderway as exc:
+                self.message_user(request, format_html('<a href="{}">Move #{}</a>: {}.', link, run_id, str(exc)), messages.WARNING)
+                continue
             if run is None:
                 self.message_user(request, format_html('<a href="{}">Move #{}</a> had ended meanwhile.', link, run_id), messages.INFO)
                 continue

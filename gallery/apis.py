@@ -41,6 +41,7 @@ from gallery.services import (
     MoveTargetGone,
     QueueUnavailable,
     StorageFailed,
+    StretchUnderway,
     collection_delete,
     copy_removal_start,
     copy_removal_stop,
@@ -691,7 +692,20 @@ class ImagesMoveApi(StaffOnlyApi):
 
 
 # What stopping a run of the workers (a move, a copy removal) waits for, for the schema.
-_STOP_WAITS = "The stretch of images a worker is on finishes first (the answer waits for it), and no other starts. "
+_STOP_WAITS = (
+    "The stretch of images a worker is on finishes first (the answer waits for it, up to CBIR_STOP_WAIT_S, 30 s by "
+    "default), and no other starts. "
+)
+# A stop refused because the stretch under way outlasted CBIR_STOP_WAIT_S: when to ask again.
+STOP_RETRY_AFTER_S = 10
+_STOP_BUSY = OpenApiResponse(
+    ErrorSerializer,
+    description="the stretch a worker is on did not finish within CBIR_STOP_WAIT_S; nothing was stopped (with Retry-After)",
+)
+
+
+def _stop_busy(exc: StretchUnderway) -> Response:
+    return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(STOP_RETRY_AFTER_S)})
 
 # How a move that is not running ended, in words.
 _MOVE_ENDED = {"done": "it is done", "failed": "it failed", "stopped": "it was stopped"}
@@ -771,10 +785,14 @@ class MoveRunApi(StaffOnlyApi):
             200: MoveRunOutputSerializer,
             **_staff_refusals("move"),
             409: OpenApiResponse(MoveRunNotRunningSerializer, description="the move is not running: it ended, failed or was stopped"),
+            503: _STOP_BUSY,
         },
     )
     def delete(self, request, run_id: int):
-        stopped = move_run_stop(run_id=run_id)
+        try:
+            stopped = move_run_stop(run_id=run_id)
+        except StretchUnderway as exc:
+            return _stop_busy(exc)
         if stopped is not None:
             return Response(MoveRunOutputSerializer(stopped).data)
         run = get_object_or_404(MoveRun.objects.select_related("to").defer("image_ids"), pk=run_id)
@@ -974,11 +992,15 @@ class CollectionCopyRemovalApi(StaffMayChange, APIView):
             200: CopyRemovalOutputSerializer,
             **_staff_refusals("collection"),
             409: OpenApiResponse(CopyRemovalNotRunningSerializer, description="no removal of this collection's copies is running"),
+            503: _STOP_BUSY,
         },
     )
     def delete(self, request, collection_id: int):
         collection = get_object_or_404(Collection, pk=collection_id)
-        removal = copy_removal_stop(collection=collection)
+        try:
+            removal = copy_removal_stop(collection=collection)
+        except StretchUnderway as exc:
+            return _stop_busy(exc)
         if removal is None:
             last = collection_copy_removal_latest(collection=collection)
             return Response(

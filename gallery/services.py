@@ -15,11 +15,12 @@ from typing import Iterable, Iterator
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 from pgvector import HalfVector
+from psycopg.errors import LockNotAvailable
 
 from gallery import imaging
 from gallery.media import media_marker_write
@@ -658,24 +659,47 @@ def move_run_advance(*, run_id: int, position: int) -> int | None:
 
 
 def move_run_stop(*, run_id: int) -> MoveRun | None:
-    """Stop move run ``run_id``. A stretch under way finishes first (this waits for it: its images
-    move with the run's position), and no other starts: a message for the next one finds the run
-    stopped and does nothing. The images moved so far stay moved; the rest stay where they are.
-    Returns the run as it stopped, or None when it was not running (it may have ended while this
-    waited) or there is no such run."""
+    """Stop move run ``run_id``. A stretch under way finishes first (this waits for it, up to
+    ``CBIR_STOP_WAIT_S``: its images move with the run's position), and no other starts: a message
+    for the next one finds the run stopped and does nothing. The images moved so far stay moved;
+    the rest stay where they are. Returns the run as it stopped, or None when it was not running
+    (it may have ended while this waited) or there is no such run. Raises StretchUnderway when the
+    stretch did not finish in time; then nothing changed."""
     return _running_run_stop(MoveRun.objects.defer("image_ids").filter(pk=run_id))
+
+
+class StretchUnderway(Exception):
+    """Stopping a run waited ``CBIR_STOP_WAIT_S`` for the stretch a worker is on, which has not
+    finished; the run was left as it was."""
+
+    def __init__(self, waited_s: int) -> None:
+        super().__init__(
+            f"the stretch of images a worker is on has not finished after {waited_s} s, and a stop waits for it; nothing "
+            f"was stopped: try again in a moment (a stretch that never finishes is ended after {settings.CBIR_STRETCH_TIME_LIMIT_S} s)"
+        )
+        self.waited_s = waited_s
 
 
 def _running_run_stop(runs: QuerySet):
     """Stop the running run among ``runs`` (of a ``WorkerRun`` model), once the stretch under way
     (which holds its row) is done; returns the run as it stopped, or None when none was running (it
-    may have ended while this waited)."""
-    with transaction.atomic():
-        run = runs.select_for_update().filter(status=WorkerRun.Status.RUNNING).first()
-        if run is None:
-            return None
-        run.status, run.finished_at, run.error = WorkerRun.Status.STOPPED, timezone.now(), ""
-        run.save(update_fields=["status", "finished_at", "error"])
+    may have ended while this waited). A stretch that holds the row for longer than
+    ``CBIR_STOP_WAIT_S`` (a worker stuck on a lock or a hung read, until its time limit) makes it
+    raise StretchUnderway, so that the person asking is told instead of kept waiting."""
+    waited_s = settings.CBIR_STOP_WAIT_S
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:  # for this transaction only
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(waited_s, 0) * 1000 or 1}ms"])
+            run = runs.select_for_update().filter(status=WorkerRun.Status.RUNNING).first()
+            if run is None:
+                return None
+            run.status, run.finished_at, run.error = WorkerRun.Status.STOPPED, timezone.now(), ""
+            run.save(update_fields=["status", "finished_at", "error"])
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, LockNotAvailable):
+            raise StretchUnderway(waited_s) from None
+        raise
     return run
 
 
@@ -906,10 +930,11 @@ def run_record_error(*, model: type[WorkerRun], run_id: int, error: Exception) -
 
 def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:
     """Stop ``collection``'s running copy removal. A stretch under way finishes first (this waits
-    for it: its deletions commit with the run's position), and no other starts: a message for the
-    next one finds the run stopped and does nothing. What was deleted stays deleted, and a new
-    removal starts from what is left. Returns the run as it stopped, or None when none was running
-    (it may have ended while this waited)."""
+    for it, up to ``CBIR_STOP_WAIT_S``: its deletions commit with the run's position), and no
+    other starts: a message for the next one finds the run stopped and does nothing. What was
+    deleted stays deleted, and a new removal starts from what is left. Returns the run as it stopped, or None when none was running
+    (it may have ended while this waited). Raises StretchUnderway when the stretch did not finish
+    within ``CBIR_STOP_WAIT_S``; then nothing changed."""
     run = _running_run_stop(CopyRemovalRun.objects.filter(collection=collection))
     if run is not None:
         run.candidates.all().delete()  # no round of a stopped removal reads them

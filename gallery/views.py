@@ -21,7 +21,14 @@ from gallery.selectors import (
     image_list_copies,
     images_copy_ids,
 )
-from gallery.services import CopyRemovalUnderway, QueueUnavailable, copy_removal_start, copy_removal_stop, images_delete
+from gallery.services import (
+    CopyRemovalUnderway,
+    QueueUnavailable,
+    StretchUnderway,
+    copy_removal_start,
+    copy_removal_stop,
+    images_delete,
+)
 from search import selectors as search_selectors
 from search.views import is_image_id, marks_context, marks_read, search_with_marks
 
@@ -168,7 +175,11 @@ def _remove_all_copies(request, collection: Collection) -> None:
 
 
 def _stop_removal(request, collection: Collection) -> None:
-    run = copy_removal_stop(collection=collection)
+    try:
+        run = copy_removal_stop(collection=collection)
+    except StretchUnderway as exc:
+        messages.warning(request, f"The removal goes on: {exc}.")
+        return
     if run is None:
         messages.info(request, "No removal of copies was running here: it had ended. Its outcome is shown below.")
     else:

@@ -103,13 +103,17 @@ def delete_collection_files(collection_id: int) -> int:
     return collection_files_delete(collection_id)
 
 
-@shared_task(acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8)
+@shared_task(
+    acks_late=True, autoretry_for=MEDIA_ERRORS, retry_backoff=True, max_retries=8, time_limit=settings.CBIR_STRETCH_TIME_LIMIT_S,
+)
 def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_round_and_count: int) -> None:
     """One stretch of a copy removal (``copy_removal_advance``: round ``round_number``, the images
     after ``after``) per run, then queue the next: a million images never hold a worker for long.
     A run killed midway is delivered again and does the stretch again; a message for a stretch
     already done, or of a removal stopped, does nothing; a removal whose next message was lost is
-    queued again by the sweep."""
+    queued again by the sweep. A stretch still going after ``CBIR_STRETCH_TIME_LIMIT_S`` (stuck on
+    a lock or a hung read) is killed with its process, which rolls it back and frees its run for a
+    stop; the sweep queues it again, and its fourth start ends the run as failed."""
     from gallery.models import CopyRemovalRun
     from gallery.services import copy_removal_advance, run_record_error
 
@@ -129,12 +133,13 @@ def remove_copies(run_id: int, round_number: int | str, after: int = 0, *_old_ro
         remove_copies.delay(run_id, removal.next.round, removal.next.after)
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, time_limit=settings.CBIR_STRETCH_TIME_LIMIT_S)
 def move_images(run_id: int, position: int) -> None:
     """One stretch of a move run (``move_run_advance``: its ids from ``position``), then queue the
     next: a move of any size never holds a worker for long. A stretch killed midway is delivered
     again and done again; a message for a stretch already done does nothing; a run whose next
-    message was lost is queued again by the sweep."""
+    message was lost is queued again by the sweep. A stretch still going after
+    ``CBIR_STRETCH_TIME_LIMIT_S`` is killed, as ``remove_copies``'s."""
     from gallery.models import MoveRun
     from gallery.services import move_run_advance, run_record_error
 

@@ -16,7 +16,8 @@ from django.utils import timezone
 from gallery.models import Collection, Image, MoveRun
 from gallery.selectors import collection_stats
 from gallery.services import (
-    MOVE_RUN_IMAGES_MAX, MOVE_RUN_TRIES_MAX, collection_delete, images_move, move_run_advance, move_run_stop, move_runs_resume,
+    MOVE_RUN_IMAGES_MAX, MOVE_RUN_TRIES_MAX, StretchUnderway, collection_delete, images_move, move_run_advance, move_run_stop,
+    move_runs_resume,
 )
 from search import selectors
 from search.models import EncoderVersion, Embedding
@@ -429,6 +430,39 @@ def test_stopping_waits_for_the_stretch_under_way_which_moves_its_images(encoder
     assert (run.status, run.position, run.moved) == ("stopped", 2, 2)  # the stretch's move and position, then the stop
     assert Image.objects.filter(collection=final).count() == 2
 
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_that_the_stretch_under_way_outlasts_says_so_and_changes_nothing(admin_client, encoder, monkeypatch, settings):
+    """The stop waits CBIR_STOP_WAIT_S for the stretch's row, then refuses with the reason: the API
+    with a 503 and Retry-After, the admin with a warning. The run goes on; once the stretch is
+    done, a stop works."""
+    settings.CBIR_STOP_WAIT_S = 1
+    monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)
+    run, picked, final = _run_of(5, encoder=encoder)
+    inside, go = paused_after(monkeypatch, "gallery.services.images_move")
+    advanced = []
+    stretch = in_own_thread(lambda: move_run_advance(run_id=run.pk, position=0), advanced)
+    try:
+        assert inside.wait(timeout=60)
+        with pytest.raises(StretchUnderway, match="has not finished after 1 s, and a stop waits for it; nothing was stopped"):
+            move_run_stop(run_id=run.pk)
+        response = admin_client.delete(reverse("api-move-run", args=[run.pk]))
+        assert response.status_code == 503 and response["Retry-After"] == "10"
+        assert "nothing was stopped: try again in a moment" in response.json()["error"]
+        page = admin_client.post(
+            reverse("admin:gallery_moverun_changelist"), {"action": "stop", helpers.ACTION_CHECKBOX_NAME: [run.pk]}, follow=True
+        ).content.decode()
+        assert f"Move #{run.pk}</a>: the stretch of images a worker is on has not finished after 1 s" in page
+        assert MoveRun.objects.get(pk=run.pk).status == "running"
+    finally:
+        go.set()
+        stretch.join(timeout=60)
+    assert advanced == [2]
+    assert move_run_stop(run_id=run.pk).status == "stopped"
+    run.refresh_from_db()
+    assert (run.status, run.position, run.moved) == ("stopped", 2, 2)
+    assert Image.objects.filter(collection=final).count() == 2
 
 def test_the_admin_stops_the_running_moves_ticked_and_lists_counts_without_the_lists(admin_client, client, django_user_model, encoder):
     running, picked, final = _run_of(3, encoder=encoder)

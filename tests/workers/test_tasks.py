@@ -19,7 +19,7 @@ from gallery.services import IncomingFile, collection_get_or_create, images_crea
 from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import database_url, image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
+from tests.utils import database_url, image_bytes, in_own_thread, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
 from workers.services import GIVEN_UP_REASON, MAX_INDEX_ATTEMPTS, collection_load_pixels, images_index, images_index_request, pending_sweep
 from workers.tasks import index_images, sweep_pending
 
@@ -485,6 +485,114 @@ def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step
     assert set(Embedding.objects.values_list("image_id", "encoder_id")) == {(pk, new.pk) for pk in others}
     assert [(image.status, image.attempts) for image in Image.objects.filter(pk__in=others)] == [("indexed", 0)] * 2
 
+
+
+def _row_locked_elsewhere(model, pk: int):
+    """Row ``pk`` of ``model`` held FOR UPDATE by a transaction of another connection, as a long
+    import's or a person's transaction would hold it, until the function returned is called."""
+    import threading
+
+    from django.db import transaction
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            model.objects.select_for_update().filter(pk=pk).exists()
+            locked.set()
+            release.wait(timeout=300)
+
+    holder = in_own_thread(hold, [])
+    assert locked.wait(timeout=30)
+
+    def done():
+        release.set()
+        holder.join(timeout=30)
+
+    return done
+
+
+def _held_by_a_worker(model, pk: int) -> bool:
+    """Whether a transaction of another connection holds row ``pk`` of ``model`` (the stretch of a run)."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        return not model.objects.select_for_update(skip_locked=True).filter(pk=pk).exists()
+
+
+def _swept_until(sender, ended):
+    def check():
+        if ended():
+            return True
+        sender.send_task("workers.tasks.sweep_pending")
+        time.sleep(2)
+        return False
+
+    return check
+
+
+def test_a_copy_removal_stuck_on_a_lock_is_ended_by_the_time_limit_and_a_stop_meanwhile_says_so(prefork_worker, admin_client, settings):
+    """A stretch that waits for a row held elsewhere holds its run's row too. The stop waits
+    CBIR_STOP_WAIT_S for it, then the copies page says why nothing was stopped. The time limit
+    kills the stretch (its server process notices and lets the rows go), the sweep takes the run
+    up again, and its fourth start ends it as failed; nothing was deleted. Once the row is free, a
+    new removal deletes the copy."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from gallery.models import CopyRemovalRun
+    from gallery.services import COPY_REMOVAL_TRIES_MAX, copy_removal_advance, copy_removal_record
+
+    _, sender = prefork_worker(CBIR_STRETCH_TIME_LIMIT_S="4", CBIR_SWEEP_AFTER_S="1")
+    settings.CBIR_STOP_WAIT_S = 1
+    make_encoder()
+    photos = collection_get_or_create(name="photos")
+    picture = image_bytes(pattern=7, size=(400, 300))
+    smaller = io.BytesIO()
+    PILImage.open(io.BytesIO(picture)).convert("RGB").resize((200, 150)).save(smaller, "JPEG", quality=90)
+    images_create(collection=photos, files=[IncomingFile(name="large.png", data=picture), IncomingFile(name="small.jpg", data=smaller.getvalue())])
+    images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
+    kept = Image.objects.get(original_name="large.png")
+    release = _row_locked_elsewhere(Image, kept.pk)  # the stretch's lock on the picture it keeps waits
+    try:
+        run = copy_removal_record(collection=photos)
+        sender.send_task("workers.tasks.remove_copies", args=[run.pk, 1, 0])
+        wait_for(lambda: _held_by_a_worker(CopyRemovalRun, run.pk), message="the worker's stretch")
+        url = reverse("gallery:collection-copies", args=[photos.pk])
+        page = admin_client.post(url, {"remove": "stop"}, follow=True).content.decode()
+        assert "The removal goes on: the stretch of images a worker is on has not finished after 1 s" in page
+        wait_for(_swept_until(sender, lambda: CopyRemovalRun.objects.get(pk=run.pk).status != "running"), message="the run to end")
+        run.refresh_from_db()
+        assert run.status == "failed" and f"were started {COPY_REMOVAL_TRIES_MAX} times and never finished" in run.error
+        assert Image.objects.filter(collection=photos).count() == 2
+    finally:
+        release()
+    again = copy_removal_record(collection=photos)
+    assert copy_removal_advance(run_id=again.pk, round_number=1, after=0).deleted == 1
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["large.png"]
+
+
+def test_a_move_stuck_on_a_lock_is_ended_by_the_time_limit_and_fails_after_its_starts(prefork_worker):
+    """A stretch of a move waits for its target collection, held elsewhere: the time limit ends each
+    start, the sweep takes it up again, and the fourth start ends the run as failed, with nothing moved."""
+    from gallery.models import Collection, MoveRun
+    from gallery.services import MOVE_RUN_TRIES_MAX
+
+    _, sender = prefork_worker(CBIR_STRETCH_TIME_LIMIT_S="4", CBIR_SWEEP_AFTER_S="1")
+    drafts, final = collection_get_or_create(name="drafts"), collection_get_or_create(name="final")
+    images_create(collection=drafts, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i)) for i in range(3)])
+    ids = list(Image.objects.values_list("id", flat=True))
+    run = MoveRun.objects.create(to=final, image_ids=ids, total=len(ids))
+    release = _row_locked_elsewhere(Collection, final.pk)
+    try:
+        sender.send_task("workers.tasks.move_images", args=[run.pk, 0])
+        wait_for(_swept_until(sender, lambda: MoveRun.objects.get(pk=run.pk).status != "running"), message="the run to end")
+    finally:
+        release()
+    run.refresh_from_db()
+    assert run.status == "failed" and f"were started {MOVE_RUN_TRIES_MAX} times and never finished" in run.error
+    assert (run.position, run.moved) == (0, 0) and Image.objects.filter(collection=drafts).count() == 3
 
 def _encoder_without_its_checkpoint(**fields):
     """An encoder whose checkpoint file this worker cannot read: deleted, or on a volume that a

@@ -7,6 +7,7 @@ from gallery.selectors import COPY_KEEP_RULES
 from gallery.services import (
     CopyRemovalStep,
     CopyRemovalUnderway,
+    StretchUnderway,
     collection_remove_copies,
     copy_removal_advance,
     copy_removal_record,
@@ -67,7 +68,10 @@ class Command(BaseCommand):
             )
 
     def _stop(self, target: Collection) -> None:
-        run = copy_removal_stop(collection=target)
+        try:
+            run = copy_removal_stop(collection=target)
+        except StretchUnderway as exc:
+            raise CommandError(f"{target.name}: {exc}") from None
         if run is None:
             raise CommandError(f"{target.name}: no removal of its copies is running")
         self.stdout.write(f"{target.name}: the removal is stopped in round {run.round}, after {run.deleted} copies deleted.")
@@ -111,7 +115,10 @@ class Command(BaseCommand):
             self._walk(run, total, bar)
         except KeyboardInterrupt:  # a stretch under way was rolled back
             bar.close()
-            stopped = copy_removal_stop(collection=target)
+            try:
+                stopped = copy_removal_stop(collection=target)
+            except StretchUnderway as exc:  # a worker's sweep took the run up meanwhile, and is on it
+                raise CommandError(f"{target.name}: interrupted, but the removal goes on: {exc}") from None
             deleted = (stopped or CopyRemovalRun.objects.get(pk=run.pk)).deleted
             raise CommandError(f"{target.name}: interrupted; the removal is stopped after {deleted} copies deleted") from None
         bar.close()
