@@ -22,6 +22,7 @@ from gallery.selectors import (
     COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
     collection_copy_removal_latest,
+    collection_covers,
     collection_images,
     collection_list_copy_groups,
     collection_list_with_covers,
@@ -187,6 +188,15 @@ class MovesIncomingSerializer(serializers.Serializer):
     moved = serializers.IntegerField(help_text="images moved here so far")
 
 
+class CoverOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    thumbnail_url = serializers.URLField()
+
+
+def _covers_field() -> CoverOutputSerializer:
+    return CoverOutputSerializer(many=True, help_text="its most recently indexed pictures (up to 4, the newest first), as the front page shows them")
+
+
 class CollectionDetailOutputSerializer(CollectionOutputSerializer):
     indexed_per_second = serializers.FloatField(
         help_text="images indexed per second over the last minute, or since indexing began when that was less than a minute ago"
@@ -194,17 +204,11 @@ class CollectionDetailOutputSerializer(CollectionOutputSerializer):
     moves_incoming = MovesIncomingSerializer(
         allow_null=True, help_text="the moves of many images into this collection that the workers are doing, summed; null if none"
     )
-
-
-class CoverOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    thumbnail_url = serializers.URLField()
+    covers = _covers_field()
 
 
 class CollectionListItemOutputSerializer(CollectionOutputSerializer):
-    covers = CoverOutputSerializer(
-        many=True, help_text="its most recently indexed pictures (up to 4, the newest first), as the front page shows them"
-    )
+    covers = _covers_field()
 
 
 class CollectionListOutputSerializer(serializers.Serializer):
@@ -237,14 +241,15 @@ def _collection_representation(collection: Collection, counts: dict) -> dict:
     }
 
 
+def _covers_representation(request, covers: list[Image]) -> list[dict]:
+    return [{"id": image.pk, "thumbnail_url": request.build_absolute_uri(image.display_url)} for image in covers]
+
+
 class CollectionListApi(APIView):
     @extend_schema(operation_id="collection_list", summary="Collections with image counts", responses={200: CollectionListOutputSerializer})
     def get(self, request):
         return Response({"results": [
-            {
-                **_collection_representation(c, vars(c)),
-                "covers": [{"id": image.pk, "thumbnail_url": request.build_absolute_uri(image.display_url)} for image in c.covers],
-            }
+            {**_collection_representation(c, vars(c)), "covers": _covers_representation(request, c.covers)}
             for c in collection_list_with_covers()
         ]})
 
@@ -286,6 +291,7 @@ class CollectionDetailApi(StaffMayChange, APIView):
                 **_collection_representation(collection, stats),
                 "indexed_per_second": stats["indexed_per_second"],
                 "moves_incoming": collection_moves_incoming(collection=collection),
+                "covers": _covers_representation(request, collection_covers(collections=[collection])[collection.pk]),
             }
         )
 
