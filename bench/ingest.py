@@ -112,7 +112,8 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     WebP thumbnail at the product's setting and at the slower method=4 and a JPEG one for
     comparison (time and mean size each), recording thumbnails in the database
     (``thumbnail_record_costs``) and storing vectors (``vector_store_costs``), and the encoder's
-    forward pass at several batch sizes and torch thread counts. Needs an active encoder."""
+    forward pass at several batch sizes and torch thread counts (medians of 3 passes), then split (``encoder_split``). Needs
+    an active encoder."""
     import io
 
     import torch
@@ -161,9 +162,53 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
             for batch in (16, 32, 64, 128, 256):
                 inference.EMBEDDING_BATCH_SIZE = batch
                 embedder.embed(pictures[:batch])  # warm-up
-                result[f"encoder_{threads}thread_batch{batch}_ms"] = per_image_ms(lambda: embedder.embed(pictures))
+                passes = [per_image_ms(lambda: embedder.embed(pictures)) for _ in range(3)]  # one pass is ~1 s: noisy
+                result[f"encoder_{threads}thread_batch{batch}_ms"] = sorted(passes)[1]
     finally:
         inference.EMBEDDING_BATCH_SIZE = default_batch
+    result.update(encoder_split(embedder, pictures))
+    return result
+
+
+def encoder_split(embedder, pictures: list, rounds: int = 5) -> dict:
+    """The ``Embedder``'s time on the photos split into its preprocessing (reduce, pad to a square,
+    resize to the input side, as uint8) and the forward pass, at the workers' batch size; and the
+    same forward pass on OpenMoji's pictures at the input side (what ``bench/encoder_speed.py``
+    times), alternated with the photos' in each round on 1 and 2 torch threads: medians of
+    ``rounds``, ms per image."""
+    import statistics
+
+    import torch
+
+    from heldout import load
+    from workers.autoencoder import inference
+
+    batch, side = inference.EMBEDDING_BATCH_SIZE, embedder.config.input_size
+    arrays = []
+    started = time.perf_counter()
+    arrays.extend(embedder.preprocess.to_uint8(picture) for picture in pictures)
+    result = {"encoder_preprocess_ms": round((time.perf_counter() - started) / len(pictures) * 1000, 2)}
+    count = len(arrays) // batch * batch
+    photos = [torch.from_numpy(np.stack(arrays[i : i + batch])).float().div_(255) for i in range(0, count, batch)]
+    moji_pixels, _ = load(SHARED, side)
+    moji = [moji_pixels[i : i + batch].float().div_(255) for i in range(0, count, batch)]
+
+    def forward_ms(inputs: list) -> float:
+        started = time.perf_counter()
+        for x in inputs:
+            embedder.model.encode(x)
+        return (time.perf_counter() - started) / count * 1000
+
+    with torch.inference_mode():
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            forward_ms(photos[:1]), forward_ms(moji[:1])  # warm-up
+            timings = {"photos": [], "openmoji": []}
+            for _ in range(rounds):
+                timings["photos"].append(forward_ms(photos))
+                timings["openmoji"].append(forward_ms(moji))
+            for name, values in timings.items():
+                result[f"forward_{name}_{threads}thread_batch{batch}_ms"] = round(statistics.median(values), 2)
     return result
 
 
