@@ -15,7 +15,9 @@ from workers.autoencoder.training import pick_device
 # measured with the default encoder (`bench/encoder_speed.py --threads 1 --batch 16 32 64 128`,
 # 2-core x86 CPU, one thread as each worker process uses, 2026-11-22), ms/image at batch
 # 16/32/64/128: 1.23/1.25/1.85/2.29 -- larger batches fall out of cache on the CPU (the seed
-# autoencoder showed the same: 2.64/2.99/4.02/4.53 with `bench/ingest.py --stages`).
+# autoencoder showed the same: 2.64/2.99/4.02/4.53 with `bench/ingest.py --stages`). With the
+# gradient words (128 px input; `--batch 8 16 32 64`, 2026-11-24): 3.78/3.62/3.69/3.79, flat
+# within 5 % from 8 to 64, and the whole Embedder (`ingest.py --stages`) 4.05/4.34 at 16/32.
 # A GPU wants larger batches; raise it there (CBIR_EMBEDDING_BATCH_SIZE).
 EMBEDDING_BATCH_SIZE = int(os.environ.get("CBIR_EMBEDDING_BATCH_SIZE", 32))
 
