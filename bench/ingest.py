@@ -2,7 +2,7 @@
 upper bound of decode + resize (to the encoder's input side) alone with the same library
 (Pillow, same JPEG draft decoding) on the same cores, measured before and after the run.
 
-    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2] [--sweep-after S]
+    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2] [--sweep-after S] [--no-gradient-words]
     .venv/bin/python bench/ingest.py --import-only [CHECKOUT ...] [--rounds 2]   # the import command alone
 
 Photos: 1024x768 JPEGs (quality 90) made from the shared OpenMoji set: each emoji enlarged onto
@@ -391,7 +391,7 @@ def import_only(photo_root: Path, n: int, env: dict, checkout: Path) -> dict:
     }
 
 
-def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, sweep_after: int | None = None) -> dict:
+def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, sweep_after: int | None = None, *, words: bool = True) -> dict:
     from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
 
     active_stdout = _reset(env)
@@ -406,10 +406,12 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, swe
         # Retrained when the active encoder is not what train_encoder --arch makes today (another
         # architecture, or one from before a change to its defaults), so the run times the current one.
         active_config = json.loads(active_stdout.strip().splitlines()[-1]) or {}
-        if active_config.get("model") != json.loads(json.dumps(EncoderConfig(arch=arch).to_dict())):
-            print(f"training a {arch} encoder with today's defaults first (not timed) ...", flush=True)
+        wanted = EncoderConfig(arch=arch, **({} if words else {"gradient_words": 0}))
+        if active_config.get("model") != json.loads(json.dumps(wanted.to_dict())):
+            print(f"training a {arch} encoder with today's defaults{'' if words else ' but no gradient words'} first (not timed) ...", flush=True)
             _manage("import_images", str(ROOT / "demo" / "openmoji"), "--collection", "encoder-seed", "--labels-from-dirs", env=env)
-            _manage("train_encoder", "--collection", "encoder-seed", "--arch", arch, "--epochs", "1", "--activate", env=env)
+            flags = () if words else ("--no-gradient-words",)
+            _manage("train_encoder", "--collection", "encoder-seed", "--arch", arch, "--epochs", "1", "--activate", *flags, env=env)
             wait_active(env)  # until the switch, so the timed run embeds with one encoder only
         monitor = psutil.Process(worker.pid)
         peak = 0
@@ -453,6 +455,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="worker processes, and processes for the bound")
     parser.add_argument("--arch", default="patch_kmeans", help="the active encoder's architecture (trained first unless one with today's defaults is active)")
+    parser.add_argument(
+        "--no-gradient-words", action="store_true",
+        help="with the encoder train_encoder --no-gradient-words makes (patch_kmeans on 32 px pictures, without its words)",
+    )
     parser.add_argument("--stages", action="store_true", help="only measure the per-image cost of each stage (needs an encoder)")
     parser.add_argument(
         "--sweep-after", type=int, metavar="S",
@@ -496,10 +502,11 @@ def main() -> None:
         return
     # The bound is measured before and after the end-to-end run and averaged: on this shared
     # machine it drifted by up to 40% between runs, and a drift during the run moves both alike.
-    side = EncoderConfig(arch=args.arch).input_size  # what the workers resize to for the encoder
+    words = {"gradient_words": 0} if args.no_gradient_words else {}
+    side = EncoderConfig(arch=args.arch, **words).input_size  # what the workers resize to for the encoder
     before, busy_before = bound(paths, args.workers, side)
     print(f"bound (decode + resize to {side}px, {args.workers} processes): {before:.1f} images/s", flush=True)
-    result = end_to_end(photo_root, args.images, args.workers, env, args.arch, args.sweep_after)
+    result = end_to_end(photo_root, args.images, args.workers, env, args.arch, args.sweep_after, words=not args.no_gradient_words)
     after, busy_after = bound(paths, args.workers, side)
     print(f"bound again: {after:.1f} images/s", flush=True)
     bounds = [before, after]
@@ -511,6 +518,7 @@ def main() -> None:
         "images": args.images,
         "workers": args.workers,
         "sweep_after_s": args.sweep_after,
+        "encoder": f"{args.arch}{' without gradient words' if args.no_gradient_words else ''}, input {side} px",
         "bound_images_per_second": round(upper, 1),
         "bound_before_after": [round(b, 1) for b in bounds],
         "end_to_end_images_per_second": round(result["images_per_second"], 1),

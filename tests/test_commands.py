@@ -22,6 +22,7 @@ pytestmark = pytest.mark.django_db
         (["--device", "gpu"], "--device 'gpu' names no device"),
         (["--name", "red\x1b[31m"], "--name: a name cannot hold control characters"),
         (["--name", "n" * 201], "--name: an encoder's name has at most 200 characters"),
+        (["--arch", "conv_ae", "--no-gradient-words"], "--no-gradient-words leaves out a block of patch_kmeans"),
         pytest.param(
             ["--device", "cuda"], "this machine has no CUDA device",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.django_db
     ],
     ids=[
         "negative-minutes", "zero-minutes", "zero-lr", "zero-batch", "no-such-device", "escape-in-name", "long-name",
-        "cuda-without-one",
+        "words-for-conv-ae", "cuda-without-one",
     ],
 )
 def test_train_encoder_refuses_settings_it_cannot_train_with(arguments, message):

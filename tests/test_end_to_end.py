@@ -207,6 +207,26 @@ def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):
     assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE  # search unchanged
 
 
+
+def test_an_encoder_without_gradient_words_trains_activates_and_ranks(celery_worker, capsys):
+    """``train_encoder --no-gradient-words``: the cheaper encoder, on 32 px pictures without the
+    words' block, goes the whole way: trained, activated (every image embedded by the worker) and
+    searched through evaluate as the API searches."""
+    import json
+
+    from workers.autoencoder.model import load_checkpoint
+
+    _red_and_blue_collection(5)
+    fast = _train_and_activate("--no-gradient-words")
+    assert fast.name == "patch_kmeans without gradient words on e2e"
+    model, config = load_checkpoint(fast.checkpoint.path, map_location="cpu")
+    assert (config.gradient_words, config.input_size) == (0, 32) and "words" not in model.state_dict()
+    assert Embedding.objects.filter(encoder=fast).count() == 10
+    capsys.readouterr()
+    call_command("evaluate", "--collection", "e2e", "--k", "1", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert result["encoder"] == fast.pk and result["queries"] == 10 and result["P@1"] > 0.5
+
 def test_use_labels_learns_a_metric_and_is_scored_on_held_out_images_only(celery_worker, capsys):
     import json
 
