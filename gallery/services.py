@@ -714,14 +714,24 @@ def move_runs_resume(*, older_than: timedelta) -> int:
 
 def _quiet_runs_resume(model, task, fields: tuple[str, ...], *, older_than: timedelta) -> int:
     """Queue ``task(run id, *fields)`` again for each running run of ``model`` with no progress
-    for ``older_than``, once even when sweeps overlap; returns how many were queued."""
+    for ``older_than``, once even when sweeps overlap; returns how many were queued. A run whose
+    row is locked has a stretch under way (or a stop), so it is skipped rather than waited for:
+    the sweep holds a worker, and a stretch may take up to ``CBIR_STRETCH_TIME_LIMIT_S``."""
     cutoff = timezone.now() - older_than
     quiet = model.objects.filter(status=WorkerRun.Status.RUNNING, progress_at__lt=cutoff)
+    table = model._meta.db_table
     resumed = 0
     for run_id, *standing in list(quiet.values_list("id", *fields)):
-        if model.objects.filter(pk=run_id, progress_at__lt=cutoff).update(progress_at=timezone.now()):
-            task_send_safely(task, run_id, *standing)
-            resumed += 1
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET progress_at = now() WHERE id = ("
+                f"SELECT id FROM {table} WHERE id = %s AND progress_at < %s FOR UPDATE SKIP LOCKED)",
+                [run_id, cutoff],
+            )
+            if not cursor.rowcount:
+                continue
+        task_send_safely(task, run_id, *standing)
+        resumed += 1
     return resumed
 
 

@@ -244,3 +244,29 @@ def wsgi_call(method: str, path: str, **headers: str) -> tuple[str, dict, bytes]
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
     return started["status"], started["headers"], sent
+
+
+def row_locked_elsewhere(model, pk: int):
+    """Row ``pk`` of ``model`` held FOR UPDATE by a transaction of another connection, as a long
+    import's, a person's or a worker's stretch would hold it, until the function returned is
+    called. For tests whose rows are committed (``transaction=True``)."""
+    import threading
+
+    from django.db import transaction
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            model.objects.select_for_update().filter(pk=pk).exists()
+            locked.set()
+            release.wait(timeout=300)
+
+    holder = in_own_thread(hold, [])
+    assert locked.wait(timeout=30)
+
+    def done():
+        release.set()
+        holder.join(timeout=30)
+
+    return done

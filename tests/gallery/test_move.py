@@ -23,7 +23,7 @@ from search import selectors
 from search.models import EncoderVersion, Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import image_bytes, in_own_thread, paused_after, vector
+from tests.utils import image_bytes, in_own_thread, paused_after, row_locked_elsewhere, vector
 
 pytestmark = pytest.mark.django_db
 
@@ -342,6 +342,28 @@ def test_the_sweep_takes_up_a_move_whose_next_stretch_was_lost(encoder, celery_w
     recent.refresh_from_db()
     assert recent.status == "running" and recent.position == 0  # not quiet: left alone
 
+
+
+def test_the_sweep_skips_a_run_whose_stretch_is_under_way_instead_of_waiting_for_it(encoder, celery_worker):
+    """A stretch that outlasts the sweep's age holds its run's row: the sweep leaves that run
+    alone at once (a worker is on it) and takes up the other quiet one."""
+    drafts, final = Collection.objects.create(name="drafts"), Collection.objects.create(name="final")
+    picked = [_image(drafts, f"{i}.png", sha256=f"{i:064x}", encoder=encoder, hot=i) for i in range(2)]
+    long_ago = timezone.now() - timedelta(minutes=10)
+    busy = MoveRun.objects.create(to=final, image_ids=[picked[0].pk], total=1, progress_at=long_ago)
+    lost = MoveRun.objects.create(to=final, image_ids=[picked[1].pk], total=1, progress_at=long_ago)
+    release = row_locked_elsewhere(MoveRun, busy.pk)
+    try:
+        resumed = []
+        sweep = in_own_thread(lambda: move_runs_resume(older_than=timedelta(minutes=5)), resumed)
+        sweep.join(timeout=30)
+        assert not sweep.is_alive() and resumed == [1]  # it did not wait for the row
+        assert MoveRun.objects.get(pk=busy.pk).progress_at == long_ago
+    finally:
+        release()
+    wait_for(lambda: MoveRun.objects.get(pk=lost.pk).status == "done", message="the worker to end the resumed move")
+    assert list(Image.objects.filter(collection=final).values_list("pk", flat=True)) == [picked[1].pk]
+    assert MoveRun.objects.get(pk=busy.pk).status == "running"
 
 def test_the_api_hands_a_move_of_more_than_a_request_takes_to_the_workers(client, admin_client, encoder, celery_worker, monkeypatch):
     monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)

@@ -19,7 +19,10 @@ from gallery.services import IncomingFile, collection_get_or_create, images_crea
 from search.models import Embedding
 from search.services import embeddings_store
 from tests.conftest import wait_for
-from tests.utils import database_url, image_bytes, in_own_thread, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, swapped_primaries_profile
+from tests.utils import (
+    database_url, image_bytes, make_encoder, orientation_exif, png_with_orientation_after_the_pixels, row_locked_elsewhere,
+    swapped_primaries_profile,
+)
 from workers.services import GIVEN_UP_REASON, MAX_INDEX_ATTEMPTS, collection_load_pixels, images_index, images_index_request, pending_sweep
 from workers.tasks import index_images, sweep_pending
 
@@ -487,31 +490,6 @@ def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step
 
 
 
-def _row_locked_elsewhere(model, pk: int):
-    """Row ``pk`` of ``model`` held FOR UPDATE by a transaction of another connection, as a long
-    import's or a person's transaction would hold it, until the function returned is called."""
-    import threading
-
-    from django.db import transaction
-
-    locked, release = threading.Event(), threading.Event()
-
-    def hold():
-        with transaction.atomic():
-            model.objects.select_for_update().filter(pk=pk).exists()
-            locked.set()
-            release.wait(timeout=300)
-
-    holder = in_own_thread(hold, [])
-    assert locked.wait(timeout=30)
-
-    def done():
-        release.set()
-        holder.join(timeout=30)
-
-    return done
-
-
 def _held_by_a_worker(model, pk: int) -> bool:
     """Whether a transaction of another connection holds row ``pk`` of ``model`` (the stretch of a run)."""
     from django.db import transaction
@@ -554,7 +532,7 @@ def test_a_copy_removal_stuck_on_a_lock_is_ended_by_the_time_limit_and_a_stop_me
     images_create(collection=photos, files=[IncomingFile(name="large.png", data=picture), IncomingFile(name="small.jpg", data=smaller.getvalue())])
     images_index(image_ids=list(Image.objects.values_list("id", flat=True)))
     kept = Image.objects.get(original_name="large.png")
-    release = _row_locked_elsewhere(Image, kept.pk)  # the stretch's lock on the picture it keeps waits
+    release = row_locked_elsewhere(Image, kept.pk)  # the stretch's lock on the picture it keeps waits
     try:
         run = copy_removal_record(collection=photos)
         sender.send_task("workers.tasks.remove_copies", args=[run.pk, 1, 0])
@@ -584,7 +562,7 @@ def test_a_move_stuck_on_a_lock_is_ended_by_the_time_limit_and_fails_after_its_s
     images_create(collection=drafts, files=[IncomingFile(name=f"{i}.png", data=image_bytes(pattern=i)) for i in range(3)])
     ids = list(Image.objects.values_list("id", flat=True))
     run = MoveRun.objects.create(to=final, image_ids=ids, total=len(ids))
-    release = _row_locked_elsewhere(Collection, final.pk)
+    release = row_locked_elsewhere(Collection, final.pk)
     try:
         sender.send_task("workers.tasks.move_images", args=[run.pk, 0])
         wait_for(_swept_until(sender, lambda: MoveRun.objects.get(pk=run.pk).status != "running"), message="the run to end")
