@@ -5,6 +5,7 @@ from PIL import Image as PILImage
 
 from gallery import imaging
 from gallery.models import Image
+from gallery.selectors import COVER_IMAGES
 from gallery.services import IncomingFile, collection_get_or_create, images_create
 from search.selectors import upload_list_similar
 from tests.utils import image_bytes, make_encoder
@@ -196,9 +197,9 @@ def test_collection_api_counts(client, indexed):
     assert body["images"] == {"total": 7, "indexed": 6, "pending": 0, "failed": 1}
     listing = client.get(reverse("api-collection-list")).json()["results"]
     assert [(c["name"], c["images"]["indexed"]) for c in listing] == [("colours", 6)]
-    latest = Image.objects.filter(status=Image.Status.INDEXED).order_by("-indexed_at", "-id")[:4]
+    latest = Image.objects.filter(status=Image.Status.INDEXED).order_by("-indexed_at", "-id")[:COVER_IMAGES]
     covers = [{"id": image.pk, "thumbnail_url": f"http://testserver{image.thumbnail.url}"} for image in latest]
-    assert len(covers) == 4 and listing[0]["covers"] == covers
+    assert len(covers) == COVER_IMAGES and listing[0]["covers"] == covers
     assert body["covers"] == covers  # one collection gives the same as the list
 
 
