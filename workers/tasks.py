@@ -65,10 +65,16 @@ def sweep_pending() -> int:
     from workers.services import pending_sweep
 
     older_than = timedelta(seconds=settings.CBIR_SWEEP_AFTER_S)
-    deleted_collections_files_delete(older_than=older_than)
+    # The queue's work first: walking media storage for a deleted collection's files can take long
+    # (a million of them) or fail (a mount gone bad), and must not hold up what waits to be queued.
+    queued = pending_sweep(older_than=older_than)
     copy_removals_resume(older_than=older_than)
     move_runs_resume(older_than=older_than)
-    return pending_sweep(older_than=older_than)
+    try:
+        deleted_collections_files_delete(older_than=older_than)
+    except OSError:
+        logger.exception("the sweep could not remove the files deleted collections left in media storage; the next one tries again")
+    return queued
 
 
 @shared_task(acks_late=False)

@@ -202,6 +202,19 @@ def test_sweep_leaves_images_that_only_wait_for_a_first_encoder():
     assert pending_sweep(older_than=timedelta(minutes=5)) == 1
 
 
+
+@pytest.mark.django_db
+def test_a_sweep_whose_media_clean_up_fails_still_queues_the_pending_images_again(media_root, caplog):
+    """Media storage that errors when the sweep walks it for deleted collections' files (here its
+    thumbnails folder is a file) is logged, after the images waiting were queued again."""
+    (media_root / "thumbnails").write_bytes(b"not a folder")
+    collection = collection_get_or_create(name="lost")
+    lost = Image.objects.create(collection=collection, original_name="l.png", sha256="l", queued_at=timezone.now() - timedelta(hours=1))
+    assert sweep_pending.run() == 1
+    assert Image.objects.get(pk=lost.pk).queued_at > timezone.now() - timedelta(minutes=1)
+    assert "the sweep could not remove the files deleted collections left in media storage" in caplog.text
+    assert "NotADirectoryError" in caplog.text
+
 def test_send_survives_a_broker_that_is_down(caplog):
     unreachable = Celery("down", broker="redis://127.0.0.1:1/0", set_as_current=False)
     unreachable.conf.broker_connection_retry = False
