@@ -2,7 +2,7 @@
 upper bound of decode + resize (to the encoder's input side) alone with the same library
 (Pillow, same JPEG draft decoding) on the same cores, measured before and after the run.
 
-    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2] [--sweep-after S] [--no-gradient-words]
+    .venv/bin/python bench/ingest.py [--images 10000] [--workers 2] [--sweep-after S] [--no-gradient-words] [--debug]
     .venv/bin/python bench/ingest.py --import-only [CHECKOUT ...] [--rounds 2]   # the import command alone
 
 Photos: 1024x768 JPEGs (quality 90) made from the shared OpenMoji set: each emoji enlarged onto
@@ -459,6 +459,11 @@ def main() -> None:
         "--no-gradient-words", action="store_true",
         help="with the encoder train_encoder --no-gradient-words makes (patch_kmeans on 32 px pictures, without its words)",
     )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="run the worker and the import with DJANGO_DEBUG=1, as every run before session 36 did (each query kept "
+        "in memory with its SQL); by default they run as in production, DJANGO_DEBUG=0",
+    )
     parser.add_argument("--stages", action="store_true", help="only measure the per-image cost of each stage (needs an encoder)")
     parser.add_argument(
         "--sweep-after", type=int, metavar="S",
@@ -477,6 +482,8 @@ def main() -> None:
     os.environ["CBIR_VAR_DIR"] = str(BENCH_VAR)
     project.servers_stopped_at_exit(BENCH_VAR)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cbir_site.settings")
+    os.environ["DJANGO_DEBUG"] = "1" if args.debug else "0"  # inherited by the worker and the import
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
     sys.path.insert(0, str(ROOT))
     paths = generate(args.images, args.workers)
     photo_root = BENCH_VAR / f"photos-{args.images}"
@@ -518,6 +525,7 @@ def main() -> None:
         "images": args.images,
         "workers": args.workers,
         "sweep_after_s": args.sweep_after,
+        "django_debug": args.debug,
         "encoder": f"{args.arch}{' without gradient words' if args.no_gradient_words else ''}, input {side} px",
         "bound_images_per_second": round(upper, 1),
         "bound_before_after": [round(b, 1) for b in bounds],
