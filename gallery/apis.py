@@ -21,6 +21,7 @@ from gallery.selectors import (
     COPY_GROUPS_PER_PAGE,
     COPY_KEEP_RULES,
     COPY_MIN_SIMILARITY,
+    COVER_IMAGES,
     collection_copy_removal_latest,
     collection_covers,
     collection_images,
@@ -194,7 +195,9 @@ class CoverOutputSerializer(serializers.Serializer):
 
 
 def _covers_field() -> CoverOutputSerializer:
-    return CoverOutputSerializer(many=True, help_text="its most recently indexed pictures (up to 4, the newest first), as the front page shows them")
+    return CoverOutputSerializer(
+        many=True, help_text=f"its most recently indexed pictures (up to {COVER_IMAGES}, the newest first), as the front page shows them"
+    )
 
 
 class CollectionDetailOutputSerializer(CollectionOutputSerializer):

@@ -942,9 +942,10 @@ def copy_removal_stop(*, collection: Collection) -> CopyRemovalRun | None:
     """Stop ``collection``'s running copy removal. A stretch under way finishes first (this waits
     for it, up to ``CBIR_STOP_WAIT_S``: its deletions commit with the run's position), and no
     other starts: a message for the next one finds the run stopped and does nothing. What was
-    deleted stays deleted, and a new removal starts from what is left. Returns the run as it stopped, or None when none was running
-    (it may have ended while this waited). Raises StretchUnderway when the stretch did not finish
-    within ``CBIR_STOP_WAIT_S``; then nothing changed."""
+    deleted stays deleted, and a new removal starts from what is left. Returns the run as it
+    stopped, or None when none was running (it may have ended while this waited). Raises
+    StretchUnderway when the stretch did not finish within ``CBIR_STOP_WAIT_S``; then nothing
+    changed."""
     run = _running_run_stop(CopyRemovalRun.objects.filter(collection=collection))
     if run is not None:
         run.candidates.all().delete()  # no round of a stopped removal reads them
