@@ -26,6 +26,7 @@ import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -33,6 +34,9 @@ from PIL import Image as PILImage
 
 import project
 from quality import wait_active
+
+if TYPE_CHECKING:  # the project's modules load once main() has set Django up
+    from workers.autoencoder.model import EncoderConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets" / "openmoji"
@@ -112,8 +116,8 @@ def stage_costs(paths: list[Path], n: int = 200) -> dict:
     WebP thumbnail at the product's setting and at the slower method=4 and a JPEG one for
     comparison (time and mean size each), recording thumbnails in the database
     (``thumbnail_record_costs``) and storing vectors (``vector_store_costs``), and the encoder's
-    forward pass at several batch sizes and torch thread counts (medians of 3 passes), then split (``encoder_split``). Needs
-    an active encoder."""
+    forward pass at several batch sizes and torch thread counts (medians of 3 passes), then split
+    (``encoder_split``). Needs an active encoder."""
     import io
 
     import torch
@@ -184,9 +188,8 @@ def encoder_split(embedder, pictures: list, rounds: int = 5) -> dict:
     from workers.autoencoder import inference
 
     batch, side = inference.EMBEDDING_BATCH_SIZE, embedder.config.input_size
-    arrays = []
     started = time.perf_counter()
-    arrays.extend(embedder.preprocess.to_uint8(picture) for picture in pictures)
+    arrays = [embedder.preprocess.to_uint8(picture) for picture in pictures]
     result = {"encoder_preprocess_ms": round((time.perf_counter() - started) / len(pictures) * 1000, 2)}
     count = len(arrays) // batch * batch
     photos = [torch.from_numpy(np.stack(arrays[i : i + batch])).float().div_(255) for i in range(0, count, batch)]
@@ -391,7 +394,7 @@ def import_only(photo_root: Path, n: int, env: dict, checkout: Path) -> dict:
     }
 
 
-def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, sweep_after: int | None = None, *, words: bool = True) -> dict:
+def end_to_end(photo_root: Path, n: int, workers: int, env: dict, encoder: EncoderConfig, sweep_after: int | None = None) -> dict:
     from django.conf import settings  # noqa: F401  (settings already bootstrapped the servers)
 
     active_stdout = _reset(env)
@@ -401,17 +404,14 @@ def end_to_end(photo_root: Path, n: int, workers: int, env: dict, arch: str, swe
         cwd=ROOT, env=worker_env,
     )
     try:
-        from workers.autoencoder.model import EncoderConfig
-
-        # Retrained when the active encoder is not what train_encoder --arch makes today (another
+        # Retrained when the active encoder is not what train_encoder makes today (another
         # architecture, or one from before a change to its defaults), so the run times the current one.
         active_config = json.loads(active_stdout.strip().splitlines()[-1]) or {}
-        wanted = EncoderConfig(arch=arch, **({} if words else {"gradient_words": 0}))
-        if active_config.get("model") != json.loads(json.dumps(wanted.to_dict())):
-            print(f"training a {arch} encoder with today's defaults{'' if words else ' but no gradient words'} first (not timed) ...", flush=True)
+        if active_config.get("model") != json.loads(json.dumps(encoder.to_dict())):
+            print(f"training a {_described(encoder)} encoder with today's defaults first (not timed) ...", flush=True)
             _manage("import_images", str(ROOT / "demo" / "openmoji"), "--collection", "encoder-seed", "--labels-from-dirs", env=env)
-            flags = () if words else ("--no-gradient-words",)
-            _manage("train_encoder", "--collection", "encoder-seed", "--arch", arch, "--epochs", "1", "--activate", *flags, env=env)
+            flags = () if encoder.gradient_words else ("--no-gradient-words",)
+            _manage("train_encoder", "--collection", "encoder-seed", "--arch", encoder.arch, "--epochs", "1", "--activate", *flags, env=env)
             wait_active(env)  # until the switch, so the timed run embeds with one encoder only
         monitor = psutil.Process(worker.pid)
         peak = 0
@@ -509,11 +509,11 @@ def main() -> None:
         return
     # The bound is measured before and after the end-to-end run and averaged: on this shared
     # machine it drifted by up to 40% between runs, and a drift during the run moves both alike.
-    words = {"gradient_words": 0} if args.no_gradient_words else {}
-    side = EncoderConfig(arch=args.arch, **words).input_size  # what the workers resize to for the encoder
+    encoder = EncoderConfig(arch=args.arch, **({"gradient_words": 0} if args.no_gradient_words else {}))
+    side = encoder.input_size  # what the workers resize to for the encoder
     before, busy_before = bound(paths, args.workers, side)
     print(f"bound (decode + resize to {side}px, {args.workers} processes): {before:.1f} images/s", flush=True)
-    result = end_to_end(photo_root, args.images, args.workers, env, args.arch, args.sweep_after, words=not args.no_gradient_words)
+    result = end_to_end(photo_root, args.images, args.workers, env, encoder, args.sweep_after)
     after, busy_after = bound(paths, args.workers, side)
     print(f"bound again: {after:.1f} images/s", flush=True)
     bounds = [before, after]
@@ -526,7 +526,7 @@ def main() -> None:
         "workers": args.workers,
         "sweep_after_s": args.sweep_after,
         "django_debug": args.debug,
-        "encoder": f"{args.arch}{' without gradient words' if args.no_gradient_words else ''}, input {side} px",
+        "encoder": f"{_described(encoder)}, input {side} px",
         "bound_images_per_second": round(upper, 1),
         "bound_before_after": [round(b, 1) for b in bounds],
         "end_to_end_images_per_second": round(result["images_per_second"], 1),
@@ -539,6 +539,10 @@ def main() -> None:
         "cpu_busy": {"bound_before": busy_before, "end_to_end": result["cpu_busy"], "bound_after": busy_after},
     }
     print(json.dumps(summary, indent=2))
+
+
+def _described(encoder: EncoderConfig) -> str:
+    return encoder.arch if encoder.gradient_words else f"{encoder.arch} without gradient words"
 
 
 def _machine() -> str:

@@ -716,6 +716,7 @@ _STOP_BUSY = OpenApiResponse(
 def _stop_busy(exc: StretchUnderway) -> Response:
     return Response({"error": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(STOP_RETRY_AFTER_S)})
 
+
 # How a move that is not running ended, in words.
 _MOVE_ENDED = {"done": "it is done", "failed": "it failed", "stopped": "it was stopped"}
 

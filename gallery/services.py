@@ -586,6 +586,20 @@ def _run_first_stretch_queue(run, task, args: tuple, *, undone: str) -> None:
         raise QueueUnavailable(f"the workers' queue cannot be reached ({exc}); nothing was {undone}") from exc
 
 
+def _run_update_unless_held(model, run_id: int, *, assignments: str, conditions: str, params: dict, returning: str = "id"):
+    """``UPDATE`` run ``run_id`` of ``model`` (``SET assignments``) where ``conditions`` hold,
+    unless another transaction holds its row (a stretch under way, a stop): then nothing, at once,
+    without waiting for it. Returns the ``returning`` row, or None when nothing was updated."""
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {assignments} WHERE id = ("
+            f"SELECT id FROM {table} WHERE id = %(run)s AND {conditions} FOR UPDATE SKIP LOCKED) RETURNING {returning}",
+            {"run": run_id, **params},
+        )
+        return cursor.fetchone()
+
+
 def _run_stretch_take(model, run_id: int, *, tries_max: int, stretch: str, **where: int) -> str:
     """Take the next stretch of ``run_id`` (a run of ``model``) if no one else holds it and the
     run still stands where the caller saw it (``where``: its position fields): count the start
@@ -593,16 +607,11 @@ def _run_stretch_take(model, run_id: int, *, tries_max: int, stretch: str, **whe
     "go"; "skip" where it is not to be done (a second message for the same stretch, the sweep's
     after a slow queue; a run that ended or went); or "failed" where this start is one more than
     ``tries_max``: the run then ends as failed, its error naming the ``stretch``."""
-    table = model._meta.db_table
     standing = "".join(f" AND {field} = %({field})s" for field in where)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET tries = tries + 1, progress_at = now() WHERE id = ("
-            f"SELECT id FROM {table} WHERE id = %(run)s AND status = %(running)s{standing} FOR UPDATE SKIP LOCKED"
-            ") RETURNING tries",
-            {"run": run_id, "running": WorkerRun.Status.RUNNING, **where},
-        )
-        taken = cursor.fetchone()
+    taken = _run_update_unless_held(
+        model, run_id, assignments="tries = tries + 1, progress_at = now()", conditions=f"status = %(running)s{standing}",
+        params={"running": WorkerRun.Status.RUNNING, **where}, returning="tries",
+    )
     if taken is None:
         return "skip"
     if taken[0] <= tries_max:
@@ -677,7 +686,6 @@ class StretchUnderway(Exception):
             f"the stretch of images a worker is on has not finished after {waited_s} s, and a stop waits for it; nothing "
             f"was stopped: try again in a moment (a stretch that never finishes is ended after {settings.CBIR_STRETCH_TIME_LIMIT_S} s)"
         )
-        self.waited_s = waited_s
 
 
 def _running_run_stop(runs: QuerySet):
@@ -719,19 +727,13 @@ def _quiet_runs_resume(model, task, fields: tuple[str, ...], *, older_than: time
     the sweep holds a worker, and a stretch may take up to ``CBIR_STRETCH_TIME_LIMIT_S``."""
     cutoff = timezone.now() - older_than
     quiet = model.objects.filter(status=WorkerRun.Status.RUNNING, progress_at__lt=cutoff)
-    table = model._meta.db_table
     resumed = 0
     for run_id, *standing in list(quiet.values_list("id", *fields)):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET progress_at = now() WHERE id = ("
-                f"SELECT id FROM {table} WHERE id = %s AND progress_at < %s FOR UPDATE SKIP LOCKED)",
-                [run_id, cutoff],
-            )
-            if not cursor.rowcount:
-                continue
-        task_send_safely(task, run_id, *standing)
-        resumed += 1
+        if _run_update_unless_held(
+            model, run_id, assignments="progress_at = now()", conditions="progress_at < %(cutoff)s", params={"cutoff": cutoff}
+        ):
+            task_send_safely(task, run_id, *standing)
+            resumed += 1
     return resumed
 
 

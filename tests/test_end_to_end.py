@@ -128,7 +128,6 @@ def test_evaluate_command_reports_precision_through_search(celery_worker, capsys
     assert grid.size == (5 * 112 + 12, 2 * (112 + 28) + 12)  # 2 queries (one per label), each + 4 results
 
 
-
 def test_admin_trains_an_encoder_in_the_worker_and_shows_its_pictures(celery_worker, admin_client):
     from gallery.services import IncomingFile, images_create
 
@@ -207,7 +206,6 @@ def test_evaluate_compares_encoder_versions_side_by_side(celery_worker, capsys):
     assert EncoderVersion.objects.get(pk=first.pk).status == EncoderVersion.Status.ACTIVE  # search unchanged
 
 
-
 def test_an_encoder_without_gradient_words_trains_activates_and_ranks(celery_worker, capsys):
     """``train_encoder --no-gradient-words``: the cheaper encoder, on 32 px pictures without the
     words' block, goes the whole way: trained, activated (every image embedded by the worker) and
@@ -226,6 +224,7 @@ def test_an_encoder_without_gradient_words_trains_activates_and_ranks(celery_wor
     call_command("evaluate", "--collection", "e2e", "--k", "1", "--json")
     result = json.loads(capsys.readouterr().out)
     assert result["encoder"] == fast.pk and result["queries"] == 10 and result["P@1"] > 0.5
+
 
 def test_use_labels_learns_a_metric_and_is_scored_on_held_out_images_only(celery_worker, capsys):
     import json

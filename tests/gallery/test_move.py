@@ -343,7 +343,6 @@ def test_the_sweep_takes_up_a_move_whose_next_stretch_was_lost(encoder, celery_w
     assert recent.status == "running" and recent.position == 0  # not quiet: left alone
 
 
-
 def test_the_sweep_skips_a_run_whose_stretch_is_under_way_instead_of_waiting_for_it(encoder, celery_worker):
     """A stretch that outlasts the sweep's age holds its run's row: the sweep leaves that run
     alone at once (a worker is on it) and takes up the other quiet one."""
@@ -364,6 +363,7 @@ def test_the_sweep_skips_a_run_whose_stretch_is_under_way_instead_of_waiting_for
     wait_for(lambda: MoveRun.objects.get(pk=lost.pk).status == "done", message="the worker to end the resumed move")
     assert list(Image.objects.filter(collection=final).values_list("pk", flat=True)) == [picked[1].pk]
     assert MoveRun.objects.get(pk=busy.pk).status == "running"
+
 
 def test_the_api_hands_a_move_of_more_than_a_request_takes_to_the_workers(client, admin_client, encoder, celery_worker, monkeypatch):
     monkeypatch.setattr("gallery.services.MOVE_IMAGES_MAX", 2)
@@ -453,7 +453,6 @@ def test_stopping_waits_for_the_stretch_under_way_which_moves_its_images(encoder
     assert Image.objects.filter(collection=final).count() == 2
 
 
-
 @pytest.mark.django_db(transaction=True)
 def test_a_stop_that_the_stretch_under_way_outlasts_says_so_and_changes_nothing(admin_client, encoder, monkeypatch, settings):
     """The stop waits CBIR_STOP_WAIT_S for the stretch's row, then refuses with the reason: the API
@@ -485,6 +484,7 @@ def test_a_stop_that_the_stretch_under_way_outlasts_says_so_and_changes_nothing(
     run.refresh_from_db()
     assert (run.status, run.position, run.moved) == ("stopped", 2, 2)
     assert Image.objects.filter(collection=final).count() == 2
+
 
 def test_the_admin_stops_the_running_moves_ticked_and_lists_counts_without_the_lists(admin_client, client, django_user_model, encoder):
     running, picked, final = _run_of(3, encoder=encoder)

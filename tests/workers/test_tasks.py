@@ -202,7 +202,6 @@ def test_sweep_leaves_images_that_only_wait_for_a_first_encoder():
     assert pending_sweep(older_than=timedelta(minutes=5)) == 1
 
 
-
 @pytest.mark.django_db
 def test_a_sweep_whose_media_clean_up_fails_still_queues_the_pending_images_again(media_root, caplog):
     """Media storage that errors when the sweep walks it for deleted collections' files (here its
@@ -214,6 +213,7 @@ def test_a_sweep_whose_media_clean_up_fails_still_queues_the_pending_images_agai
     assert Image.objects.get(pk=lost.pk).queued_at > timezone.now() - timedelta(minutes=1)
     assert "the sweep could not remove the files deleted collections left in media storage" in caplog.text
     assert "NotADirectoryError" in caplog.text
+
 
 def test_send_survives_a_broker_that_is_down(caplog):
     unreachable = Celery("down", broker="redis://127.0.0.1:1/0", set_as_current=False)
@@ -367,6 +367,20 @@ def _pool_children(pid: int) -> list[int]:
         return []
 
 
+def _swept_until(sender, ended):
+    """A ``wait_for`` predicate: true once ``ended()``; until then it sends the sweep, as beat
+    would, and gives the worker 2 s."""
+
+    def check():
+        if ended():
+            return True
+        sender.send_task("workers.tasks.sweep_pending")
+        time.sleep(2)
+        return False
+
+    return check
+
+
 @pytest.fixture
 def prefork_worker(transactional_db, media_root):
     """Starts a real Celery worker in its own process with one prefork child, as `make run` and
@@ -445,15 +459,7 @@ def test_a_file_whose_read_never_returns_is_given_up_after_three_time_limits(pre
     hung, others = _pending_rows_one_hung(collection_get_or_create(name="hung"))
 
     sender.send_task("workers.tasks.index_images", args=[[hung.pk, *others]])
-
-    def swept_until_given_up():
-        if _image(hung.pk).status == Image.Status.FAILED:
-            return True
-        sender.send_task("workers.tasks.sweep_pending")
-        time.sleep(2)
-        return False
-
-    wait_for(swept_until_given_up, message="given up")
+    wait_for(_swept_until(sender, lambda: _image(hung.pk).status == Image.Status.FAILED), message="given up")
     assert _image(hung.pk).error == GIVEN_UP_REASON
     wait_for(lambda: Image.objects.filter(pk__in=others, status=Image.Status.INDEXED).count() == 2, message="the others")
 
@@ -488,19 +494,13 @@ def test_activating_an_encoder_gives_up_on_a_file_that_stops_every_backfill_step
     new = make_encoder(status="activating", seed=1)
 
     sender.send_task("workers.tasks.backfill_embeddings", args=[new.pk])
-
-    def swept_until_active():
-        if EncoderVersion.objects.get(pk=new.pk).status == EncoderVersion.Status.ACTIVE:
-            return True
-        sender.send_task("workers.tasks.sweep_pending")
-        time.sleep(2)
-        return False
-
-    wait_for(swept_until_active, message="the new encoder active")
+    wait_for(
+        _swept_until(sender, lambda: EncoderVersion.objects.get(pk=new.pk).status == EncoderVersion.Status.ACTIVE),
+        message="the new encoder active",
+    )
     assert (_image(hung.pk).status, _image(hung.pk).error) == (Image.Status.FAILED, GIVEN_UP_REASON)
     assert set(Embedding.objects.values_list("image_id", "encoder_id")) == {(pk, new.pk) for pk in others}
     assert [(image.status, image.attempts) for image in Image.objects.filter(pk__in=others)] == [("indexed", 0)] * 2
-
 
 
 def _held_by_a_worker(model, pk: int) -> bool:
@@ -509,17 +509,6 @@ def _held_by_a_worker(model, pk: int) -> bool:
 
     with transaction.atomic():
         return not model.objects.select_for_update(skip_locked=True).filter(pk=pk).exists()
-
-
-def _swept_until(sender, ended):
-    def check():
-        if ended():
-            return True
-        sender.send_task("workers.tasks.sweep_pending")
-        time.sleep(2)
-        return False
-
-    return check
 
 
 def test_a_copy_removal_stuck_on_a_lock_is_ended_by_the_time_limit_and_a_stop_meanwhile_says_so(prefork_worker, admin_client, settings):
@@ -584,6 +573,7 @@ def test_a_move_stuck_on_a_lock_is_ended_by_the_time_limit_and_fails_after_its_s
     run.refresh_from_db()
     assert run.status == "failed" and f"were started {MOVE_RUN_TRIES_MAX} times and never finished" in run.error
     assert (run.position, run.moved) == (0, 0) and Image.objects.filter(collection=drafts).count() == 3
+
 
 def _encoder_without_its_checkpoint(**fields):
     """An encoder whose checkpoint file this worker cannot read: deleted, or on a volume that a
